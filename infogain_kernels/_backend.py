@@ -1,0 +1,60 @@
+"""Which implementation an op runs: the Triton kernel or the torch reference.
+
+Default: CUDA tensors go to Triton, everything else to the reference. The
+environment variable ``INFOGAIN_BACKEND=reference|triton`` forces one path (with
+``TRITON_INTERPRET=1`` the Triton kernels also run on CPU tensors, fp32 only),
+and :func:`use_backend` does the same for a block of code.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+
+import torch
+
+_VALID = ("auto", "reference", "triton")
+_local = threading.local()
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # pragma: no cover - triton missing or broken
+        return False
+    return True
+
+
+def forced_backend() -> str:
+    """The backend forced by :func:`use_backend` or ``INFOGAIN_BACKEND`` ("auto" if none)."""
+    name = getattr(_local, "backend", None) or os.environ.get("INFOGAIN_BACKEND", "auto") or "auto"
+    if name not in _VALID:
+        raise ValueError(f"INFOGAIN_BACKEND must be one of {_VALID}, got {name!r}")
+    return name
+
+
+def use_triton(tensor: torch.Tensor) -> bool:
+    """True when the op for ``tensor`` should run its Triton kernel."""
+    name = forced_backend()
+    if name == "reference":
+        return False
+    if name == "triton":
+        if not _triton_available():
+            raise RuntimeError("INFOGAIN_BACKEND=triton but triton cannot be imported")
+        if tensor.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("the Triton backend needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
+        return True
+    return tensor.device.type == "cuda" and _triton_available()
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Force ``"reference"``, ``"triton"`` or ``"auto"`` dispatch inside a ``with`` block."""
+    if name not in _VALID:
+        raise ValueError(f"backend must be one of {_VALID}, got {name!r}")
+    previous = getattr(_local, "backend", None)
+    _local.backend = name
+    try:
+        yield
+    finally:
+        _local.backend = previous

@@ -1,0 +1,147 @@
+"""The one interface every diffusion LM of this package implements.
+
+The samplers (``infogain.samplers``) drive models only through this interface,
+so LLaDA, Dream and SDAR look the same to them. Conventions:
+
+* ``logits[:, i]`` is the prediction for canvas position ``i`` (Dream's
+  one-position shift is applied inside the model).
+* The canvas is ``[B, T]`` token ids. Prompts of different lengths are LEFT
+  padded; ``attention_mask [B, T]`` (bool, True = real token) marks the padding.
+  Position ids are ``cumsum(attention_mask) - 1`` (padding positions clamp to 0)
+  and padded keys are never attended to.
+* KV caches are :class:`KVCache`: per layer ``[B, H_kv, T_cap, D]``, keys after
+  RoPE (and after qk-norm for SDAR).
+
+Three cache modes (``mode`` argument):
+
+``"prefix"``
+    :meth:`DiffusionLM.prefill` runs the full canvas once and keeps the K/V of
+    positions ``[0, start)``. :meth:`forward_window` then forwards the suffix
+    ``[start, T)`` against that cache (the window is every position from
+    ``start`` to the end of the canvas).
+``"dual"``
+    :meth:`prefill` keeps the K/V of the whole canvas ``[0, T)``.
+    :meth:`forward_window` forwards the block ``[start, start + W)``; its queries
+    see the cached keys outside the window and the window's own fresh keys.
+    ``write=True`` writes the fresh window K/V into the cache (block replacement,
+    through ``infogain_kernels.kv_block_replace``).
+``"block_causal"`` (SDAR's exact cache)
+    Attention is block-causal: the prompt ``[0, gen_start)`` is one segment, then
+    every generation block of ``block_length`` positions is a segment; a query
+    sees keys of its own segment and of earlier segments. :meth:`prefill` caches
+    the prompt; :meth:`forward_window` forwards the current block ``[start,
+    start + W)`` against the cache ``[0, start)``; ``write=True`` appends the
+    window's K/V (call it once the block is fully decoded).
+
+Candidate lookahead without copying the cache: :meth:`forward_window` takes
+``cache_rows [R]`` (long): window row ``r`` reads the cache of batch row
+``cache_rows[r]``. N candidates of one prompt are N window rows that share one
+cache row; the implementation must never materialise a per-candidate copy of the
+cache (lookahead memory must not grow with N x cache size).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Architecture-independent facts the samplers need (plus the arch's own config)."""
+
+    arch: str                      # "llada" | "dream" | "sdar"
+    vocab_size: int                # width of the logits
+    mask_token_id: int
+    eos_token_id: Optional[int]
+    pad_token_id: Optional[int]
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    block_causal: bool = False     # True for SDAR: full forwards need gen_start/block_length
+    extra: dict = field(default_factory=dict)  # the raw config.json
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values, each ``[B, H_kv, T_cap, D]``; ``length`` valid positions."""
+
+    keys: List[torch.Tensor]
+    values: List[torch.Tensor]
+    length: int
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys[0].shape[0]
+
+
+class DiffusionLM(nn.Module):
+    """Base class of the cache-aware models. Subclasses implement the three methods."""
+
+    config: ModelConfig
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        *,
+        gen_start: Optional[int] = None,
+        block_length: Optional[int] = None,
+    ) -> torch.Tensor:
+        """Full forward of the canvas ``input_ids [B, T]`` -> logits ``[B, T, V]``.
+
+        ``gen_start`` / ``block_length`` define SDAR's block-causal segments and are
+        ignored by bidirectional models. Any object mapping ``input_ids`` to logits
+        this way works with the samplers' ``cache="none"`` mode.
+        """
+        raise NotImplementedError
+
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: Optional[torch.Tensor],
+        *,
+        mode: str,
+        start: int,
+        gen_start: Optional[int] = None,
+        block_length: Optional[int] = None,
+    ) -> "tuple[torch.Tensor, KVCache]":
+        """Full forward that also builds the cache for ``mode``.
+
+        Returns the full-canvas logits ``[B, T, V]`` and the cache: positions
+        ``[0, start)`` for "prefix" and "block_causal", ``[0, T)`` for "dual".
+        For "block_causal" the logits are those of the block-causal forward.
+        """
+        raise NotImplementedError
+
+    def forward_window(
+        self,
+        window_ids: torch.Tensor,
+        *,
+        start: int,
+        cache: KVCache,
+        mode: str,
+        attention_mask: Optional[torch.Tensor] = None,
+        cache_rows: Optional[torch.Tensor] = None,
+        write: bool = False,
+    ) -> torch.Tensor:
+        """Forward the window ``window_ids [R, W]`` (canvas positions ``[start, start+W)``).
+
+        ``attention_mask`` is the canvas mask ``[B, T]`` of the cache's batch rows
+        (row ``cache_rows[r]`` applies to window row ``r``); ``cache_rows`` defaults
+        to ``arange(R)`` (then R must equal the cache's batch size). ``write`` is
+        allowed only without ``cache_rows`` (candidates never write the cache).
+        Returns logits ``[R, W, V]``.
+        """
+        raise NotImplementedError
+
+    # Reachable so that a fused LM-head + entropy op can skip the logits.
+    def hidden_states(self, *args, **kwargs) -> torch.Tensor:  # pragma: no cover - optional
+        raise NotImplementedError
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:  # pragma: no cover - optional
+        raise NotImplementedError
