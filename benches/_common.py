@@ -1,0 +1,162 @@
+"""Shared plumbing for the benchmark scripts: timing, peak memory, device facts, JSON output.
+
+Every script measures its baseline in the same run and writes one JSON record
+under ``benches/results/``; this module keeps that format identical across them.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# Peak HBM bandwidth (bytes/s) of the GPUs this project is measured on, from the vendors' data sheets.
+_PEAK_BANDWIDTH = {
+    "H100 80GB HBM3": 3.35e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,
+    "H200": 4.8e12,
+    "A100-SXM4-80GB": 2.04e12,
+    "A100": 1.555e12,
+}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """Short file-name tag: ``cpu``, ``h100``, ``h200`` ..."""
+    if device.type != "cuda":
+        return "cpu"
+    name = torch.cuda.get_device_name(device).lower()
+    for tag in ("h200", "h100", "a100", "l40s", "a10g", "4090"):
+        if tag in name:
+            return tag
+    return "cuda"
+
+
+def peak_bandwidth(device: torch.device) -> Optional[float]:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in _PEAK_BANDWIDTH.items():
+        if key in name:
+            return value
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_time(fn: Callable[[], object], device: torch.device, *, warmup: int = 3, repeats: int = 10,
+                min_time_s: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in seconds (CUDA events on GPU)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    times: List[float] = []
+    start_all = time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start_all < min_time_s:
+        if device.type == "cuda":
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(begin.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        if len(times) >= 10 * repeats:
+            break
+    return statistics.median(times)
+
+
+def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Bytes allocated by ``fn()`` above what was live before it (CUDA: allocator peak;
+    CPU: torch's CPU allocator profiler is not portable, so the profiler's memory
+    events are summed instead)."""
+    gc.collect()
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    # Running sum of allocations/frees in event order gives the peak live extra bytes.
+    events = sorted(
+        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
+        key=lambda e: e.time_range.start,
+    )
+    live = peak = 0
+    for e in events:
+        live += e.cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def environment(device: torch.device) -> Dict[str, object]:
+    info: Dict[str, object] = {
+        "device": device_name(device),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+        info["peak_bandwidth_bytes_per_s"] = peak_bandwidth(device)
+    return info
+
+
+def write_results(name: str, device: torch.device, rows: List[Dict[str, object]], **extra) -> str:
+    """Write ``benches/results/<name>-<device>.json`` and return its path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}-{device_slug(device)}.json")
+    record = {"benchmark": name, "environment": environment(device), "rows": rows, **extra}
+    with open(path, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+    return path
+
+
+def print_table(rows: List[Dict[str, object]], columns: List[str]) -> None:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    widths = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(fmt(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def pick_device(arg: Optional[str] = None) -> torch.device:
+    if arg:
+        return torch.device(arg)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
