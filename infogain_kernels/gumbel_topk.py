@@ -1,5 +1,170 @@
-"""Placeholder: being written (see the open issues)."""
+"""Gumbel top-k: position sets for the lookahead candidates.
+
+:func:`gumbel_topk` returns, per row, sample 0 = the plain top-k of the scores
+over the valid positions and samples 1..S-1 = the top-k of
+``scores / temperature + g`` (Gumbel noise ``g``), i.e. k positions drawn
+without replacement with probability proportional to ``exp(score / temperature)``
+(Gumbel-top-k trick). The ranking uses ``scores + temperature * g``, which orders
+positions identically for ``temperature > 0`` and cannot overflow for tiny
+temperatures.
+
+Registered as ``torch.ops.infogain.gumbel_topk``. Randomness: see
+:mod:`infogain_kernels._random`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import _random
+from ._backend import use_triton
+from ._random import triton
+from ._validation import (FLOAT_DTYPES, check_generator, check_mask, check_positive_int, check_same_device,
+                          check_tensor)
+
+# Largest [BLOCK_S, BLOCK_P] tile one Triton program holds.
+_TRITON_TILE_ELEMENTS = 4096
+_TRITON_MAX_BLOCK_S = 64
+
+PADDING = -1
+"""Index written to the trailing slots of a sample when a row has fewer than k valid positions."""
 
 
-def gumbel_topk(*args, **kwargs):
-    raise NotImplementedError("gumbel_topk is not implemented yet")
+def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: float, *,
+                valid: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Top-k positions per row: sample 0 deterministic, samples 1.. Gumbel-perturbed.
+
+    Args:
+        scores: ``[B, P]`` float32, bfloat16 or float16 (e.g. the confidences of
+            a block's positions); any strides. Compared in float32. ``-inf`` is a
+            legal score (ranked after every finite score of the row, still before
+            the padding); NaN at a valid position is an error.
+        k: number of positions per sample, >= 1 (may exceed P).
+        num_samples: S >= 1.
+        temperature: finite, >= 0. Samples 1..S-1 rank ``scores / temperature +
+            g``; ``temperature == 0`` makes every sample equal to sample 0.
+        valid: bool ``[B, P]``; only positions where it is True are ever chosen.
+            Scores at invalid positions are ignored (whatever their value).
+        generator: ``torch.Generator`` on the scores' device type, or None for the
+            default generator. One seed is drawn per call (also when no noise is
+            needed), so the same generator state gives the same result on the
+            same device and backend; the CUDA (Triton) and CPU (reference) paths
+            give different, equally distributed draws.
+
+    Returns:
+        int64 ``[S, B, k]`` of position indices in ``[0, P)``. Each sample lists
+        distinct valid positions in decreasing order of their (perturbed) score,
+        equal scores in increasing index order. When a row has ``n < k`` valid
+        positions, all n come first and the last ``k - n`` slots hold
+        :data:`PADDING` (-1).
+
+    Raises:
+        TypeError / ValueError naming the argument for a wrong type, dtype, rank,
+        shape or device, ``k < 1``, ``num_samples < 1``, a negative / NaN /
+        infinite temperature, and NaN scores at valid positions (that data check
+        is skipped while a CUDA graph is being captured; the result is then
+        unspecified for such rows).
+    """
+    check_tensor("scores", scores, dtypes=FLOAT_DTYPES, ndim=2)
+    k = check_positive_int("k", k)
+    num_samples = check_positive_int("num_samples", num_samples)
+    temperature = _random.check_temperature("temperature", temperature)
+    if valid is None:
+        raise TypeError("valid must be a bool tensor of the scores' shape, got None")
+    check_mask("valid", valid, scores.shape)
+    check_same_device(scores=scores, valid=valid)
+    check_generator("generator", generator, scores.device)
+    seed = _random.draw_seed(generator, scores.device)
+    return torch.ops.infogain.gumbel_topk(scores, k, num_samples, temperature, valid, seed)
+
+
+@torch.library.custom_op("infogain::gumbel_topk", mutates_args=())
+def _gumbel_topk_op(scores: torch.Tensor, k: int, num_samples: int, temperature: float,
+                    valid: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """Custom op behind :func:`gumbel_topk`; ``seed`` is an int64 tensor [1] on the scores' device."""
+    if not _random.stream_is_capturing(scores.device) and bool((torch.isnan(scores) & valid).any()):
+        row, position = (int(i) for i in (torch.isnan(scores) & valid).nonzero()[0])
+        raise ValueError(f"scores contain NaN at valid position {position} of row {row}")
+    if use_triton(scores):
+        return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
+    return _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed)
+
+
+@_gumbel_topk_op.register_fake
+def _(scores, k, num_samples, temperature, valid, seed):
+    return scores.new_empty((num_samples, scores.shape[0], k), dtype=torch.int64)
+
+
+def _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed):
+    """The specification, in torch: sort (perturbed) scores, valid positions first, stable on ties."""
+    num_rows, num_positions = scores.shape
+    keys = scores.float().expand(num_samples, num_rows, num_positions)
+    if num_samples > 1 and temperature > 0:
+        negated_noise = _random.negated_gumbel_noise((num_samples - 1, num_rows, num_positions),
+                                                     _random.seeded_generator(seed))
+        keys = torch.cat([keys[:1], keys[1:] - temperature * negated_noise])
+    valid = valid.expand(num_samples, num_rows, num_positions)
+    # Two stable sorts = one lexicographic sort on (valid, key), both descending, then index ascending.
+    order = torch.sort(keys, dim=2, descending=True, stable=True).indices
+    order = order.gather(2, torch.sort(valid.gather(2, order).to(torch.uint8), dim=2, descending=True,
+                                       stable=True).indices)
+    indices = torch.full((num_samples, num_rows, k), PADDING, dtype=torch.int64, device=scores.device)
+    kept = min(k, num_positions)
+    slot = torch.arange(kept, device=scores.device)
+    num_valid = valid[0].sum(dim=1)
+    indices[:, :, :kept] = torch.where(slot < num_valid[:, None], order[:, :, :kept], PADDING)
+    return indices
+
+
+def _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed):
+    num_rows, num_positions = scores.shape
+    indices = torch.empty((num_samples, num_rows, k), dtype=torch.int64, device=scores.device)
+    if num_rows > 0:
+        block_p = _random.next_power_of_2(num_positions)
+        block_s = min(_random.next_power_of_2(num_samples), _TRITON_MAX_BLOCK_S,
+                      max(1, _TRITON_TILE_ELEMENTS // block_p))
+        _gumbel_topk_kernel[(num_rows, triton.cdiv(num_samples, block_s))](
+            scores, scores.stride(0), scores.stride(1), valid, valid.stride(0), valid.stride(1), seed, indices,
+            num_rows, num_positions, num_samples, k, temperature,
+            BLOCK_S=block_s, BLOCK_P=block_p,
+        )
+    return indices
+
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _gumbel_topk_kernel(scores_ptr, stride_sb, stride_sp, valid_ptr, stride_vb, stride_vp, seed_ptr,
+                            indices_ptr, num_rows, num_positions, num_samples, k, temperature,
+                            BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr):
+        # One program per (row, block of samples); the whole row fits one block (P is small:
+        # positions, not vocabulary), so it is loaded once for all the samples of the block.
+        row = tl.program_id(0)
+        samples = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+        positions = tl.arange(0, BLOCK_P)
+        valid_row = tl.load(valid_ptr + row.to(tl.int64) * stride_vb + positions * stride_vp,
+                            mask=positions < num_positions, other=0) != 0
+        x = tl.load(scores_ptr + row.to(tl.int64) * stride_sb + positions * stride_sp,
+                    mask=valid_row, other=0.0).to(tl.float32)
+        noise = _random.gumbel_noise_philox(
+            tl.load(seed_ptr),
+            tl.broadcast_to(positions[None, :], (BLOCK_S, BLOCK_P)),
+            tl.full((BLOCK_S, BLOCK_P), 0, tl.int32) + row,
+            tl.broadcast_to(samples[:, None], (BLOCK_S, BLOCK_P)))
+        # Sample 0 (and temperature 0) is the plain top-k: zero noise weight.
+        noise_weight = tl.where(samples == 0, 0.0, temperature)
+        key = x[None, :] + noise_weight[:, None] * noise
+        remaining = tl.broadcast_to(valid_row[None, :], (BLOCK_S, BLOCK_P))
+        out_ptrs = indices_ptr + (samples.to(tl.int64) * num_rows + row) * k
+        sample_in_range = samples < num_samples
+        # k rounds of "take the best remaining position". The choice is tracked by
+        # `remaining`, not by overwriting keys with -inf, so valid -inf scores still rank.
+        for slot in range(0, k):
+            best = tl.max(tl.where(remaining, key, -float("inf")), axis=1)
+            is_best = remaining & (key == best[:, None])
+            chosen = tl.min(tl.where(is_best, positions[None, :], BLOCK_P), axis=1)
+            tl.store(out_ptrs + slot, tl.where(chosen < BLOCK_P, chosen.to(tl.int64), -1), mask=sample_in_range)
+            remaining = remaining & (positions[None, :] != chosen[:, None])

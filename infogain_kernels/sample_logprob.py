@@ -1,5 +1,96 @@
-"""Placeholder: being written (see the open issues)."""
+"""Draw one token per row from the temperature + top-p filtered distribution, with its log-probability.
+
+The filtered distribution (temperature, sort-free top-p nucleus, ``T = 0``) is
+the one defined in :mod:`infogain_kernels.topk_logprobs`; this op shares its
+engine. ``mode="sample"`` draws by Gumbel-max restricted to the nucleus
+(``argmax_{i in nucleus} s_i + g_i``, no softmax, no prefix scan);
+``mode="greedy"`` or ``temperature = 0`` returns the arg-max token (lowest id
+among equal maxima).
+
+Reads of the vocabulary per row: one when ``top_p = 1`` (log-sum-exp and
+Gumbel-max in the same pass), and one when ``top_p < 1`` and the nucleus lies
+within the 16 most probable tokens (the noise is evaluated only at those ids).
+Otherwise the nucleus threshold is found by bisection (at most 32 reads, see
+:mod:`infogain_kernels.topk_logprobs`) plus one read for the Gumbel-max.
+
+Randomness: one seed is drawn from ``generator`` per call (see
+:mod:`infogain_kernels._random`) and passed into the custom op as an int64
+tensor; the Triton path uses counter-based Philox at ``(column, row)``, the
+reference path a generator seeded with it. Same generator state => same draw on
+the same device and backend.
+
+Registered as ``torch.ops.infogain.sample_logprob``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from . import _random
+from ._validation import check_generator, check_logits
+from .topk_logprobs import check_top_p, raise_on_invalid_rows, run_nucleus
+
+MODES = ("greedy", "sample")
+# Top-k width kept in pass 1 when sampling with top_p < 1: a nucleus inside it
+# needs no further read of the row.
+_NUCLEUS_PROBE_K = 16
 
 
-def sample_logprob(*args, **kwargs):
-    raise NotImplementedError("sample_logprob is not implemented yet")
+def sample_logprob(logits: torch.Tensor, *, mode: str = "greedy", temperature: float = 1.0,
+                   top_p: float = 1.0,
+                   generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One token per row and its log-probability under the filtered distribution.
+
+    Args:
+        logits: ``[B, V]`` float32, bfloat16 or float16, any strides; ``-inf``
+            entries are legal and never drawn.
+        mode: ``"greedy"`` (arg-max) or ``"sample"``.
+        temperature: finite, >= 0; ``0`` forces the arg-max in either mode and
+            the log-probability is that of the untempered filtered distribution.
+        top_p: in (0, 1]; 1 disables nucleus filtering.
+        generator: ``torch.Generator`` on the logits' device type, or None for
+            the default generator. Used only when a draw is random (``"sample"``
+            with ``temperature > 0``); then exactly one seed is drawn from it.
+
+    Returns:
+        ``(token, logprob)``: ``token`` int64 ``[B]``; ``logprob`` float32 ``[B]``,
+        ``log softmax(logits / T)[token]`` renormalised over the top-p nucleus
+        (always finite: the token is in the nucleus).
+
+    Raises:
+        TypeError / ValueError naming the argument for bad types, shapes, modes
+        or ranges, and ``ValueError`` for a row with NaN / +inf, an all ``-inf``
+        row, or one that overflows after dividing by the temperature.
+    """
+    check_logits("logits", logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape [B, V], got {tuple(logits.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    temperature = _random.check_temperature("temperature", temperature)
+    top_p = check_top_p("top_p", top_p)
+    check_generator("generator", generator, logits.device)
+    greedy = mode == "greedy" or temperature == 0
+    seed = (torch.zeros(1, dtype=torch.int64, device=logits.device) if greedy
+            else _random.draw_seed(generator, logits.device))
+    return torch.ops.infogain.sample_logprob(logits, greedy, temperature, top_p, seed)
+
+
+@torch.library.custom_op("infogain::sample_logprob", mutates_args=())
+def _sample_logprob_op(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
+                       seed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Custom op behind :func:`sample_logprob`; ``seed`` (int64 [1]) is ignored when ``greedy``."""
+    if greedy:
+        _, _, token, logprob, lse = run_nucleus(logits, 1, temperature, top_p, seed=None)
+    else:
+        probe_k = 1 if top_p >= 1.0 else min(_NUCLEUS_PROBE_K, logits.shape[1])
+        _, _, token, logprob, lse = run_nucleus(logits, probe_k, temperature, top_p, seed=seed)
+    raise_on_invalid_rows(logits, lse)
+    return token, logprob
+
+
+@_sample_logprob_op.register_fake
+def _(logits, greedy, temperature, top_p, seed):
+    rows = logits.shape[0]
+    return logits.new_empty((rows,), dtype=torch.int64), logits.new_empty((rows,), dtype=torch.float32)

@@ -1,4 +1,13 @@
-"""Cache-aware LLaDA, Dream and SDAR models (being written)."""
-from .base import DiffusionLM, KVCache, ModelConfig
+"""Cache-aware LLaDA, Dream and SDAR models that load the official checkpoints.
 
-__all__ = ["DiffusionLM", "KVCache", "ModelConfig"]
+``load(path)`` reads an official checkpoint directory (safetensors only, no
+remote code); ``build(config)`` makes a random model from an official-format
+config; ``save(model, path)`` writes one; ``preset_config(name)`` gives the
+full-size configs. Every model implements :class:`DiffusionLM`.
+"""
+from .base import DiffusionLM, KVCache, ModelConfig
+from .hub import build, find_mask_token_id, load, preset_config, save
+from .transformer import ArchSpec, Transformer
+
+__all__ = ["ArchSpec", "DiffusionLM", "KVCache", "ModelConfig", "Transformer", "build", "find_mask_token_id",
+           "load", "preset_config", "save"]

@@ -72,6 +72,10 @@ class KVCache:
     keys: List[torch.Tensor]
     values: List[torch.Tensor]
     length: int
+    # Recorded by ``prefill`` (optional for other producers of caches):
+    token_ids: Optional[torch.Tensor] = None       # [B, T] canvas ids the cache was built from
+    attention_mask: Optional[torch.Tensor] = None  # [B, T] bool canvas mask (window forwards default to it)
+    mode: Optional[str] = None                     # the cache mode it was built for
 
     @property
     def batch_size(self) -> int:

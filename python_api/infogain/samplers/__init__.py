@@ -1,1 +1,57 @@
-"""Samplers (being written)."""
+"""Info-Gain / LookUM and the baseline samplers for masked diffusion LMs, on one code path.
+
+>>> sampler = InfoGainSampler(model, tokenizer)                      # doctest: +SKIP
+>>> result = sampler.generate(["2 + 2 = ?"], gen_length=64, steps=64, block_length=32, cache="dual")
+>>> result.texts, result.stats.to_dict()                             # doctest: +SKIP
+>>> make_sampler("fast_dllm", model, tokenizer, threshold=0.9).generate("Hi")   # doctest: +SKIP
+
+Sampler names (:data:`SAMPLERS`): ``info_gain``, ``lookum`` (Info-Gain with
+``variant="lookum"``), ``confidence`` (LLaDA low-confidence remasking),
+``entropy``, ``margin``, ``random``, ``fast_dllm`` (threshold parallel decoding)
+and ``eb`` (entropy-bounded). All return a :class:`GenerationResult` with the
+same :class:`~infogain.stats.RunStats`.
+"""
+from .sampler import CACHE_MODES, VARIANTS, DiffusionSampler, GenerateOptions, GenerationResult
+from .strategies import (Candidates, EntropyBoundedStrategy, FastDLLMStrategy, InfoGainStrategy, ScoreStrategy,
+                         StepDecision, StepState, Strategy)
+
+SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm", "eb")
+
+
+class InfoGainSampler(DiffusionSampler):
+    """The Info-Gain / LookUM sampler (choose with ``generate(..., variant=...)``).
+
+    Args:
+        model: an :mod:`infogain.models` diffusion LM (all cache modes), or any module
+            mapping ``input_ids [B, T]`` to logits ``[B, T, V]`` (``cache="none"``).
+        tokenizer: optional; needed for string prompts and decoded ``texts``.
+        mask_id: mask token id; defaults to ``model.config.mask_token_id``, then the
+            tokenizer's.
+        **defaults: default options of :meth:`generate`.
+    """
+
+    def __init__(self, model, tokenizer=None, *, mask_id=None, **defaults):
+        super().__init__(model, tokenizer, strategy="info_gain", mask_id=mask_id, **defaults)
+
+
+def make_sampler(name: str, model, tokenizer=None, *, mask_id=None, **defaults) -> DiffusionSampler:
+    """A sampler by name (one of :data:`SAMPLERS`); ``defaults`` become ``generate``'s defaults.
+
+    ``"lookum"`` is the Info-Gain sampler with ``variant="lookum"`` by default.
+    Raises ``ValueError`` for an unknown name.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler name {name!r}; expected one of {SAMPLERS}")
+    if name in ("info_gain", "lookum"):
+        defaults.setdefault("variant", name)
+        return InfoGainSampler(model, tokenizer, mask_id=mask_id, **defaults)
+    return DiffusionSampler(model, tokenizer, strategy=name, mask_id=mask_id, **defaults)
+
+
+__all__ = [
+    "CACHE_MODES", "SAMPLERS", "VARIANTS", "Candidates", "DiffusionSampler", "EntropyBoundedStrategy",
+    "FastDLLMStrategy", "GenerateOptions", "GenerationResult", "InfoGainSampler", "InfoGainStrategy",
+    "ScoreStrategy", "StepDecision", "StepState", "Strategy", "make_sampler",
+]

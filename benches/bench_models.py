@@ -1,0 +1,112 @@
+"""Lookahead step of N candidates against one shared KV cache vs copying the cache.
+
+A lookahead step forwards N candidate windows of one prompt. "shared" packs
+them into one ``forward_window(..., cache_rows=zeros(N))`` call that reads the
+single cache; the baseline "copy" first expands the cache N times (contiguous
+copies of every layer's K/V, as the reference samplers do) and forwards the N
+windows as a batch of N. Both are measured in the same run, with their peak
+extra memory.
+
+    python benches/bench_models.py --random-weights llada-8b      # CUDA, bf16, full size
+    python benches/bench_models.py --small                        # CPU-sized check of the script
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import median_time, peak_extra_memory, pick_device, print_table, write_results  # noqa: E402
+
+import infogain.models as models  # noqa: E402
+
+
+def small_config(name: str) -> dict:
+    """The preset's architecture shrunk to CPU size (same fields, same switches)."""
+    config = models.preset_config(name)
+    if name.startswith("llada"):
+        config.update(d_model=128, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=256,
+                      vocab_size=512, embedding_size=512, mask_token_id=511)
+    else:
+        config.update(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                      intermediate_size=256, vocab_size=512, mask_token_id=511)
+        if "head_dim" in config:
+            config["head_dim"] = 32
+    return config
+
+
+def expand_cache(cache: models.KVCache, n: int) -> models.KVCache:
+    """The copying baseline: every layer's K/V repeated n times (contiguous)."""
+    rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
+    return models.KVCache(keys=[rep(k) for k in cache.keys], values=[rep(v) for v in cache.values],
+                          length=cache.length, token_ids=rep(cache.token_ids),
+                          attention_mask=rep(cache.attention_mask), mode=cache.mode)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--random-weights", choices=["llada-8b", "dream-7b", "sdar-8b"], default="llada-8b")
+    parser.add_argument("--small", action="store_true", help="shrunken architecture (CPU)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--length", type=int, default=512, help="canvas length T")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    name = args.random_weights
+    config = small_config(name) if args.small else models.preset_config(name)
+    torch.manual_seed(0)
+    model = models.build(config, dtype=dtype, device=device)
+    block_causal = model.config.block_causal
+    T, W, N = args.length, args.block, args.candidates
+    start = T - 4 * W                       # three blocks after the current one
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size - 1, (1, T), generator=gen).to(device)
+    seg = dict(gen_start=start, block_length=W) if block_causal else {}
+    modes = ["block_causal"] if block_causal else ["dual", "prefix"]
+
+    rows = []
+    with torch.inference_mode():
+        for mode in modes:
+            _, cache = model.prefill(ids, None, mode=mode, start=start, **seg)
+            width = T - start if mode == "prefix" else W
+            windows = ids[:, start:start + width].repeat(N, 1)
+            windows[:, :W] = torch.randint(0, model.config.vocab_size - 1, (N, W), generator=gen).to(device)
+            cache_rows = torch.zeros(N, dtype=torch.long, device=device)
+
+            def shared():
+                return model.forward_window(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
+
+            def copy():
+                return model.forward_window(windows, start=start, cache=expand_cache(cache, N), mode=mode)
+
+            torch.testing.assert_close(shared().float(), copy().float(), atol=5e-2 if dtype != torch.float32 else 1e-4,
+                                       rtol=5e-2 if dtype != torch.float32 else 1e-4)
+            t_shared = median_time(shared, device, repeats=args.repeats)
+            t_copy = median_time(copy, device, repeats=args.repeats)
+            m_shared = peak_extra_memory(shared, device)
+            m_copy = peak_extra_memory(copy, device)
+            rows.append({
+                "model": name + ("-small" if args.small else ""), "mode": mode, "T": T, "block": W,
+                "window": width, "candidates": N, "dtype": str(dtype).replace("torch.", ""),
+                "shared_ms": t_shared * 1e3, "copy_ms": t_copy * 1e3, "speedup": t_copy / t_shared,
+                "shared_extra_MiB": m_shared / 2**20 if m_shared is not None else None,
+                "copy_extra_MiB": m_copy / 2**20 if m_copy is not None else None,
+                "memory_ratio": (m_copy / m_shared) if m_shared and m_copy is not None else None,
+            })
+            del cache
+    print_table(rows, ["model", "mode", "window", "candidates", "shared_ms", "copy_ms", "speedup",
+                       "shared_extra_MiB", "copy_extra_MiB", "memory_ratio"])
+    path = write_results("models", device, rows, config={k: config[k] for k in sorted(config)},
+                         baseline="KV cache expanded N times (contiguous copies) then a batch-N window forward")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

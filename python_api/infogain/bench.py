@@ -1,0 +1,437 @@
+"""End-to-end benchmark: ``python -m infogain bench``.
+
+For every sampler x cache mode it runs the project's sampler and, in the same
+process and on the same prompts, the naive implementation of the same algorithm
+(:mod:`infogain.naive`: per-candidate cache copies, unfused float32 ops, host
+syncs), and reports tokens/s of both, their ratio, NFE, bypass rate and the
+sampler overhead (fraction of wall time spent outside model forwards).
+
+Model sources (exactly one):
+
+* default: the toy model shipped with the package (``infogain.demo.toy_model_path()``);
+* ``--model PATH``: any checkpoint directory :func:`infogain.models.load` reads;
+* ``--random-weights llada-8b|dream-7b|sdar-8b``: the full-size architecture with
+  random weights (speed only; bf16 on CUDA by default).
+
+Prompts are random token ids (special tokens excluded) of ``--prompt-length``
+drawn from ``--seed``, so every source is benchmarked the same way.
+
+Correctness check: at temperature 0 both implementations must commit the same
+tokens. A mismatch (or an exception in one configuration) is reported in the
+table and in the JSON row (``tokens_match: false`` / ``error``) and makes the
+command exit with status 2 after all configurations have run; it never aborts
+the other configurations.
+
+Timing: each configuration runs once untimed (warm-up; its sequences are the
+ones compared), then ``--repeats`` timed runs of the fast and the naive
+implementation, interleaved; the median is reported. The sampler overhead comes
+from a separate *profiled* run in which every model forward is timed between
+device synchronisations; the main timings never carry that instrumentation.
+
+Output: a JSON record with the same layout as the scripts in ``benches/``
+(``benchmark``, ``environment``, ``rows`` and the run's settings), written to
+``--out`` or, by default, to ``benches/results/e2e-<device>.json`` of the source
+tree. When the repository's ``benches/_common.py`` is reachable (editable
+install), its ``environment``/``device_slug``/``print_table`` are used so the
+record is identical to the other benchmarks'; otherwise (installed wheel) a
+minimal fallback with the same keys is used and the default output folder is
+``./benches/results``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
+CACHE_MODES = ("none", "prefix", "dual")
+RANDOM_WEIGHT_PRESETS = ("llada-8b", "dream-7b", "sdar-8b")
+
+# Per-source defaults: the toy model's context is 64 positions, the real
+# architectures are benchmarked at the issue's target shape.
+_TOY_DEFAULTS = {"prompt_length": 16, "gen_length": 32, "steps": 32, "block_length": 8}
+_FULL_DEFAULTS = {"prompt_length": 64, "gen_length": 256, "steps": 256, "block_length": 32}
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_TABLE_COLUMNS = ["sampler", "cache", "fast_tok_s", "naive_tok_s", "speedup", "nfe", "naive_nfe",
+                  "bypass_rate", "overhead", "tokens_match"]
+
+
+def _bench_common():
+    """The repository's ``benches/_common.py`` module, or None when it is not on disk."""
+    path = os.path.join(_REPO_ROOT, "benches", "_common.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("_infogain_benches_common", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception:  # a broken checkout must not stop the benchmark; the fallback writes the same keys
+        return None
+    return module
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m infogain bench",
+        description="End-to-end tokens/s, NFE, bypass rate and sampler overhead of each sampler x cache "
+                    "mode, against the naive implementation of the same algorithm in the same run.")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", metavar="PATH", help="checkpoint directory (default: the shipped toy model)")
+    source.add_argument("--random-weights", choices=RANDOM_WEIGHT_PRESETS,
+                        help="full-size architecture with random weights (speed only)")
+    parser.add_argument("--samplers", default="info_gain",
+                        help="comma-separated sampler names (infogain.samplers.SAMPLERS); the naive "
+                             "comparison exists for info_gain and lookum (default: info_gain)")
+    parser.add_argument("--cache", default="none,prefix,dual", help="comma-separated cache modes")
+    parser.add_argument("--prompt-length", type=int, default=None)
+    parser.add_argument("--gen-length", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--candidates", type=int, default=8, help="candidate_number")
+    parser.add_argument("--position-temperature", type=float, default=0.2)
+    parser.add_argument("--threshold", type=float, default=0.8)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline (speed of the fast path only)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    parser.add_argument("--out", default=None, help="JSON output path (default: benches/results/e2e-<device>.json)")
+    return parser
+
+
+def _split_list(text: str, name: str) -> List[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise ValueError(f"{name} must name at least one entry")
+    return items
+
+
+def _check_args(args) -> None:
+    for name in ("prompt_length", "gen_length", "steps", "block_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in ("candidates", "batch_size", "repeats"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    unknown = [c for c in args.cache_modes if c not in CACHE_MODES]
+    if unknown:
+        raise ValueError(f"--cache: unknown mode(s) {unknown}; choose from {list(CACHE_MODES)}")
+
+
+def _resolve_device(arg: Optional[str]) -> torch.device:
+    device = torch.device(arg) if arg else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {arg}: CUDA is not available on this machine")
+    return device
+
+
+def _resolve_dtype(arg: Optional[str], device: torch.device) -> torch.dtype:
+    if arg is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, arg)
+
+
+def _load_model(args, device: torch.device, dtype: torch.dtype):
+    """Returns ``(model, tokenizer, source)``; ``source`` describes the model for the JSON record."""
+    from infogain import models
+
+    if args.random_weights:
+        torch.manual_seed(args.seed)
+        model = models.build(models.preset_config(args.random_weights), dtype=dtype, device=device)
+        return model, None, f"random-weights:{args.random_weights}"
+    if args.model:
+        path, source = args.model, f"checkpoint:{args.model}"
+    else:
+        from infogain.demo import toy_model_path
+
+        path, source = toy_model_path(), "toy"
+    model, tokenizer = models.load(path, dtype=dtype, device=device)
+    return model, tokenizer, source
+
+
+def random_prompts(batch_size: int, prompt_length: int, vocab_size: int, special_ids: Sequence[Optional[int]],
+                   seed: int, device: torch.device) -> torch.Tensor:
+    """``[batch_size, prompt_length]`` long token ids, uniform over the vocabulary minus ``special_ids``.
+
+    The same ``seed`` gives the same prompts on every device (drawn on the CPU).
+    """
+    excluded = {int(i) for i in special_ids if i is not None}
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in excluded], dtype=torch.long)
+    if allowed.numel() == 0:
+        raise ValueError("the vocabulary has no token besides the special ones")
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, allowed.numel(), (batch_size, prompt_length), generator=generator)
+    return allowed[picks].to(device)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ForwardTimer:
+    """Times every model forward (``forward``, ``prefill``, ``forward_window``,
+    ``hidden_states``) between device synchronisations, while active.
+
+    It patches the model *instance*'s methods (``model(x)`` resolves
+    ``self.forward`` on the instance) and restores them on exit; nested calls
+    (``prefill`` calling ``forward``) are counted once. Use it only in a
+    profiled pass: the synchronisations perturb the timing of asynchronous code.
+    """
+
+    METHODS = ("forward", "prefill", "forward_window", "hidden_states")
+
+    def __init__(self, model, device: torch.device):
+        self.model = model
+        self.device = device
+        self.seconds = 0.0
+        self.calls = 0
+        self._depth = 0
+
+    def _wrap(self, method):
+        def timed(*args, **kwargs):
+            if self._depth:
+                return method(*args, **kwargs)
+            _synchronize(self.device)
+            start = time.perf_counter()
+            self._depth += 1
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                _synchronize(self.device)
+                self.seconds += time.perf_counter() - start
+                self.calls += 1
+        return timed
+
+    def __enter__(self):
+        for name in self.METHODS:
+            if hasattr(type(self.model), name):
+                setattr(self.model, name, self._wrap(getattr(self.model, name)))
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.METHODS:
+            self.model.__dict__.pop(name, None)
+        return False
+
+
+def _timed(fn, device: torch.device):
+    _synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    _synchronize(device)
+    return result, time.perf_counter() - start
+
+
+def _profiled(fn, model, device: torch.device) -> Dict[str, float]:
+    with ForwardTimer(model, device) as timer:
+        _, wall = _timed(fn, device)
+    return {"wall_s": wall, "forward_s": timer.seconds, "forward_calls": timer.calls,
+            "overhead": max(0.0, 1.0 - timer.seconds / wall) if wall > 0 else None}
+
+
+def compare_sequences(fast: torch.Tensor, naive: torch.Tensor) -> Optional[str]:
+    """None when equal, else a one-line description of the first difference."""
+    fast, naive = fast.detach().cpu(), naive.detach().cpu()
+    if fast.shape != naive.shape:
+        return f"shapes differ: fast {tuple(fast.shape)} vs naive {tuple(naive.shape)}"
+    diff = (fast != naive).nonzero()
+    if diff.numel() == 0:
+        return None
+    row, col = diff[0].tolist()
+    return (f"{diff.shape[0]} token(s) differ; first at row {row}, position {col}: "
+            f"fast {int(fast[row, col])} vs naive {int(naive[row, col])}")
+
+
+def _stat(stats: Dict[str, object], *names):
+    for name in names:
+        if name in stats:
+            return stats[name]
+    return None
+
+
+def _stats_dict(result) -> Dict[str, object]:
+    stats = getattr(result, "stats", None)
+    if stats is None:
+        return {}
+    if hasattr(stats, "to_dict"):
+        return stats.to_dict()
+    return dict(stats)
+
+
+def _median(values: List[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: str, cache: str,
+                        generate_kwargs: Dict[str, object], *, repeats: int, run_naive: bool,
+                        device: torch.device) -> Dict[str, object]:
+    """Benchmark one sampler x cache mode; returns one JSON row (errors are recorded, not raised)."""
+    from infogain.naive import NaiveInfoGainSampler
+    from infogain.samplers import make_sampler
+
+    row: Dict[str, object] = {"sampler": sampler_name, "cache": cache}
+    kwargs = dict(generate_kwargs, cache=cache)
+    variant = FAST_AND_NAIVE_VARIANTS.get(sampler_name)
+    if variant is not None:
+        kwargs["variant"] = variant
+    generated = prompts.shape[0] * int(kwargs["gen_length"])
+    try:
+        sampler = make_sampler(sampler_name, model, tokenizer)
+        fast_call = lambda: sampler.generate(prompts, **kwargs)  # noqa: E731
+        naive_call = None
+        if run_naive and variant is not None:
+            naive = NaiveInfoGainSampler(model, tokenizer)
+            naive_call = lambda: naive.generate(prompts, **kwargs)  # noqa: E731
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        fast_result, _ = _timed(fast_call, device)  # warm-up; its tokens are the ones compared
+        if device.type == "cuda":
+            row["fast_peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+        fast_stats = _stats_dict(fast_result)
+        row["nfe"] = _stat(fast_stats, "nfe", "NFE")
+        row["bypass_rate"] = _stat(fast_stats, "bypass_rate")
+        row["cumulative_entropy"] = _stat(fast_stats, "cumulative_entropy")
+        naive_result = None
+        if naive_call is not None:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            naive_result, _ = _timed(naive_call, device)
+            if device.type == "cuda":
+                row["naive_peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+            row["naive_nfe"] = naive_result.stats.get("nfe")
+            mismatch = compare_sequences(fast_result.sequences, naive_result.sequences)
+            row["tokens_match"] = mismatch is None
+            if mismatch is not None:
+                row["mismatch"] = mismatch
+
+        fast_times, naive_times = [], []
+        for _ in range(repeats):  # interleaved so that slow drifts (clocks, other load) hit both alike
+            fast_times.append(_timed(fast_call, device)[1])
+            if naive_call is not None:
+                naive_times.append(_timed(naive_call, device)[1])
+        row["fast_wall_s"] = _median(fast_times)
+        row["fast_tok_s"] = generated / row["fast_wall_s"]
+        profile = _profiled(fast_call, model, device)
+        row["overhead"] = profile["overhead"]
+        row["profiled_wall_s"] = profile["wall_s"]
+        row["profiled_forward_s"] = profile["forward_s"]
+        row["profiled_forward_calls"] = profile["forward_calls"]
+        if naive_call is not None:
+            row["naive_wall_s"] = _median(naive_times)
+            row["naive_tok_s"] = generated / row["naive_wall_s"]
+            row["speedup"] = row["naive_wall_s"] / row["fast_wall_s"]
+            row["naive_overhead"] = _profiled(naive_call, model, device)["overhead"]
+    except Exception as exc:  # one broken configuration must not hide the others' results
+        row["error"] = f"{type(exc).__name__}: {exc}"
+    return row
+
+
+def _environment(device: torch.device, common) -> Dict[str, object]:
+    if common is not None:
+        return common.environment(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {"device": name, "python": sys.version.split()[0], "torch": torch.__version__,
+            "platform": platform.platform()}
+
+
+def default_output_path(device: torch.device, common=None) -> str:
+    """``benches/results/e2e-<device>.json``, the naming of ``benches/_common.write_results``."""
+    if common is not None:
+        return os.path.join(common.RESULTS_DIR, f"e2e-{common.device_slug(device)}.json")
+    slug = "cpu" if device.type != "cuda" else "cuda"
+    return os.path.join("benches", "results", f"e2e-{slug}.json")
+
+
+def write_record(path: str, device: torch.device, rows: List[Dict[str, object]], common=None, **extra) -> str:
+    """Write ``{"benchmark": "e2e", "environment", "rows", **extra}`` to ``path`` and return it."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    record = {"benchmark": "e2e", "environment": _environment(device, common), "rows": rows, **extra}
+    with open(path, "w") as fh:
+        json.dump(record, fh, indent=2)
+        fh.write("\n")
+    return path
+
+
+def _print_table(rows: List[Dict[str, object]], common) -> None:
+    if common is not None:
+        common.print_table(rows, _TABLE_COLUMNS)
+        return
+    for row in rows:
+        print("  ".join(f"{c}={row.get(c, '')}" for c in _TABLE_COLUMNS))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the benchmark; returns 0, or 2 when a configuration failed or the tokens differ."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.sampler_names = _split_list(args.samplers, "--samplers")
+        args.cache_modes = _split_list(args.cache, "--cache")
+        _check_args(args)
+        device = _resolve_device(args.device)
+        dtype = _resolve_dtype(args.dtype, device)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    from infogain.samplers import SAMPLERS
+
+    unknown = [s for s in args.sampler_names if s not in SAMPLERS]
+    if unknown:
+        parser.error(f"--samplers: unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}")
+
+    model, tokenizer, source = _load_model(args, device, dtype)
+    model.eval()
+    defaults = _TOY_DEFAULTS if source == "toy" else _FULL_DEFAULTS
+    shape = {name: getattr(args, name) if getattr(args, name) is not None else default
+             for name, default in defaults.items()}
+    config = model.config
+    prompts = random_prompts(args.batch_size, shape["prompt_length"], config.vocab_size,
+                             (config.mask_token_id, config.eos_token_id, config.pad_token_id), args.seed, device)
+    generate_kwargs = {
+        "gen_length": shape["gen_length"], "steps": shape["steps"], "block_length": shape["block_length"],
+        "candidate_number": args.candidates, "position_temperature": args.position_temperature,
+        "threshold": args.threshold, "temperature": 0.0, "seed": args.seed,
+    }
+    settings = {"model": source, "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
+                "prompt_length": shape["prompt_length"], "repeats": args.repeats,
+                **{k: v for k, v in generate_kwargs.items()}}
+    print(f"e2e bench on {device} ({settings['dtype']}): {source}, batch {args.batch_size}, prompt "
+          f"{shape['prompt_length']}, gen {shape['gen_length']}, steps {shape['steps']}, block "
+          f"{shape['block_length']}, {args.candidates} candidates", flush=True)
+
+    rows = []
+    with torch.inference_mode():
+        for sampler_name in args.sampler_names:
+            for cache in args.cache_modes:
+                row = bench_configuration(model, tokenizer, prompts, sampler_name, cache, generate_kwargs,
+                                          repeats=args.repeats, run_naive=not args.no_naive, device=device)
+                rows.append(row)
+                print(f"  {sampler_name:>10} / {cache:<6} done"
+                      + (f"  ERROR {row['error']}" if "error" in row else ""), flush=True)
+
+    common = _bench_common()
+    _print_table(rows, common)
+    failures = [r for r in rows if "error" in r or r.get("tokens_match") is False]
+    for row in failures:
+        reason = row.get("error") or f"TOKENS DIFFER from the naive implementation: {row.get('mismatch')}"
+        print(f"!!! {row['sampler']} / {row['cache']}: {reason}", file=sys.stderr)
+    path = args.out or default_output_path(device, common)
+    write_record(path, device, rows, common, settings=settings, all_tokens_match=not failures)
+    print(f"wrote {path}")
+    return 2 if failures else 0

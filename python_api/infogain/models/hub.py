@@ -1,0 +1,246 @@
+"""Build, save and load models in the official checkpoint formats.
+
+Loading reads config.json and safetensors only: no code from the checkpoint is
+executed and nothing is unpickled (``.bin``/``.pt`` checkpoints are refused).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from typing import Optional, Tuple
+
+import torch
+
+from . import dream, llada, sdar
+from .base import ModelConfig
+from .transformer import Transformer
+from . import _config as C
+
+ARCHITECTURES = (llada, dream, sdar)
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def preset_config(name: str) -> dict:
+    """Official config.json (as a dict) of a full-size architecture: "llada-8b", "dream-7b", "sdar-8b".
+
+    Use with :func:`build` for random-weight benchmarks.
+    """
+    for arch in ARCHITECTURES:
+        if name in arch.PRESETS:
+            return copy.deepcopy(arch.PRESETS[name])
+    names = [n for arch in ARCHITECTURES for n in arch.PRESETS]
+    raise ValueError(f"name must be one of {names}, got {name!r}")
+
+
+def architecture_of(config: dict):
+    """The architecture module (llada / dream / sdar) that ``config`` describes."""
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    found = [arch for arch in ARCHITECTURES if arch.matches(config)]
+    if len(found) != 1:
+        raise ValueError(f"config.json does not name a supported architecture (model_type="
+                         f"{config.get('model_type')!r}, architectures={config.get('architectures')!r}); "
+                         "supported: LLaDA/MMaDA, Dream, SDAR/TraDo")
+    return found[0]
+
+
+def _model_config(arch, spec, config: dict, mask_token_id: int) -> ModelConfig:
+    return ModelConfig(
+        arch=arch.NAME, vocab_size=spec.vocab_size, mask_token_id=mask_token_id,
+        eos_token_id=C.optional_int(config, "eos_token_id"), pad_token_id=C.optional_int(config, "pad_token_id"),
+        num_layers=spec.num_layers, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
+        max_position_embeddings=arch.max_positions(config), block_causal=spec.block_causal,
+        extra=copy.deepcopy(config),
+    )
+
+
+def _check_mask_id(mask_token_id, vocab_size: int) -> int:
+    if isinstance(mask_token_id, bool) or not isinstance(mask_token_id, int) or not 0 <= mask_token_id < vocab_size:
+        raise ValueError(f"mask_token_id must be an int in [0, {vocab_size}), got {mask_token_id!r}")
+    return mask_token_id
+
+
+def _check_dtype_device(dtype, device):
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
+    try:
+        return torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device is not a valid torch device: {device!r}") from exc
+
+
+def build(config: dict, *, dtype: Optional[torch.dtype] = None, device=None) -> Transformer:
+    """A randomly initialised model from an official-format config dict.
+
+    Parameters are created directly on ``device`` in ``dtype`` (default float32,
+    CPU), so full-size random models are quick to make on a GPU. The mask id is
+    the config's ``mask_token_id``, else the architecture's official one.
+    Use ``torch.manual_seed`` for reproducible weights.
+    """
+    arch = architecture_of(config)
+    spec = arch.spec(config)
+    device = _check_dtype_device(dtype, device)
+    if config.get("mask_token_id") is not None:
+        mask_id = _check_mask_id(config["mask_token_id"], spec.vocab_size)
+    else:  # tiny test vocabularies do not reach the official id
+        mask_id = arch.DEFAULT_MASK_ID if arch.DEFAULT_MASK_ID < spec.vocab_size else spec.vocab_size - 1
+    model = Transformer(spec, _model_config(arch, spec, config, mask_id), device=device, dtype=dtype or torch.float32)
+    return model.eval()
+
+
+def save(model: Transformer, path: str, tokenizer=None) -> str:
+    """Write ``config.json`` + ``model.safetensors`` (official key names) to directory ``path``.
+
+    The saved config is the model's config with ``mask_token_id`` filled in, so
+    :func:`load` finds the same mask id. ``tokenizer.save_pretrained`` is called
+    when a tokenizer is given. Returns ``path``.
+    """
+    from safetensors.torch import save_file
+
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be an infogain Transformer model, got {type(model).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    arch = architecture_of(model.config.extra)
+    os.makedirs(path, exist_ok=True)
+    internal = model.state_dict()
+    tensors = {official: internal[name].detach().cpu().contiguous() for official, name in arch.key_map(model.spec).items()}
+    config = copy.deepcopy(model.config.extra)
+    config["mask_token_id"] = model.config.mask_token_id
+    config.setdefault("torch_dtype", str(model.embed.weight.dtype).replace("torch.", ""))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2, sort_keys=True)
+    save_file(tensors, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def _read_config(path: str) -> dict:
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ValueError(f"path {path!r} has no config.json")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config.json in {path!r} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"config.json in {path!r} must hold a JSON object")
+    return config
+
+
+def _weight_files(path: str) -> dict:
+    """Official key -> safetensors file holding it."""
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"model.safetensors.index.json in {path!r} has no valid 'weight_map'") from exc
+        files = {}
+        for key, name in weight_map.items():
+            if not isinstance(name, str) or os.path.basename(name) != name or not name.endswith(".safetensors"):
+                raise ValueError(f"shard index maps {key!r} to an invalid file name {name!r}")
+            shard = os.path.join(path, name)
+            if not os.path.isfile(shard):
+                raise ValueError(f"shard {name!r} named in the index (tensor {key!r}) is missing")
+            files[key] = shard
+        return files
+    if os.path.isfile(single):
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as f:
+            return {key: single for key in f.keys()}
+    pickled = [n for n in _PICKLE_WEIGHTS if os.path.exists(os.path.join(path, n))]
+    if pickled:
+        raise ValueError(f"path {path!r} holds only pickle weights ({', '.join(pickled)}); they are refused "
+                         "because unpickling can run code. Convert the checkpoint to safetensors.")
+    raise ValueError(f"path {path!r} has neither model.safetensors nor model.safetensors.index.json")
+
+
+def _load_tokenizer(path: str):
+    if not any(os.path.isfile(os.path.join(path, n)) for n in _TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+    except Exception:
+        # Checkpoints whose tokenizer_config names a remote-code class (Dream):
+        # the fast tokenizer file is all that is needed.
+        tokenizer_json = os.path.join(path, "tokenizer.json")
+        if not os.path.isfile(tokenizer_json):
+            raise
+        return PreTrainedTokenizerFast(tokenizer_file=tokenizer_json)
+
+
+def find_mask_token_id(arch, config: dict, tokenizer, vocab_size: int) -> int:
+    """config ``mask_token_id``; else the tokenizer's mask token; else the
+    architecture's mask token string in the vocabulary; else the official id."""
+    if config.get("mask_token_id") is not None:
+        return _check_mask_id(config["mask_token_id"], vocab_size)
+    if tokenizer is not None:
+        if getattr(tokenizer, "mask_token_id", None) is not None:
+            return _check_mask_id(tokenizer.mask_token_id, vocab_size)
+        vocab = tokenizer.get_vocab()
+        for token in arch.MASK_TOKENS:
+            if token in vocab:
+                return _check_mask_id(vocab[token], vocab_size)
+    return _check_mask_id(arch.DEFAULT_MASK_ID, vocab_size)
+
+
+def load(path, *, dtype: Optional[torch.dtype] = None, device=None) -> Tuple[Transformer, object]:
+    """Load ``(model, tokenizer)`` from a local checkpoint directory in the official format.
+
+    ``path`` holds config.json, model.safetensors (or a sharded
+    model.safetensors.index.json) and optionally tokenizer files (loaded without
+    remote code; ``tokenizer`` is None when there are none). ``dtype`` defaults
+    to the stored dtype, ``device`` to CPU. Raises ValueError naming the
+    offending tensor when one is missing, unexpected or mis-shaped.
+    """
+    from safetensors import safe_open
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"path {path!r} is not a directory")
+    device = _check_dtype_device(dtype, device)
+    config = _read_config(path)
+    arch = architecture_of(config)
+    spec = arch.spec(config)
+    files = _weight_files(path)
+    key_map = arch.key_map(spec)
+    missing = sorted(set(key_map) - set(files))
+    extra = sorted(set(files) - set(key_map))
+    if missing:
+        raise ValueError(f"checkpoint is missing {len(missing)} tensor(s), e.g. {missing[:3]}")
+    if extra:
+        raise ValueError(f"checkpoint has {len(extra)} unexpected tensor(s), e.g. {extra[:3]}")
+
+    tokenizer = _load_tokenizer(path)
+    mask_id = find_mask_token_id(arch, config, tokenizer, spec.vocab_size)
+    with torch.device("meta"):
+        model = Transformer(spec, _model_config(arch, spec, config, mask_id))
+    expected = model.state_dict()
+    state = {}
+    for shard in sorted(set(files.values())):
+        with safe_open(shard, framework="pt", device="cpu") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                name = key_map[key]
+                if tuple(tensor.shape) != tuple(expected[name].shape):
+                    raise ValueError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected "
+                                     f"{tuple(expected[name].shape)} from config.json")
+                if not tensor.is_floating_point():
+                    raise ValueError(f"tensor {key!r} has non-floating dtype {tensor.dtype}")
+                if dtype is None:
+                    dtype = tensor.dtype
+                state[name] = tensor.to(device=device, dtype=dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval(), tokenizer

@@ -1,0 +1,28 @@
+"""State-dict key names of the Qwen2/Qwen3-style checkpoints (Dream, SDAR)."""
+from __future__ import annotations
+
+from typing import Dict
+
+from .transformer import ArchSpec
+
+
+def qwen_key_map(spec: ArchSpec) -> Dict[str, str]:
+    """Official key -> internal parameter name (biases and qk-norm as the spec has them)."""
+    keys = {"model.embed_tokens.weight": "embed.weight", "model.norm.weight": "norm.weight"}
+    if not spec.tie_embeddings:
+        keys["lm_head.weight"] = "lm_head.weight"
+    for i in range(spec.num_layers):
+        o, m = f"model.layers.{i}.", f"blocks.{i}."
+        keys[o + "input_layernorm.weight"] = m + "attn_norm.weight"
+        keys[o + "post_attention_layernorm.weight"] = m + "mlp_norm.weight"
+        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            keys[f"{o}self_attn.{proj}.weight"] = f"{m}attn.{proj}.weight"
+        if spec.qkv_bias:
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                keys[f"{o}self_attn.{proj}.bias"] = f"{m}attn.{proj}.bias"
+        if spec.qk_norm:
+            keys[o + "self_attn.q_norm.weight"] = m + "attn.q_norm.weight"
+            keys[o + "self_attn.k_norm.weight"] = m + "attn.k_norm.weight"
+        for proj in ("gate_proj", "up_proj", "down_proj"):
+            keys[f"{o}mlp.{proj}.weight"] = f"{m}mlp.{proj}.weight"
+    return keys

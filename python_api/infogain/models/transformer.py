@@ -1,0 +1,512 @@
+"""The transformer shared by LLaDA, Dream and SDAR, with the three cache modes.
+
+All three architectures are pre-norm LLaMA-style stacks: RMSNorm, rotary
+attention (half-split ``rotate_half``) with grouped KV heads, SwiGLU MLP, final
+RMSNorm and an untied LM head. What differs is captured by :class:`ArchSpec`:
+qkv bias (Dream), qk-norm (SDAR), the one-position logit shift (Dream) and
+block-causal attention (SDAR). The per-architecture modules only translate
+config.json fields and state-dict key names.
+
+Attention is always ``scaled_dot_product_attention`` with a boolean mask
+(True = attend) built once per call and shared by all layers.
+
+Candidate packing (:meth:`Transformer.forward_window` with ``cache_rows``): the
+window rows are grouped by the cache row they read. Every group becomes ONE
+attention sequence: the queries of all its candidates laid end to end
+(``[n_slots * Lq]``) against ``[cache row (Lc) | all candidates' fresh window
+keys (n_slots * W)]``, with a block-diagonal mask so candidate ``j`` sees the
+shared cache plus only its own window. The cache is read once per distinct
+cache row per layer; no per-candidate copy of it ever exists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import DiffusionLM, KVCache, ModelConfig
+
+MODES = ("prefix", "dual", "block_causal")
+
+try:  # optional: used for the common mask-free case when installed
+    from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
+except Exception:  # pragma: no cover - not installed on the CI machine
+    _flash_attn_func = None
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Geometry and the architecture switches of one model."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    shift_logits: bool = False     # Dream: hidden state i-1 predicts token i
+    block_causal: bool = False     # SDAR
+
+
+# ----------------------------------------------------------------------------- layers
+
+class RMSNorm(nn.Module):
+    """``weight * (x / rms(x))``; normalised in float32, cast back before the weight."""
+
+    def __init__(self, dim: int, eps: float, *, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``[G, L, head_dim]`` (float32) for integer ``positions [G, L]``."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
+    freqs = positions.float()[..., None] * inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [G, H, L, D]`` (half-split convention) in float32; returns x's dtype."""
+    x32 = x.float()
+    half = x32.shape[-1] // 2
+    rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
+    return (x32 * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Bidirectional attention ``q [G, H, Lq, D]`` over ``k, v [G, H_kv, Lk, D]``.
+
+    ``mask`` is boolean ``[G, 1, Lq, Lk]`` (True = attend) or None (attend to all).
+    """
+    if mask is None and _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ArchSpec, *, device=None, dtype=None):
+        super().__init__()
+        self.spec = spec
+        q_width, kv_width = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+        kw = dict(device=device, dtype=dtype)
+        self.q_proj = nn.Linear(spec.hidden_size, q_width, bias=spec.qkv_bias, **kw)
+        self.k_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
+        self.v_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
+        self.o_proj = nn.Linear(q_width, spec.hidden_size, bias=False, **kw)
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, **kw)
+            self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, **kw)
+
+    def forward(self, x, cos, sin, mask, past: Optional[Tuple[torch.Tensor, torch.Tensor]],
+                fresh_key_index: Optional[torch.Tensor]):
+        """``x [G, L, hidden]`` -> (output ``[G, L, hidden]``, fresh k, fresh v ``[G, H_kv, L', D]``).
+
+        Keys are ``[past | fresh]``; ``fresh_key_index`` (long) selects which of the
+        L fresh positions are keys (Dream's extra shift query is not one).
+        """
+        G, L, _ = x.shape
+        s = self.spec
+        q = self.q_proj(x).view(G, L, s.num_heads, s.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        if s.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if fresh_key_index is not None:
+            k, v = k.index_select(2, fresh_key_index), v.index_select(2, fresh_key_index)
+        keys, values = k, v
+        if past is not None:
+            keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        out = attend(q, keys, values, mask)
+        return self.o_proj(out.transpose(1, 2).reshape(G, L, -1)), k, v
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ArchSpec, *, device=None, dtype=None):
+        super().__init__()
+        kw = dict(bias=False, device=device, dtype=dtype)
+        self.gate_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, **kw)
+        self.up_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, **kw)
+        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, **kw)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ArchSpec, *, device=None, dtype=None):
+        super().__init__()
+        self.attn_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
+        self.attn = Attention(spec, device=device, dtype=dtype)
+        self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
+        self.mlp = MLP(spec, device=device, dtype=dtype)
+
+    def forward(self, x, cos, sin, mask, past, fresh_key_index):
+        h, k, v = self.attn(self.attn_norm(x), cos, sin, mask, past, fresh_key_index)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), k, v
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``cumsum(mask) - 1`` clamped at 0: left padding does not shift real positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def _no_empty_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Let query rows with no allowed key (padding queries) attend to everything.
+
+    Their outputs are never read, and padded keys stay masked for every real
+    query, so this only keeps softmax from producing NaN that would spread.
+    """
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+def segment_ids(T: int, gen_start: int, block_length: int, device) -> torch.Tensor:
+    """SDAR segments: 0 for the prompt ``[0, gen_start)``, ``1 + j`` for generation block j."""
+    idx = torch.arange(T, device=device)
+    return torch.where(idx < gen_start, 0, 1 + torch.div(idx - gen_start, block_length, rounding_mode="floor"))
+
+
+def write_blocks(caches: List[torch.Tensor], blocks: List[torch.Tensor], start: int) -> None:
+    """For each pair, write ``block [B, H, W, D]`` into ``cache [B, H, T, D]`` at columns ``[start, start+W)``.
+
+    The single place where caches are written. ``infogain_kernels.kv_block_replace``
+    (one fused call for all layers) is not implemented yet; once it is, this body
+    becomes that one call.
+    """
+    for cache, block in zip(caches, blocks):
+        cache.narrow(2, start, block.shape[2]).copy_(block)
+
+
+# ----------------------------------------------------------------------------- the model
+
+class Transformer(DiffusionLM):
+    """Cache-aware pre-norm transformer; see :mod:`infogain.models.base` for the contract."""
+
+    def __init__(self, spec: ArchSpec, config: ModelConfig, *, device=None, dtype=None):
+        super().__init__()
+        self.spec = spec
+        self.config = config
+        kw = dict(device=device, dtype=dtype)
+        self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size, **kw)
+        self.blocks = nn.ModuleList(Block(spec, **kw) for _ in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
+        if not spec.tie_embeddings:
+            self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, **kw)
+
+    # -- small accessors --------------------------------------------------------
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        """``[V, hidden]``: ``logits = hidden_states @ lm_head_weight.T``."""
+        return self.embed.weight if self.spec.tie_embeddings else self.lm_head.weight
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(hidden, self.lm_head_weight)
+
+    # -- the stack ----------------------------------------------------------------
+    def _run(self, ids, positions, mask, past_fn=None, fresh_key_index=None, collect=False):
+        """Run the stack; returns (final-normed hidden ``[G, L, hidden]``, per-layer fresh (k, v) or None)."""
+        x = self.embed(ids)
+        cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta)
+        fresh = [] if collect else None
+        for i, block in enumerate(self.blocks):
+            past = past_fn(i) if past_fn is not None else None
+            x, k, v = block(x, cos, sin, mask, past, fresh_key_index)
+            if collect:
+                fresh.append((k, v))
+        return self.norm(x), fresh
+
+    def _align(self, hidden: torch.Tensor, prev_is_real: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Dream: the logit of position i comes from hidden state i-1 (``hidden[:, :-1]``).
+
+        A position whose predecessor is not a real token (position 0, or the first
+        token after left padding; ``prev_is_real [B, T]`` False) keeps its own row.
+        """
+        if not self.spec.shift_logits:
+            return hidden
+        prev = torch.cat([hidden[:, :1], hidden[:, :-1]], dim=1)
+        if prev_is_real is None:
+            return prev
+        return torch.where(prev_is_real[..., None], prev, hidden)
+
+    @staticmethod
+    def _prev_is_real(attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        if attention_mask is None or bool(attention_mask.all()):
+            return None
+        return torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask[:, :-1]], dim=1)
+
+    # -- validation -------------------------------------------------------------
+    def _check_canvas(self, input_ids, attention_mask):
+        if not isinstance(input_ids, torch.Tensor):
+            raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
+        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
+            raise ValueError(f"input_ids must be a 2-D long tensor [B, T], got {tuple(input_ids.shape)} {input_ids.dtype}")
+        if input_ids.shape[1] < 1:
+            raise ValueError("input_ids must have at least one position")
+        if input_ids.device != self.embed.weight.device:
+            raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.embed.weight.device}")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.spec.vocab_size):
+            raise ValueError(f"input_ids must lie in [0, {self.spec.vocab_size})")
+        if attention_mask is not None:
+            if not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool:
+                raise TypeError("attention_mask must be a bool tensor (True = real token)")
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+            if attention_mask.device != input_ids.device:
+                raise ValueError(f"attention_mask is on {attention_mask.device} but input_ids is on {input_ids.device}")
+
+    def _segments(self, T, gen_start, block_length, device):
+        """Segment ids for block-causal models (None for bidirectional ones)."""
+        if not self.spec.block_causal:
+            return None
+        if gen_start is None or block_length is None:
+            raise ValueError("gen_start and block_length are required for a block-causal (SDAR) model")
+        for name, value in (("gen_start", gen_start), ("block_length", block_length)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if not 0 <= gen_start <= T:
+            raise ValueError(f"gen_start must lie in [0, {T}], got {gen_start}")
+        if block_length < 1:
+            raise ValueError(f"block_length must be >= 1, got {block_length}")
+        return segment_ids(T, gen_start, block_length, device)
+
+    # -- full forwards ------------------------------------------------------------
+    def _full(self, input_ids, attention_mask, gen_start, block_length, collect):
+        self._check_canvas(input_ids, attention_mask)
+        B, T = input_ids.shape
+        seg = self._segments(T, gen_start, block_length, input_ids.device)
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask[:, None, None, :].expand(B, 1, T, T)
+        if seg is not None:
+            causal = (seg[None, :] <= seg[:, None])[None, None]
+            mask = causal if mask is None else mask & causal
+        if mask is not None:
+            mask = _no_empty_rows(mask)
+        positions = (position_ids(attention_mask) if attention_mask is not None
+                     else torch.arange(T, device=input_ids.device).expand(B, T))
+        return self._run(input_ids, positions, mask, collect=collect)
+
+    def hidden_states(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None):
+        """Final (normed) hidden states ``[B, T, hidden]`` aligned so that
+        ``logits = hidden_states @ lm_head_weight.T`` follows the forward convention."""
+        hidden, _ = self._full(input_ids, attention_mask, gen_start, block_length, collect=False)
+        return self._align(hidden, self._prev_is_real(attention_mask))
+
+    def forward(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None):
+        """Full forward ``input_ids [B, T]`` (long) -> logits ``[B, T, V]`` (model dtype)."""
+        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask,
+                                                          gen_start=gen_start, block_length=block_length))
+
+    def prefill(self, input_ids, attention_mask, *, mode, start, gen_start=None, block_length=None):
+        """Full forward plus the cache for ``mode`` (see :mod:`infogain.models.base`).
+
+        The cache has capacity T for "dual" and "block_causal" (so block writes are
+        in place) and exactly ``start`` positions for "prefix". It also records the
+        canvas ids and mask, which window forwards fall back to.
+        """
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode == "block_causal" and not self.spec.block_causal:
+            raise ValueError(f"mode 'block_causal' needs a block-causal model; {self.config.arch} is bidirectional")
+        if mode != "block_causal" and self.spec.block_causal:
+            raise ValueError(f"mode must be 'block_causal' for the block-causal model {self.config.arch}, got {mode!r}")
+        self._check_canvas(input_ids, attention_mask)
+        T = input_ids.shape[1]
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise TypeError(f"start must be an int, got {type(start).__name__}")
+        if not 0 <= start <= T:
+            raise ValueError(f"start must lie in [0, {T}], got {start}")
+        if mode == "block_causal":
+            seg = self._segments(T, gen_start, block_length, input_ids.device)
+            if start < gen_start or (start < T and start > 0 and int(seg[start - 1]) == int(seg[start])):
+                raise ValueError(f"start={start} must be a block boundary at or after gen_start={gen_start}")
+        hidden, fresh = self._full(input_ids, attention_mask, gen_start, block_length, collect=True)
+        if mode == "prefix":
+            keys = [k[:, :, :start].contiguous() for k, _ in fresh]
+            values = [v[:, :, :start].contiguous() for _, v in fresh]
+            length = start
+        else:
+            keys, values = [k for k, _ in fresh], [v for _, v in fresh]
+            length = T if mode == "dual" else start
+        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        cache = KVCache(keys=keys, values=values, length=length, token_ids=input_ids.clone(),
+                        attention_mask=mask.clone(), mode=mode)
+        return self.logits_from_hidden(self._align(hidden, self._prev_is_real(attention_mask))), cache
+
+    # -- window forwards ----------------------------------------------------------
+    def window_hidden_states(self, window_ids, *, start, cache, mode, attention_mask=None,
+                             cache_rows=None, write=False):
+        """Aligned final hidden states ``[R, W, hidden]`` of :meth:`forward_window`."""
+        R, W, rows, attention_mask = self._check_window(window_ids, start, cache, mode, attention_mask,
+                                                        cache_rows, write)
+        device = window_ids.device
+        # Dream needs the hidden state of position start-1 for the logit at start: it
+        # is forwarded as one extra query whose key/value stay the cached ones.
+        extra = 1 if (self.spec.shift_logits and start > 0) else 0
+        Lq = W + extra
+        Lc = cache.length if mode != "dual" else cache.keys[0].shape[2]
+
+        if rows is None:      # one window row per cache row: no packing needed
+            groups, n_slots = torch.arange(R, device=device), 1
+            slot_of_row = torch.arange(R, device=device)
+        else:
+            groups, inverse = torch.unique(rows, return_inverse=True)
+            counts = torch.bincount(inverse, minlength=len(groups))
+            n_slots = int(counts.max())
+            # rank of each row among the rows of its group -> its slot
+            order = torch.argsort(inverse, stable=True)
+            offsets = torch.cumsum(counts, 0) - counts
+            rank = torch.empty_like(inverse)
+            rank[order] = torch.arange(R, device=device) - offsets[inverse[order]]
+            slot_of_row = inverse * n_slots + rank
+        G = len(groups)
+        all_groups_are_cache = rows is None or (G == cache.batch_size and
+                                                bool((groups == torch.arange(G, device=device)).all()))
+
+        # Packed ids [G, n_slots * Lq]; unused slots repeat a real row and are masked off.
+        ids = window_ids
+        if extra:
+            prev = cache.token_ids[:, start - 1][groups[slot_of_row // n_slots]]
+            ids = torch.cat([prev[:, None], window_ids], dim=1)
+        packed = ids.new_empty(G * n_slots, Lq)
+        packed[:] = ids[0]
+        packed[slot_of_row] = ids
+        slot_used = torch.zeros(G * n_slots, dtype=torch.bool, device=device)
+        slot_used[slot_of_row] = True
+        packed = packed.view(G, n_slots * Lq)
+
+        group_mask = attention_mask[groups]                        # [G, T]
+        pos = position_ids(group_mask)[:, start - extra:start + W]  # [G, Lq]
+        pos = pos.repeat(1, n_slots)
+
+        # Keys: cache columns [0, Lc), then each slot's W fresh window keys.
+        cache_ok = group_mask[:, :Lc].clone()
+        if mode == "dual":
+            cache_ok[:, start:start + W] = False   # the window's fresh keys replace them
+        window_ok = group_mask[:, start:start + W].repeat(1, n_slots) & slot_used.view(G, n_slots).repeat_interleave(W, 1)
+        q_slot = torch.arange(n_slots, device=device).repeat_interleave(Lq)
+        k_slot = torch.arange(n_slots, device=device).repeat_interleave(W)
+        own = q_slot[:, None] == k_slot[None, :]                   # [n_slots*Lq, n_slots*W]
+        mask = torch.cat([cache_ok[:, None, :].expand(G, n_slots * Lq, Lc),
+                          own[None] & window_ok[:, None, :]], dim=2)[:, None]
+        mask = _no_empty_rows(mask)
+
+        fresh_key_index = None
+        if extra:
+            q_in_slot = torch.arange(n_slots * Lq, device=device) % Lq
+            fresh_key_index = torch.nonzero(q_in_slot >= extra).squeeze(1)
+
+        def past(i):
+            k, v = cache.keys[i][:, :, :Lc], cache.values[i][:, :, :Lc]
+            if not all_groups_are_cache:
+                k, v = k.index_select(0, groups), v.index_select(0, groups)
+            return k, v
+
+        hidden, fresh = self._run(packed, pos, mask, past, fresh_key_index, collect=write)
+        hidden = hidden.view(G * n_slots, Lq, -1)[slot_of_row]     # [R, Lq, hidden]
+        if write:
+            self._write(cache, fresh, start, W, mode, window_ids)
+        if self.spec.shift_logits:
+            # query j is position start - extra + j; prev_real[r, i]: is position start+i-1 real
+            position_is_real = attention_mask[rows] if rows is not None else attention_mask
+            prev_real = torch.cat([torch.zeros_like(position_is_real[:, :1]), position_is_real[:, :-1]], dim=1)
+            prev_real = prev_real[:, start:start + W]
+            if extra:
+                hidden = torch.where(prev_real[..., None], hidden[:, :W], hidden[:, 1:])
+            else:
+                hidden = self._align(hidden, prev_real)
+        return hidden
+
+    def forward_window(self, window_ids, *, start, cache, mode, attention_mask=None, cache_rows=None,
+                       write=False):
+        """Forward the window ``window_ids [R, W]`` against ``cache``; logits ``[R, W, V]``.
+
+        See :mod:`infogain.models.base`. ``attention_mask`` defaults to the canvas
+        mask recorded at prefill. For Dream with ``start > 0`` the logit of
+        ``start`` comes from the hidden state of ``start - 1``, recomputed here as an
+        extra query (with the window in its context), so no logit is a placeholder.
+        """
+        return self.logits_from_hidden(self.window_hidden_states(
+            window_ids, start=start, cache=cache, mode=mode, attention_mask=attention_mask,
+            cache_rows=cache_rows, write=write))
+
+    def _write(self, cache: KVCache, fresh, start: int, W: int, mode: str, window_ids) -> None:
+        write_blocks(cache.keys + cache.values, [k for k, _ in fresh] + [v for _, v in fresh], start)
+        cache.token_ids[:, start:start + W] = window_ids
+        if mode == "block_causal":
+            cache.length = start + W
+
+    def _check_window(self, window_ids, start, cache, mode, attention_mask, cache_rows, write):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
+        if cache.mode is not None and cache.mode != mode:
+            raise ValueError(f"mode={mode!r} but the cache was built for mode {cache.mode!r}")
+        if len(cache.keys) != self.spec.num_layers or len(cache.values) != self.spec.num_layers:
+            raise ValueError(f"cache must hold {self.spec.num_layers} layers, got {len(cache.keys)}")
+        if cache.token_ids is None:
+            raise ValueError("cache has no token_ids; build it with prefill()")
+        if not isinstance(window_ids, torch.Tensor):
+            raise TypeError(f"window_ids must be a torch.Tensor, got {type(window_ids).__name__}")
+        if window_ids.dim() != 2 or window_ids.dtype != torch.long or window_ids.shape[0] < 1 or window_ids.shape[1] < 1:
+            raise ValueError(f"window_ids must be a non-empty 2-D long tensor [R, W], got {tuple(window_ids.shape)} {window_ids.dtype}")
+        if window_ids.device != cache.keys[0].device:
+            raise ValueError(f"window_ids is on {window_ids.device} but the cache is on {cache.keys[0].device}")
+        if int(window_ids.min()) < 0 or int(window_ids.max()) >= self.spec.vocab_size:
+            raise ValueError(f"window_ids must lie in [0, {self.spec.vocab_size})")
+        R, W = window_ids.shape
+        B, T = cache.token_ids.shape
+        if isinstance(start, bool) or not isinstance(start, int):
+            raise TypeError(f"start must be an int, got {type(start).__name__}")
+        if mode == "prefix":
+            if start != cache.length or start + W != T:
+                raise ValueError(f"prefix mode: the window must be [cache.length={cache.length}, T={T}); "
+                                 f"got start={start}, W={W}")
+        elif mode == "dual":
+            if not 0 <= start or start + W > T:
+                raise ValueError(f"dual mode: the window [start, start+W) = [{start}, {start + W}) must lie in [0, {T})")
+        else:
+            if start != cache.length or start + W > T:
+                raise ValueError(f"block_causal mode: start must equal cache.length={cache.length} and "
+                                 f"start+W <= T={T}; got start={start}, W={W}")
+        if attention_mask is None:
+            attention_mask = cache.attention_mask
+        elif not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool:
+            raise TypeError("attention_mask must be a bool tensor [B, T]")
+        elif tuple(attention_mask.shape) != (B, T):
+            raise ValueError(f"attention_mask must have the cache's canvas shape {(B, T)}, got {tuple(attention_mask.shape)}")
+        rows = None
+        if cache_rows is not None:
+            if not isinstance(cache_rows, torch.Tensor) or cache_rows.dtype != torch.long:
+                raise TypeError("cache_rows must be a long tensor [R]")
+            if tuple(cache_rows.shape) != (R,):
+                raise ValueError(f"cache_rows must have shape ({R},), got {tuple(cache_rows.shape)}")
+            if int(cache_rows.min()) < 0 or int(cache_rows.max()) >= B:
+                raise ValueError(f"cache_rows must lie in [0, {B})")
+            if write:
+                raise ValueError("write=True is not allowed with cache_rows (candidates never write the cache)")
+            rows = cache_rows.to(window_ids.device)
+        elif R != B:
+            raise ValueError(f"window_ids has {R} rows but the cache has {B}; pass cache_rows to map them")
+        return R, W, rows, attention_mask.to(window_ids.device)

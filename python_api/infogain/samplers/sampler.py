@@ -1,0 +1,657 @@
+"""The sampler driver shared by Info-Gain / LookUM and the baseline samplers.
+
+One code path (:class:`DiffusionSampler`); a :class:`~.strategies.Strategy`
+decides what each step commits. See :meth:`DiffusionSampler.generate` for the
+algorithm, the cache modes and the deliberate differences from the reference
+implementations.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
+
+import torch
+
+from infogain_kernels import gumbel_sample, lookahead_objective, token_stats
+
+from ..stats import KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, COMMIT_KINDS, RunStats, StatsRecorder
+from .strategies import InfoGainStrategy, StepDecision, StepState, Strategy, make_strategy
+
+CACHE_MODES = ("none", "prefix", "dual")
+VARIANTS = ("info_gain", "lookum")
+
+
+@dataclass
+class GenerateOptions:
+    """Options of :meth:`DiffusionSampler.generate` (see there); validated by :meth:`validate`."""
+
+    gen_length: int = 256
+    steps: int = 256
+    block_length: int = 32
+    candidate_number: int = 8
+    position_temperature: float = 0.2
+    threshold: float = 0.8
+    temperature: float = 0.0
+    variant: str = "info_gain"
+    cache: str = "none"
+    parallel_bypass: bool = False
+    eos_penalty: float = 0.0
+    stop_at_eos: bool = True
+    chat: bool = False
+    seed: Optional[int] = None
+    progress: bool = False
+    gamma: float = 0.01
+    record: bool = False
+
+    def validate(self) -> "GenerateOptions":
+        for name in ("gen_length", "steps", "block_length", "candidate_number"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.gen_length % self.block_length != 0:
+            raise ValueError(f"gen_length ({self.gen_length}) must be a multiple of block_length ({self.block_length})")
+        num_blocks = self.gen_length // self.block_length
+        if self.steps < num_blocks:
+            raise ValueError(f"steps ({self.steps}) must be >= the number of blocks gen_length/block_length "
+                             f"({num_blocks}): every block needs at least one step")
+        for name in ("position_temperature", "threshold", "temperature", "eos_penalty", "gamma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be finite, got {value}")
+        for name in ("position_temperature", "temperature", "gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise TypeError(f"seed must be an int or None, got {type(self.seed).__name__}")
+        for name in ("parallel_bypass", "stop_at_eos", "chat", "progress", "record"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        return self
+
+
+@dataclass
+class GenerationResult:
+    """Output of ``generate``.
+
+    Attributes:
+        sequences: int64 [B, gen_length], the generated tokens of each prompt
+            (including the EOS fill; no prompt, no padding).
+        texts: decoded generations (cut at the first EOS, special tokens skipped),
+            or None without a tokenizer.
+        stats: the run's :class:`~infogain.stats.RunStats`.
+        canvas: int64 [B, P + gen_length], the final canvas (left-padded prompts then
+            the generation); ``attention_mask`` bool [B, P + gen_length] marks the padding.
+        trace: with ``record=True``, one dict per step (block, step, and per row the
+            kind, committed positions/tokens and, for lookahead rows, the candidates
+            with their cost C, H_next and J and the winner); else None.
+    """
+
+    sequences: torch.Tensor
+    texts: Optional[List[str]]
+    stats: RunStats
+    canvas: Optional[torch.Tensor] = None
+    attention_mask: Optional[torch.Tensor] = None
+    trace: Optional[List[dict]] = None
+
+
+def _config_value(obj, name):
+    value = getattr(obj, name, None) if obj is not None else None
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return value
+
+
+def _fill_after_first_eos(ids: torch.Tensor, mask_id: int, eos_id: int):
+    """Replace every mask after the first EOS of each row of ``ids`` [R, W] by EOS.
+
+    Returns ``(new_ids, filled)`` with ``filled`` int64 [R] the number of masks replaced.
+    """
+    after_eos = (ids == eos_id).cumsum(dim=1) > 0
+    fill = after_eos & (ids == mask_id)
+    return torch.where(fill, torch.full_like(ids, eos_id), ids), fill.sum(dim=1)
+
+
+class DiffusionSampler:
+    """Masked-diffusion sampler driven by a selection strategy.
+
+    Args:
+        model: a :class:`~infogain.models.DiffusionLM`, or any module mapping
+            ``input_ids [B, T]`` (and ``attention_mask``) to logits ``[B, T, V]`` (a
+            tensor or an object with ``.logits``); the latter works with ``cache="none"``.
+        tokenizer: optional; needed for string prompts and for ``texts``.
+        strategy: a sampler name (see :data:`SAMPLERS`) or a :class:`Strategy`.
+        mask_id: the mask token id; defaults to ``model.config.mask_token_id``, then
+            ``tokenizer.mask_token_id``.
+        **defaults: default values for :meth:`generate`'s options.
+    """
+
+    def __init__(self, model, tokenizer=None, *, strategy="info_gain", mask_id: Optional[int] = None,
+                 **defaults):
+        if not callable(model):
+            raise TypeError(f"model must be a callable model, got {type(model).__name__}")
+        if isinstance(strategy, str):
+            self.name = strategy
+            strategy = make_strategy(strategy)
+        elif isinstance(strategy, Strategy):
+            self.name = strategy.name
+        else:
+            raise TypeError(f"strategy must be a sampler name or a Strategy, got {type(strategy).__name__}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.strategy = strategy
+        config = getattr(model, "config", None)
+        if mask_id is None:
+            mask_id = _config_value(config, "mask_token_id")
+        if mask_id is None:
+            mask_id = _config_value(tokenizer, "mask_token_id")
+        if mask_id is None:
+            raise ValueError("mask_id is required: neither model.config.mask_token_id nor "
+                             "tokenizer.mask_token_id is set")
+        if isinstance(mask_id, bool) or not isinstance(mask_id, int) or mask_id < 0:
+            raise TypeError(f"mask_id must be a non-negative int, got {mask_id!r}")
+        self.mask_id = mask_id
+        self.eos_id = _config_value(config, "eos_token_id")
+        if self.eos_id is None:
+            self.eos_id = _config_value(tokenizer, "eos_token_id")
+        self.pad_id = _config_value(config, "pad_token_id")
+        if self.pad_id is None:
+            self.pad_id = _config_value(tokenizer, "pad_token_id")
+        self.block_causal = bool(getattr(config, "block_causal", False))
+        self.max_positions = _config_value(config, "max_position_embeddings")
+        # Validate the defaults now so that a bad default fails at construction.
+        GenerateOptions(**defaults).validate()
+        self.defaults = dict(defaults)
+
+    # ------------------------------------------------------------------ prompts
+
+    def _encode(self, prompts, chat: bool) -> List[List[int]]:
+        """Token id lists of the prompts (strings, id lists or a tensor)."""
+        if isinstance(prompts, torch.Tensor):
+            if prompts.dtype in (torch.bool,) or prompts.dtype.is_floating_point or prompts.dtype.is_complex:
+                raise TypeError(f"prompts tensor must have an integer dtype, got {prompts.dtype}")
+            if prompts.dim() == 1:
+                prompts = prompts[None]
+            if prompts.dim() != 2:
+                raise ValueError(f"prompts tensor must be [P] or [B, P], got shape {tuple(prompts.shape)}")
+            rows = [list(map(int, row)) for row in prompts.tolist()]
+        elif isinstance(prompts, str):
+            rows = [self._encode_text(prompts, chat)]
+        elif isinstance(prompts, (list, tuple)):
+            if len(prompts) == 0:
+                raise ValueError("prompts must not be empty")
+            if all(isinstance(p, int) and not isinstance(p, bool) for p in prompts):
+                rows = [list(prompts)]
+            else:
+                rows = []
+                for i, p in enumerate(prompts):
+                    if isinstance(p, str):
+                        rows.append(self._encode_text(p, chat))
+                    elif isinstance(p, torch.Tensor) and p.dim() == 1 and not p.dtype.is_floating_point:
+                        rows.append([int(t) for t in p.tolist()])
+                    elif isinstance(p, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                              for t in p):
+                        rows.append(list(p))
+                    else:
+                        raise TypeError(f"prompts[{i}] must be a string, a list of token ids or a 1-D integer "
+                                        f"tensor, got {type(p).__name__}")
+        else:
+            raise TypeError(f"prompts must be a string, a list or a tensor, got {type(prompts).__name__}")
+        for i, row in enumerate(rows):
+            if len(row) == 0:
+                raise ValueError(f"prompts[{i}] is empty")
+            if any(t < 0 for t in row):
+                raise ValueError(f"prompts[{i}] contains a negative token id")
+        return rows
+
+    def _encode_text(self, text: str, chat: bool) -> List[int]:
+        if self.tokenizer is None:
+            raise ValueError("a tokenizer is required to encode string prompts")
+        if chat and getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+            # The template already holds the special tokens (BOS); do not add them twice.
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text)["input_ids"])
+
+    # ------------------------------------------------------------------ model calls
+
+    def _supports_cache(self) -> bool:
+        from ..models.base import DiffusionLM
+
+        model = self.model
+        for method in ("prefill", "forward_window"):
+            if not callable(getattr(model, method, None)):
+                return False
+            if isinstance(model, DiffusionLM) and getattr(type(model), method) is getattr(DiffusionLM, method):
+                return False
+        return True
+
+    def _logits(self, output) -> torch.Tensor:
+        logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+            raise TypeError("the model must return logits [B, T, V] (a tensor or an object with .logits)")
+        if self.mask_id < logits.shape[-1]:
+            # A committed mask token would stay "masked" forever: the mask id is never a prediction.
+            logits[..., self.mask_id] = float("-inf")
+        if self._eos_penalty:
+            # In place on the model's fresh output: the penalty is part of every forward (incl. lookahead).
+            for token in self._penalized_ids:
+                logits[..., token] -= self._eos_penalty
+        return logits
+
+    # ------------------------------------------------------------------ generate
+
+    def generate(self, prompts, **options) -> GenerationResult:
+        """Generate ``gen_length`` tokens after each prompt.
+
+        Args:
+            prompts: a string (needs the tokenizer), a list of strings, a list of
+                token ids, a list of such lists, or an integer tensor ``[P]`` / ``[B, P]``.
+                Prompts of different lengths are left padded into one canvas with an
+                attention mask; every row is decided independently.
+            gen_length: tokens to generate per prompt (a multiple of ``block_length``).
+            steps: total denoising steps, split evenly over the ``gen_length /
+                block_length`` blocks (the first ``steps % blocks`` blocks get one more);
+                must be >= the number of blocks. Unscheduled samplers (``fast_dllm``,
+                ``eb``) decode each block until it has no masks and ignore ``steps``
+                beyond this check.
+            block_length: block size; blocks are decoded left to right.
+            candidate_number: N lookahead candidates (Info-Gain / LookUM).
+            position_temperature: temperature of the Gumbel-top-k position sampling
+                of candidates 1..N-1; <= 0 disables the lookahead (trivial path).
+            threshold: in (0, 1]; Info-Gain bypass threshold on the top-1 probability,
+                Fast-dLLM confidence threshold.
+            temperature: token sampling temperature (>= 0; 0 = arg-max). Tokens are
+                really drawn from softmax(logits / temperature) for every model.
+            variant: "info_gain" (J = -C - H_next) or "lookum" (J = -H_next).
+            cache: "none" (full forwards), "prefix" or "dual" (see below).
+            parallel_bypass: commit every position above the threshold, not at most k.
+            eos_penalty: subtracted from the EOS (and PAD, when different) logits of
+                every forward, lookahead included (default 0 = no penalty). The mask
+                token's logit is always set to -inf (it is never a prediction).
+            stop_at_eos: after a row's first EOS in the generation region, fill its
+                remaining masks with EOS (counted as "eos_fill").
+            chat: apply the tokenizer's chat template to string prompts.
+            seed: seeds the run's generator (same seed, device and backend -> same
+                result); None draws from torch's default generator.
+            progress: show a tqdm progress bar over blocks.
+            gamma: entropy bound of the "eb" sampler.
+            record: return a per-step ``trace`` (costs extra host synchronisation;
+                for tests and debugging).
+
+        Returns:
+            :class:`GenerationResult`.
+
+        Algorithm (per block, per step; every row independently): the block's
+        logits come from a forward or, after a lookahead commit, from the winning
+        candidate's lookahead logits (no extra forward). The step quota k follows
+        the LLaDA schedule (masked count at block entry divided evenly over the
+        block's steps, remainder to the first steps). The last step of a block, or
+        a step with k >= masks left, fills every mask with tokens drawn at
+        ``temperature``; otherwise the strategy decides (see the strategies). For
+        Info-Gain, H_next is the mean entropy of the lookahead logits over the
+        positions still masked inside the window the lookahead computed: the block
+        and everything after it for "none"/"prefix", the block for "dual" and for
+        block-causal models (the reference's zero-padded rows counted as uniform
+        are not reproduced). Each candidate is evaluated on exactly the state its
+        commit produces, EOS fill included, so the reused logits are exact.
+
+        Cache modes. "prefix": at block entry one full forward (``prefill``) caches
+        the K/V before the block; later forwards cover the block and everything
+        after it. "dual": at block entry ``prefill`` caches the whole canvas; later
+        forwards (and the lookahead) cover only the block. The block's own cached
+        K/V are never read (a window's queries attend to the window's fresh keys),
+        so no block replacement is written back: the next block's prefill
+        recomputes everything. Block-causal models (``model.config.block_causal``,
+        SDAR) use their exact cache for "prefix" and "dual" ("block_causal": prompt
+        prefill, block forwards, finished blocks appended with ``write=True``) and
+        full forwards receive ``gen_start``/``block_length``. Lookahead candidates
+        of all rows are ONE forward batch that reads the shared cache through
+        ``cache_rows``; no cache is ever copied per candidate.
+
+        Synchronisation: the driver reads one packed tensor back per step (the rows'
+        decision kinds, their mask counts and the kept-candidate mask), which sizes
+        the lookahead batch and picks the rows that need a fresh forward. The fused
+        ops' own data checks (NaN / all -inf rows) add their own read-backs.
+
+        Deliberate differences from the reference: the bypass commits at most k
+        tokens (all with ``parallel_bypass``) and the last-step fill takes
+        precedence over it; bypass rows get a fresh forward next step; candidate
+        n >= 1 ranks positions by the confidence of its own tokens; the EOS fill
+        also runs before the lookahead; no Dream-style block-entry commit.
+        """
+        opts = GenerateOptions(**{**self.defaults, **options}).validate()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            result = self._generate(prompts, opts)
+        result.stats.wall_time_s = time.perf_counter() - started
+        return result
+
+    def _device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except (AttributeError, StopIteration, TypeError):
+            return torch.device("cpu")
+
+    def _generate(self, prompts, opts: GenerateOptions) -> GenerationResult:
+        rows = self._encode(prompts, opts.chat)
+        batch = len(rows)
+        prompt_length = max(len(r) for r in rows)
+        total = prompt_length + opts.gen_length
+        if self.max_positions is not None and total > self.max_positions:
+            raise ValueError(f"prompt ({prompt_length} tokens) + gen_length ({opts.gen_length}) = {total} exceeds "
+                             f"the model's max_position_embeddings ({self.max_positions})")
+        mode = opts.cache
+        if mode != "none":
+            if not self._supports_cache():
+                raise ValueError(f"cache={mode!r} needs a model with prefill and forward_window "
+                                 f"(an infogain.models DiffusionLM); use cache='none'")
+            if self.block_causal:
+                mode = "block_causal"
+        device = self._device()
+        pad_id = self.pad_id if self.pad_id is not None else (self.eos_id if self.eos_id is not None else 0)
+
+        canvas = torch.full((batch, total), pad_id, dtype=torch.long, device=device)
+        attention = torch.zeros(batch, total, dtype=torch.bool, device=device)
+        for b, row in enumerate(rows):
+            canvas[b, prompt_length - len(row):prompt_length] = torch.tensor(row, dtype=torch.long)
+            attention[b, prompt_length - len(row):] = True
+        canvas[:, prompt_length:] = self.mask_id
+
+        self._eos_penalty = opts.eos_penalty
+        self._penalized_ids = sorted({t for t in (self.eos_id, self.pad_id) if t is not None})
+        generator = None
+        if opts.seed is not None:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(opts.seed)
+
+        run = _Run(self, opts, mode, canvas, attention, prompt_length, generator)
+        run.decode()
+        name = opts.variant if isinstance(self.strategy, InfoGainStrategy) else self.name
+        stats = run.recorder.finish(name, 0.0, opts.gen_length)
+        sequences = canvas[:, prompt_length:].clone()
+        texts = None
+        if self.tokenizer is not None:
+            texts = []
+            for row in sequences.tolist():
+                if self.eos_id is not None and self.eos_id in row:
+                    row = row[:row.index(self.eos_id)]
+                texts.append(self.tokenizer.decode(row, skip_special_tokens=True))
+        return GenerationResult(sequences=sequences, texts=texts, stats=stats, canvas=canvas,
+                                attention_mask=attention, trace=run.trace if opts.record else None)
+
+
+class _Run:
+    """State of one ``generate`` call (canvas, cache, block logits, statistics)."""
+
+    def __init__(self, sampler: DiffusionSampler, opts: GenerateOptions, mode: str, canvas, attention,
+                 gen_start: int, generator):
+        self.sampler = sampler
+        self.model = sampler.model
+        self.strategy = sampler.strategy
+        self.opts = opts
+        self.mode = mode
+        self.canvas = canvas
+        self.attention = attention
+        self.gen_start = gen_start
+        self.generator = generator
+        self.batch = canvas.shape[0]
+        self.length = opts.block_length
+        self.device = canvas.device
+        self.mask_id = sampler.mask_id
+        self.eos_id = sampler.eos_id if opts.stop_at_eos else None
+        self.recorder = StatsRecorder(self.batch, self.device)
+        self.trace: List[dict] = []
+        self.cache = None
+        self.block_logits: Optional[torch.Tensor] = None  # [B, L, V], model dtype
+
+    # -------------------------------------------------------------- forwards
+
+    def _full_forward(self, ids, attention):
+        kwargs = {"attention_mask": attention}
+        if self.sampler.block_causal:
+            kwargs.update(gen_start=self.gen_start, block_length=self.length)
+        return self.sampler._logits(self.model(ids, **kwargs))
+
+    def _window_forward(self, window_ids, start, cache_rows):
+        return self.sampler._logits(self.model.forward_window(
+            window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.attention,
+            cache_rows=cache_rows))
+
+    def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
+        if self.block_logits is None:
+            self.block_logits = logits.new_empty(self.batch, self.length, logits.shape[-1])
+        if rows is None:
+            self.block_logits.copy_(logits)
+        else:
+            self.block_logits[rows] = logits
+
+    def _enter_block(self, start: int) -> List[bool]:
+        """Block-entry work of the cache modes; returns which rows still need a forward."""
+        end = start + self.length
+        if self.mode in ("prefix", "dual") or (self.mode == "block_causal" and self.cache is None):
+            prefill_start = self.gen_start if self.mode == "block_causal" else start
+            logits, self.cache = self.model.prefill(
+                self.canvas, self.attention, mode=self.mode, start=prefill_start, gen_start=self.gen_start,
+                block_length=self.length)
+            logits = self.sampler._logits(logits)
+            self.recorder.count_forward(range(self.batch))
+            self._store_block_logits(None, logits[:, start:end])
+            return [False] * self.batch
+        return [True] * self.batch
+
+    def _forward_rows(self, rows: List[int], start: int) -> None:
+        end = start + self.length
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        if self.mode == "none":
+            logits = self._full_forward(self.canvas[index], self.attention[index])[:, start:end]
+        elif self.mode == "prefix":
+            logits = self._window_forward(self.canvas[index, start:], start, index)[:, :self.length]
+        else:  # dual and block_causal forward the block only
+            logits = self._window_forward(self.canvas[index, start:end], start, index)
+        self.recorder.count_forward(rows)
+        self._store_block_logits(index if len(rows) < self.batch else None, logits)
+
+    # -------------------------------------------------------------- decoding
+
+    def decode(self) -> None:
+        opts = self.opts
+        num_blocks = opts.gen_length // self.length
+        base_steps, extra_steps = divmod(opts.steps, num_blocks)
+        progress = None
+        if opts.progress:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=num_blocks, desc=f"{self.sampler.name} blocks")
+        for block in range(num_blocks):
+            start = self.gen_start + block * self.length
+            steps = base_steps + (1 if block < extra_steps else 0)
+            self._decode_block(block, start, steps)
+            if self.mode == "block_causal" and block + 1 < num_blocks:
+                # Append the finished block's K/V (exact block-causal cache).
+                self.sampler._logits(self.model.forward_window(
+                    self.canvas[:, start:start + self.length], start=start, cache=self.cache, mode=self.mode,
+                    attention_mask=self.attention, write=True))
+                self.recorder.count_forward(range(self.batch))
+            if progress is not None:
+                progress.update(1)
+        if progress is not None:
+            progress.close()
+
+    def _decode_block(self, block: int, start: int, steps: int) -> None:
+        end = start + self.length
+        scheduled = self.strategy.scheduled
+        stale = self._enter_block(start)
+        masks_left = [1] * self.batch  # unknown until the first read-back; assume some
+        initial = (self.canvas[:, start:end] == self.mask_id).sum(dim=1)
+        base_quota, extra_quota = initial // steps, initial % steps
+        max_steps = steps if scheduled else self.length
+        for step in range(max_steps):
+            need = [r for r in range(self.batch) if stale[r] and masks_left[r] > 0]
+            if need:
+                self._forward_rows(need, start)
+                for r in need:
+                    stale[r] = False
+            quota = base_quota + (step < extra_quota).long()
+            kinds, masks_left = self._step(block, step, start, quota, last=scheduled and step == steps - 1,
+                                           max_quota=-(-self.length // steps))
+            for r, kind in enumerate(kinds):
+                # A row that committed anything but the lookahead winner has no logits for its new state.
+                if kind != KIND_NONE and kind != KIND_LOOKAHEAD:
+                    stale[r] = True
+            if not any(masks_left):
+                return
+        if not scheduled:
+            raise RuntimeError(f"{self.strategy.name}: block {block} still has masks after {max_steps} steps")
+
+    def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
+        """One denoising step of every row; returns (kinds, masks left) as host lists."""
+        opts = self.opts
+        end = start + self.length
+        logits = self.block_logits
+        block_ids = self.canvas[:, start:end]
+        masked = block_ids == self.mask_id
+        masked_count = masked.sum(dim=1)
+        entropy, top1_prob, top1_id, top2_prob = token_stats(logits, mask=masked)
+        tokens, token_probs = gumbel_sample(logits, self.strategy.num_token_samples(opts), opts.temperature,
+                                            mask=masked, generator=self.generator)
+        has_masks = masked_count > 0
+        fill = has_masks & ((quota >= masked_count) | last) if self.strategy.scheduled else \
+            torch.zeros_like(has_masks)
+        state = StepState(logits=logits, masked=masked, quota=quota, active=has_masks & ~fill, entropy=entropy,
+                          top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
+                          token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator)
+        decision: StepDecision = self.strategy.decide(state)
+        kind = torch.where(fill, KIND_FILL, decision.kind)
+        commit = torch.where(fill[:, None], masked, decision.commit)
+        commit = commit & (kind != KIND_LOOKAHEAD)[:, None]
+        new_tokens = torch.where(commit, decision.tokens, block_ids)
+        self.canvas[:, start:end] = new_tokens
+        eos_filled = self._eos_fill()
+
+        candidates = decision.candidates
+        committed_count = commit.sum(dim=1)
+        left = masked_count - committed_count
+        if eos_filled is not None:
+            left = left - eos_filled[:, start - self.gen_start:end - self.gen_start].sum(dim=1)
+        left = torch.where(kind == KIND_LOOKAHEAD, masked_count - quota, left)
+        packed = [kind, left]
+        if candidates is not None:
+            packed.append(candidates.keep.reshape(-1).long())
+        host = torch.cat(packed).tolist()  # the step's one read-back
+        kinds, masks_left = host[:self.batch], host[self.batch:2 * self.batch]
+
+        record = {"block": block, "step": step, "rows": []} if opts.record else None
+        lookahead_rows = [r for r in range(self.batch) if kinds[r] == KIND_LOOKAHEAD]
+        la_info = None
+        if lookahead_rows:
+            keep = host[2 * self.batch:]
+            pairs = [(n, b) for n in range(len(keep) // self.batch) for b in range(self.batch)
+                     if keep[n * self.batch + b]]
+            la_info = self._lookahead(start, candidates, pairs, lookahead_rows, entropy)
+            winner_commit, winner_tokens = la_info["commit"], la_info["tokens"]
+            rows_index = la_info["rows"]
+            self.canvas[rows_index, start:end] = torch.where(winner_commit, winner_tokens,
+                                                             self.canvas[rows_index, start:end])
+            commit[rows_index] = winner_commit
+            self._eos_fill()
+        self.recorder.add_commits(kind, commit, entropy)
+        if record is not None:
+            self._record(record, kinds, commit, start, la_info, candidates)
+        return kinds, masks_left
+
+    def _eos_fill(self):
+        """EOS fill of the generation region; returns the per-row filled-mask mask [B, G] or None."""
+        if self.eos_id is None:
+            return None
+        region = self.canvas[:, self.gen_start:]
+        after_eos = (region == self.eos_id).cumsum(dim=1) > 0
+        filled = after_eos & (region == self.mask_id)
+        region.masked_fill_(filled, self.eos_id)
+        self.recorder.add_eos_fill(filled.sum(dim=1))
+        return filled
+
+    def _lookahead(self, start: int, candidates, pairs, lookahead_rows, entropy) -> dict:
+        """Forward the kept candidates of all rows as one batch and pick each row's best."""
+        end = start + self.length
+        num_candidates = candidates.keep.shape[0]
+        cand_index = torch.tensor([n for n, _ in pairs], dtype=torch.long, device=self.device)
+        row_index = torch.tensor([b for _, b in pairs], dtype=torch.long, device=self.device)
+        cand_commit = candidates.commit[cand_index, row_index]                       # [R, L]
+        cand_block = torch.where(cand_commit, candidates.tokens[cand_index, row_index],
+                                 self.canvas[row_index, start:end])
+        if self.mode == "none":
+            window = self.canvas[row_index].clone()
+            window[:, start:end] = cand_block
+            offset = start
+        elif self.mode == "prefix":
+            window = self.canvas[row_index, start:].clone()
+            window[:, :self.length] = cand_block
+            offset = 0
+        else:
+            window = cand_block
+            offset = 0
+        if self.eos_id is not None:
+            # Evaluate exactly the state the commit produces: its EOS fill included.
+            fill_from = self.gen_start if self.mode == "none" else 0
+            window[:, fill_from:] = _fill_after_first_eos(window[:, fill_from:], self.mask_id, self.eos_id)[0]
+        if self.mode == "none":
+            next_logits = self._full_forward(window, self.attention[row_index])
+        else:
+            next_logits = self._window_forward(window, start, row_index)
+        self.recorder.count_lookahead([b for _, b in pairs])
+        # H_next window: everything from the block on, except for block-causal models (the block only).
+        h_end = offset + self.length if (self.sampler.block_causal or self.mode == "dual") else window.shape[1]
+        remaining = window[:, offset:h_end] == self.mask_id
+        cost = candidates.cost[cand_index, row_index] if self.opts.variant == "info_gain" else None
+        objective, h_next = lookahead_objective(next_logits[:, offset:h_end], remaining, cost,
+                                                variant=self.opts.variant)
+        scores = torch.full((num_candidates, self.batch), float("-inf"), device=self.device)
+        scores[cand_index, row_index] = objective
+        slot = torch.full((num_candidates, self.batch), -1, dtype=torch.long, device=self.device)
+        slot[cand_index, row_index] = torch.arange(len(pairs), device=self.device)
+        rows = torch.tensor(lookahead_rows, dtype=torch.long, device=self.device)
+        best = scores.argmax(dim=0)[rows]
+        winner = slot[best, rows]
+        self._store_block_logits(rows, next_logits[winner, offset:offset + self.length])
+        return {"rows": rows, "commit": cand_commit[winner], "tokens": cand_block[winner], "best": best,
+                "pairs": pairs, "objective": objective, "h_next": h_next, "cand_commit": cand_commit,
+                "cand_block": cand_block}
+
+    def _record(self, record, kinds, commit, start, la_info, candidates) -> None:
+        block_ids = self.canvas[:, start:start + self.length].tolist()
+        commit = commit.tolist()
+        by_row = {}
+        if la_info is not None:
+            objective, h_next = la_info["objective"].tolist(), la_info["h_next"].tolist()
+            cand_commit, cand_block = la_info["cand_commit"].tolist(), la_info["cand_block"].tolist()
+            costs = candidates.cost.tolist()
+            for i, (n, b) in enumerate(la_info["pairs"]):
+                positions = [start + p for p, c in enumerate(cand_commit[i]) if c]
+                by_row.setdefault(b, []).append({
+                    "candidate": n, "positions": positions,
+                    "tokens": [cand_block[i][p - start] for p in positions],
+                    "cost": costs[n][b], "h_next": h_next[i], "objective": objective[i]})
+            best = dict(zip(la_info["rows"].tolist(), la_info["best"].tolist()))
+        for r in range(self.batch):
+            positions = [start + p for p, c in enumerate(commit[r]) if c]
+            entry = {"kind": "none" if kinds[r] == KIND_NONE else COMMIT_KINDS[kinds[r] - 1],
+                     "positions": positions, "tokens": [block_ids[r][p - start] for p in positions]}
+            if kinds[r] == KIND_LOOKAHEAD:
+                entry["candidates"] = by_row[r]
+                entry["winner"] = [c["candidate"] for c in by_row[r]].index(best[r])
+            record["rows"].append(entry)
+        self.trace.append(record)
+

@@ -1,0 +1,287 @@
+"""Selection strategies: what a sampler step commits, given the current block's logits and statistics.
+
+All samplers share one driver (:class:`infogain.samplers.sampler.DiffusionSampler`):
+it forwards the model, computes the per-position statistics of the block with
+the fused ops, handles the last-step fill, applies the commits, the EOS fill and
+the statistics. A strategy only decides, per row, which masked block positions
+to commit this step and with which tokens (:meth:`Strategy.decide`). The
+Info-Gain strategy may instead ask for a lookahead: it returns candidate actions
+and the driver forwards the candidates of all rows as one batch and commits the
+best one per row.
+
+Shapes: B rows, L = block length, V = vocabulary, N = candidates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from infogain_kernels import gumbel_topk
+
+from ..stats import KIND_BYPASS, KIND_HEURISTIC, KIND_LOOKAHEAD, KIND_NONE, KIND_TRIVIAL
+
+
+@dataclass
+class StepState:
+    """What a strategy sees at one step (all tensors on the model's device).
+
+    Attributes:
+        logits: [B, L, V] current logits of the block (model dtype).
+        masked: bool [B, L], masked block positions.
+        quota: int64 [B], tokens to commit this step (the LLaDA schedule; 0 = skip).
+        active: bool [B], rows the strategy must decide for (masked positions left
+            and not filled by the driver's last-step fill this step).
+        entropy, top1_prob, top2_prob: float32 [B, L]; top1_id: int64 [B, L]
+            (``token_stats`` of the masked positions; other positions hold fill values).
+        tokens: int64 [S, B, L], S token draws at the sampling temperature
+            (``gumbel_sample``); sample 0 is x0, the tokens every non-lookahead
+            commit uses.
+        token_probs: float32 [S, B, L], the untempered probability of each drawn token.
+        options: the run's :class:`GenerateOptions`.
+        max_quota: an upper bound of ``quota`` (host int).
+        generator: the run's ``torch.Generator`` (or None).
+    """
+
+    logits: torch.Tensor
+    masked: torch.Tensor
+    quota: torch.Tensor
+    active: torch.Tensor
+    entropy: torch.Tensor
+    top1_prob: torch.Tensor
+    top1_id: torch.Tensor
+    top2_prob: torch.Tensor
+    tokens: torch.Tensor
+    token_probs: torch.Tensor
+    options: "object"
+    max_quota: int
+    generator: Optional[torch.Generator]
+
+
+@dataclass
+class Candidates:
+    """Lookahead candidates of the rows whose decision kind is ``KIND_LOOKAHEAD``.
+
+    Attributes:
+        commit: bool [N, B, L], positions candidate n of row b commits.
+        tokens: int64 [N, B, L], the tokens it writes there.
+        keep: bool [N, B], candidates to evaluate (unique position sets of lookahead rows).
+        cost: float32 [N, B], C = sum of current entropies at the candidate's positions.
+    """
+
+    commit: torch.Tensor
+    tokens: torch.Tensor
+    keep: torch.Tensor
+    cost: torch.Tensor
+
+
+@dataclass
+class StepDecision:
+    """A strategy's decision: ``kind`` int64 [B] (``KIND_*`` codes), ``commit`` bool [B, L],
+    ``tokens`` int64 [B, L] (read where ``commit``), optional ``candidates`` for lookahead rows
+    (their ``commit`` row is ignored; the driver commits the winning candidate)."""
+
+    kind: torch.Tensor
+    commit: torch.Tensor
+    tokens: torch.Tensor
+    candidates: Optional[Candidates] = None
+
+
+def top_k_mask(scores: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """bool [B, L]: the ``k[b]`` allowed positions of row b with the highest score (ties: lower index).
+
+    ``scores`` float [B, L]; ``allowed`` bool [B, L]; ``k`` int64 [B]. Rows with fewer
+    allowed positions than ``k[b]`` get all of them.
+    """
+    ranked = torch.where(allowed, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
+    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return allowed & (rank < k[:, None])
+
+
+class Strategy:
+    """Base class. ``scheduled`` strategies follow the LLaDA step schedule (a quota per
+    step, last-step fill); unscheduled ones loop over a block until it has no masks,
+    committing at least one token per row per step."""
+
+    name = "strategy"
+    scheduled = True
+
+    def num_token_samples(self, options) -> int:
+        """How many token draws per position the step needs (sample 0 = x0)."""
+        return 1
+
+    def decide(self, state: StepState) -> StepDecision:
+        raise NotImplementedError
+
+
+class ScoreStrategy(Strategy):
+    """Commit the ``quota`` masked positions with the highest score, tokens x0 (LLaDA remasking family).
+
+    Scores: ``confidence`` = untempered probability of the drawn token x0 (LLaDA
+    "low-confidence remasking"), ``entropy`` = minus the entropy, ``margin`` =
+    top-1 minus top-2 probability, ``random`` = uniform noise (LLaDA "random
+    remasking"). Only positions of the current block are ever scored (the legacy
+    reference's entropy/margin scored the whole generation region; not reproduced).
+    """
+
+    SCORES = ("confidence", "entropy", "margin", "random")
+
+    def __init__(self, score: str):
+        if score not in self.SCORES:
+            raise ValueError(f"score must be one of {self.SCORES}, got {score!r}")
+        self.name = score
+        self.score = score
+
+    def _scores(self, state: StepState) -> torch.Tensor:
+        if self.score == "confidence":
+            return state.token_probs[0]
+        if self.score == "entropy":
+            return -state.entropy
+        if self.score == "margin":
+            return state.top1_prob - state.top2_prob
+        return torch.rand(state.masked.shape, generator=state.generator, device=state.masked.device)
+
+    def decide(self, state: StepState) -> StepDecision:
+        allowed = state.masked & state.active[:, None]
+        commit = top_k_mask(self._scores(state), allowed, state.quota)
+        kind = torch.where(commit.any(dim=1), KIND_HEURISTIC, KIND_NONE)
+        return StepDecision(kind=kind, commit=commit, tokens=state.tokens[0])
+
+
+class FastDLLMStrategy(Strategy):
+    """Fast-dLLM threshold parallel decoding: commit every masked block position whose
+    drawn token x0 has probability >= ``threshold``, and at least the most confident one.
+    Unscheduled: a block is decoded until it has no masks (``steps`` is not used)."""
+
+    name = "fast_dllm"
+    scheduled = False
+
+    def decide(self, state: StepState) -> StepDecision:
+        allowed = state.masked & state.active[:, None]
+        confidence = state.token_probs[0]
+        best = top_k_mask(confidence, allowed, torch.ones_like(state.quota))
+        commit = best | (allowed & (confidence >= state.options.threshold))
+        kind = torch.where(commit.any(dim=1), KIND_HEURISTIC, KIND_NONE)
+        return StepDecision(kind=kind, commit=commit, tokens=state.tokens[0])
+
+
+class EntropyBoundedStrategy(Strategy):
+    """EB sampler: sort a row's masked positions by entropy (ascending) and commit the
+    longest prefix whose entropy sum minus its largest entropy is <= ``gamma`` (at
+    least one position), tokens x0. Applied per block (the reference decoded the whole
+    generation region as one block; use ``block_length=gen_length`` for that).
+    Unscheduled: a block is decoded until it has no masks."""
+
+    name = "eb"
+    scheduled = False
+
+    def decide(self, state: StepState) -> StepDecision:
+        allowed = state.masked & state.active[:, None]
+        entropy = torch.where(allowed, state.entropy, torch.full_like(state.entropy, float("inf")))
+        sorted_entropy = torch.sort(entropy, dim=1).values
+        finite = torch.isfinite(sorted_entropy)
+        # Non-allowed positions sort last as +inf; zero them so the running sums stay finite.
+        sorted_entropy = torch.where(finite, sorted_entropy, torch.zeros_like(sorted_entropy))
+        within_bound = (sorted_entropy.cumsum(1) - sorted_entropy.cummax(1).values) <= state.options.gamma
+        count = (within_bound & finite).sum(dim=1).clamp(min=1)
+        commit = top_k_mask(-state.entropy, allowed, count)
+        kind = torch.where(commit.any(dim=1), KIND_HEURISTIC, KIND_NONE)
+        return StepDecision(kind=kind, commit=commit, tokens=state.tokens[0])
+
+
+class InfoGainStrategy(Strategy):
+    """Info-Gain / LookUM (``options.variant``) with the high-confidence bypass.
+
+    Per active row with quota k:
+
+    1. Bypass: masked positions with top-1 probability >= ``threshold``; commit the
+       (at most k, highest first; all with ``parallel_bypass``) of them with their
+       arg-max tokens (the bypass ignores the temperature, as in the reference).
+    2. Trivial path when ``position_temperature <= 0`` or ``candidate_number <= 1``:
+       commit candidate 0 (the k most confident positions, tokens x0).
+    3. Otherwise N candidates: candidate n has its own token draw x_n (sample n of
+       ``gumbel_sample``; all equal to the arg-max at temperature 0) with
+       confidences c_n = softmax(logits)[x_n]; candidate 0 takes the top-k of c_0,
+       candidate n >= 1 the Gumbel-top-k of c_n / position_temperature
+       (``gumbel_topk``). Candidates with the position set of an earlier candidate of
+       the same row are dropped (never forwarded). The driver forwards the kept
+       candidates of all rows as one batch and commits the arg-max of
+       J = -C - H_next (info_gain) or J = -H_next (lookum), ties to the lower index.
+    """
+
+    name = "info_gain"
+
+    def num_token_samples(self, options) -> int:
+        return max(1, options.candidate_number)
+
+    def decide(self, state: StepState) -> StepDecision:
+        opts = state.options
+        masked = state.masked & state.active[:, None]
+        quota = state.quota
+        has_quota = state.active & (quota > 0)
+
+        high = masked & (state.top1_prob >= opts.threshold)
+        bypass_rows = has_quota & high.any(dim=1)
+        if opts.parallel_bypass:
+            bypass_commit = high
+        else:
+            bypass_commit = top_k_mask(state.top1_prob, high, quota)
+        bypass_commit = bypass_commit & bypass_rows[:, None]
+
+        rest = has_quota & ~bypass_rows
+        num_candidates = opts.candidate_number
+        trivial = opts.position_temperature <= 0 or num_candidates <= 1
+        greedy_commit = top_k_mask(state.token_probs[0], masked, quota) & rest[:, None]
+
+        commit = bypass_commit | greedy_commit
+        tokens = torch.where(bypass_commit, state.top1_id, state.tokens[0])
+        kind = torch.full_like(quota, KIND_NONE)
+        kind = torch.where(bypass_rows, KIND_BYPASS, kind)
+        if trivial:
+            kind = torch.where(rest, KIND_TRIVIAL, kind)
+            return StepDecision(kind=kind, commit=commit, tokens=tokens)
+        kind = torch.where(rest, KIND_LOOKAHEAD, kind)
+        return StepDecision(kind=kind, commit=commit, tokens=tokens,
+                            candidates=self._candidates(state, masked, quota, rest))
+
+    def _candidates(self, state: StepState, masked, quota, lookahead_rows) -> Candidates:
+        opts = state.options
+        num_candidates, batch, length = state.tokens.shape
+        # One call for all rows whatever their quota: gumbel_topk lists positions in decreasing
+        # (perturbed) score, so the first quota[b] entries of row b are its top-quota[b].
+        k_bound = state.max_quota
+        scores = state.token_probs.reshape(num_candidates * batch, length)
+        valid = masked.repeat(num_candidates, 1)
+        positions = gumbel_topk(scores, min(k_bound, length), 2, opts.position_temperature,
+                                valid=valid, generator=state.generator)
+        # Candidate 0: the deterministic top-k (sample 0); candidates >= 1: their Gumbel sample (1).
+        positions = torch.cat([positions[0, :batch], positions[1, batch:]], dim=0)
+        positions = positions.reshape(num_candidates, batch, -1)
+        slot = torch.arange(positions.shape[-1], device=positions.device)
+        in_quota = (slot < quota[None, :, None]) & (positions >= 0)
+        commit = torch.zeros(num_candidates, batch, length, dtype=torch.bool, device=positions.device)
+        commit.scatter_(2, positions.clamp(min=0), in_quota)
+        # A later candidate repeating an earlier candidate's position set adds nothing: drop it.
+        same_set = (commit[:, None] == commit[None, :]).all(dim=-1)          # [N, N, B]
+        earlier = torch.ones(num_candidates, num_candidates, dtype=torch.bool,
+                             device=commit.device).tril(diagonal=-1)          # earlier[n, m]: m < n
+        duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
+        keep = ~duplicate & lookahead_rows[None, :]
+        cost = torch.where(commit, state.entropy[None], torch.zeros_like(state.entropy)[None]).sum(dim=-1)
+        return Candidates(commit=commit, tokens=state.tokens, keep=keep, cost=cost)
+
+
+def make_strategy(name: str) -> Strategy:
+    """The strategy of sampler ``name`` (one of :data:`infogain.samplers.SAMPLERS`)."""
+    if name in ("info_gain", "lookum"):
+        return InfoGainStrategy()
+    if name in ScoreStrategy.SCORES:
+        return ScoreStrategy(name)
+    if name == "fast_dllm":
+        return FastDLLMStrategy()
+    if name == "eb":
+        return EntropyBoundedStrategy()
+    raise ValueError(f"unknown sampler name {name!r}")

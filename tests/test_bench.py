@@ -1,0 +1,266 @@
+"""``python -m infogain bench`` and its naive baseline (:mod:`infogain.naive`).
+
+The naive sampler must commit the same tokens as the fast sampler at
+temperature 0 (the benchmark asserts it), so the main test here compares the
+two on a tiny random LLaDA checkpoint in every cache mode. The benchmark itself
+runs end to end on that checkpoint with one sampler and writes its JSON record.
+"""
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from scipy import stats as scipy_stats
+from torch import nn
+
+from infogain import bench
+from infogain.naive import NaiveInfoGainSampler, compute_entropy, schedule
+
+TINY_CHECKPOINTS = os.path.join(os.path.dirname(__file__), "tiny_checkpoints.py")
+SHAPE = {"gen_length": 8, "steps": 8, "block_length": 4, "candidate_number": 4, "position_temperature": 0.5,
+         "threshold": 0.9}
+
+
+def _have_samplers() -> bool:
+    try:
+        from infogain.samplers import make_sampler  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def tiny_llada_path(tmp_path_factory):
+    if not os.path.isfile(TINY_CHECKPOINTS):
+        pytest.skip("tests/tiny_checkpoints.py is not available yet")
+    spec = importlib.util.spec_from_file_location("tiny_checkpoints", TINY_CHECKPOINTS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    path = str(tmp_path_factory.mktemp("tiny_llada"))
+    module.write_tiny_checkpoint("llada", path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llada(tiny_llada_path):
+    from infogain.models import load
+
+    model, tokenizer = load(tiny_llada_path, dtype=torch.float32, device="cpu")
+    return model.eval(), tokenizer
+
+
+def _prompts(model, batch=2, length=5, seed=3):
+    config = model.config
+    return bench.random_prompts(batch, length, config.vocab_size,
+                                (config.mask_token_id, config.eos_token_id, config.pad_token_id), seed,
+                                torch.device("cpu"))
+
+
+# ----------------------------------------------------------------- pure helpers
+def test_schedule_splits_evenly_with_remainder_first():
+    assert schedule(8, 4) == [2, 2, 2, 2]
+    assert schedule(7, 3) == [3, 2, 2]
+    assert schedule(2, 4) == [1, 1, 0, 0]
+    assert schedule(0, 2) == [0, 0]
+
+
+def test_compute_entropy_matches_closed_form():
+    uniform = torch.zeros(3, 7)
+    assert torch.allclose(compute_entropy(uniform), torch.full((3,), torch.log(torch.tensor(7.0)).item()))
+    logits = torch.tensor([[2.0, 0.5, -1.0]])
+    p = torch.tensor([2.0, 0.5, -1.0]).exp()
+    p = p / p.sum()
+    assert torch.allclose(compute_entropy(logits), -(p * p.log()).sum().reshape(1), atol=1e-6)
+
+
+def test_compare_sequences_reports_first_difference():
+    a = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    assert bench.compare_sequences(a, a.clone()) is None
+    b = a.clone()
+    b[1, 2] = 9
+    assert "row 1, position 2" in bench.compare_sequences(a, b)
+    assert "shapes differ" in bench.compare_sequences(a, a[:, :2])
+
+
+def test_random_prompts_are_deterministic_and_exclude_special_ids():
+    first = bench.random_prompts(3, 50, 12, (0, 5, None), 7, torch.device("cpu"))
+    again = bench.random_prompts(3, 50, 12, (0, 5, None), 7, torch.device("cpu"))
+    assert first.dtype == torch.long and first.shape == (3, 50)
+    assert torch.equal(first, again)
+    assert not ((first == 0) | (first == 5)).any()
+
+
+def test_random_prompts_are_uniform_over_allowed_ids():
+    ids = bench.random_prompts(1, 20000, 10, (2, 7), 11, torch.device("cpu")).flatten()
+    counts = torch.bincount(ids, minlength=10)
+    assert counts[2] == 0 and counts[7] == 0
+    observed = counts[[i for i in range(10) if i not in (2, 7)]].numpy()
+    assert scipy_stats.chisquare(observed).pvalue > 1e-3
+
+
+def test_random_prompts_rejects_vocabulary_of_only_special_ids():
+    with pytest.raises(ValueError, match="vocabulary"):
+        bench.random_prompts(1, 4, 2, (0, 1), 0, torch.device("cpu"))
+
+
+class _Nested(nn.Module):
+    def forward(self, x):
+        return x + 1
+
+    def prefill(self, x):
+        return self(x) * 2  # calls forward inside: must count as one forward
+
+
+def test_forward_timer_counts_outermost_calls_and_restores_methods():
+    model = _Nested()
+    with bench.ForwardTimer(model, torch.device("cpu")) as timer:
+        model(torch.zeros(2))
+        model.prefill(torch.zeros(2))
+        assert "forward" in model.__dict__
+    assert timer.calls == 2 and timer.seconds >= 0
+    assert "forward" not in model.__dict__ and "prefill" not in model.__dict__
+    assert torch.equal(model.prefill(torch.zeros(1)), torch.tensor([2.0]))
+
+
+# --------------------------------------------------------- naive: input checks
+class _DummyLM(nn.Module):
+    class config:  # noqa: N801 - mimics ModelConfig's attributes
+        mask_token_id = 3
+        eos_token_id = 1
+        pad_token_id = 0
+        vocab_size = 6
+        block_causal = False
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(1))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"temperature": 0.5}, ValueError, "temperature"),
+    ({"variant": "greedy"}, ValueError, "variant"),
+    ({"cache": "paged"}, ValueError, "cache"),
+    ({"gen_length": 6, "block_length": 4}, ValueError, "multiple of block_length"),
+    ({"steps": 1, "gen_length": 8, "block_length": 4}, ValueError, "steps"),
+    ({"threshold": 0.0}, ValueError, "threshold"),
+    ({"threshold": 1.5}, ValueError, "threshold"),
+    ({"position_temperature": -1.0}, ValueError, "position_temperature"),
+    ({"candidate_number": 0}, ValueError, "candidate_number"),
+    ({"gen_length": 8.0}, TypeError, "gen_length"),
+    ({"eos_penalty": -1.0}, ValueError, "eos_penalty"),
+])
+def test_naive_rejects_invalid_arguments(kwargs, error, match):
+    sampler = NaiveInfoGainSampler(_DummyLM())
+    args = dict(gen_length=8, steps=8, block_length=4)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        sampler.generate(torch.tensor([[4, 5]]), **args)
+
+
+@pytest.mark.parametrize("prompts, error", [
+    ("hello", TypeError),
+    (torch.tensor([4, 5]), ValueError),
+    (torch.tensor([[4.0, 5.0]]), ValueError),
+    ([[4, 5], []], ValueError),
+])
+def test_naive_rejects_invalid_prompts(prompts, error):
+    with pytest.raises(error, match="prompt"):
+        NaiveInfoGainSampler(_DummyLM()).generate(prompts, gen_length=4, steps=4, block_length=4)
+
+
+def test_naive_needs_a_mask_id():
+    model = _DummyLM()
+    model.config = type("Config", (), {"mask_token_id": None, "eos_token_id": None, "pad_token_id": None})
+    with pytest.raises(ValueError, match="mask_id"):
+        NaiveInfoGainSampler(model)
+    with pytest.raises(TypeError, match="model"):
+        NaiveInfoGainSampler(None)
+
+
+# ------------------------------------------------------ naive on a tiny model
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_naive_commits_every_position_and_keeps_prompts(tiny_llada, cache):
+    model, tokenizer = tiny_llada
+    prompts = _prompts(model)
+    result = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache=cache, seed=0, stop_at_eos=False,
+                                                             **SHAPE)
+    assert result.sequences.shape == (2, SHAPE["gen_length"])
+    assert torch.equal(result.canvas[:, :5], prompts)
+    assert torch.equal(result.canvas[:, 5:], result.sequences)
+    assert not (result.sequences == model.config.mask_token_id).any()
+    tokens = result.stats["tokens"]
+    assert sum(tokens[k] for k in ("bypass", "lookahead", "fill", "trivial")) == 2 * SHAPE["gen_length"]
+    again = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache=cache, seed=0, stop_at_eos=False, **SHAPE)
+    assert torch.equal(again.sequences, sequences)
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+@pytest.mark.parametrize("variant", ["info_gain", "lookum"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_naive_equals_fast_sampler(tiny_llada, cache, variant):
+    from infogain.samplers import make_sampler
+
+    model, tokenizer = tiny_llada
+    prompts = _prompts(model)
+    fast = make_sampler("info_gain", model, tokenizer).generate(prompts, cache=cache, variant=variant, seed=5,
+                                                                 temperature=0.0, **SHAPE)
+    naive = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache=cache, variant=variant, seed=5,
+                                                            temperature=0.0, **SHAPE)
+    assert bench.compare_sequences(fast.sequences, naive.sequences) is None
+    assert naive.stats["nfe"] == fast.stats.nfe
+
+
+# --------------------------------------------------------------- the command
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+def test_bench_runs_and_writes_json(tiny_llada_path, tmp_path, capsys):
+    out = tmp_path / "e2e.json"
+    code = bench.main(["--model", tiny_llada_path, "--samplers", "info_gain", "--cache", "none,dual",
+                       "--prompt-length", "4", "--gen-length", "8", "--steps", "8", "--block-length", "4",
+                       "--candidates", "3", "--repeats", "1", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr()
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "e2e" and record["all_tokens_match"] is True
+    assert record["settings"]["gen_length"] == 8 and record["environment"]["torch"] == torch.__version__
+    assert [(r["sampler"], r["cache"]) for r in record["rows"]] == [("info_gain", "none"), ("info_gain", "dual")]
+    for row in record["rows"]:
+        assert "error" not in row and row["tokens_match"] is True
+        assert row["fast_tok_s"] > 0 and row["naive_tok_s"] > 0 and row["speedup"] > 0
+        assert 0.0 <= row["overhead"] <= 1.0 and row["nfe"] >= 1 and 0.0 <= row["bypass_rate"] <= 1.0
+    assert "info_gain" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+def test_bench_reports_a_token_mismatch_without_crashing(tiny_llada_path, tmp_path, monkeypatch, capsys):
+    original = NaiveInfoGainSampler.generate
+
+    def corrupted(self, prompts, **kwargs):
+        result = original(self, prompts, **kwargs)
+        result.sequences[0, -1] = (result.sequences[0, -1] + 1) % self.model.config.vocab_size
+        return result
+
+    monkeypatch.setattr(NaiveInfoGainSampler, "generate", corrupted)
+    out = tmp_path / "e2e.json"
+    code = bench.main(["--model", tiny_llada_path, "--samplers", "info_gain", "--cache", "none",
+                       "--prompt-length", "4", "--gen-length", "4", "--steps", "4", "--block-length", "4",
+                       "--candidates", "2", "--repeats", "1", "--device", "cpu", "--out", str(out)])
+    assert code == 2
+    assert "TOKENS DIFFER" in capsys.readouterr().err
+    record = json.loads(out.read_text())
+    assert record["all_tokens_match"] is False
+    assert record["rows"][0]["tokens_match"] is False and "differ" in record["rows"][0]["mismatch"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--cache", "paged"], "--cache"),
+    (["--cache", ","], "--cache"),
+    (["--repeats", "0"], "--repeats"),
+    (["--gen-length", "0"], "--gen-length"),
+    (["--random-weights", "gpt-2"], "random-weights"),
+    (["--model", "x", "--random-weights", "llada-8b"], "not allowed"),
+])
+def test_bench_rejects_invalid_options(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(argv)
+    assert exc.value.code == 2
+    assert match in capsys.readouterr().err

@@ -1,0 +1,140 @@
+"""Tiny random checkpoints in each official format, for tests (and other helpers' tests).
+
+Written with plain ``safetensors`` and the official key names, independently of
+``infogain.models.save``, so loading them checks the real format.
+
+    from tiny_checkpoints import write_tiny_checkpoint
+    path = write_tiny_checkpoint("dream", tmp_path / "dream", seed=0)
+    model, tokenizer = infogain.models.load(path)      # tokenizer is None
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Dict
+
+import torch
+from safetensors.torch import save_file
+
+ARCHS = ("llada", "dream", "sdar")
+VOCAB = 96
+MASK_ID = VOCAB - 1
+
+
+def tiny_config(arch: str, **overrides) -> dict:
+    """config.json dict of a tiny model; an override of None removes that field."""
+    if arch == "llada":
+        config = {
+            "architectures": ["LLaDAModelLM"], "model_type": "llada", "d_model": 32, "n_heads": 4,
+            "n_kv_heads": 4, "n_layers": 2, "mlp_hidden_size": 48, "activation_type": "silu",
+            "block_type": "llama", "layer_norm_type": "rms", "rms_norm_eps": 1e-5, "rope": True,
+            "rope_theta": 500000.0, "weight_tying": False, "include_bias": False, "include_qkv_bias": False,
+            "vocab_size": VOCAB, "embedding_size": VOCAB, "max_sequence_length": 256,
+            "mask_token_id": MASK_ID, "eos_token_id": 1, "pad_token_id": 1,
+        }
+    elif arch == "dream":
+        config = {
+            "architectures": ["DreamModel"], "model_type": "Dream", "hidden_size": 48, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2, "hidden_act": "silu",
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": None, "max_position_embeddings": 256,
+            "tie_word_embeddings": False, "vocab_size": VOCAB, "mask_token_id": MASK_ID, "pad_token_id": 1,
+            "eos_token_id": 1, "bos_token_id": 1,
+        }
+    elif arch == "sdar":
+        config = {
+            "architectures": ["SDARForCausalLM"], "model_type": "sdar", "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+            "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": None,
+            "attention_bias": False, "tie_word_embeddings": False, "vocab_size": VOCAB,
+            "max_position_embeddings": 256, "mask_token_id": MASK_ID, "eos_token_id": 1, "pad_token_id": 1,
+            "block_size": 4,
+        }
+    else:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    for key, value in overrides.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    return config
+
+
+def _shapes(arch: str, config: dict) -> Dict[str, tuple]:
+    """Official key -> shape, written out per architecture."""
+    shapes = {}
+    if arch == "llada":
+        d, heads, kv = config["d_model"], config["n_heads"], config["n_kv_heads"]
+        hd, ff, V = d // heads, config["mlp_hidden_size"], config["embedding_size"]
+        p = "model.transformer."
+        shapes[p + "wte.weight"] = (V, d)
+        for i in range(config["n_layers"]):
+            b = f"{p}blocks.{i}."
+            shapes.update({b + "attn_norm.weight": (d,), b + "q_proj.weight": (heads * hd, d),
+                           b + "k_proj.weight": (kv * hd, d), b + "v_proj.weight": (kv * hd, d),
+                           b + "attn_out.weight": (d, heads * hd), b + "ff_norm.weight": (d,),
+                           b + "ff_proj.weight": (ff, d), b + "up_proj.weight": (ff, d),
+                           b + "ff_out.weight": (d, ff)})
+        shapes[p + "ln_f.weight"] = (d,)
+        shapes[p + "ff_out.weight"] = (V, d)
+        return shapes
+    d, heads, kv = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
+    hd = config.get("head_dim") or d // heads
+    ff, V = config["intermediate_size"], config["vocab_size"]
+    shapes["model.embed_tokens.weight"] = (V, d)
+    for i in range(config["num_hidden_layers"]):
+        b = f"model.layers.{i}."
+        shapes.update({b + "input_layernorm.weight": (d,), b + "post_attention_layernorm.weight": (d,),
+                       b + "self_attn.q_proj.weight": (heads * hd, d), b + "self_attn.k_proj.weight": (kv * hd, d),
+                       b + "self_attn.v_proj.weight": (kv * hd, d), b + "self_attn.o_proj.weight": (d, heads * hd),
+                       b + "mlp.gate_proj.weight": (ff, d), b + "mlp.up_proj.weight": (ff, d),
+                       b + "mlp.down_proj.weight": (d, ff)})
+        if arch == "dream":
+            shapes.update({b + "self_attn.q_proj.bias": (heads * hd,), b + "self_attn.k_proj.bias": (kv * hd,),
+                           b + "self_attn.v_proj.bias": (kv * hd,)})
+        if arch == "sdar":
+            shapes.update({b + "self_attn.q_norm.weight": (hd,), b + "self_attn.k_norm.weight": (hd,)})
+    shapes["model.norm.weight"] = (d,)
+    shapes["lm_head.weight"] = (V, d)
+    return shapes
+
+
+def tiny_state_dict(arch: str, config: dict, *, seed: int = 0) -> Dict[str, torch.Tensor]:
+    """Random float32 tensors under the official key names (norm weights near 1)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in _shapes(arch, config).items():
+        if "norm" in key or key.endswith("ln_f.weight"):
+            state[key] = 1.0 + 0.2 * torch.randn(shape, generator=gen)
+        elif key.endswith("bias"):
+            state[key] = 0.2 * torch.randn(shape, generator=gen)
+        else:
+            state[key] = torch.randn(shape, generator=gen) / (shape[-1] ** 0.5)
+    return state
+
+
+def write_tiny_checkpoint(arch: str, path, *, seed: int = 0, dtype: torch.dtype = torch.float32,
+                          shards: int = 1, **overrides) -> str:
+    """Write config.json + safetensors (``shards`` > 1: a sharded index) to ``path``; returns it.
+
+    ``overrides`` replace config.json fields (None removes one). No tokenizer files
+    are written, so ``infogain.models.load`` returns ``tokenizer=None``.
+    """
+    path = os.fspath(path)
+    os.makedirs(path, exist_ok=True)
+    config = tiny_config(arch, **overrides)
+    state = {k: v.to(dtype) for k, v in tiny_state_dict(arch, config, seed=seed).items()}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    if shards <= 1:
+        save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
+        return path
+    keys = sorted(state)
+    weight_map = {}
+    for s in range(shards):
+        name = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        part = {k: state[k] for k in keys[s::shards]}
+        save_file(part, os.path.join(path, name), metadata={"format": "pt"})
+        weight_map.update({k: name for k in part})
+    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    return path
