@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--length", type=int, default=512, help="canvas length T")
+    parser.add_argument("--length", type=int, default=None, help="canvas length T (512; 256 with --small)")
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args()
 
@@ -64,7 +64,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = models.build(config, dtype=dtype, device=device)
     block_causal = model.config.block_causal
-    T, W, N = args.length, args.block, args.candidates
+    T, W, N = args.length or (256 if args.small else 512), args.block, args.candidates
     start = T - 4 * W                       # three blocks after the current one
     gen = torch.Generator(device="cpu").manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size - 1, (1, T), generator=gen).to(device)

@@ -76,21 +76,26 @@ def naive_gumbel_topk(scores, k, num_samples, temperature, valid):
 def extra_memory(fn: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated by ``fn()`` above what was live before it.
 
-    CUDA: ``_common.peak_extra_memory``. CPU: the profiler's per-op *self* memory, summed in event
-    order. (``_common.peak_extra_memory`` sums ``cpu_memory_usage``, which also counts every child
-    op's allocations in each parent op, so nested ops such as softmax -> _to_copy -> empty_strided
-    are counted several times; this local copy can go once _common uses self memory.)
+    CUDA: ``_common.peak_extra_memory``. CPU: replays the profiler's allocation timeline (every
+    tensor create/destroy in order). ``_common.peak_extra_memory`` sums per-op ``cpu_memory_usage``,
+    which counts a child op's allocation again in each parent (softmax -> _to_copy -> empty_strided)
+    and lumps frees made inside a Python custom op at that op's start, so its CPU numbers are off
+    for both sides; this local version can go once _common replays the timeline too.
     """
     if device.type == "cuda":
         return peak_extra_memory(fn, device)
     from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if e.self_cpu_memory_usage), key=lambda e: e.time_range.start)
     live = peak = 0
-    for event in events:
-        live += event.self_cpu_memory_usage
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
         peak = max(peak, live)
     return peak
 

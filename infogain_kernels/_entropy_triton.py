@@ -12,8 +12,8 @@ the shift by ``m`` folded into the second sum (it avoids cancelling two numbers 
 
 A row's status is encoded in its entropy so that the caller needs a single check on the outputs:
 NaN when the row contains a NaN, +inf when every entry of the row is -inf (the caller tells the
-two apart by reading the row, on the error path only). Rows that the mask
-skips run a zero-trip loop, so they issue no loads of the logits at all; they get the fill values
+two apart by reading the row, on the error path only). Rows that the mask skips run a zero-trip
+loop, so they issue no loads of the logits at all; they get the fill values
 that ``token_stats`` documents (entropy 0, probabilities 0, id -1).
 
 Only the launchers (:func:`launch_row_stats`, :func:`launch_masked_mean`) are used by the ops;
@@ -30,6 +30,7 @@ import triton.language as tl
 # exp() of any float32 below this is exactly 0, so shifts can be clamped here without changing
 # any sum, which keeps 0 * -inf = NaN out of the products.
 _EXP_UNDERFLOW = tl.constexpr(-200.0)
+
 
 @triton.jit
 def _row_stats_kernel(
@@ -140,9 +141,10 @@ def _masked_mean_objective_kernel(
     tl.store(objective_ptr + row, objective)
 
 
-def _block_size(n_cols: int, element_size: int) -> int:
-    # One chunk is 16 KB of logits: large enough to keep loads in flight, small enough not to spill.
-    return min(triton.next_power_of_2(n_cols), 16384 // element_size)
+def _block_size(n_cols: int) -> int:
+    # 4096 columns over 8 warps is 16 values per thread per chunk: two 16-byte loads of bf16, and
+    # with the three per-lane top-2 arrays still well inside the register budget (no spills).
+    return min(triton.next_power_of_2(n_cols), 4096)
 
 
 def _num_warps(block: int) -> int:
@@ -191,7 +193,7 @@ def launch_row_stats(logits: torch.Tensor, keep: Optional[torch.Tensor], *, with
         return entropy, top1_prob, top1_id, top2_prob
     row_offsets, stride_row = _row_layout(logits)
     keep_flat = keep.reshape(-1).contiguous().view(torch.uint8) if keep is not None else None
-    block = block or _block_size(n_cols, logits.element_size())
+    block = block or _block_size(n_cols)
     _row_stats_kernel[(n_rows,)](
         logits,
         row_offsets if row_offsets is not None else entropy,

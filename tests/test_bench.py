@@ -192,7 +192,7 @@ def test_naive_commits_every_position_and_keeps_prompts(tiny_llada, cache):
     tokens = result.stats["tokens"]
     assert sum(tokens[k] for k in ("bypass", "lookahead", "fill", "trivial")) == 2 * SHAPE["gen_length"]
     again = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache=cache, seed=0, stop_at_eos=False, **SHAPE)
-    assert torch.equal(again.sequences, sequences)
+    assert torch.equal(again.sequences, result.sequences)
 
 
 @pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")

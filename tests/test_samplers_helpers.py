@@ -88,16 +88,25 @@ def naive_eos_fill(ids, gen_start):
     return out
 
 
+def _unpad(entry, padding):
+    entry = dict(entry, positions=[p - padding for p in entry["positions"]])
+    if "candidates" in entry:
+        entry["candidates"] = [dict(c, positions=[p - padding for p in c["positions"]])
+                               for c in entry["candidates"]]
+    return entry
+
+
 def naive_info_gain(model, prompt, trace, row, *, gen_length, steps, block_length, threshold, variant,
                     candidate_number, position_temperature, parallel_bypass=False, stop_at_eos=True,
-                    eos_penalty=0.0):
+                    eos_penalty=0.0, padding=0):
     """Greedy (temperature 0) Info-Gain on one prompt; checks the sampler's ``trace`` of ``row``.
 
-    Returns the generated tokens (list). Asserts, step by step, that the sampler made the
+    ``padding``: left padding of the row in the sampler's canvas (trace positions are canvas
+    positions). Returns the generated tokens (list). Asserts, step by step, that the sampler made the
     same decision (kind, positions, tokens, and for lookahead steps the candidates' objective
     and the winner).
     """
-    records = {(r["block"], r["step"]): r["rows"][row] for r in trace}
+    records = {(r["block"], r["step"]): _unpad(r["rows"][row], padding) for r in trace}
     x = list(prompt) + [MASK_ID] * gen_length
     gen_start = len(prompt)
     num_blocks = gen_length // block_length
