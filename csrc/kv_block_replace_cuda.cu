@@ -200,7 +200,8 @@ void launch_chunks(LaunchArgs& args, at::TensorList caches, at::TensorList block
       meta.row_vecs = static_cast<int32_t>(cache.size(3) * esize / vec);
       max_items = std::max(max_items, args.batch * cache.size(head_dim) * args.length * meta.row_vecs);
     }
-    if (max_items == 0 && !args.check_rows) continue;
+    // Nothing to copy: launch anyway when the kernel must check offsets or report a status.
+    if (max_items == 0 && !args.check_rows && args.status == nullptr) continue;
     const int64_t wanted_ctas = (max_items + int64_t{kThreads} * kUnroll - 1) / (int64_t{kThreads} * kUnroll);
     // Enough CTAs to fill the GPU several times over; the rest is covered by the grid-stride loop.
     const int64_t cta_cap = int64_t{multiprocessors} * 32;
@@ -244,10 +245,6 @@ void kv_block_replace_cuda(at::TensorList caches, at::TensorList blocks, const s
   args.src_max = blocks[0].size(seq_dim) - len;
   args.block_batch = blocks[0].size(0);
   args.check_rows = dst_start.has_value() || src_start.has_value() || src_rows.has_value();
-  if (!args.check_rows && status.has_value()) {
-    // Host-checked offsets are valid by now; the flag still has to say so.
-    status->zero_();
-  }
 
   switch (common_vector_bytes(caches, blocks, seq_dim, head_dim)) {
     case 16: launch_chunks<uint4>(args, caches, blocks, seq_dim, head_dim, stream, multiprocessors); break;

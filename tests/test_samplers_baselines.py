@@ -1,10 +1,9 @@
 """Baseline samplers on the shared code path, plus argument validation of every sampler."""
-import math
-
 import pytest
 import torch
 
 from infogain.samplers import SAMPLERS, DiffusionSampler, InfoGainSampler, make_sampler
+from test_samplers_helpers import single_thread  # noqa: F401  (autouse fixture)
 from test_samplers_helpers import MASK_ID, TinyBidirectionalLM, naive_entropy, naive_logits, naive_probs
 
 SETTINGS = dict(gen_length=12, steps=6, block_length=4, candidate_number=3, position_temperature=0.5,
@@ -50,7 +49,7 @@ def test_every_sampler_fills_exactly_gen_length_inside_the_current_block(model, 
 @pytest.mark.parametrize("name", ["confidence", "entropy", "margin", "fast_dllm", "eb", "info_gain"])
 def test_batch_equals_single_runs(model, name):
     prompts = [[2, 3, 4, 5], [9], [10, 11]]
-    sampler = make_sampler(name, model, **SETTINGS, position_temperature=0.0)
+    sampler = make_sampler(name, model, **{**SETTINGS, "position_temperature": 0.0})
     batch = sampler.generate(prompts)
     for row, prompt in enumerate(prompts):
         assert batch.sequences[row].tolist() == sampler.generate([prompt]).sequences[0].tolist()
@@ -186,3 +185,18 @@ def test_invalid_construction_raises(model):
     # Without a config, mask_id must be given; then cache="none" works.
     result = InfoGainSampler(_NoConfig(), mask_id=7).generate([1, 2], gen_length=4, steps=4, block_length=4)
     assert result.sequences.shape == (1, 4)
+
+
+def test_stats_json_and_summary(model, capsys):
+    import json
+
+    from infogain.stats import summarize
+    runs = [make_sampler(name, model).generate([[2, 3], [4]], **SETTINGS, seed=0, progress=True).stats
+            for name in ("info_gain", "eb")]
+    for run in runs:
+        restored = json.loads(json.dumps(run.to_dict()))
+        assert restored["generated_tokens"] == 2 * SETTINGS["gen_length"]
+        assert sum(restored["tokens"].values()) == restored["generated_tokens"]
+    summary = summarize(runs)
+    assert summary["prompts"] == 4 and summary["nfe"] == sum(r.nfe for r in runs)
+    assert summarize([]) is None

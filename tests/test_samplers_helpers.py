@@ -8,10 +8,20 @@ their objective itself, and must reach the same winner and the same canvas.
 """
 import math
 
+import pytest
 import torch
 from torch import nn
 
 from infogain.models.base import ModelConfig
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The tiny models are far faster on one thread on a shared machine (no oversubscription)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 VOCAB = 40
 MASK_ID = VOCAB - 1

@@ -1,12 +1,11 @@
 """Info-Gain / LookUM sampler: trajectory vs an independent naive implementation, batching,
 variants, statistics, EOS handling, sampling distribution."""
-import math
-
 import pytest
 import torch
 from scipy import stats as scipy_stats
 
 from infogain.samplers import InfoGainSampler, make_sampler
+from test_samplers_helpers import single_thread  # noqa: F401  (autouse fixture)
 from test_samplers_helpers import EOS_ID, MASK_ID, TinyBidirectionalLM, naive_info_gain
 
 SETTINGS = dict(gen_length=16, steps=8, block_length=8, candidate_number=4, position_temperature=0.5,
@@ -221,3 +220,19 @@ def test_string_prompts_and_texts(model):
     assert chat.canvas.shape[1] == 4 + SETTINGS["gen_length"]  # "<ab>"
     with pytest.raises(ValueError, match="tokenizer"):
         InfoGainSampler(model).generate("ab", **SETTINGS)
+
+
+def test_triton_kernels_give_the_reference_trajectory(model, triton_interpreted):
+    # At temperature 0 with collapsed candidates nothing random is left, so the Triton kernels
+    # (interpreted on CPU without a GPU) must reproduce the reference path's trajectory.
+    from infogain_kernels import use_backend
+    device = torch.device(triton_interpreted)
+    model_on_device = model.to(device)
+    settings = dict(SETTINGS, gen_length=8, steps=4, block_length=4, position_temperature=1e-6)
+    runs = {}
+    for backend in ("reference", "triton"):
+        with use_backend(backend):
+            runs[backend] = InfoGainSampler(model_on_device).generate([[2, 3, 4], [5]], **settings)
+    model.to("cpu")
+    assert torch.equal(runs["reference"].sequences, runs["triton"].sequences)
+    assert runs["triton"].stats.tokens == runs["reference"].stats.tokens

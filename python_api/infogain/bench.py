@@ -183,8 +183,9 @@ def _synchronize(device: torch.device) -> None:
 
 
 class ForwardTimer:
-    """Times every model forward (``forward``, ``prefill``, ``forward_window``,
-    ``hidden_states``) between device synchronisations, while active.
+    """Times every model forward (``forward``, ``prefill``, ``forward_window`` and the
+    hidden-state / LM-head entry points of :class:`infogain.models.Transformer`)
+    between device synchronisations, while active.
 
     It patches the model *instance*'s methods (``model(x)`` resolves
     ``self.forward`` on the instance) and restores them on exit; nested calls
@@ -192,7 +193,8 @@ class ForwardTimer:
     profiled pass: the synchronisations perturb the timing of asynchronous code.
     """
 
-    METHODS = ("forward", "prefill", "forward_window", "hidden_states")
+    METHODS = ("forward", "prefill", "forward_window", "window_hidden_states", "hidden_states",
+               "logits_from_hidden")
 
     def __init__(self, model, device: torch.device):
         self.model = model
@@ -315,6 +317,7 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
             if device.type == "cuda":
                 row["naive_peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
             row["naive_nfe"] = naive_result.stats.get("nfe")
+            row["naive_model_calls"] = naive_result.stats.get("model_calls")
             mismatch = compare_sequences(fast_result.sequences, naive_result.sequences)
             row["tokens_match"] = mismatch is None
             if mismatch is not None:

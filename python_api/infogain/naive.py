@@ -25,8 +25,9 @@ fresh forward after every commit that is not a lookahead win, candidates
 evaluated on the state their commit produces (EOS fill included), H_next = the
 mean entropy over the still-masked positions inside the window the lookahead
 computed (the block and everything after it; only the block for ``dual`` and for
-block-causal models), the EOS/PAD ``eos_penalty`` on every forward, and SDAR's
-exact block-causal cache for ``prefix``/``dual``.
+block-causal models), the mask token suppressed (-inf) and the EOS/PAD
+``eos_penalty`` on every forward, and SDAR's exact block-causal cache for
+``prefix``/``dual``.
 
 Randomness: at ``temperature=0`` the tokens are the arg-max, but the positions of
 candidates 1..N-1 are Gumbel-top-k draws. They come from the same public op as in
@@ -215,8 +216,12 @@ class NaiveInfoGainSampler:
 
     # ----------------------------------------------------------------- helpers
     def _penalise(self, logits: torch.Tensor, eos_penalty: float) -> torch.Tensor:
+        """A copy of ``logits`` with the mask token suppressed (-inf: it is never a prediction, as in the
+        fast sampler) and ``eos_penalty`` subtracted from the EOS and PAD logits."""
+        logits = logits.clone()
+        if self.mask_id < logits.shape[-1]:
+            logits[..., self.mask_id] = float("-inf")
         if eos_penalty:
-            logits = logits.clone()
             for token in sorted({t for t in (self.eos_id, self.pad_id) if t is not None}):
                 logits[..., token] -= eos_penalty
         return logits
@@ -336,7 +341,8 @@ class NaiveInfoGainSampler:
             return self._full_forward(run, ids, attention)[:, start:end]
         cache = run.kv if len(rows) == run.canvas.shape[0] else copy_cache_rows(run.kv, index)
         if run.mode == "prefix":
-            return pad_logits(self._window_forward(run, ids[:, start:], cache, attention), run.total, start)[:, start:end]
+            window = self._window_forward(run, ids[:, start:], cache, attention)
+            return pad_logits(window, run.total, start)[:, start:end]
         # dual writes the block K/V back (the reference's block replacement; nothing reads them)
         return self._window_forward(run, ids[:, start:end], cache, attention,
                                     write=run.mode == "dual" and cache is run.kv)

@@ -35,8 +35,15 @@ SPECIAL_TOKENS = {"pad": "<|pad|>", "eos": "<|eos|>", "bos": "<|bos|>", "mask": 
 # Every character either task can emit or read.
 TOY_CHARSET = "0123456789*="
 DEFAULT_TASKS = ("multiplication", "sudoku")
+# Examples per task per step. Sudoku is learnt within a few hundred steps while
+# multiplication needs many more examples, and a sudoku row is 4x longer, so the
+# compute goes mostly to multiplication.
+DEFAULT_BATCH_SIZES = {"multiplication": 64, "sudoku": 12}
 # Smallest timestep: keeps the 1/t weight bounded.
 MIN_MASK_PROB = 1e-3
+WARMUP_STEPS = 30
+# With a time budget, the step count is fixed from the speed of these first steps.
+TIMING_STEPS = 10
 
 
 def build_tokenizer():
@@ -78,7 +85,7 @@ def save_tokenizer(tokenizer, path: str) -> None:
 
 
 def toy_config(tokenizer, *, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
-               mlp_hidden_size: int = 384, max_sequence_length: int = 64) -> dict:
+               mlp_hidden_size: int = 256, max_sequence_length: int = 64) -> dict:
     """An official-format LLaDA ``config.json`` dict for the toy model.
 
     Same fields and architecture switches as LLaDA-8B (llama blocks, RMSNorm,
@@ -203,20 +210,26 @@ def _learning_rate(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(out: str, *, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0,
-          tasks: Sequence[str] = DEFAULT_TASKS, model_size: Optional[dict] = None, log_every: int = 100,
-          validate_num: int = 256, threads: Optional[int] = None, verbose: bool = True) -> dict:
+def train(out: str, *, steps: int = 3000, batch_sizes: Optional[Dict[str, int]] = None, lr: float = 3e-3,
+          seed: int = 0, tasks: Sequence[str] = DEFAULT_TASKS, model_size: Optional[dict] = None,
+          log_every: int = 100, validate_num: int = 256, threads: Optional[int] = None,
+          time_budget_s: Optional[float] = None, verbose: bool = True, command: Optional[str] = None) -> dict:
     """Train from scratch and save the checkpoint to ``out``; returns the training log dict.
 
-    ``steps`` optimizer steps, each on ``batch_size`` examples of every task in
-    ``tasks``; AdamW with linear warmup and cosine decay to 10% of ``lr``.
-    ``model_size`` overrides :func:`toy_config` keywords (d_model, n_layers, ...).
-    Deterministic for a given ``seed`` and thread count.
+    ``steps`` optimizer steps, each on ``batch_sizes[task]`` examples (default
+    :data:`DEFAULT_BATCH_SIZES`) of every task in ``tasks``; AdamW with linear
+    warmup and cosine decay to 10% of ``lr``. ``model_size`` overrides
+    :func:`toy_config` keywords (d_model, n_layers, ...). ``time_budget_s``: after
+    the first steps, lower ``steps`` to what fits in the budget at the measured
+    speed (so the LR schedule still completes on a loaded machine); the log
+    records the final count, and re-running with that ``steps`` and no budget
+    reproduces the run. Deterministic for a given ``seed``, thread count and steps.
     """
     from . import models
 
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every),
-                        ("validate_num", validate_num)):
+    batch_sizes = dict(DEFAULT_BATCH_SIZES, **(batch_sizes or {}))
+    for name, value in (("steps", steps), ("log_every", log_every), ("validate_num", validate_num),
+                        *((f"batch_sizes[{t!r}]", batch_sizes.get(t)) for t in tasks)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not lr > 0:
@@ -238,9 +251,9 @@ def train(out: str, *, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3
     model.train()
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warmup = max(1, steps // 20)
+    warmup = min(WARMUP_STEPS, max(1, steps // 10))
 
-    log = {"seed": seed, "steps": steps, "batch_size_per_task": batch_size, "peak_lr": lr,
+    log = {"command": command, "seed": seed, "steps_planned": steps, "batch_sizes": {t: batch_sizes[t] for t in tasks}, "peak_lr": lr,
            "tasks": list(tasks), "num_parameters": num_params, "torch_threads": torch.get_num_threads(),
            "model": {k: config[k] for k in ("d_model", "n_layers", "n_heads", "mlp_hidden_size", "vocab_size",
                                             "embedding_size")},
@@ -250,36 +263,48 @@ def train(out: str, *, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3
               f"{torch.get_num_threads()} threads", flush=True)
     start = time.perf_counter()
     running = 0.0
-    for step in range(steps):
+    step = 0
+    while step < steps:
+        if time_budget_s is not None and step == TIMING_STEPS and steps > TIMING_STEPS:
+            per_step = (time.perf_counter() - start) / TIMING_STEPS
+            # 10% of the budget is left for validation, saving and speed noise.
+            steps = max(TIMING_STEPS + 1, min(steps, int(0.9 * time_budget_s / per_step)))
+            if verbose:
+                print(f"{per_step:.2f}s per step: training {steps} steps to fit {time_budget_s:.0f}s", flush=True)
         for group in optimizer.param_groups:
             group["lr"] = _learning_rate(step, steps, lr, warmup)
         loss = 0.0
         for task in task_objs:
-            prompt_ids, target_ids = encode_batch(codec, [task.sample(rng, "train") for _ in range(batch_size)])
+            examples = [task.sample(rng, "train") for _ in range(batch_sizes[task.name])]
+            prompt_ids, target_ids = encode_batch(codec, examples)
             loss = loss + masked_diffusion_loss(model, prompt_ids, target_ids, tokenizer.mask_token_id, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         running += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            count = (step % log_every) + 1
-            entry = {"step": step + 1, "train_loss": round(running / count, 4),
+        step += 1
+        if step % log_every == 0 or step == steps:
+            count = (step - 1) % log_every + 1
+            entry = {"step": step, "train_loss": round(running / count, 4),
                      "wall_s": round(time.perf_counter() - start, 1)}
             log["history"].append(entry)
             running = 0.0
             if verbose:
                 print(f"step {entry['step']:5d}  loss {entry['train_loss']:.4f}  {entry['wall_s']:.0f}s", flush=True)
+    log["steps"] = steps
+    log["time_budget_s"] = time_budget_s
     log["train_wall_s"] = round(time.perf_counter() - start, 1)
     log["validation"] = validate(model, codec, task_objs, tokenizer.mask_token_id, num=validate_num, seed=seed)
 
     os.makedirs(out, exist_ok=True)
     models.save(model, out)
     save_tokenizer(tokenizer, out)
+    log["total_wall_s"] = round(time.perf_counter() - start, 1)
     with open(os.path.join(out, "training_log.json"), "w") as fh:
         json.dump(log, fh, indent=2)
     if verbose:
-        print(f"trained in {log['train_wall_s']:.0f}s; held-out validation:")
+        print(f"trained {steps} steps in {log['train_wall_s']:.0f}s; held-out validation:")
         for name, fig in log["validation"].items():
             print(f"  {name:15s} loss {fig['heldout_loss']:.4f}  one-shot accuracy {fig['one_shot_accuracy']:.3f}"
                   f"  (n={fig['num_examples']})")
@@ -291,15 +316,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infogain.train_toy", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
     parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per task per step")
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--batch-sizes", default=",".join(f"{k}={v}" for k, v in DEFAULT_BATCH_SIZES.items()),
+                        help="examples per step of each task, as task=N,task=N")
+    parser.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS), help="comma-separated task names")
     parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
-    train(args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-          tasks=[t for t in args.tasks.split(",") if t], log_every=args.log_every, threads=args.threads)
+    try:
+        batch_sizes = {name: int(size) for name, size in (item.split("=") for item in args.batch_sizes.split(","))}
+    except ValueError:
+        parser.error(f"--batch-sizes must look like multiplication=96,sudoku=16, got {args.batch_sizes!r}")
+    train(args.out, steps=args.steps, batch_sizes=batch_sizes, lr=args.lr, seed=args.seed,
+          tasks=[t for t in args.tasks.split(",") if t], log_every=args.log_every, threads=args.threads,
+          time_budget_s=args.time_budget, command="python -m infogain.train_toy " + " ".join(argv or sys.argv[1:]))
     return 0
 
 

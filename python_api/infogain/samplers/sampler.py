@@ -7,17 +7,16 @@ implementations.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 
 from infogain_kernels import gumbel_sample, lookahead_objective, token_stats
 
-from ..stats import KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, COMMIT_KINDS, RunStats, StatsRecorder
+from ..stats import COMMIT_KINDS, KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, RunStats, StatsRecorder
 from .strategies import InfoGainStrategy, StepDecision, StepState, Strategy, make_strategy
 
 CACHE_MODES = ("none", "prefix", "dual")
@@ -114,14 +113,9 @@ def _config_value(obj, name):
     return value
 
 
-def _fill_after_first_eos(ids: torch.Tensor, mask_id: int, eos_id: int):
-    """Replace every mask after the first EOS of each row of ``ids`` [R, W] by EOS.
-
-    Returns ``(new_ids, filled)`` with ``filled`` int64 [R] the number of masks replaced.
-    """
-    after_eos = (ids == eos_id).cumsum(dim=1) > 0
-    fill = after_eos & (ids == mask_id)
-    return torch.where(fill, torch.full_like(ids, eos_id), ids), fill.sum(dim=1)
+def _masks_after_first_eos(ids: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
+    """bool [R, W]: the masks of ``ids`` [R, W] that follow the first EOS of their row (the EOS fill)."""
+    return ((ids == eos_id).cumsum(dim=1) > 0) & (ids == mask_id)
 
 
 class DiffusionSampler:
@@ -238,19 +232,6 @@ class DiffusionSampler:
             if isinstance(model, DiffusionLM) and getattr(type(model), method) is getattr(DiffusionLM, method):
                 return False
         return True
-
-    def _logits(self, output) -> torch.Tensor:
-        logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
-        if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
-            raise TypeError("the model must return logits [B, T, V] (a tensor or an object with .logits)")
-        if self.mask_id < logits.shape[-1]:
-            # A committed mask token would stay "masked" forever: the mask id is never a prediction.
-            logits[..., self.mask_id] = float("-inf")
-        if self._eos_penalty:
-            # In place on the model's fresh output: the penalty is part of every forward (incl. lookahead).
-            for token in self._penalized_ids:
-                logits[..., token] -= self._eos_penalty
-        return logits
 
     # ------------------------------------------------------------------ generate
 
@@ -371,8 +352,6 @@ class DiffusionSampler:
             attention[b, prompt_length - len(row):] = True
         canvas[:, prompt_length:] = self.mask_id
 
-        self._eos_penalty = opts.eos_penalty
-        self._penalized_ids = sorted({t for t in (self.eos_id, self.pad_id) if t is not None})
         generator = None
         if opts.seed is not None:
             generator = torch.Generator(device=device)
@@ -413,6 +392,7 @@ class _Run:
         self.device = canvas.device
         self.mask_id = sampler.mask_id
         self.eos_id = sampler.eos_id if opts.stop_at_eos else None
+        self.penalized_ids = sorted({t for t in (sampler.eos_id, sampler.pad_id) if t is not None})
         self.recorder = StatsRecorder(self.batch, self.device)
         self.trace: List[dict] = []
         self.cache = None
@@ -420,14 +400,29 @@ class _Run:
 
     # -------------------------------------------------------------- forwards
 
+    def _logits(self, output) -> torch.Tensor:
+        """The logits of a model call, post-processed identically for every forward."""
+        logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
+        if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
+            raise TypeError("the model must return logits [B, T, V] (a tensor or an object with .logits)")
+        if self.mask_id < logits.shape[-1]:
+            # A committed mask token would stay "masked" forever: the mask id is never a prediction.
+            logits[..., self.mask_id] = float("-inf")
+        if self.opts.eos_penalty:
+            # In place on the model's fresh output: the penalty is part of every forward (incl. lookahead).
+            for token in self.penalized_ids:
+                logits[..., token] -= self.opts.eos_penalty
+        return logits
+
+
     def _full_forward(self, ids, attention):
         kwargs = {"attention_mask": attention}
         if self.sampler.block_causal:
             kwargs.update(gen_start=self.gen_start, block_length=self.length)
-        return self.sampler._logits(self.model(ids, **kwargs))
+        return self._logits(self.model(ids, **kwargs))
 
     def _window_forward(self, window_ids, start, cache_rows):
-        return self.sampler._logits(self.model.forward_window(
+        return self._logits(self.model.forward_window(
             window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.attention,
             cache_rows=cache_rows))
 
@@ -447,7 +442,7 @@ class _Run:
             logits, self.cache = self.model.prefill(
                 self.canvas, self.attention, mode=self.mode, start=prefill_start, gen_start=self.gen_start,
                 block_length=self.length)
-            logits = self.sampler._logits(logits)
+            logits = self._logits(logits)
             self.recorder.count_forward(range(self.batch))
             self._store_block_logits(None, logits[:, start:end])
             return [False] * self.batch
@@ -481,7 +476,7 @@ class _Run:
             self._decode_block(block, start, steps)
             if self.mode == "block_causal" and block + 1 < num_blocks:
                 # Append the finished block's K/V (exact block-causal cache).
-                self.sampler._logits(self.model.forward_window(
+                self._logits(self.model.forward_window(
                     self.canvas[:, start:start + self.length], start=start, cache=self.cache, mode=self.mode,
                     attention_mask=self.attention, write=True))
                 self.recorder.count_forward(range(self.batch))
@@ -577,8 +572,7 @@ class _Run:
         if self.eos_id is None:
             return None
         region = self.canvas[:, self.gen_start:]
-        after_eos = (region == self.eos_id).cumsum(dim=1) > 0
-        filled = after_eos & (region == self.mask_id)
+        filled = _masks_after_first_eos(region, self.mask_id, self.eos_id)
         region.masked_fill_(filled, self.eos_id)
         self.recorder.add_eos_fill(filled.sum(dim=1))
         return filled
@@ -601,12 +595,13 @@ class _Run:
             window[:, :self.length] = cand_block
             offset = 0
         else:
-            window = cand_block
+            window = cand_block.clone()
             offset = 0
         if self.eos_id is not None:
             # Evaluate exactly the state the commit produces: its EOS fill included.
             fill_from = self.gen_start if self.mode == "none" else 0
-            window[:, fill_from:] = _fill_after_first_eos(window[:, fill_from:], self.mask_id, self.eos_id)[0]
+            region = window[:, fill_from:]
+            region.masked_fill_(_masks_after_first_eos(region, self.mask_id, self.eos_id), self.eos_id)
         if self.mode == "none":
             next_logits = self._full_forward(window, self.attention[row_index])
         else:

@@ -1,0 +1,133 @@
+"""sample_logprob: greedy exactness, chi-square frequencies of sampling, determinism, errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from infogain_kernels import sample_logprob, use_backend
+
+
+def filtered_logprobs(logits, temperature, top_p):
+    """Independent spec (float64, full sort-free pairwise form): nucleus = tokens whose strictly
+    more probable mass is < top_p; log softmax(logits/T) renormalised over it, -inf outside."""
+    s = logits.double() / (temperature if temperature > 0 else 1.0)
+    p = torch.softmax(s, dim=-1)
+    mass_above = (p[..., None, :] * (s[..., None, :] > s[..., :, None])).sum(-1)
+    keep = mass_above < top_p if top_p < 1 else torch.ones_like(p, dtype=torch.bool)
+    nucleus = (p * keep).sum(-1, keepdim=True)
+    return torch.where(keep, torch.log(p) - torch.log(nucleus), torch.full_like(p, -math.inf))
+
+
+def make_logits(rows, vocab, seed=0, scale=2.0):
+    x = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * scale
+    if vocab > 4:
+        x[:, 2] = -math.inf
+    return x
+
+
+BACKENDS = ["reference", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("vocab", [1, 7, 1000])
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 0.9), (0.0, 0.6), (2.0, 0.3)])
+def test_greedy_is_argmax_with_filtered_logprob(backend, triton_interpreted, vocab, temperature, top_p):
+    logits = make_logits(4, vocab)
+    with use_backend(backend):
+        token, logprob = sample_logprob(logits, mode="greedy", temperature=temperature, top_p=top_p)
+    assert token.dtype == torch.int64 and logprob.dtype == torch.float32 and token.shape == (4,)
+    assert token.tolist() == logits.argmax(dim=1).tolist()
+    spec = filtered_logprobs(logits, temperature, top_p).gather(1, token[:, None]).squeeze(1).float()
+    torch.testing.assert_close(logprob, spec, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_temperature_zero_sample_mode_is_greedy(backend, triton_interpreted):
+    logits = make_logits(5, 50, seed=2)
+    with use_backend(backend):
+        sampled = sample_logprob(logits, mode="sample", temperature=0.0, top_p=0.7)
+        greedy = sample_logprob(logits, mode="greedy", temperature=0.0, top_p=0.7)
+    assert torch.equal(sampled[0], greedy[0]) and torch.equal(sampled[1], greedy[1])
+
+
+@pytest.mark.parametrize("backend,draws", [("reference", 20000), ("triton", 3000)])
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.8), (1.5, 0.95)])
+def test_sample_frequencies_chi_square(backend, draws, triton_interpreted, temperature, top_p):
+    base = torch.tensor([[1.5, 0.2, -math.inf, 0.9, -0.4, 1.1, 0.0, -1.2]])
+    logits = base.expand(draws, -1)  # stride-0 rows: one distribution, many independent draws
+    with use_backend(backend):
+        token, logprob = sample_logprob(logits, mode="sample", temperature=temperature, top_p=top_p,
+                                        generator=torch.Generator().manual_seed(1234))
+    spec = filtered_logprobs(base, temperature, top_p)[0]
+    torch.testing.assert_close(logprob, spec[token].float(), atol=2e-5, rtol=1e-5)
+    counts = np.bincount(token.numpy(), minlength=base.shape[1])
+    support = torch.isfinite(spec).numpy()
+    assert counts[~support].sum() == 0, "a token outside the nucleus was drawn"
+    expected = spec.exp().numpy()[support] * draws
+    assert stats.chisquare(counts[support], expected).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nucleus_wider_than_probe(backend, triton_interpreted):
+    # Flat distribution: the 0.9 nucleus holds far more than the 16 probed tokens (bisection + extra read).
+    logits = torch.randn(64, 400, generator=torch.Generator().manual_seed(9)) * 0.2
+    with use_backend(backend):
+        token, logprob = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(0))
+    spec = filtered_logprobs(logits, 1.0, 0.9).gather(1, token[:, None]).squeeze(1)
+    assert torch.isfinite(spec).all()
+    torch.testing.assert_close(logprob, spec.float(), atol=2e-5, rtol=1e-5)
+    assert len(set(token.tolist())) > 30  # draws spread over the wide nucleus
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_same_generator_state_same_draw(backend, triton_interpreted):
+    logits = make_logits(32, 100, seed=4, scale=0.5)
+    with use_backend(backend):
+        a = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(7))
+        b = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(7))
+        c = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[0], c[0])
+
+
+def test_registered_as_custom_op():
+    logits = make_logits(2, 20)
+    seed = torch.tensor([5], dtype=torch.int64)
+    token, logprob = torch.ops.infogain.sample_logprob(logits, False, 1.0, 0.9, seed)
+    assert token.shape == logprob.shape == (2,)
+    torch.library.opcheck(torch.ops.infogain.sample_logprob.default, (logits, False, 1.0, 0.9, seed),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_invalid_rows_raise(backend, triton_interpreted):
+    logits = make_logits(3, 20)
+    logits[2, 5] = math.nan
+    with use_backend(backend), pytest.raises(ValueError, match="row 2 contains NaN"):
+        sample_logprob(logits, mode="sample", generator=torch.Generator().manual_seed(0))
+    logits = make_logits(3, 20)
+    logits[0] = -math.inf
+    with use_backend(backend), pytest.raises(ValueError, match="row 0 is entirely -inf"):
+        sample_logprob(logits, mode="greedy", top_p=0.5)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(mode="beam"), ValueError, "mode must be one of"),
+    (dict(temperature=-0.1), ValueError, "temperature"),
+    (dict(temperature=math.nan), ValueError, "temperature"),
+    (dict(top_p=0.0), ValueError, "top_p"),
+    (dict(top_p=2), ValueError, "top_p"),
+    (dict(generator=123), TypeError, "generator"),
+])
+def test_invalid_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sample_logprob(make_logits(2, 10), **kwargs)
+
+
+def test_invalid_logits():
+    with pytest.raises(ValueError, match="logits must have shape"):
+        sample_logprob(torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="logits must have dtype"):
+        sample_logprob(torch.zeros(2, 3, dtype=torch.int32))
