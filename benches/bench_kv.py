@@ -71,7 +71,7 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     cache_len = 256 if args.quick else 1024
     start = min(BLOCK_START, cache_len - 2 * BLOCK)
-    repeats = 10 if args.quick else 30
+    repeats = 25 if args.quick else 30
     peak = peak_bandwidth(device)
 
     rows: List[Dict[str, object]] = []

@@ -30,16 +30,24 @@ def _have_samplers() -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def tiny_llada_path(tmp_path_factory):
+def _tiny_checkpoints():
+    """The tests' tiny-checkpoint helper module (skips the test while it does not exist)."""
     if not os.path.isfile(TINY_CHECKPOINTS):
         pytest.skip("tests/tiny_checkpoints.py is not available yet")
     spec = importlib.util.spec_from_file_location("tiny_checkpoints", TINY_CHECKPOINTS)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    path = str(tmp_path_factory.mktemp("tiny_llada"))
-    module.write_tiny_checkpoint("llada", path)
+    return module
+
+
+def _write_tiny_checkpoint(arch: str, path: str) -> str:
+    _tiny_checkpoints().write_tiny_checkpoint(arch, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llada_path(tmp_path_factory):
+    return _write_tiny_checkpoint("llada", str(tmp_path_factory.mktemp("tiny_llada")))
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +199,10 @@ def test_naive_commits_every_position_and_keeps_prompts(tiny_llada, cache):
     assert not (result.sequences == model.config.mask_token_id).any()
     tokens = result.stats["tokens"]
     assert sum(tokens[k] for k in ("bypass", "lookahead", "fill", "trivial")) == 2 * SHAPE["gen_length"]
-    again = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache=cache, seed=0, stop_at_eos=False, **SHAPE)
-    assert torch.equal(again.sequences, result.sequences)
+    if cache == "dual":  # same seed, same candidates, same tokens
+        again = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache=cache, seed=0, stop_at_eos=False,
+                                                                **SHAPE)
+        assert torch.equal(again.sequences, result.sequences)
 
 
 @pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
@@ -207,6 +217,36 @@ def test_naive_equals_fast_sampler(tiny_llada, cache, variant):
                                                                  temperature=0.0, **SHAPE)
     naive = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache=cache, variant=variant, seed=5,
                                                             temperature=0.0, **SHAPE)
+    assert bench.compare_sequences(fast.sequences, naive.sequences) is None
+    assert naive.stats["nfe"] == fast.stats.nfe
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+@pytest.mark.parametrize("parallel_bypass", [False, True])
+def test_naive_equals_fast_sampler_with_bypass_and_padded_prompts(tiny_llada, parallel_bypass):
+    from infogain.samplers import make_sampler
+
+    model, tokenizer = tiny_llada
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12]]  # left padded into one canvas
+    # threshold 0.1 makes this tiny model mix bypass and lookahead steps
+    kwargs = dict(SHAPE, threshold=0.1, parallel_bypass=parallel_bypass, eos_penalty=0.5, cache="dual", seed=2)
+    fast = make_sampler("info_gain", model, tokenizer).generate(prompts, **kwargs)
+    naive = NaiveInfoGainSampler(model, tokenizer).generate(prompts, **kwargs)
+    assert bench.compare_sequences(fast.sequences, naive.sequences) is None
+    assert naive.stats["tokens"]["bypass"] == fast.stats.tokens["bypass"] > 0
+    assert naive.stats["tokens"]["lookahead"] == fast.stats.tokens["lookahead"]
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+def test_naive_equals_fast_sampler_on_block_causal_sdar(tmp_path):
+    from infogain.models import load
+    from infogain.samplers import make_sampler
+
+    model, tokenizer = load(_write_tiny_checkpoint("sdar", str(tmp_path)), dtype=torch.float32, device="cpu")
+    prompts = _prompts(model.eval())
+    fast = make_sampler("lookum", model, tokenizer).generate(prompts, cache="prefix", seed=4, **SHAPE)
+    naive = NaiveInfoGainSampler(model, tokenizer).generate(prompts, cache="prefix", variant="lookum", seed=4,
+                                                            **SHAPE)
     assert bench.compare_sequences(fast.sequences, naive.sequences) is None
     assert naive.stats["nfe"] == fast.stats.nfe
 
@@ -264,3 +304,39 @@ def test_bench_rejects_invalid_options(argv, match, capsys):
         bench.main(argv)
     assert exc.value.code == 2
     assert match in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+def test_bench_random_weights_path_without_naive(tmp_path, monkeypatch):
+    """--random-weights builds the preset architecture; a tiny config stands in for the 8B one here."""
+    from infogain import models
+
+    tiny_config = _tiny_checkpoints().tiny_config
+    monkeypatch.setattr(models, "preset_config", lambda name: tiny_config("llada"))
+    out = tmp_path / "e2e.json"
+    code = bench.main(["--random-weights", "llada-8b", "--cache", "dual", "--prompt-length", "4",
+                       "--gen-length", "4", "--steps", "4", "--block-length", "4", "--candidates", "2",
+                       "--repeats", "1", "--no-naive", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["settings"]["model"] == "random-weights:llada-8b"
+    row = record["rows"][0]
+    assert "naive_tok_s" not in row and "tokens_match" not in row and row["fast_tok_s"] > 0
+
+
+def test_bench_reports_a_missing_model_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--model", str(tmp_path / "missing"), "--device", "cpu"])
+    assert exc.value.code == 2
+    assert "missing" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_matches_naive(tiny_llada_path, tmp_path):
+    out = tmp_path / "e2e.json"
+    code = bench.main(["--model", tiny_llada_path, "--cache", "none,prefix,dual", "--dtype", "float32",
+                       "--prompt-length", "8", "--gen-length", "16", "--steps", "16", "--block-length", "8",
+                       "--repeats", "1", "--device", "cuda", "--out", str(out)])
+    record = json.loads(out.read_text())
+    assert code == 0, record["rows"]
+    assert all(row["tokens_match"] for row in record["rows"])

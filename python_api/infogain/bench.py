@@ -40,7 +40,6 @@ minimal fallback with the same keys is used and the default output folder is
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
@@ -158,6 +157,8 @@ def _load_model(args, device: torch.device, dtype: torch.dtype):
         from infogain.demo import toy_model_path
 
         path, source = toy_model_path(), "toy"
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"the toy model is not installed at {path}; pass --model PATH or --random-weights NAME")
     model, tokenizer = models.load(path, dtype=dtype, device=device)
     return model, tokenizer, source
 
@@ -259,22 +260,6 @@ def compare_sequences(fast: torch.Tensor, naive: torch.Tensor) -> Optional[str]:
             f"fast {int(fast[row, col])} vs naive {int(naive[row, col])}")
 
 
-def _stat(stats: Dict[str, object], *names):
-    for name in names:
-        if name in stats:
-            return stats[name]
-    return None
-
-
-def _stats_dict(result) -> Dict[str, object]:
-    stats = getattr(result, "stats", None)
-    if stats is None:
-        return {}
-    if hasattr(stats, "to_dict"):
-        return stats.to_dict()
-    return dict(stats)
-
-
 def _median(values: List[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -305,10 +290,9 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
         fast_result, _ = _timed(fast_call, device)  # warm-up; its tokens are the ones compared
         if device.type == "cuda":
             row["fast_peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
-        fast_stats = _stats_dict(fast_result)
-        row["nfe"] = _stat(fast_stats, "nfe", "NFE")
-        row["bypass_rate"] = _stat(fast_stats, "bypass_rate")
-        row["cumulative_entropy"] = _stat(fast_stats, "cumulative_entropy")
+        fast_stats = fast_result.stats.to_dict()
+        for key in ("nfe", "candidate_evals", "tokens", "bypass_rate", "cumulative_entropy"):
+            row[key] = fast_stats[key]
         naive_result = None
         if naive_call is not None:
             if device.type == "cuda":
@@ -398,7 +382,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if unknown:
         parser.error(f"--samplers: unknown sampler(s) {unknown}; choose from {sorted(SAMPLERS)}")
 
-    model, tokenizer, source = _load_model(args, device, dtype)
+    try:
+        model, tokenizer, source = _load_model(args, device, dtype)
+    except (OSError, ValueError) as exc:
+        parser.error(str(exc))
     model.eval()
     defaults = _TOY_DEFAULTS if source == "toy" else _FULL_DEFAULTS
     shape = {name: getattr(args, name) if getattr(args, name) is not None else default

@@ -7,9 +7,11 @@ tokenizer has one token per task character), then prints one table --
 sampler, task, accuracy, cumulative entropy, NFE, bypass rate, tokens/s --
 and writes it to ``<out>/demo.json`` and ``<out>/demo.png``.
 
-Decoding settings per task: the whole generation is one block decoded one
-token per step (``steps == gen_length``), so the samplers differ only in the
-order in which they commit positions -- exactly what the tasks test.
+Decoding settings: the whole generation is one block decoded one token per
+step (``steps == gen_length``), so the samplers differ in the order in which
+they commit positions -- exactly what the tasks test. Multiplication samples
+its tokens at temperature 1 (every row starts from the same empty prompt);
+sudoku takes the argmax. ``--seed`` fixes both the problems and the sampling.
 """
 from __future__ import annotations
 
@@ -28,9 +30,12 @@ from .tasks import TASKS, CharCodec, get_task
 DEMO_SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm")
 DEFAULT_NUM_SAMPLES = 100
 # Sampler settings shared by every run of the demo (the Info-Gain paper's defaults
-# where they apply). Temperature 0: tokens are the argmax, so the samplers differ
-# only in where they commit; the random sampler's positions still use the seed.
-DEMO_SETTINGS = {"candidate_number": 8, "position_temperature": 0.2, "threshold": 0.9, "temperature": 0.0}
+# where they apply).
+DEMO_SETTINGS = {"candidate_number": 8, "position_temperature": 0.2, "threshold": 0.9}
+# Token temperature per task. Multiplication starts every row from the same empty
+# prompt, so argmax tokens would give one equation repeated N times: its tokens
+# are sampled. Sudoku prompts differ, and a puzzle has a right answer: argmax.
+TASK_TEMPERATURE = {"multiplication": 1.0, "sudoku": 0.0}
 TABLE_COLUMNS = ("sampler", "task", "accuracy", "cum_entropy", "nfe", "bypass_rate", "tokens_per_s")
 
 
@@ -75,7 +80,7 @@ def run_one(sampler, codec: CharCodec, task, prompts: Sequence[str], *, seed: in
     prompt_ids = codec.prompt_ids(prompts).to(device)
     result = sampler.generate(
         prompt_ids, gen_length=task.gen_length, steps=task.gen_length, block_length=task.gen_length,
-        cache=cache, seed=seed, progress=False, **DEMO_SETTINGS)
+        cache=cache, seed=seed, progress=False, temperature=TASK_TEMPERATURE[task.name], **DEMO_SETTINGS)
     generations = result.sequences.cpu()  # [B, gen_length], without the prompt
     texts = [codec.decode(row) for row in generations]
     correct = [task.is_correct(p, t) for p, t in zip(prompts, texts)]
@@ -92,7 +97,7 @@ def run_one(sampler, codec: CharCodec, task, prompts: Sequence[str], *, seed: in
         "batch_nfe": stats.nfe,
         "candidate_evals": stats.candidate_evals,
         "wall_s": stats.wall_time_s,
-        "examples": [{"prompt": p, "generation": t, "correct": c} for p, t, c in list(zip(prompts, texts, correct))[:5]],
+        "examples": [{"prompt": p, "generation": t, "correct": c} for p, t, c in zip(prompts, texts, correct)],
     }
 
 
@@ -182,7 +187,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
         if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch": torch.__version__, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
-        "settings": DEMO_SETTINGS, "wall_s": round(wall, 2),
+        "settings": DEMO_SETTINGS, "temperature": {task.name: TASK_TEMPERATURE[task.name] for task in tasks},
+        "wall_s": round(wall, 2),
         "gen_lengths": {task.name: task.gen_length for task in tasks}, "rows": rows,
     }
     json_path = os.path.join(args.out, "demo.json")

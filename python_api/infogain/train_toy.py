@@ -38,7 +38,7 @@ DEFAULT_TASKS = ("multiplication", "sudoku")
 # Examples per task per step. Sudoku is learnt within a few hundred steps while
 # multiplication needs many more examples, and a sudoku row is 4x longer, so the
 # compute goes mostly to multiplication.
-DEFAULT_BATCH_SIZES = {"multiplication": 64, "sudoku": 12}
+DEFAULT_BATCH_SIZES = {"multiplication": 48, "sudoku": 8}
 # Smallest timestep: keeps the 1/t weight bounded.
 MIN_MASK_PROB = 1e-3
 WARMUP_STEPS = 30

@@ -27,15 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import attend, cascade_attention
 from .base import DiffusionLM, KVCache, ModelConfig
 
 MODES = ("prefix", "dual", "block_causal")
-
-try:  # optional: used for the common mask-free case when installed
-    from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
-except Exception:  # pragma: no cover - not installed on the CI machine
-    _flash_attn_func = None
-
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -87,17 +82,6 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x32.shape[-1] // 2
     rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
     return (x32 * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """Bidirectional attention ``q [G, H, Lq, D]`` over ``k, v [G, H_kv, Lk, D]``.
-
-    ``mask`` is boolean ``[G, 1, Lq, Lk]`` (True = attend) or None (attend to all).
-    """
-    if mask is None and _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
-        out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
-        return out.transpose(1, 2)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
 
 class Attention(nn.Module):

@@ -1,0 +1,230 @@
+"""Attention for the cache-aware models: plain attention and the cascade used by candidate lookahead.
+
+Cascade attention (shared-prefix attention, as in FlashInfer's cascade
+inference): softmax attention over a key set that is the union of two disjoint
+parts can be computed as two partial attentions, each returning its output
+``o`` and the natural-log log-sum-exp ``lse`` of its scaled scores, merged by
+
+    m = max(lse1, lse2)
+    o = (o1 * exp(lse1 - m) + o2 * exp(lse2 - m)) / (exp(lse1 - m) + exp(lse2 - m))
+
+N lookahead candidates of one prompt see the same cached keys (the shared
+part) and each its own freshly computed window keys (the own part). The shared
+part is attended once per cache row with all candidates' queries stacked into
+one long query sequence, so the cache is read once and never copied per
+candidate; the own part is a small batched [W x W] attention per candidate.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from infogain_kernels._validation import FLOAT_DTYPES, check_tensor
+
+try:  # optional: the fastest CUDA kernels when installed
+    from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
+except Exception:  # pragma: no cover - not installed on the CI machine
+    _flash_attn_func = None
+
+# Query rows per chunk of the math fallback: bounds its float32 score tile to
+# [B, H, _MATH_QUERY_CHUNK, S] whatever the number of stacked candidate queries.
+_MATH_QUERY_CHUNK = 256
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """Bidirectional attention ``q [G, H, Lq, D]`` over ``k, v [G, H_kv, Lk, D]`` (no LSE).
+
+    ``mask`` is boolean ``[G, 1, Lq, Lk]`` (True = attend) or None (attend to all).
+    """
+    if mask is None and _flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=False)
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+# ----------------------------------------------------------------------------- attention states
+
+def math_attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Attention state of ``q [B, H, L, D]`` over ``k, v [B, H, S, D]`` (same head count), in float32.
+
+    The fallback of :func:`attention_with_lse` and the path for masked keys where
+    the fast kernel takes no mask. Scores are formed in float32, ``L`` in chunks of
+    ``_MATH_QUERY_CHUNK`` queries. ``key_mask [B, S]`` bool (True = attend).
+    Returns ``out [B, H, L, D]`` float32 and ``lse [B, H, L]`` float32; a query with
+    no allowed key gets ``out = 0`` and ``lse = -inf``.
+    """
+    scale = q.shape[-1] ** -0.5
+    k32, v32 = k.float(), v.float()
+    blocked = None if key_mask is None else ~key_mask[:, None, None, :]
+    outs, lses = [], []
+    for q_chunk in q.split(_MATH_QUERY_CHUNK, dim=2):
+        scores = torch.matmul(q_chunk.float(), k32.transpose(-1, -2)) * scale
+        if blocked is not None:
+            scores = scores.masked_fill(blocked, float("-inf"))
+        lse = torch.logsumexp(scores, dim=-1)
+        # exp(-inf - 0) = 0 keeps key-less queries at out = 0 instead of NaN
+        probs = torch.exp(scores - torch.where(torch.isfinite(lse), lse, 0.0)[..., None])
+        outs.append(torch.matmul(probs, v32))
+        lses.append(lse)
+    return torch.cat(outs, dim=2), torch.cat(lses, dim=2)
+
+
+def _fused_attention_with_lse(q, k, v, key_mask):
+    """The fastest primitive of this device that returns the LSE; None where none applies.
+
+    Same contract as :func:`math_attention_with_lse` except that ``out`` is in q's
+    dtype and rows without any allowed key are not yet fixed up.
+    """
+    S = k.shape[2]
+    if q.device.type == "cpu":
+        bias = None
+        if key_mask is not None:
+            # this kernel takes only an additive float mask of the query dtype
+            bias = torch.zeros(key_mask.shape, dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~key_mask, float("-inf"))[:, None, None, :]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, attn_mask=bias)
+        return out, lse
+    if q.device.type != "cuda":
+        return None
+    half = q.dtype in (torch.float16, torch.bfloat16)
+    head_dim_ok = q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+    if key_mask is None and half and head_dim_ok:
+        if _flash_attn_func is not None:
+            out, lse, _ = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                           causal=False, return_attn_probs=True)
+            return out.transpose(1, 2), lse[..., :q.shape[2]]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[:2]
+        return out, lse[..., :q.shape[2]]
+    if head_dim_ok:
+        bias = None
+        if key_mask is not None:
+            # memory-efficient attention needs the bias rows 16-element aligned: pad, then slice
+            padded = -(-S // 16) * 16
+            bias = torch.zeros(key_mask.shape[0], 1, 1, padded, dtype=q.dtype, device=q.device)
+            bias[..., :S].masked_fill_(~key_mask[:, None, None, :], float("-inf"))
+            bias = bias[..., :S].expand(q.shape[0], q.shape[1], q.shape[2], S)
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True)[:2]
+        return out, lse[..., :q.shape[2]]   # the LSE may be padded to a multiple of 32 queries
+    return None
+
+
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       key_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Bidirectional attention of ``q [B, H, L, D]`` over ``k, v [B, H_kv, S, D]`` with its LSE.
+
+    ``H`` must be a multiple of ``H_kv`` (grouped-query attention: query head ``h``
+    reads KV head ``h // (H // H_kv)``). ``key_mask [B, S]`` bool, True = attend.
+    Scale ``1/sqrt(D)``. Returns ``(out [B, H, L, D]`` in q's dtype, ``lse [B, H, L]``
+    float32, the natural-log log-sum-exp of the scaled, masked scores). A query
+    with no allowed key (``S == 0`` or its row fully masked) gets ``out = 0``,
+    ``lse = -inf``, so merging it with another state leaves that state unchanged.
+
+    Uses a fused kernel that returns the LSE (CPU flash attention, CUDA flash or
+    memory-efficient attention, flash-attn when installed) and otherwise
+    :func:`math_attention_with_lse`. Inputs are trusted (see :func:`cascade_attention`).
+    """
+    B, H, L, D = q.shape
+    H_kv, S = k.shape[1], k.shape[2]
+    if S == 0:   # no kernel accepts zero keys (the CPU one crashes)
+        return q.new_zeros(q.shape), q.new_full((B, H, L), float("-inf"), dtype=torch.float32)
+    # Grouped-query attention without repeating K/V: the query heads that share a KV
+    # head become one longer query sequence against that head.
+    group = H // H_kv
+    q_folded = q.reshape(B, H_kv, group * L, D)
+    state = _fused_attention_with_lse(q_folded, k, v, key_mask)
+    if state is None:
+        state = math_attention_with_lse(q_folded, k, v, key_mask)
+    out, lse = state[0].to(q.dtype).reshape(B, H, L, D), state[1].float().reshape(B, H, L)
+    if key_mask is not None:
+        # kernels disagree on key-less rows (0, NaN, lse 0): make them the empty state
+        keyless = ~key_mask.any(dim=1)
+        if bool(keyless.any()):
+            out = out.masked_fill(keyless[:, None, None, None], 0.0)
+            lse = lse.masked_fill(keyless[:, None, None], float("-inf"))
+    return out, lse
+
+
+def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor,
+                           lse_b: torch.Tensor) -> torch.Tensor:
+    """Attention over the union of two disjoint key sets from their states, in float32.
+
+    ``out_* [..., L, D]`` with ``lse_* [..., L]`` (natural log). Returns the merged
+    output ``[..., L, D]`` float32; queries empty in both states give 0.
+    """
+    m = torch.maximum(lse_a, lse_b)
+    m = torch.where(torch.isfinite(m), m, 0.0)
+    weight_a, weight_b = torch.exp(lse_a - m), torch.exp(lse_b - m)
+    total = weight_a + weight_b
+    merged = out_a.float() * weight_a[..., None] + out_b.float() * weight_b[..., None]
+    return merged / torch.where(total > 0, total, 1.0)[..., None]
+
+
+# ----------------------------------------------------------------------------- cascade
+
+def _check_key_mask(name: str, mask, shape, device) -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"{name} must be a bool tensor {tuple(shape)} (True = attend) or None")
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"{name} is on {mask.device} but q is on {device}")
+
+
+def cascade_attention(q: torch.Tensor, shared_k: torch.Tensor, shared_v: torch.Tensor,
+                      own_k: torch.Tensor, own_v: torch.Tensor, *,
+                      shared_key_mask: Optional[torch.Tensor] = None,
+                      own_key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Attention of R query rows over [the shared keys of their group | their own keys].
+
+    Args:
+        q: ``[R, H, L, D]`` queries; rows are grouped consecutively, ``R = G * n``:
+            rows ``g*n .. g*n + n - 1`` read shared row ``g``.
+        shared_k, shared_v: ``[G, H_kv, S, D]`` keys/values every row of a group sees
+            (e.g. one cache row); S may be 0. Read once per group, never copied per row.
+        own_k, own_v: ``[R, H_kv, W, D]`` each row's own keys/values (W >= 1).
+        shared_key_mask: optional bool ``[G, S]``, True = attend (left padding,
+            columns the own keys replace).
+        own_key_mask: optional bool ``[R, W]``, True = attend.
+
+    All tensors share one floating dtype and device; ``H`` is a multiple of ``H_kv``;
+    the scale is ``1/sqrt(D)``. Returns ``[R, H, L, D]`` in q's dtype, equal to
+    ``softmax(q K^T / sqrt(D)) V`` with ``K = [shared_k[row's group] | own_k[row]]``
+    restricted to the allowed keys; merged in float32. A query with no allowed key
+    gets 0 (never NaN).
+    """
+    check_tensor("q", q, dtypes=FLOAT_DTYPES, ndim=4)
+    for name, t in (("shared_k", shared_k), ("shared_v", shared_v), ("own_k", own_k), ("own_v", own_v)):
+        check_tensor(name, t, dtypes=(q.dtype,), ndim=4)
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device} but q is on {q.device}")
+    R, H, L, D = q.shape
+    G, H_kv, S, _ = shared_k.shape
+    W = own_k.shape[2]
+    if R < 1 or L < 1 or D < 1:
+        raise ValueError(f"q must be non-empty [R, H, L, D], got {tuple(q.shape)}")
+    if G < 1 or R % G != 0:
+        raise ValueError(f"shared_k has {G} rows; q's {R} rows must be a whole multiple of it")
+    if H_kv < 1 or H % H_kv != 0:
+        raise ValueError(f"q's {H} heads must be a multiple of shared_k's {H_kv} KV heads")
+    if tuple(shared_v.shape) != tuple(shared_k.shape) or shared_k.shape[3] != D:
+        raise ValueError(f"shared_k and shared_v must both be [G, H_kv, S, {D}], "
+                         f"got {tuple(shared_k.shape)} and {tuple(shared_v.shape)}")
+    if W < 1 or tuple(own_k.shape) != (R, H_kv, W, D) or tuple(own_v.shape) != tuple(own_k.shape):
+        raise ValueError(f"own_k and own_v must both be [{R}, {H_kv}, W >= 1, {D}], "
+                         f"got {tuple(own_k.shape)} and {tuple(own_v.shape)}")
+    _check_key_mask("shared_key_mask", shared_key_mask, (G, S), q.device)
+    _check_key_mask("own_key_mask", own_key_mask, (R, W), q.device)
+
+    n = R // G
+    # Shared part: a group's n rows become one query sequence [G, H, n*L, D].
+    q_stacked = q.reshape(G, n, H, L, D).transpose(1, 2).reshape(G, H, n * L, D)
+    shared_out, shared_lse = attention_with_lse(q_stacked, shared_k, shared_v, shared_key_mask)
+    shared_out = shared_out.reshape(G, H, n, L, D).transpose(1, 2).reshape(R, H, L, D)
+    shared_lse = shared_lse.reshape(G, H, n, L).transpose(1, 2).reshape(R, H, L)
+    own_out, own_lse = attention_with_lse(q, own_k, own_v, own_key_mask)
+    return merge_attention_states(shared_out, shared_lse, own_out, own_lse).to(q.dtype)
