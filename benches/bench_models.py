@@ -1,14 +1,18 @@
 """Lookahead step of N candidates against one shared KV cache vs copying the cache.
 
-A lookahead step forwards N candidate windows of one prompt. "shared" packs
-them into one ``forward_window(..., cache_rows=zeros(N))`` call that reads the
-single cache; the baseline "copy" first expands the cache N times (contiguous
+A lookahead step forwards N candidate windows of one prompt. "shared" forwards
+them in one ``forward_window(..., cache_rows=zeros(N))`` call that reads the
+single cache (cascade attention: shared cache + own window, merged by
+log-sum-exp); the baseline "copy" first expands the cache N times (contiguous
 copies of every layer's K/V, as the reference samplers do) and forwards the N
 windows as a batch of N. Both are measured in the same run, with their peak
 extra memory.
 
     python benches/bench_models.py --random-weights llada-8b      # CUDA, bf16, full size
-    python benches/bench_models.py --small                        # CPU-sized check of the script
+    python benches/bench_models.py --small                        # all three, CPU-sized
+
+All configurations of one run (each architecture's cache modes: dual and
+prefix, or SDAR's block_causal) are written to one results file.
 """
 from __future__ import annotations
 
@@ -22,6 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import median_time, peak_extra_memory, pick_device, print_table, write_results  # noqa: E402
 
 import infogain.models as models  # noqa: E402
+
+
+ARCHITECTURES = ("llada-8b", "dream-7b", "sdar-8b")
 
 
 def small_config(name: str) -> dict:
@@ -46,20 +53,9 @@ def expand_cache(cache: models.KVCache, n: int) -> models.KVCache:
                           attention_mask=rep(cache.attention_mask), mode=cache.mode)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--random-weights", choices=["llada-8b", "dream-7b", "sdar-8b"], default="llada-8b")
-    parser.add_argument("--small", action="store_true", help="shrunken architecture (CPU)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--block", type=int, default=32)
-    parser.add_argument("--length", type=int, default=None, help="canvas length T (512; 256 with --small)")
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args()
-
-    device = pick_device(args.device)
+def bench_model(name: str, args, device: torch.device) -> "tuple[list, dict]":
+    """Rows (one per cache mode of the architecture) and the config used, for one model."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    name = args.random_weights
     config = small_config(name) if args.small else models.preset_config(name)
     torch.manual_seed(0)
     model = models.build(config, dtype=dtype, device=device)
@@ -101,9 +97,34 @@ def main() -> None:
                 "memory_ratio": (m_copy / m_shared) if m_shared and m_copy is not None else None,
             })
             del cache
+    del model
+    return rows, {k: config[k] for k in sorted(config)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--random-weights", nargs="+", choices=ARCHITECTURES, default=list(ARCHITECTURES),
+                        help="architectures to run (default: all); their rows go into one results file")
+    parser.add_argument("--small", action="store_true", help="shrunken architecture (CPU)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--length", type=int, default=None, help="canvas length T (512; 256 with --small)")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+
+    device = pick_device(args.device)
+    rows, configs = [], {}
+    for name in args.random_weights:
+        model_rows, configs[name] = bench_model(name, args, device)
+        rows += model_rows
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     print_table(rows, ["model", "mode", "window", "candidates", "shared_ms", "copy_ms", "speedup",
                        "shared_extra_MiB", "copy_extra_MiB", "memory_ratio"])
-    path = write_results("models", device, rows, config={k: config[k] for k in sorted(config)},
+    path = write_results("models", device, rows, configs=configs,
+                         shared="candidates read one cache row through cascade attention "
+                                "(shared-cache and own-window attention merged by log-sum-exp)",
                          baseline="KV cache expanded N times (contiguous copies) then a batch-N window forward")
     print(f"wrote {path}")
 

@@ -167,6 +167,35 @@ def test_packed_candidates_equal_separate_forwards(tiny, wanted):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("layout", ["every_row_twice", "single_position", "empty_cache"])
+def test_candidates_equal_separate_forwards_in_edge_layouts(tiny, layout):
+    """Every cache row read (no row selection), a one-position window, and a prefix
+    cache of length 0 whose window holds the left padding itself."""
+    arch, model, _, _ = tiny
+    ids = canvas(B=3, seed=4)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[1, :2] = False
+    if layout == "empty_cache":
+        if arch == "sdar":
+            pytest.skip("block-causal windows are single blocks after the prompt")
+        mode, start, W = "prefix", 0, T
+    else:
+        mode = mode_of(arch, "dual")
+        start = GEN_START + BLOCK
+        W = 1 if layout == "single_position" else BLOCK
+    _, cache = model.prefill(ids, mask, mode=mode, start=start, **seg_kwargs(arch))
+    cache_rows = torch.tensor([0, 0, 1, 1, 2, 2])
+    windows = ids[cache_rows, start:start + W].clone()
+    windows[:, -1] = torch.randint(0, 90, (6,), generator=torch.Generator().manual_seed(11))
+    packed = model.forward_window(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
+    assert torch.isfinite(packed).all()
+    for r, row in enumerate(cache_rows.tolist()):
+        alone = model.forward_window(windows[r:r + 1], start=start, cache=row_cache(cache, row), mode=mode)
+        real = mask[row, start:start + W]
+        torch.testing.assert_close(packed[r][real], alone[0][real], atol=ATOL, rtol=1e-4)
+
+
+@torch.no_grad()
 def test_dream_window_first_position_uses_the_previous_hidden_state():
     """The logit at ``start`` changes with the window's tokens (it is not a stale placeholder)."""
     model = models.build(tiny_config("dream"))

@@ -25,41 +25,54 @@ def reference_sudoku_ok(grid):
 # ---- multiplication ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,ok", [
-    ("07*6=042", True), ("99*9=891", True), ("10*1=010", True),
-    ("07*6=043", False),      # wrong product
-    ("7*6=42", False),        # not fixed width
-    ("07*6=0042", False),     # c too wide
-    ("07*6=042?", False),     # trailing junk (e.g. a leftover mask)
-    ("07+6=042", False), ("", False), ("07*6=04?", False),
+    ("7*6=42", True), ("9*9=81", True), ("2*3=06", True), ("1*1=01", True),
+    ("7*6=43", False),        # wrong product
+    ("2*3=6", False),         # not fixed width
+    ("7*6=042", False),       # c too wide
+    ("7*6=42?", False),       # trailing junk (e.g. a leftover mask)
+    ("7+6=42", False), ("", False), ("7*6=4?", False), ("76*=42", False),
 ])
-def test_multiplication_scoring(text, ok):
+def test_multiplication_scoring_default_one_digit_operands(text, ok):
     assert TASKS["multiplication"].is_correct("", text) is ok
 
 
-def test_multiplication_examples_are_correct_equations():
-    task = MultiplicationTask()
-    for ex in task.examples("train", 50, seed=3) + task.examples("heldout", 50, seed=3):
+@pytest.mark.parametrize("text,ok", [
+    ("07*6=042", True), ("99*9=891", True), ("10*1=010", True),
+    ("07*6=043", False), ("7*6=42", False), ("07*6=0042", False), ("07*6=042?", False),
+])
+def test_multiplication_scoring_two_digit_operand(text, ok):
+    assert MultiplicationTask(a_digits=2, b_digits=1).is_correct("", text) is ok
+
+
+@pytest.mark.parametrize("a_digits,b_digits", [(1, 1), (2, 1)])
+def test_multiplication_examples_are_correct_equations(a_digits, b_digits):
+    task = MultiplicationTask(a_digits, b_digits)
+    for ex in task.examples("train", 50, seed=3) + task.examples("heldout", 20, seed=3):
         a, rest = ex.target.split("*")
         b, c = rest.split("=")
         assert ex.prompt == ""
-        assert (len(a), len(b), len(c)) == (2, 1, 3)
-        assert int(a) * int(b) == int(c) and 1 <= int(a) <= 99 and 1 <= int(b) <= 9
+        assert (len(a), len(b), len(c)) == (a_digits, b_digits, a_digits + b_digits)
+        assert int(a) * int(b) == int(c) and 1 <= int(a) < 10 ** a_digits and 1 <= int(b) <= 9
         assert len(ex.target) == task.gen_length
 
 
-def test_multiplication_other_widths():
+def test_multiplication_two_by_two_digits():
     task = MultiplicationTask(a_digits=2, b_digits=2)
     assert task.gen_length == 10
     assert task.is_correct("", "12*34=0408") and not task.is_correct("", "12*34=0409")
 
 
 def test_multiplication_splits_are_disjoint_and_cover_the_space():
-    task = MultiplicationTask()
+    task = MultiplicationTask(a_digits=2, b_digits=1)
     heldout = {ex.target for ex in task.examples("heldout", 3000, seed=0)}
     train = {ex.target for ex in task.examples("train", 6000, seed=0)}
     assert heldout.isdisjoint(train)
     assert len(heldout) + len(train) >= 99 * 9 - 5  # nearly every pair drawn at these sizes
     assert 40 < len(heldout) < 150  # about 10% held out
+    small = MultiplicationTask()
+    heldout = {ex.target for ex in small.examples("heldout", 500, seed=0)}
+    train = {ex.target for ex in small.examples("train", 2000, seed=0)}
+    assert heldout.isdisjoint(train) and len(heldout) + len(train) == 81 and len(heldout) >= 1
 
 
 # ---- sudoku -----------------------------------------------------------------------------
@@ -131,6 +144,7 @@ def test_char_codec_round_trip_with_the_toy_tokenizer():
     assert len(ids) == 8 and codec.decode(ids) == "07*6=042"
     assert tokenizer.decode(ids) == "07*6=042"
     assert codec.decode(ids + [tokenizer.mask_token_id]) == "07*6=042?"
+    assert "?" not in TOY_CHARSET
     prompts = codec.prompt_ids(["1000", "0200"])
     assert prompts.shape == (2, 5) and (prompts[:, 0] == tokenizer.bos_token_id).all()
 

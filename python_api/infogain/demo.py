@@ -88,6 +88,8 @@ def run_one(sampler, codec: CharCodec, task, prompts: Sequence[str], *, seed: in
     num_rows = len(stats.rows)
     return {
         "accuracy": sum(correct) / len(correct),
+        # Multiplication rows share one prompt: how many different right answers were found.
+        "distinct_correct": len({t for t, c in zip(texts, correct) if c}),
         # Per-problem means: the aggregate entropy is a sum over rows, and the
         # aggregate NFE counts a batched call once whatever the batch size.
         "cum_entropy": stats.cumulative_entropy / num_rows,
@@ -147,7 +149,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         sampler_names = _parse_list("samplers", args.samplers, _sampler_names())
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-        device = torch.device(args.device)
+        try:
+            device = torch.device(args.device)
+        except RuntimeError as exc:
+            raise ValueError(f"--device {args.device!r} is not a torch device") from exc
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was given but CUDA is not available")
         model_path = args.model or toy_model_path()
@@ -156,9 +161,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
 
-    from . import models, samplers
     from tqdm import tqdm
+    from transformers.utils import logging as transformers_logging
 
+    from . import models, samplers
+
+    # Loading a tokenizer from a folder whose config.json is not a transformers
+    # model config makes transformers warn; the demo's output is the table.
+    transformers_logging.set_verbosity_error()
     model, tokenizer = models.load(model_path)
     model = model.to(device).eval()
     if tokenizer is None:

@@ -4,9 +4,9 @@ Two tasks, each a text-to-text problem over a handful of characters:
 
 ``multiplication``
     Generate a whole equation ``a*b=c`` from an empty prompt (only the BOS
-    token). Fields are fixed-width and zero padded (``47*6=282`` with the
-    default 2-digit ``a`` and 1-digit ``b``), so every equation has the same
-    length. A generation is correct iff it parses and ``a * b == c``. Greedy
+    token). Fields are fixed-width and zero padded (``7*6=42`` and ``2*3=06``
+    with the default 1-digit operands; ``47*6=282`` with a 2-digit ``a``), so
+    every equation of a task has the same length. A generation is correct iff it parses and ``a * b == c``. Greedy
     certainty samplers tend to commit digits of ``c`` before ``a`` and ``b``
     (the leading digits of ``c`` are the most predictable), after which the
     operands must be found by factoring -- the failure case of the Info-Gain
@@ -127,13 +127,14 @@ class MultiplicationTask(Task):
     """``a*b=c`` generated from scratch; ``a`` has ``a_digits`` digits, ``b`` ``b_digits``.
 
     Operands range over ``1 .. 10**digits - 1`` and are zero padded; ``c`` is
-    zero padded to ``a_digits + b_digits`` digits. The split is by operand pair.
+    zero padded to ``a_digits + b_digits`` digits. The split is by operand pair
+    (for the default 1-digit operands, 8 of the 81 pairs are held out).
     """
 
     name = "multiplication"
     charset = "0123456789*="
 
-    def __init__(self, a_digits: int = 2, b_digits: int = 1):
+    def __init__(self, a_digits: int = 1, b_digits: int = 1):
         self.a_digits = _check_count("a_digits", a_digits)
         self.b_digits = _check_count("b_digits", b_digits)
         self.c_digits = a_digits + b_digits

@@ -7,6 +7,7 @@ parts can be computed as two partial attentions, each returning its output
 
     m = max(lse1, lse2)
     o = (o1 * exp(lse1 - m) + o2 * exp(lse2 - m)) / (exp(lse1 - m) + exp(lse2 - m))
+      = lerp(o2, o1, sigmoid(lse1 - lse2))
 
 N lookahead candidates of one prompt see the same cached keys (the shared
 part) and each its own freshly computed window keys (the own part). The shared
@@ -153,13 +154,15 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
 
     ``out_* [..., L, D]`` with ``lse_* [..., L]`` (natural log). Returns the merged
     output ``[..., L, D]`` float32; queries empty in both states give 0.
+
+    The weight of state a, ``exp(lse_a - m) / (exp(lse_a - m) + exp(lse_b - m))``,
+    equals ``sigmoid(lse_a - lse_b)``: one stable expression, and the merge is a
+    single ``lerp`` over the outputs instead of two scalings and a division.
     """
-    m = torch.maximum(lse_a, lse_b)
-    m = torch.where(torch.isfinite(m), m, 0.0)
-    weight_a, weight_b = torch.exp(lse_a - m), torch.exp(lse_b - m)
-    total = weight_a + weight_b
-    merged = out_a.float() * weight_a[..., None] + out_b.float() * weight_b[..., None]
-    return merged / torch.where(total > 0, total, 1.0)[..., None]
+    both_empty = torch.isneginf(lse_a) & torch.isneginf(lse_b)
+    # both empty: -inf - -inf is NaN; weight 1/2 of two zero outputs gives the 0 we want
+    weight_a = torch.sigmoid(torch.where(both_empty, 0.0, lse_a - lse_b))
+    return torch.lerp(out_b.float(), out_a.float(), weight_a[..., None])
 
 
 # ----------------------------------------------------------------------------- cascade

@@ -7,16 +7,19 @@ qkv bias (Dream), qk-norm (SDAR), the one-position logit shift (Dream) and
 block-causal attention (SDAR). The per-architecture modules only translate
 config.json fields and state-dict key names.
 
-Attention is always ``scaled_dot_product_attention`` with a boolean mask
+Attention goes through :mod:`infogain.models.attention`. Full forwards and
+plain window forwards use ``scaled_dot_product_attention`` with a boolean mask
 (True = attend) built once per call and shared by all layers.
 
-Candidate packing (:meth:`Transformer.forward_window` with ``cache_rows``): the
-window rows are grouped by the cache row they read. Every group becomes ONE
-attention sequence: the queries of all its candidates laid end to end
-(``[n_slots * Lq]``) against ``[cache row (Lc) | all candidates' fresh window
-keys (n_slots * W)]``, with a block-diagonal mask so candidate ``j`` sees the
-shared cache plus only its own window. The cache is read once per distinct
-cache row per layer; no per-candidate copy of it ever exists.
+Candidate lookahead (:meth:`Transformer.forward_window` with ``cache_rows``):
+the window rows are grouped by the cache row they read, and every layer runs
+:func:`~infogain.models.attention.cascade_attention`: all candidates' queries of
+one cache row attend to that row's cached keys as one query sequence (the cache
+is read once per distinct cache row per layer, never copied per candidate),
+each candidate attends to its own fresh window keys, and the two partial
+attentions are merged by their log-sum-exp. Work on the window part is
+``N * W^2`` per cache row, and the fused kernels run without a mask whenever
+there is no padding to mask.
 """
 from __future__ import annotations
 
@@ -27,10 +30,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infogain_kernels import kv_block_replace
+
 from .attention import attend, cascade_attention
 from .base import DiffusionLM, KVCache, ModelConfig
 
 MODES = ("prefix", "dual", "block_causal")
+
+
+@dataclass(frozen=True)
+class CascadeMasks:
+    """Key masks of a candidate window forward, passed to the layers in place of an attention mask.
+
+    The layers' ``past`` is then the shared cache ``[G, H_kv, S, D]`` and their
+    queries are ``G * n`` rows, each n consecutive rows reading one shared row.
+    """
+
+    shared: Optional[torch.Tensor]   # [G, S] bool, True = attend; None = all
+    own: Optional[torch.Tensor]      # [G * n, W] bool over the fresh window keys; None = all
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -103,7 +121,9 @@ class Attention(nn.Module):
         """``x [G, L, hidden]`` -> (output ``[G, L, hidden]``, fresh k, fresh v ``[G, H_kv, L', D]``).
 
         Keys are ``[past | fresh]``; ``fresh_key_index`` (long) selects which of the
-        L fresh positions are keys (Dream's extra shift query is not one).
+        L fresh positions are keys (Dream's extra shift query is not one). ``mask`` is
+        a bool attention mask ``[G, 1, L, keys]`` or None, or :class:`CascadeMasks`
+        for a candidate forward (then ``past`` is the shared cache of the row groups).
         """
         G, L, _ = x.shape
         s = self.spec
@@ -115,10 +135,13 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if fresh_key_index is not None:
             k, v = k.index_select(2, fresh_key_index), v.index_select(2, fresh_key_index)
-        keys, values = k, v
-        if past is not None:
-            keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        out = attend(q, keys, values, mask)
+        if isinstance(mask, CascadeMasks):
+            out = cascade_attention(q, past[0], past[1], k, v, shared_key_mask=mask.shared, own_key_mask=mask.own)
+        else:
+            keys, values = k, v
+            if past is not None:
+                keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            out = attend(q, keys, values, mask)
         return self.o_proj(out.transpose(1, 2).reshape(G, L, -1)), k, v
 
 
@@ -173,12 +196,9 @@ def segment_ids(T: int, gen_start: int, block_length: int, device) -> torch.Tens
 def write_blocks(caches: List[torch.Tensor], blocks: List[torch.Tensor], start: int) -> None:
     """For each pair, write ``block [B, H, W, D]`` into ``cache [B, H, T, D]`` at columns ``[start, start+W)``.
 
-    The single place where caches are written. ``infogain_kernels.kv_block_replace``
-    (one fused call for all layers) is not implemented yet; once it is, this body
-    becomes that one call.
+    The single place where caches are written: one fused ``kv_block_replace`` call for all layers.
     """
-    for cache, block in zip(caches, blocks):
-        cache.narrow(2, start, block.shape[2]).copy_(block)
+    kv_block_replace(caches, blocks, start)
 
 
 # ----------------------------------------------------------------------------- the model
@@ -343,73 +363,14 @@ class Transformer(DiffusionLM):
         """Aligned final hidden states ``[R, W, hidden]`` of :meth:`forward_window`."""
         R, W, rows, attention_mask = self._check_window(window_ids, start, cache, mode, attention_mask,
                                                         cache_rows, write)
-        device = window_ids.device
         # Dream needs the hidden state of position start-1 for the logit at start: it
         # is forwarded as one extra query whose key/value stay the cached ones.
         extra = 1 if (self.spec.shift_logits and start > 0) else 0
-        Lq = W + extra
-        Lc = cache.length if mode != "dual" else cache.keys[0].shape[2]
-
-        if rows is None:      # one window row per cache row: no packing needed
-            groups, n_slots = torch.arange(R, device=device), 1
-            slot_of_row = torch.arange(R, device=device)
+        cached = cache.length if mode != "dual" else cache.keys[0].shape[2]
+        if rows is None:
+            hidden = self._window_rows(window_ids, start, extra, cached, cache, mode, attention_mask, write)
         else:
-            groups, inverse = torch.unique(rows, return_inverse=True)
-            counts = torch.bincount(inverse, minlength=len(groups))
-            n_slots = int(counts.max())
-            # rank of each row among the rows of its group -> its slot
-            order = torch.argsort(inverse, stable=True)
-            offsets = torch.cumsum(counts, 0) - counts
-            rank = torch.empty_like(inverse)
-            rank[order] = torch.arange(R, device=device) - offsets[inverse[order]]
-            slot_of_row = inverse * n_slots + rank
-        G = len(groups)
-        all_groups_are_cache = rows is None or (G == cache.batch_size and
-                                                bool((groups == torch.arange(G, device=device)).all()))
-
-        # Packed ids [G, n_slots * Lq]; unused slots repeat a real row and are masked off.
-        ids = window_ids
-        if extra:
-            prev = cache.token_ids[:, start - 1][groups[slot_of_row // n_slots]]
-            ids = torch.cat([prev[:, None], window_ids], dim=1)
-        packed = ids.new_empty(G * n_slots, Lq)
-        packed[:] = ids[0]
-        packed[slot_of_row] = ids
-        slot_used = torch.zeros(G * n_slots, dtype=torch.bool, device=device)
-        slot_used[slot_of_row] = True
-        packed = packed.view(G, n_slots * Lq)
-
-        group_mask = attention_mask[groups]                        # [G, T]
-        pos = position_ids(group_mask)[:, start - extra:start + W]  # [G, Lq]
-        pos = pos.repeat(1, n_slots)
-
-        # Keys: cache columns [0, Lc), then each slot's W fresh window keys.
-        cache_ok = group_mask[:, :Lc].clone()
-        if mode == "dual":
-            cache_ok[:, start:start + W] = False   # the window's fresh keys replace them
-        window_ok = group_mask[:, start:start + W].repeat(1, n_slots) & slot_used.view(G, n_slots).repeat_interleave(W, 1)
-        q_slot = torch.arange(n_slots, device=device).repeat_interleave(Lq)
-        k_slot = torch.arange(n_slots, device=device).repeat_interleave(W)
-        own = q_slot[:, None] == k_slot[None, :]                   # [n_slots*Lq, n_slots*W]
-        mask = torch.cat([cache_ok[:, None, :].expand(G, n_slots * Lq, Lc),
-                          own[None] & window_ok[:, None, :]], dim=2)[:, None]
-        mask = _no_empty_rows(mask)
-
-        fresh_key_index = None
-        if extra:
-            q_in_slot = torch.arange(n_slots * Lq, device=device) % Lq
-            fresh_key_index = torch.nonzero(q_in_slot >= extra).squeeze(1)
-
-        def past(i):
-            k, v = cache.keys[i][:, :, :Lc], cache.values[i][:, :, :Lc]
-            if not all_groups_are_cache:
-                k, v = k.index_select(0, groups), v.index_select(0, groups)
-            return k, v
-
-        hidden, fresh = self._run(packed, pos, mask, past, fresh_key_index, collect=write)
-        hidden = hidden.view(G * n_slots, Lq, -1)[slot_of_row]     # [R, Lq, hidden]
-        if write:
-            self._write(cache, fresh, start, W, mode, window_ids)
+            hidden = self._window_candidates(window_ids, rows, start, extra, cached, cache, mode, attention_mask)
         if self.spec.shift_logits:
             # query j is position start - extra + j; prev_real[r, i]: is position start+i-1 real
             position_is_real = attention_mask[rows] if rows is not None else attention_mask
@@ -420,6 +381,81 @@ class Transformer(DiffusionLM):
             else:
                 hidden = self._align(hidden, prev_real)
         return hidden
+
+    def _window_queries(self, window_ids, start, extra, cache, canvas_rows):
+        """Ids ``[R, extra + W]`` (Dream's extra query first) and the fresh-key selector."""
+        if not extra:
+            return window_ids, None
+        prev = cache.token_ids[canvas_rows, start - 1]
+        ids = torch.cat([prev[:, None], window_ids], dim=1)
+        return ids, torch.arange(extra, ids.shape[1], device=window_ids.device)
+
+    def _window_rows(self, window_ids, start, extra, cached, cache, mode, attention_mask, write):
+        """Window row r against cache row r: keys ``[cache[0, cached) | fresh window]``, one mask."""
+        R, W = window_ids.shape
+        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, slice(None))
+        Lq = ids.shape[1]
+        positions = position_ids(attention_mask)[:, start - extra:start + W]
+        cache_ok = attention_mask[:, :cached].clone()
+        if mode == "dual":
+            cache_ok[:, start:start + W] = False   # the window's fresh keys replace them
+        window_ok = attention_mask[:, start:start + W]
+        mask = torch.cat([cache_ok[:, None, :].expand(R, Lq, cached),
+                          window_ok[:, None, :].expand(R, Lq, W)], dim=2)[:, None]
+        mask = _no_empty_rows(mask)
+
+        def past(i):
+            return cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
+
+        hidden, fresh = self._run(ids, positions, mask, past, fresh_key_index, collect=write)
+        if write:
+            self._write(cache, fresh, start, W, mode, window_ids)
+        return hidden
+
+    def _window_candidates(self, window_ids, rows, start, extra, cached, cache, mode, attention_mask):
+        """Window row r against cache row ``rows[r]`` by cascade attention (no cache copy).
+
+        Rows are grouped by the cache row they read and laid out as ``G`` groups of
+        ``n`` slots (n = the largest group; the spare slots of smaller groups repeat a
+        real row and are dropped at the end), so that :func:`cascade_attention` can
+        attend each group's queries to its cache row in one call.
+        """
+        R, W = window_ids.shape
+        device = window_ids.device
+        groups, group_of_row = torch.unique(rows, return_inverse=True)
+        counts = torch.bincount(group_of_row, minlength=len(groups))
+        G, n = len(groups), int(counts.max())
+        # slot of row r: its group's first slot + its rank among that group's rows
+        order = torch.argsort(group_of_row, stable=True)
+        first_row_of_group = torch.cumsum(counts, 0) - counts
+        rank = torch.empty_like(group_of_row)
+        rank[order] = torch.arange(R, device=device) - first_row_of_group[group_of_row[order]]
+        slot_of_row = group_of_row * n + rank
+
+        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, rows)
+        slotted = ids[:1].repeat(G * n, 1)
+        slotted[slot_of_row] = ids
+        group_mask = attention_mask[groups]                                          # [G, T]
+        positions = position_ids(group_mask)[:, start - extra:start + W].repeat_interleave(n, 0)
+
+        shared_key_mask = group_mask[:, :cached].clone()
+        if mode == "dual":
+            shared_key_mask[:, start:start + W] = False   # the window's fresh keys replace them
+        own_key_mask = group_mask[:, start:start + W].repeat_interleave(n, 0)
+        # all-True masks are dropped so the fused kernels run without a mask
+        masks = CascadeMasks(shared=None if bool(shared_key_mask.all()) else shared_key_mask,
+                             own=None if bool(own_key_mask.all()) else own_key_mask)
+
+        every_cache_row = G == cache.batch_size and bool((groups == torch.arange(G, device=device)).all())
+
+        def past(i):
+            k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
+            if not every_cache_row:
+                k, v = k.index_select(0, groups), v.index_select(0, groups)
+            return k, v
+
+        hidden, _ = self._run(slotted, positions, masks, past, fresh_key_index)
+        return hidden[slot_of_row]
 
     def forward_window(self, window_ids, *, start, cache, mode, attention_mask=None, cache_rows=None,
                        write=False):
