@@ -87,9 +87,13 @@ def median_time(fn: Callable[[], object], device: torch.device, *, warmup: int =
 
 
 def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optional[int]:
-    """Bytes allocated by ``fn()`` above what was live before it (CUDA: allocator peak;
-    CPU: torch's CPU allocator profiler is not portable, so the profiler's memory
-    events are summed instead)."""
+    """Peak bytes allocated by ``fn()`` above what was live before it.
+
+    CUDA: the caching allocator's peak. CPU: replays the profiler's allocation
+    timeline (every tensor create / destroy in order). Summing per-op
+    ``cpu_memory_usage`` instead would count a child op's allocation again in
+    each parent and misplace frees made inside Python custom ops.
+    """
     gc.collect()
     if device.type == "cuda":
         synchronize(device)
@@ -99,17 +103,17 @@ def peak_extra_memory(fn: Callable[[], object], device: torch.device) -> Optiona
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
     from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
         fn()
-    # Running sum of allocations/frees in event order gives the peak live extra bytes.
-    events = sorted(
-        (e for e in prof.events() if getattr(e, "cpu_memory_usage", 0)),
-        key=lambda e: e.time_range.start,
-    )
     live = peak = 0
-    for e in events:
-        live += e.cpu_memory_usage
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
         peak = max(peak, live)
     return peak
 

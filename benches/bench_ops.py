@@ -73,33 +73,6 @@ def naive_gumbel_topk(scores, k, num_samples, temperature, valid):
     return torch.stack(picks)
 
 
-def extra_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated by ``fn()`` above what was live before it.
-
-    CUDA: ``_common.peak_extra_memory``. CPU: replays the profiler's allocation timeline (every
-    tensor create/destroy in order). ``_common.peak_extra_memory`` sums per-op ``cpu_memory_usage``,
-    which counts a child op's allocation again in each parent (softmax -> _to_copy -> empty_strided)
-    and lumps frees made inside a Python custom op at that op's start, so its CPU numbers are off
-    for both sides; this local version can go once _common replays the timeline too.
-    """
-    if device.type == "cuda":
-        return peak_extra_memory(fn, device)
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
-        fn()
-    live = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
-        if action == Action.CREATE:
-            live += size
-        elif action == Action.DESTROY:
-            live -= size
-        peak = max(peak, live)
-    return peak
-
-
 # ---- cases -----------------------------------------------------------------------------------
 
 def make_cases(device: torch.device, dtype: torch.dtype, quick: bool) -> List[Dict[str, object]]:
@@ -156,8 +129,8 @@ def measure(case: Dict[str, object], device: torch.device, repeats: int) -> Opti
         "fused_ms": fused_s * 1e3,
         "naive_ms": naive_s * 1e3,
         "speedup": naive_s / fused_s,
-        "fused_peak_extra_MB": extra_memory(fused, device) / 2**20,
-        "naive_peak_extra_MB": extra_memory(naive, device) / 2**20,
+        "fused_peak_extra_MB": peak_extra_memory(fused, device) / 2**20,
+        "naive_peak_extra_MB": peak_extra_memory(naive, device) / 2**20,
     }
     row["memory_ratio"] = row["fused_peak_extra_MB"] / max(row["naive_peak_extra_MB"], 1e-9)
     bandwidth = peak_bandwidth(device)

@@ -130,7 +130,7 @@ def test_shipped_checkpoint_is_small_and_complete():
 def test_shipped_model_loads_with_its_tokenizer(toy):
     model, tokenizer = toy
     codec = CharCodec(tokenizer, TOY_CHARSET)
-    assert codec.decode(codec.encode("07*6=042")) == "07*6=042"
+    assert codec.decode(codec.encode("7*6=42")) == "7*6=42"
     assert model.config.mask_token_id == tokenizer.mask_token_id == build_tokenizer().mask_token_id
 
 
@@ -148,8 +148,8 @@ def test_shipped_model_solves_easy_sudokus(toy):
     model, tokenizer = toy
     codec = CharCodec(tokenizer, TOY_CHARSET)
     task = get_task("sudoku")
-    # One or two blanks: the completion is forced.
-    puzzles = ["1234341221434320", "0234341221404321", "2143341212344300"]
+    # Held-out puzzles with four blanks (the fewest seen in training); each has one completion.
+    puzzles = ["2000412332141032", "3124003124131300", "2104401234011240"]
     out = _generate(model, tokenizer, codec.prompt_ids(puzzles), 16)
     for puzzle, row in zip(puzzles, out):
         assert task.is_correct(puzzle, codec.decode(row)), (puzzle, codec.decode(row))
@@ -158,9 +158,11 @@ def test_shipped_model_solves_easy_sudokus(toy):
 def test_shipped_model_multiplies_given_the_operands(toy):
     model, tokenizer = toy
     codec = CharCodec(tokenizer, TOY_CHARSET)
-    # Prompt = BOS + "a*b=": the canvas has the generated equation's positions,
-    # so the model only has to fill in the product.
-    equations = ["07*6=042", "12*3=036", "25*4=100"]
-    prompts = torch.stack([codec.prompt_ids([eq[:5]])[0] for eq in equations])
-    out = _generate(model, tokenizer, prompts, 3)
-    assert [codec.decode(row) for row in out] == [eq[5:] for eq in equations]
+    task = get_task("multiplication")
+    # Operand pairs of the training split (a held-out pair is a fact the model
+    # never saw). Prompt = BOS + "a*b=": only the product is generated.
+    equations = sorted({ex.target for ex in task.examples("train", 200, seed=0)})[::9][:6]
+    assert len(equations) == 6
+    operands = [eq[: eq.index("=") + 1] for eq in equations]
+    out = _generate(model, tokenizer, codec.prompt_ids(operands), task.c_digits)
+    assert [codec.decode(row) for row in out] == [eq[len(op):] for eq, op in zip(equations, operands)]
