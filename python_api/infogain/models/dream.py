@@ -9,7 +9,7 @@ from typing import Dict
 
 from . import _config as C
 from .transformer import ArchSpec
-from .qwen_keys import qwen_key_map
+from .qwen_keys import qwen_key_map, qwen_spec
 
 NAME = "dream"
 DEFAULT_MASK_ID = 151666
@@ -25,18 +25,9 @@ def spec(config: dict) -> ArchSpec:
     C.require(config, "rope_scaling", (None,))
     hidden = C.get_int(config, "hidden_size")
     heads = C.get_int(config, "num_attention_heads")
-    kv_heads = C.get_int(config, "num_key_value_heads", heads)
     if hidden % heads:
         raise ValueError(f"config field 'hidden_size' ({hidden}) must be a multiple of 'num_attention_heads' ({heads})")
-    head_dim = hidden // heads
-    C.check_head_geometry(hidden, heads, kv_heads, head_dim)
-    return ArchSpec(
-        vocab_size=C.get_int(config, "vocab_size"), hidden_size=hidden,
-        intermediate_size=C.get_int(config, "intermediate_size"), num_layers=C.get_int(config, "num_hidden_layers"),
-        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        rms_norm_eps=C.get_float(config, "rms_norm_eps", 1e-6), rope_theta=C.get_float(config, "rope_theta", 1e6),
-        qkv_bias=True, tie_embeddings=C.get_bool(config, "tie_word_embeddings", False), shift_logits=True,
-    )
+    return qwen_spec(config, hidden // heads, qkv_bias=True, shift_logits=True)
 
 
 def max_positions(config: dict) -> int:

@@ -1,8 +1,9 @@
-"""State-dict key names of the Qwen2/Qwen3-style checkpoints (Dream, SDAR)."""
+"""Config fields and state-dict key names shared by the Qwen2/Qwen3-style checkpoints (Dream, SDAR)."""
 from __future__ import annotations
 
 from typing import Dict
 
+from . import _config as C
 from .transformer import ArchSpec
 
 
@@ -26,3 +27,18 @@ def qwen_key_map(spec: ArchSpec) -> Dict[str, str]:
         for proj in ("gate_proj", "up_proj", "down_proj"):
             keys[f"{o}mlp.{proj}.weight"] = f"{m}mlp.{proj}.weight"
     return keys
+
+
+def qwen_spec(config: dict, head_dim: int, **switches) -> ArchSpec:
+    """The :class:`ArchSpec` of a Qwen-style config.json; ``switches`` set the architecture's flags."""
+    hidden = C.get_int(config, "hidden_size")
+    heads = C.get_int(config, "num_attention_heads")
+    kv_heads = C.get_int(config, "num_key_value_heads", heads)
+    C.check_head_geometry(hidden, heads, kv_heads, head_dim)
+    return ArchSpec(
+        vocab_size=C.get_int(config, "vocab_size"), hidden_size=hidden,
+        intermediate_size=C.get_int(config, "intermediate_size"), num_layers=C.get_int(config, "num_hidden_layers"),
+        num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        rms_norm_eps=C.get_float(config, "rms_norm_eps", 1e-6), rope_theta=C.get_float(config, "rope_theta", 1e6),
+        tie_embeddings=C.get_bool(config, "tie_word_embeddings", False), **switches,
+    )
