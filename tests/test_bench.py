@@ -298,6 +298,10 @@ def test_bench_reports_a_token_mismatch_without_crashing(tiny_llada_path, tmp_pa
     (["--gen-length", "0"], "--gen-length"),
     (["--random-weights", "gpt-2"], "random-weights"),
     (["--model", "x", "--random-weights", "llada-8b"], "not allowed"),
+    (["--config", "d_model=64"], "only applies with --random-weights"),
+    (["--random-weights", "llada-8b", "--config", "d_model"], "KEY=INTEGER"),
+    (["--random-weights", "llada-8b", "--config", "d_model=big"], "KEY=INTEGER"),
+    (["--random-weights", "llada-8b", "--config", "hidden_size=64"], "not fields of the llada-8b config"),
 ])
 def test_bench_rejects_invalid_options(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -322,6 +326,22 @@ def test_bench_random_weights_path_without_naive(tmp_path, monkeypatch):
     assert record["settings"]["model"] == "random-weights:llada-8b"
     row = record["rows"][0]
     assert "naive_tok_s" not in row and "tokens_match" not in row and row["fast_tok_s"] > 0
+
+
+def test_bench_config_overrides_shrink_the_preset(tmp_path):
+    """--config overrides fields of the real preset: a CPU-sized model of the LLaDA-8B architecture."""
+    out = tmp_path / "e2e.json"
+    overrides = ("d_model=32,n_heads=2,n_kv_heads=2,n_layers=1,mlp_hidden_size=64,vocab_size=64,"
+                 "embedding_size=64,mask_token_id=63,eos_token_id=62,pad_token_id=61")
+    code = bench.main(["--random-weights", "llada-8b", "--config", overrides, "--cache", "dual",
+                       "--prompt-length", "4", "--gen-length", "4", "--steps", "4", "--block-length", "4",
+                       "--candidates", "2", "--repeats", "1", "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["settings"]["model"] == f"random-weights:llada-8b ({overrides})"
+    assert record["rows"][0]["tokens_match"] is True
+    assert bench.parse_config_overrides(None) == {}
+    assert bench.parse_config_overrides(" a=1, b=-2 ") == {"a": 1, "b": -2}
 
 
 def test_bench_reports_a_missing_model_folder(tmp_path, capsys):

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--model", metavar="PATH", help="checkpoint directory (default: the shipped toy model)")
     source.add_argument("--random-weights", choices=RANDOM_WEIGHT_PRESETS,
                         help="full-size architecture with random weights (speed only)")
+    parser.add_argument("--config", metavar="KEY=VALUE,...", default=None,
+                        help="with --random-weights: override integer fields of the preset's config.json, "
+                             "e.g. d_model=512,n_layers=6 for a CPU-sized model of the same architecture")
     parser.add_argument("--samplers", default="info_gain",
                         help="comma-separated sampler names (infogain.samplers.SAMPLERS); the naive "
                              "comparison exists for info_gain and lookum (default: info_gain)")
@@ -117,7 +120,25 @@ def _split_list(text: str, name: str) -> List[str]:
     return items
 
 
+def parse_config_overrides(text: Optional[str]) -> Dict[str, int]:
+    """``"key=value,..."`` (integer values) -> dict; ``None`` -> ``{}``."""
+    overrides: Dict[str, int] = {}
+    if text is None:
+        return overrides
+    for item in _split_list(text, "--config"):
+        key, sep, value = item.partition("=")
+        try:
+            overrides[key.strip()] = int(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise ValueError(f"--config entries must be KEY=INTEGER, got {item!r}")
+    return overrides
+
+
 def _check_args(args) -> None:
+    if args.config is not None and not args.random_weights:
+        raise ValueError("--config only applies with --random-weights")
     for name in ("prompt_length", "gen_length", "steps", "block_length"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -149,8 +170,15 @@ def _load_model(args, device: torch.device, dtype: torch.dtype):
 
     if args.random_weights:
         torch.manual_seed(args.seed)
-        model = models.build(models.preset_config(args.random_weights), dtype=dtype, device=device)
-        return model, None, f"random-weights:{args.random_weights}"
+        config = models.preset_config(args.random_weights)
+        overrides = parse_config_overrides(args.config)
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise ValueError(f"--config: {unknown} are not fields of the {args.random_weights} config")
+        config.update(overrides)
+        model = models.build(config, dtype=dtype, device=device)
+        source = f"random-weights:{args.random_weights}" + (f" ({args.config})" if overrides else "")
+        return model, None, source
     if args.model:
         path, source = args.model, f"checkpoint:{args.model}"
     else:
