@@ -270,6 +270,19 @@ def test_bench_runs_and_writes_json(tiny_llada_path, tmp_path, capsys):
     assert "info_gain" in capsys.readouterr().out
 
 
+def test_bench_runs_on_the_shipped_toy_model(tmp_path, capsys):
+    # No --model: the embedded toy checkpoint, one sampler, the CLI entry point.
+    from infogain import cli
+
+    out = tmp_path / "e2e.json"
+    code = cli.main(["bench", "--samplers", "lookum", "--cache", "prefix", "--repeats", "1", "--device", "cpu",
+                     "--gen-length", "16", "--steps", "16", "--out", str(out)])
+    assert code == 0, capsys.readouterr()
+    record = json.loads(out.read_text())
+    assert record["settings"]["model"] == "toy" and record["all_tokens_match"] is True
+    assert [(r["sampler"], r["cache"]) for r in record["rows"]] == [("lookum", "prefix")]
+
+
 @pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
 def test_bench_reports_a_token_mismatch_without_crashing(tiny_llada_path, tmp_path, monkeypatch, capsys):
     original = NaiveInfoGainSampler.generate
