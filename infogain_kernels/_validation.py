@@ -74,3 +74,10 @@ def check_generator(name: str, generator, device: torch.device) -> None:
         raise TypeError(f"{name} must be a torch.Generator or None, got {type(generator).__name__}")
     if generator.device.type != device.type:
         raise ValueError(f"{name} is a {generator.device.type} generator but the tensors are on {device}")
+
+
+def check_bool(name: str, value) -> bool:
+    """A plain ``bool`` flag (TypeError for anything else, e.g. a tensor whose truth value would sync)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value

@@ -21,7 +21,8 @@ import torch
 from . import _random
 from ._backend import use_triton
 from ._random import triton
-from ._validation import check_generator, check_logits, check_mask, check_positive_int, check_same_device
+from ._validation import (check_bool, check_generator, check_logits, check_mask, check_positive_int,
+                          check_same_device)
 
 # Work-space budget (elements) of the reference path: noise/key tiles are
 # [samples, rows, columns] and never grow past this, whatever V and the row count.
@@ -34,7 +35,8 @@ _TRITON_MAX_BLOCK_S = 16
 
 def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
                   mask: Optional[torch.Tensor] = None,
-                  generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                  generator: Optional[torch.Generator] = None,
+                  check_values: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """Draw ``num_samples`` tokens per row from ``softmax(logits / temperature)`` (Gumbel-max).
 
     Args:
@@ -52,6 +54,11 @@ def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
             the same generator state gives the same draw on the same device and
             backend; the CUDA (Triton) and CPU (reference) paths give different,
             equally distributed draws.
+        check_values: when True (default), raise for a read row that contains
+            NaN or is entirely ``-inf``. That check costs one host
+            synchronisation; pass False to fold it into your own read-back (such
+            a row is then flagged by ``token = -1`` and ``prob = NaN``, e.g. test
+            ``torch.isnan(probs[0]).any()`` on the device).
 
     Returns:
         ``(tokens, probs)``, both of shape ``[S, *logits.shape[:-1]]`` on the
@@ -61,9 +68,11 @@ def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
     Raises:
         TypeError / ValueError naming the argument for a wrong type, dtype,
         shape or device, ``num_samples < 1``, a negative / NaN / infinite
-        temperature, and for a (read) row that contains NaN or is entirely
-        ``-inf``. While a CUDA graph is being captured that data check cannot
-        run; such a row then yields ``token = -1`` and ``prob = NaN``.
+        temperature, and (with ``check_values=True``) for a read row that
+        contains NaN or is entirely ``-inf``. While a CUDA graph is being
+        captured that data check cannot run, and
+        ``torch.ops.infogain.gumbel_sample`` never does it; such a row then
+        yields ``token = -1`` and ``prob = NaN``.
 
     Accumulation is float32 for every input dtype; Gumbel noise is float32.
     """
@@ -73,8 +82,12 @@ def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
     check_mask("mask", mask, logits.shape[:-1])
     check_same_device(logits=logits, mask=mask)
     check_generator("generator", generator, logits.device)
+    check_values = check_bool("check_values", check_values)
     seed = _random.draw_seed(generator, logits.device)
-    return torch.ops.infogain.gumbel_sample(logits, num_samples, temperature, mask, seed)
+    tokens, probs = torch.ops.infogain.gumbel_sample(logits, num_samples, temperature, mask, seed)
+    if check_values:
+        _raise_on_invalid_rows(logits, probs)
+    return tokens, probs
 
 
 @torch.library.custom_op("infogain::gumbel_sample", mutates_args=())
@@ -85,7 +98,6 @@ def _gumbel_sample_op(logits: torch.Tensor, num_samples: int, temperature: float
         tokens, probs = _gumbel_sample_triton(logits, num_samples, temperature, mask, seed)
     else:
         tokens, probs = _gumbel_sample_reference(logits, num_samples, temperature, mask, seed)
-    _raise_on_invalid_rows(logits, probs)
     return tokens, probs
 
 
@@ -96,7 +108,9 @@ def _(logits, num_samples, temperature, mask, seed):
 
 
 def _raise_on_invalid_rows(logits: torch.Tensor, probs: torch.Tensor) -> None:
-    """Both paths mark a read row with NaN or no finite logit by ``prob = NaN``; turn that into an error."""
+    """Both paths mark a read row with NaN or no finite logit by ``prob = NaN``; turn that into an error.
+
+    The op's one host synchronisation (skipped while a CUDA graph is being captured)."""
     if probs.numel() == 0 or _random.stream_is_capturing(logits.device):
         return
     bad = torch.isnan(probs[0])

@@ -21,8 +21,8 @@ import torch
 from . import _random
 from ._backend import use_triton
 from ._random import triton
-from ._validation import (FLOAT_DTYPES, check_generator, check_mask, check_positive_int, check_same_device,
-                          check_tensor)
+from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
+                          check_same_device, check_tensor)
 
 # Largest [BLOCK_S, BLOCK_P] tile one Triton program holds.
 _TRITON_TILE_ELEMENTS = 4096
@@ -33,7 +33,8 @@ PADDING = -1
 
 
 def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: float, *,
-                valid: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                valid: torch.Tensor, generator: Optional[torch.Generator] = None,
+                check_values: bool = True) -> torch.Tensor:
     """Top-k positions per row: sample 0 deterministic, samples 1.. Gumbel-perturbed.
 
     Args:
@@ -52,6 +53,12 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
             needed), so the same generator state gives the same result on the
             same device and backend; the CUDA (Triton) and CPU (reference) paths
             give different, equally distributed draws.
+        check_values: when True (default), raise for NaN scores at valid
+            positions. That check costs one host synchronisation; pass False to
+            fold it into your own read-back (e.g. of ``torch.isnan(scores) &
+            valid`` on the device). The positions of a row with such a NaN are
+            then unspecified (each is a valid position or :data:`PADDING`), never
+            an error or out of range.
 
     Returns:
         int64 ``[S, B, k]`` of position indices in ``[0, P)``. Each sample lists
@@ -63,9 +70,9 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
     Raises:
         TypeError / ValueError naming the argument for a wrong type, dtype, rank,
         shape or device, ``k < 1``, ``num_samples < 1``, a negative / NaN /
-        infinite temperature, and NaN scores at valid positions (that data check
-        is skipped while a CUDA graph is being captured; the result is then
-        unspecified for such rows).
+        infinite temperature, and (with ``check_values=True``) NaN scores at
+        valid positions. That data check is skipped while a CUDA graph is being
+        captured, and ``torch.ops.infogain.gumbel_topk`` never does it.
     """
     check_tensor("scores", scores, dtypes=FLOAT_DTYPES, ndim=2)
     k = check_positive_int("k", k)
@@ -76,17 +83,28 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
     check_mask("valid", valid, scores.shape)
     check_same_device(scores=scores, valid=valid)
     check_generator("generator", generator, scores.device)
+    check_values = check_bool("check_values", check_values)
+    if check_values:
+        _raise_on_nan_scores(scores, valid)
     seed = _random.draw_seed(generator, scores.device)
     return torch.ops.infogain.gumbel_topk(scores, k, num_samples, temperature, valid, seed)
+
+
+def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
+    """Raise naming the first NaN score at a valid position: the op's one host synchronisation
+    (skipped while a CUDA graph is being captured)."""
+    if _random.stream_is_capturing(scores.device):
+        return
+    nan_at_valid = torch.isnan(scores) & valid
+    if bool(nan_at_valid.any()):
+        row, position = (int(i) for i in nan_at_valid.nonzero()[0])
+        raise ValueError(f"scores contain NaN at valid position {position} of row {row}")
 
 
 @torch.library.custom_op("infogain::gumbel_topk", mutates_args=())
 def _gumbel_topk_op(scores: torch.Tensor, k: int, num_samples: int, temperature: float,
                     valid: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Custom op behind :func:`gumbel_topk`; ``seed`` is an int64 tensor [1] on the scores' device."""
-    if not _random.stream_is_capturing(scores.device) and bool((torch.isnan(scores) & valid).any()):
-        row, position = (int(i) for i in (torch.isnan(scores) & valid).nonzero()[0])
-        raise ValueError(f"scores contain NaN at valid position {position} of row {row}")
     if use_triton(scores):
         return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
     return _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed)

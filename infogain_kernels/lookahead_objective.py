@@ -12,7 +12,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._backend import use_triton
-from ._validation import check_logits, check_mask, check_same_device, check_tensor
+from ._validation import check_bool, check_logits, check_mask, check_same_device, check_tensor
 from .token_stats import is_capturing_cuda_graph, raise_on_bad_rows, row_stats_reference
 
 VARIANTS = ("info_gain", "lookum")
@@ -54,7 +54,8 @@ def _lookahead_objective_fake(next_logits, remaining, cost, variant):
 
 
 def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost: Optional[torch.Tensor] = None,
-                        *, variant: str = "info_gain") -> Tuple[torch.Tensor, torch.Tensor]:
+                        *, variant: str = "info_gain", check_values: bool = True
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Objective of R lookahead candidates from their next-step logits, in one read of the logits.
 
     Args:
@@ -66,6 +67,11 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
             its positions). Required for ``variant="info_gain"``; ignored by ``"lookum"`` (still
             validated when given).
         variant: ``"info_gain"`` (J = -cost - h_next) or ``"lookum"`` (J = -h_next).
+        check_values: when True (default), raise for bad values (below). That check costs one host
+            synchronisation; pass False to fold it into your own read-back (e.g. of
+            ``~torch.isfinite(J).any()`` on the device): a candidate with a NaN / all -inf row in its
+            read positions then has a non-finite ``h_next`` (and ``J``), one with a non-finite cost a
+            non-finite ``J``.
 
     Returns:
         ``(J, h_next)``, float32 [R]. ``h_next[r]`` is the mean float32 entropy (nats) over the
@@ -73,10 +79,11 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
 
     Raises:
         TypeError / ValueError naming the argument for bad dtypes, ranks, shapes, devices, an unknown
-        variant or a missing cost; ValueError when a read row contains NaN or is all -inf, or when
-        ``cost`` is not finite. That check costs one host synchronisation on the [R] result. It is
-        skipped while a CUDA graph is being captured, and ``torch.ops.infogain.lookahead_objective``
-        never does it; non-finite J / h_next then flag the candidates.
+        variant or a missing cost; with ``check_values=True``, ValueError when a read row contains
+        NaN or is all -inf, or when ``cost`` is not finite. That check costs one host
+        synchronisation on the [R] result. It is skipped while a CUDA graph is being captured, and
+        ``torch.ops.infogain.lookahead_objective`` never does it; non-finite J / h_next then flag
+        the candidates.
     """
     check_logits("next_logits", next_logits)
     check_tensor("next_logits", next_logits, ndim=3)
@@ -93,10 +100,11 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
         if cost.shape[0] != next_logits.shape[0]:
             raise ValueError(f"cost must have shape ({next_logits.shape[0]},), got {tuple(cost.shape)}")
     check_same_device(next_logits=next_logits, remaining=remaining, cost=cost)
+    check_values = check_bool("check_values", check_values)
     if cost is not None:
         cost = cost.to(torch.float32)
     objective, h_next = torch.ops.infogain.lookahead_objective(next_logits, remaining, cost, variant)
-    if not is_capturing_cuda_graph(objective) and not bool(torch.isfinite(objective).all()):
+    if check_values and not is_capturing_cuda_graph(objective) and not bool(torch.isfinite(objective).all()):
         _raise_on_non_finite(next_logits, remaining, cost, h_next)
     return objective, h_next
 

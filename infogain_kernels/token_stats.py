@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from ._backend import use_triton
-from ._validation import check_logits, check_mask, check_same_device
+from ._validation import check_bool, check_logits, check_mask, check_same_device
 
 # Fill values for positions that the mask skips.
 SKIPPED_ENTROPY = 0.0
@@ -133,7 +133,7 @@ def _token_stats_fake(logits, mask):
         torch.empty_like(entropy)
 
 
-def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None
+def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, check_values: bool = True
                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Entropy and top-1/top-2 statistics of ``softmax(logits, -1)`` for every position, in one read.
 
@@ -142,6 +142,10 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None
             in place). ``-inf`` entries are legal (suppressed tokens).
         mask: optional bool tensor of shape ``logits.shape[:-1]``. Positions where it is False are
             not read at all and get the fill values below.
+        check_values: when True (default), raise for a read row that contains NaN or has every
+            entry -inf. That check costs one host synchronisation; pass False to fold it into your
+            own read-back (a bad row is then flagged by a non-finite ``entropy``, e.g. test
+            ``~torch.isfinite(entropy).any()`` on the device).
 
     Returns:
         ``(entropy, top1_prob, top1_id, top2_prob)``, each of shape ``logits.shape[:-1]``:
@@ -152,10 +156,10 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None
 
     Raises:
         TypeError / ValueError naming the argument for a bad dtype, rank, device or mask shape;
-        ValueError when a read row contains NaN or has every entry -inf. That check costs one host
-        synchronisation. It is skipped while a CUDA graph is being captured, and
-        ``torch.ops.infogain.token_stats`` never does it; such rows then come back with a
-        non-finite entropy.
+        ValueError when a read row contains NaN or has every entry -inf (only with
+        ``check_values=True``). That check costs one host synchronisation. It is skipped while a
+        CUDA graph is being captured, and ``torch.ops.infogain.token_stats`` never does it; such
+        rows then come back with a non-finite entropy (and undefined top-1/top-2 fields).
 
     CUDA tensors run a Triton kernel (one program per row, online max / sum form), CPU tensors the
     torch reference; ``INFOGAIN_BACKEND`` / ``use_backend`` force one.
@@ -163,6 +167,8 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None
     check_logits("logits", logits)
     check_mask("mask", mask, logits.shape[:-1])
     check_same_device(logits=logits, mask=mask)
+    check_values = check_bool("check_values", check_values)
     entropy, top1_prob, top1_id, top2_prob = torch.ops.infogain.token_stats(logits, mask)
-    raise_on_bad_rows("logits", logits, entropy.reshape(-1))
+    if check_values:
+        raise_on_bad_rows("logits", logits, entropy.reshape(-1))
     return entropy, top1_prob, top1_id, top2_prob

@@ -262,6 +262,29 @@ def test_nan_and_all_minus_inf_rows_raise(device, temperature):
         gumbel_sample(logits, 2, temperature)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_check_values_false_flags_bad_rows_without_raising(device, temperature):
+    logits = torch.randn(2, 3, 9, device=device)
+    logits[1, 2] = -math.inf
+    logits[0, 0, 3] = math.nan
+    tokens, probs = gumbel_sample(logits, 2, temperature, generator=seeded(5, device), check_values=False)
+    bad = torch.zeros(2, 3, dtype=torch.bool)
+    bad[1, 2] = bad[0, 0] = True
+    assert torch.isnan(probs[:, bad]).all() and (tokens[:, bad] == -1).all()
+    assert torch.isfinite(probs[:, ~bad]).all() and ((tokens[:, ~bad] >= 0) & (tokens[:, ~bad] < 9)).all()
+    if temperature == 0:  # the good rows get the arg-max, as a checked call on them gives
+        checked_tokens, _ = gumbel_sample(logits, 2, temperature, mask=~bad)
+        assert torch.equal(checked_tokens[:, ~bad], tokens[:, ~bad])
+    with pytest.raises(ValueError, match="contains NaN"):
+        gumbel_sample(logits, 2, temperature)  # the default still checks
+
+
+def test_check_values_must_be_a_bool():
+    with pytest.raises(TypeError, match="check_values"):
+        gumbel_sample(torch.zeros(2, 3), 1, 1.0, check_values=1)
+
+
 # ----------------------------------------------------------------------------- GPU lane
 
 @pytest.mark.gpu

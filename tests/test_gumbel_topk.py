@@ -188,6 +188,28 @@ def test_nan_score_raises_only_at_valid_positions(device):
     assert not (indices[:, 2] == 1).any()
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
+def test_check_values_false_does_not_raise_and_stays_in_range(device):
+    scores = torch.rand(3, 5, device=device)
+    scores[2, 1] = math.nan
+    valid = torch.ones(3, 5, dtype=torch.bool, device=device)
+    valid[2, 4] = False
+    indices = gumbel_topk(scores, 2, 3, 1.0, valid=valid, generator=seeded(1, device), check_values=False)
+    row = indices[:, 2]
+    # Unspecified positions for the NaN row, but each is a valid position or the padding.
+    assert (((row >= 0) & (row < 4)) | (row == -1)).all()
+    # Rows without NaN are exactly the checked result (same generator state).
+    checked = gumbel_topk(scores[:2], 2, 3, 1.0, valid=valid[:2], generator=seeded(1, device))
+    assert torch.equal(checked[0], indices[0, :2])
+    with pytest.raises(ValueError, match="scores contain NaN"):
+        gumbel_topk(scores, 2, 3, 1.0, valid=valid)  # the default still checks
+
+
+def test_check_values_must_be_a_bool():
+    with pytest.raises(TypeError, match="check_values"):
+        gumbel_topk(torch.zeros(2, 3), 1, 1, 1.0, valid=torch.ones(2, 3, dtype=torch.bool), check_values="no")
+
+
 # ----------------------------------------------------------------------------- GPU lane
 
 @pytest.mark.gpu

@@ -172,6 +172,28 @@ def test_non_finite_cost_raises():
         lookahead_objective(next_logits, remaining, cost)
 
 
+def test_check_values_false_flags_bad_candidates_without_raising(backend):
+    next_logits, remaining, cost = random_inputs(4, 4, 30)
+    remaining[2, 1] = remaining[0, 3] = True
+    next_logits[2, 1, 5] = float("nan")
+    next_logits[0, 3] = NEG_INF
+    cost[3] = float("inf")
+    objective, h_next = lookahead_objective(next_logits, remaining, cost, check_values=False)
+    assert torch.isfinite(objective).tolist() == [False, True, False, False]
+    assert torch.isfinite(h_next).tolist() == [False, True, False, True]
+    # A good candidate gets the same value as a checked call on it alone.
+    alone = lookahead_objective(next_logits[1:2], remaining[1:2], cost[1:2])
+    assert torch.equal(alone[0], objective[1:2]) and torch.equal(alone[1], h_next[1:2])
+    with pytest.raises(ValueError, match=r"every entry -inf .*\(0, 3\)"):
+        lookahead_objective(next_logits, remaining, cost)  # the default still checks
+
+
+def test_check_values_must_be_a_bool():
+    next_logits, remaining, cost = random_inputs(2, 3, 10)
+    with pytest.raises(TypeError, match="check_values"):
+        lookahead_objective(next_logits, remaining, cost, check_values=None)
+
+
 @pytest.mark.parametrize("shape", [(4, 30), (2, 3, 4, 30)])
 def test_wrong_rank_raises(shape):
     with pytest.raises(ValueError, match="next_logits must have 3 dimensions"):

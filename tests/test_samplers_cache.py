@@ -43,8 +43,9 @@ def test_lookahead_is_one_batch_sharing_the_cache(models, cache, monkeypatch):
     original = model.forward_window
 
     def spy(window_ids, *, start, cache, mode, attention_mask=None, cache_rows=None, write=False):
-        calls.append((tuple(window_ids.shape), None if cache_rows is None else cache_rows.tolist(), id(cache),
-                      cache.batch_size))
+        # The sampler passes cache rows as a host tuple (no read-back); a tensor is accepted too.
+        rows = cache_rows.tolist() if isinstance(cache_rows, torch.Tensor) else cache_rows
+        calls.append((tuple(window_ids.shape), None if rows is None else list(rows), id(cache), cache.batch_size))
         return original(window_ids, start=start, cache=cache, mode=mode, attention_mask=attention_mask,
                         cache_rows=cache_rows, write=write)
 

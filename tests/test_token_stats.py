@@ -183,6 +183,30 @@ def test_all_neg_inf_row_raises(backend):
         token_stats(logits)
 
 
+def test_check_values_false_flags_bad_rows_without_raising(backend):
+    logits = random_logits(2, 3, 40)
+    logits[1, 2, 7] = float("nan")
+    logits[0, 1] = NEG_INF
+    entropy, _, _, _ = token_stats(logits, check_values=False)
+    finite = torch.isfinite(entropy)
+    assert not finite[1, 2] and not finite[0, 1]
+    assert int(finite.sum()) == finite.numel() - 2
+    # Good rows are unaffected by the flag: the same statistics as the checked call on them.
+    good = torch.ones(2, 3, dtype=torch.bool)
+    good[1, 2] = good[0, 1] = False
+    checked = token_stats(logits, good)
+    unchecked = token_stats(logits, good, check_values=False)
+    for a, b in zip(checked, unchecked):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"every entry -inf .*\(0, 1\)"):
+        token_stats(logits)  # the default still checks (and names the first bad row)
+
+
+def test_check_values_must_be_a_bool():
+    with pytest.raises(TypeError, match="check_values"):
+        token_stats(random_logits(2, 5), check_values=torch.tensor(True))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.int64, torch.bool])
 def test_wrong_dtype_raises(dtype):
     with pytest.raises(TypeError, match="logits must have dtype"):

@@ -24,7 +24,7 @@ there is no padding to mask.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,61 @@ from .attention import attend, cascade_attention
 from .base import DiffusionLM, KVCache, ModelConfig
 
 MODES = ("prefix", "dual", "block_causal")
+
+
+@dataclass
+class TransformerKVCache(KVCache):
+    """A :class:`KVCache` that also records, on the host, that its canvas had no padding.
+
+    ``all_real`` lets window forwards drop the attention mask without reading it back;
+    copies made as plain :class:`KVCache` (no flag) simply keep the mask.
+    """
+
+    all_real: bool = False
+
+
+@dataclass(frozen=True)
+class CandidateRows:
+    """The layout of a candidate window forward, computed on the host from ``cache_rows``.
+
+    Window rows are laid out as ``G`` groups (one per distinct cache row, ascending) of
+    ``n`` slots (n = the largest group); the spare slots of smaller groups repeat a real
+    row and are dropped at the end.
+    """
+
+    rows: torch.Tensor          # [R] long, the cache row of each window row
+    groups: torch.Tensor        # [G] long, the distinct cache rows
+    slot_of_row: torch.Tensor   # [R] long, the slot of each window row
+    slots_per_group: int        # n
+    every_cache_row: bool       # groups == arange(cache batch): no gather of the cache needed
+
+
+def host_ints_to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
+    """int64 tensor ``[len(values)]`` of host ints on ``device``, without a host synchronisation.
+
+    A plain copy from pageable memory to CUDA waits for the stream to drain; staging the
+    values in pinned memory lets the copy be queued (``non_blocking``) instead.
+    """
+    pinned = device.type == "cuda"
+    return torch.tensor(list(values), dtype=torch.long, pin_memory=pinned).to(device, non_blocking=True)
+
+
+def candidate_rows(cache_rows: Sequence[int], device: torch.device, batch_size: int) -> CandidateRows:
+    """The :class:`CandidateRows` of the host list ``cache_rows`` (validated by the caller)."""
+    groups = sorted(set(cache_rows))
+    group_of = {row: g for g, row in enumerate(groups)}
+    filled = [0] * len(groups)
+    group_and_rank = []
+    for row in cache_rows:
+        g = group_of[row]
+        group_and_rank.append((g, filled[g]))   # rank = order of appearance inside the group
+        filled[g] += 1
+    n = max(filled)
+    slots = [g * n + rank for g, rank in group_and_rank]
+    packed = host_ints_to_device(list(cache_rows) + groups + slots, device)   # one copy
+    R, G = len(cache_rows), len(groups)
+    return CandidateRows(rows=packed[:R], groups=packed[R:R + G], slot_of_row=packed[R + G:],
+                         slots_per_group=n, every_cache_row=groups == list(range(batch_size)))
 
 
 @dataclass(frozen=True)
@@ -254,12 +309,24 @@ class Transformer(DiffusionLM):
 
     @staticmethod
     def _prev_is_real(attention_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if attention_mask is None or bool(attention_mask.all()):
+        """``attention_mask`` shifted right by one (None for no padding); no host read-back."""
+        if attention_mask is None:
             return None
         return torch.cat([torch.zeros_like(attention_mask[:, :1]), attention_mask[:, :-1]], dim=1)
 
+    @staticmethod
+    def _padding_mask(attention_mask: Optional[torch.Tensor], check_values: bool) -> Optional[torch.Tensor]:
+        """The mask to apply: None when the canvas is known to have no padding.
+
+        Known on the host from ``None``; with ``check_values`` also by reading the mask back
+        (one host synchronisation), so that the fused attention kernels run without a mask.
+        """
+        if attention_mask is None or (check_values and bool(attention_mask.all())):
+            return None
+        return attention_mask
+
     # -- validation -------------------------------------------------------------
-    def _check_canvas(self, input_ids, attention_mask):
+    def _check_canvas(self, input_ids, attention_mask, check_values=True):
         if not isinstance(input_ids, torch.Tensor):
             raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
         if input_ids.dim() != 2 or input_ids.dtype != torch.long:
@@ -268,8 +335,8 @@ class Transformer(DiffusionLM):
             raise ValueError("input_ids must have at least one position")
         if input_ids.device != self.embed.weight.device:
             raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.embed.weight.device}")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.spec.vocab_size):
-            raise ValueError(f"input_ids must lie in [0, {self.spec.vocab_size})")
+        if check_values:
+            self._check_ids("input_ids", input_ids)
         if attention_mask is not None:
             if not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool:
                 raise TypeError("attention_mask must be a bool tensor (True = real token)")
@@ -277,6 +344,17 @@ class Transformer(DiffusionLM):
                 raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
             if attention_mask.device != input_ids.device:
                 raise ValueError(f"attention_mask is on {attention_mask.device} but input_ids is on {input_ids.device}")
+
+    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
+        """Token ids in ``[0, V)``: the one host synchronisation of a checked forward."""
+        if ids.numel() and bool(((ids < 0) | (ids >= self.spec.vocab_size)).any()):
+            raise ValueError(f"{name} must lie in [0, {self.spec.vocab_size})")
+
+    @staticmethod
+    def _check_flag(check_values) -> bool:
+        if not isinstance(check_values, bool):
+            raise TypeError(f"check_values must be a bool, got {type(check_values).__name__}")
+        return check_values
 
     def _segments(self, T, gen_start, block_length, device):
         """Segment ids for block-causal models (None for bidirectional ones)."""
@@ -295,11 +373,11 @@ class Transformer(DiffusionLM):
 
     # -- full forwards ------------------------------------------------------------
     def _full(self, input_ids, attention_mask, gen_start, block_length, collect):
-        self._check_canvas(input_ids, attention_mask)
+        """Run the full canvas; ``attention_mask`` is the already reduced :meth:`_padding_mask`."""
         B, T = input_ids.shape
         seg = self._segments(T, gen_start, block_length, input_ids.device)
         mask = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        if attention_mask is not None:
             mask = attention_mask[:, None, None, :].expand(B, 1, T, T)
         if seg is not None:
             causal = (seg[None, :] <= seg[:, None])[None, None]
@@ -310,41 +388,57 @@ class Transformer(DiffusionLM):
                      else torch.arange(T, device=input_ids.device).expand(B, T))
         return self._run(input_ids, positions, mask, collect=collect)
 
-    def hidden_states(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None):
+    def hidden_states(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None,
+                      check_values=True):
         """Final (normed) hidden states ``[B, T, hidden]`` aligned so that
         ``logits = hidden_states @ lm_head_weight.T`` follows the forward convention."""
-        hidden, _ = self._full(input_ids, attention_mask, gen_start, block_length, collect=False)
-        return self._align(hidden, self._prev_is_real(attention_mask))
+        check_values = self._check_flag(check_values)
+        self._check_canvas(input_ids, attention_mask, check_values)
+        mask = self._padding_mask(attention_mask, check_values)
+        hidden, _ = self._full(input_ids, mask, gen_start, block_length, collect=False)
+        return self._align(hidden, self._prev_is_real(mask))
 
-    def forward(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None):
-        """Full forward ``input_ids [B, T]`` (long) -> logits ``[B, T, V]`` (model dtype)."""
-        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask,
-                                                          gen_start=gen_start, block_length=block_length))
+    def forward(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None, check_values=True):
+        """Full forward ``input_ids [B, T]`` (long) -> logits ``[B, T, V]`` (model dtype).
 
-    def prefill(self, input_ids, attention_mask, *, mode, start, gen_start=None, block_length=None):
+        ``check_values`` (default True) checks that the ids lie in ``[0, V)`` and tests a
+        given ``attention_mask`` for being all True (so the attention runs unmasked); that
+        costs host synchronisations. With False the ids are trusted and a given mask is
+        applied as is: pass ``attention_mask=None`` when there is no padding.
+        """
+        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, gen_start=gen_start,
+                                                          block_length=block_length, check_values=check_values))
+
+    def prefill(self, input_ids, attention_mask, *, mode, start, gen_start=None, block_length=None,
+                check_values=True):
         """Full forward plus the cache for ``mode`` (see :mod:`infogain.models.base`).
 
         The cache has capacity T for "dual" and "block_causal" (so block writes are
         in place) and exactly ``start`` positions for "prefix". It also records the
-        canvas ids and mask, which window forwards fall back to.
+        canvas ids and mask, which window forwards fall back to, and (host flag
+        ``all_real`` of :class:`TransformerKVCache`) whether the canvas is known to
+        have no padding. ``check_values``: as in :meth:`forward`.
         """
+        check_values = self._check_flag(check_values)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "block_causal" and not self.spec.block_causal:
             raise ValueError(f"mode 'block_causal' needs a block-causal model; {self.config.arch} is bidirectional")
         if mode != "block_causal" and self.spec.block_causal:
             raise ValueError(f"mode must be 'block_causal' for the block-causal model {self.config.arch}, got {mode!r}")
-        self._check_canvas(input_ids, attention_mask)
+        self._check_canvas(input_ids, attention_mask, check_values)
         T = input_ids.shape[1]
         if isinstance(start, bool) or not isinstance(start, int):
             raise TypeError(f"start must be an int, got {type(start).__name__}")
         if not 0 <= start <= T:
             raise ValueError(f"start must lie in [0, {T}], got {start}")
         if mode == "block_causal":
-            seg = self._segments(T, gen_start, block_length, input_ids.device)
-            if start < gen_start or (start < T and start > 0 and int(seg[start - 1]) == int(seg[start])):
+            self._segments(T, gen_start, block_length, input_ids.device)   # validates gen_start, block_length
+            # Segment boundaries (see segment_ids), decided on the host.
+            if start < gen_start or (start < T and (start - gen_start) % block_length != 0):
                 raise ValueError(f"start={start} must be a block boundary at or after gen_start={gen_start}")
-        hidden, fresh = self._full(input_ids, attention_mask, gen_start, block_length, collect=True)
+        mask = self._padding_mask(attention_mask, check_values)
+        hidden, fresh = self._full(input_ids, mask, gen_start, block_length, collect=True)
         if mode == "prefix":
             keys = [k[:, :, :start].contiguous() for k, _ in fresh]
             values = [v[:, :, :start].contiguous() for _, v in fresh]
@@ -352,28 +446,30 @@ class Transformer(DiffusionLM):
         else:
             keys, values = [k for k, _ in fresh], [v for _, v in fresh]
             length = T if mode == "dual" else start
-        mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        cache = KVCache(keys=keys, values=values, length=length, token_ids=input_ids.clone(),
-                        attention_mask=mask.clone(), mode=mode)
-        return self.logits_from_hidden(self._align(hidden, self._prev_is_real(attention_mask))), cache
+        canvas_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+        cache = TransformerKVCache(keys=keys, values=values, length=length, token_ids=input_ids.clone(),
+                                   attention_mask=canvas_mask.clone(), mode=mode, all_real=mask is None)
+        return self.logits_from_hidden(self._align(hidden, self._prev_is_real(mask))), cache
 
     # -- window forwards ----------------------------------------------------------
     def window_hidden_states(self, window_ids, *, start, cache, mode, attention_mask=None,
-                             cache_rows=None, write=False):
+                             cache_rows=None, write=False, check_values=True):
         """Aligned final hidden states ``[R, W, hidden]`` of :meth:`forward_window`."""
-        R, W, rows, attention_mask = self._check_window(window_ids, start, cache, mode, attention_mask,
-                                                        cache_rows, write)
+        check_values = self._check_flag(check_values)
+        R, W, layout, attention_mask, all_real = self._check_window(window_ids, start, cache, mode, attention_mask,
+                                                                    cache_rows, write, check_values)
         # Dream needs the hidden state of position start-1 for the logit at start: it
         # is forwarded as one extra query whose key/value stay the cached ones.
         extra = 1 if (self.spec.shift_logits and start > 0) else 0
         cached = cache.length if mode != "dual" else cache.keys[0].shape[2]
-        if rows is None:
+        if layout is None:
             hidden = self._window_rows(window_ids, start, extra, cached, cache, mode, attention_mask, write)
         else:
-            hidden = self._window_candidates(window_ids, rows, start, extra, cached, cache, mode, attention_mask)
+            hidden = self._window_candidates(window_ids, layout, start, extra, cached, cache, mode, attention_mask,
+                                             all_real, check_values)
         if self.spec.shift_logits:
             # query j is position start - extra + j; prev_real[r, i]: is position start+i-1 real
-            position_is_real = attention_mask[rows] if rows is not None else attention_mask
+            position_is_real = attention_mask[layout.rows] if layout is not None else attention_mask
             prev_real = torch.cat([torch.zeros_like(position_is_real[:, :1]), position_is_real[:, :-1]], dim=1)
             prev_real = prev_real[:, start:start + W]
             if extra:
@@ -412,27 +508,18 @@ class Transformer(DiffusionLM):
             self._write(cache, fresh, start, W, mode, window_ids)
         return hidden
 
-    def _window_candidates(self, window_ids, rows, start, extra, cached, cache, mode, attention_mask):
-        """Window row r against cache row ``rows[r]`` by cascade attention (no cache copy).
+    def _window_candidates(self, window_ids, layout: CandidateRows, start, extra, cached, cache, mode,
+                           attention_mask, all_real: bool, check_values: bool):
+        """Window row r against cache row ``layout.rows[r]`` by cascade attention (no cache copy).
 
         Rows are grouped by the cache row they read and laid out as ``G`` groups of
-        ``n`` slots (n = the largest group; the spare slots of smaller groups repeat a
-        real row and are dropped at the end), so that :func:`cascade_attention` can
+        ``n`` slots (see :class:`CandidateRows`), so that :func:`cascade_attention` can
         attend each group's queries to its cache row in one call.
         """
-        R, W = window_ids.shape
-        device = window_ids.device
-        groups, group_of_row = torch.unique(rows, return_inverse=True)
-        counts = torch.bincount(group_of_row, minlength=len(groups))
-        G, n = len(groups), int(counts.max())
-        # slot of row r: its group's first slot + its rank among that group's rows
-        order = torch.argsort(group_of_row, stable=True)
-        first_row_of_group = torch.cumsum(counts, 0) - counts
-        rank = torch.empty_like(group_of_row)
-        rank[order] = torch.arange(R, device=device) - first_row_of_group[group_of_row[order]]
-        slot_of_row = group_of_row * n + rank
-
-        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, rows)
+        W = window_ids.shape[1]
+        groups, slot_of_row, n = layout.groups, layout.slot_of_row, layout.slots_per_group
+        G = groups.shape[0]
+        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, layout.rows)
         slotted = ids[:1].repeat(G * n, 1)
         slotted[slot_of_row] = ids
         group_mask = attention_mask[groups]                                          # [G, T]
@@ -442,15 +529,19 @@ class Transformer(DiffusionLM):
         if mode == "dual":
             shared_key_mask[:, start:start + W] = False   # the window's fresh keys replace them
         own_key_mask = group_mask[:, start:start + W].repeat_interleave(n, 0)
-        # all-True masks are dropped so the fused kernels run without a mask
-        masks = CascadeMasks(shared=None if bool(shared_key_mask.all()) else shared_key_mask,
-                             own=None if bool(own_key_mask.all()) else own_key_mask)
 
-        every_cache_row = G == cache.batch_size and bool((groups == torch.arange(G, device=device)).all())
+        # All-True masks are dropped so the fused kernels run without a mask: known on the host
+        # without padding (dual's shared mask still excludes the window), else read back when
+        # values may be checked; otherwise they are applied as they are (same result).
+        def reduced(mask, known_all_true):
+            return None if known_all_true or (check_values and bool(mask.all())) else mask
+
+        masks = CascadeMasks(shared=reduced(shared_key_mask, all_real and mode != "dual"),
+                             own=reduced(own_key_mask, all_real))
 
         def past(i):
             k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
-            if not every_cache_row:
+            if not layout.every_cache_row:
                 k, v = k.index_select(0, groups), v.index_select(0, groups)
             return k, v
 
@@ -458,17 +549,27 @@ class Transformer(DiffusionLM):
         return hidden[slot_of_row]
 
     def forward_window(self, window_ids, *, start, cache, mode, attention_mask=None, cache_rows=None,
-                       write=False):
+                       write=False, check_values=True):
         """Forward the window ``window_ids [R, W]`` against ``cache``; logits ``[R, W, V]``.
 
         See :mod:`infogain.models.base`. ``attention_mask`` defaults to the canvas
-        mask recorded at prefill. For Dream with ``start > 0`` the logit of
-        ``start`` comes from the hidden state of ``start - 1``, recomputed here as an
-        extra query (with the window in its context), so no logit is a placeholder.
+        mask recorded at prefill (known to be padding-free, without reading it, when
+        :meth:`prefill` got ``attention_mask=None``). For Dream with ``start > 0`` the
+        logit of ``start`` comes from the hidden state of ``start - 1``, recomputed here
+        as an extra query (with the window in its context), so no logit is a placeholder.
+
+        ``cache_rows`` is a long tensor ``[R]`` (read back once to lay out the
+        candidate groups: one host synchronisation) or a host tuple of R ints (no
+        read-back; the layout is computed on the host and sent with one non-blocking
+        copy). ``check_values`` (default True) checks that the ids lie in ``[0, V)``
+        and may read masks back to drop all-True ones; with False nothing is read
+        back (the ids are trusted). A forward with ``check_values=False``, a host
+        ``cache_rows`` (or none) and a cache prefilled without a mask makes no host
+        synchronisation in this module.
         """
         return self.logits_from_hidden(self.window_hidden_states(
             window_ids, start=start, cache=cache, mode=mode, attention_mask=attention_mask,
-            cache_rows=cache_rows, write=write))
+            cache_rows=cache_rows, write=write, check_values=check_values))
 
     def _write(self, cache: KVCache, fresh, start: int, W: int, mode: str, window_ids) -> None:
         write_blocks(cache.keys + cache.values, [k for k, _ in fresh] + [v for _, v in fresh], start)
@@ -476,7 +577,8 @@ class Transformer(DiffusionLM):
         if mode == "block_causal":
             cache.length = start + W
 
-    def _check_window(self, window_ids, start, cache, mode, attention_mask, cache_rows, write):
+    def _check_window(self, window_ids, start, cache, mode, attention_mask, cache_rows, write, check_values):
+        """Validate a window forward; returns ``(R, W, layout or None, canvas mask [B, T], all_real)``."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(cache, KVCache):
@@ -493,8 +595,8 @@ class Transformer(DiffusionLM):
             raise ValueError(f"window_ids must be a non-empty 2-D long tensor [R, W], got {tuple(window_ids.shape)} {window_ids.dtype}")
         if window_ids.device != cache.keys[0].device:
             raise ValueError(f"window_ids is on {window_ids.device} but the cache is on {cache.keys[0].device}")
-        if int(window_ids.min()) < 0 or int(window_ids.max()) >= self.spec.vocab_size:
-            raise ValueError(f"window_ids must lie in [0, {self.spec.vocab_size})")
+        if check_values:
+            self._check_ids("window_ids", window_ids)
         R, W = window_ids.shape
         B, T = cache.token_ids.shape
         if isinstance(start, bool) or not isinstance(start, int):
@@ -510,23 +612,35 @@ class Transformer(DiffusionLM):
             if start != cache.length or start + W > T:
                 raise ValueError(f"block_causal mode: start must equal cache.length={cache.length} and "
                                  f"start+W <= T={T}; got start={start}, W={W}")
+        all_real = False
         if attention_mask is None:
             attention_mask = cache.attention_mask
+            all_real = bool(getattr(cache, "all_real", False))   # a host flag, not a tensor
         elif not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool:
             raise TypeError("attention_mask must be a bool tensor [B, T]")
         elif tuple(attention_mask.shape) != (B, T):
             raise ValueError(f"attention_mask must have the cache's canvas shape {(B, T)}, got {tuple(attention_mask.shape)}")
-        rows = None
+        layout = None
         if cache_rows is not None:
-            if not isinstance(cache_rows, torch.Tensor) or cache_rows.dtype != torch.long:
-                raise TypeError("cache_rows must be a long tensor [R]")
-            if tuple(cache_rows.shape) != (R,):
-                raise ValueError(f"cache_rows must have shape ({R},), got {tuple(cache_rows.shape)}")
-            if int(cache_rows.min()) < 0 or int(cache_rows.max()) >= B:
+            if isinstance(cache_rows, torch.Tensor):
+                if cache_rows.dtype != torch.long:
+                    raise TypeError("cache_rows must be a long tensor [R] or a tuple of ints")
+                if tuple(cache_rows.shape) != (R,):
+                    raise ValueError(f"cache_rows must have shape ({R},), got {tuple(cache_rows.shape)}")
+                cache_rows = tuple(cache_rows.tolist())   # the layout is built on the host: one read-back
+            elif isinstance(cache_rows, tuple):
+                if not all(isinstance(r, int) and not isinstance(r, bool) for r in cache_rows):
+                    raise TypeError("cache_rows must be a long tensor [R] or a tuple of ints")
+                if len(cache_rows) != R:
+                    raise ValueError(f"cache_rows must hold {R} rows (one per window row), got {len(cache_rows)}")
+            else:
+                raise TypeError("cache_rows must be a long tensor [R] or a tuple of ints, "
+                                f"got {type(cache_rows).__name__}")
+            if any(r < 0 or r >= B for r in cache_rows):
                 raise ValueError(f"cache_rows must lie in [0, {B})")
             if write:
                 raise ValueError("write=True is not allowed with cache_rows (candidates never write the cache)")
-            rows = cache_rows.to(window_ids.device)
+            layout = candidate_rows(cache_rows, window_ids.device, B)
         elif R != B:
             raise ValueError(f"window_ids has {R} rows but the cache has {B}; pass cache_rows to map them")
-        return R, W, rows, attention_mask.to(window_ids.device)
+        return R, W, layout, attention_mask.to(window_ids.device), all_real

@@ -7,6 +7,7 @@ implementations.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import torch
 
 from infogain_kernels import gumbel_sample, lookahead_objective, token_stats
 
+from ..models.transformer import host_ints_to_device
 from ..stats import COMMIT_KINDS, KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, RunStats, StatsRecorder
 from .strategies import InfoGainStrategy, StepDecision, StepState, Strategy, make_strategy
 
@@ -203,11 +205,14 @@ class DiffusionSampler:
                                         f"tensor, got {type(p).__name__}")
         else:
             raise TypeError(f"prompts must be a string, a list or a tensor, got {type(prompts).__name__}")
+        vocab_size = _config_value(getattr(self.model, "config", None), "vocab_size")
         for i, row in enumerate(rows):
             if len(row) == 0:
                 raise ValueError(f"prompts[{i}] is empty")
             if any(t < 0 for t in row):
                 raise ValueError(f"prompts[{i}] contains a negative token id")
+            if isinstance(vocab_size, int) and any(t >= vocab_size for t in row):
+                raise ValueError(f"prompts[{i}] contains a token id >= the model's vocab_size ({vocab_size})")
         return rows
 
     def _encode_text(self, text: str, chat: bool) -> List[int]:
@@ -303,10 +308,20 @@ class DiffusionSampler:
         of all rows are ONE forward batch that reads the shared cache through
         ``cache_rows``; no cache is ever copied per candidate.
 
-        Synchronisation: the driver reads one packed tensor back per step (the rows'
-        decision kinds, their mask counts and the kept-candidate mask), which sizes
-        the lookahead batch and picks the rows that need a fresh forward. The fused
-        ops' own data checks (NaN / all -inf rows) add their own read-backs.
+        Synchronisation: at most ONE host read-back per step. The driver reads one
+        packed tensor back per step (the rows' decision kinds, their mask counts, the
+        kept-candidate mask and a NaN / all -inf flag), which sizes the lookahead
+        batch and picks the rows that need a fresh forward. The fused ops run with
+        ``check_values=False``; their bad-row flags (non-finite entropy of the block
+        logits, non-finite J of the lookahead) are folded into that read-back, the
+        lookahead's into the next step's (a lookahead step is never a block's last).
+        A lookahead batch is sized on the host from that read-back, so it comes
+        after it; winner selection and the commit stay on the device. Index tensors
+        go to the device by non-blocking copies, the model is called with
+        ``check_values=False`` after the run's first call (when it accepts that
+        keyword) and without an attention mask when no prompt is padded. The run's
+        setup and end (first checked model call, statistics, sequences) add a few.
+        With ``record=True`` the trace adds read-backs.
 
         Deliberate differences from the reference: the bypass commits at most k
         tokens (all with ``parallel_bypass``) and the last-step fill takes
@@ -357,7 +372,8 @@ class DiffusionSampler:
             generator = torch.Generator(device=device)
             generator.manual_seed(opts.seed)
 
-        run = _Run(self, opts, mode, canvas, attention, prompt_length, generator)
+        padded = any(len(row) < prompt_length for row in rows)
+        run = _Run(self, opts, mode, canvas, attention, prompt_length, generator, padded)
         run.decode()
         name = opts.variant if isinstance(self.strategy, InfoGainStrategy) else self.name
         stats = run.recorder.finish(name, 0.0, opts.gen_length)
@@ -377,7 +393,7 @@ class _Run:
     """State of one ``generate`` call (canvas, cache, block logits, statistics)."""
 
     def __init__(self, sampler: DiffusionSampler, opts: GenerateOptions, mode: str, canvas, attention,
-                 gen_start: int, generator):
+                 gen_start: int, generator, padded: bool):
         self.sampler = sampler
         self.model = sampler.model
         self.strategy = sampler.strategy
@@ -397,6 +413,26 @@ class _Run:
         self.trace: List[dict] = []
         self.cache = None
         self.block_logits: Optional[torch.Tensor] = None  # [B, L, V], model dtype
+        # The mask the model receives: None when no prompt is padded (known on the host), so the
+        # model neither applies nor reads it.
+        self.model_attention = attention if padded else None
+        # Value checks of the model (token-id range, mask inspection) cost host syncs: the run's
+        # first call keeps them (the canvas holds the prompts then); later canvases only hold
+        # tokens drawn from the model's own logits, so later calls skip them.
+        self.first_call = True
+        # Device flag of the last lookahead's non-finite objective, read with the next step.
+        self.lookahead_bad: Optional[torch.Tensor] = None
+
+    def _model_kwargs(self, method) -> dict:
+        """``check_values=False`` for every call after the first, when ``method`` accepts it."""
+        if self.first_call:
+            self.first_call = False
+            return {}
+        try:
+            accepts = "check_values" in inspect.signature(method).parameters
+        except (TypeError, ValueError):
+            accepts = False
+        return {"check_values": False} if accepts else {}
 
     # -------------------------------------------------------------- forwards
 
@@ -415,16 +451,23 @@ class _Run:
         return logits
 
 
-    def _full_forward(self, ids, attention):
+    def _full_forward(self, ids, rows: Optional[torch.Tensor]):
+        """Full forward of ``ids``, the canvas rows ``rows`` (device index; None = all rows)."""
+        attention = self.model_attention
+        if attention is not None and rows is not None:
+            attention = attention[rows]
         kwargs = {"attention_mask": attention}
         if self.sampler.block_causal:
             kwargs.update(gen_start=self.gen_start, block_length=self.length)
-        return self._logits(self.model(ids, **kwargs))
+        forward = getattr(self.model, "forward", self.model)
+        return self._logits(self.model(ids, **kwargs, **self._model_kwargs(forward)))
 
     def _window_forward(self, window_ids, start, cache_rows):
+        """Window forward; ``cache_rows`` is a host tuple of ints (the model lays out the groups
+        on the host, no read-back)."""
         return self._logits(self.model.forward_window(
-            window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.attention,
-            cache_rows=cache_rows))
+            window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.model_attention,
+            cache_rows=tuple(cache_rows), **self._model_kwargs(self.model.forward_window)))
 
     def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
         if self.block_logits is None:
@@ -440,8 +483,8 @@ class _Run:
         if self.mode in ("prefix", "dual") or (self.mode == "block_causal" and self.cache is None):
             prefill_start = self.gen_start if self.mode == "block_causal" else start
             logits, self.cache = self.model.prefill(
-                self.canvas, self.attention, mode=self.mode, start=prefill_start, gen_start=self.gen_start,
-                block_length=self.length)
+                self.canvas, self.model_attention, mode=self.mode, start=prefill_start, gen_start=self.gen_start,
+                block_length=self.length, **self._model_kwargs(self.model.prefill))
             logits = self._logits(logits)
             self.recorder.count_forward(range(self.batch))
             self._store_block_logits(None, logits[:, start:end])
@@ -450,13 +493,13 @@ class _Run:
 
     def _forward_rows(self, rows: List[int], start: int) -> None:
         end = start + self.length
-        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        index = host_ints_to_device(rows, self.device)
         if self.mode == "none":
-            logits = self._full_forward(self.canvas[index], self.attention[index])[:, start:end]
+            logits = self._full_forward(self.canvas[index], index)[:, start:end]
         elif self.mode == "prefix":
-            logits = self._window_forward(self.canvas[index, start:], start, index)[:, :self.length]
+            logits = self._window_forward(self.canvas[index, start:], start, rows)[:, :self.length]
         else:  # dual and block_causal forward the block only
-            logits = self._window_forward(self.canvas[index, start:end], start, index)
+            logits = self._window_forward(self.canvas[index, start:end], start, rows)
         self.recorder.count_forward(rows)
         self._store_block_logits(index if len(rows) < self.batch else None, logits)
 
@@ -478,12 +521,16 @@ class _Run:
                 # Append the finished block's K/V (exact block-causal cache).
                 self._logits(self.model.forward_window(
                     self.canvas[:, start:start + self.length], start=start, cache=self.cache, mode=self.mode,
-                    attention_mask=self.attention, write=True))
+                    attention_mask=self.model_attention, write=True,
+                    **self._model_kwargs(self.model.forward_window)))
                 self.recorder.count_forward(range(self.batch))
             if progress is not None:
                 progress.update(1)
         if progress is not None:
             progress.close()
+        if self.lookahead_bad is not None:  # unreachable by the schedule; kept as a guard
+            if bool(self.lookahead_bad):
+                raise ValueError("the model produced NaN / all -inf logits in the last lookahead forward")
 
     def _decode_block(self, block: int, start: int, steps: int) -> None:
         end = start + self.length
@@ -512,16 +559,20 @@ class _Run:
             raise RuntimeError(f"{self.strategy.name}: block {block} still has masks after {max_steps} steps")
 
     def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
-        """One denoising step of every row; returns (kinds, masks left) as host lists."""
+        """One denoising step of every row; returns (kinds, masks left) as host lists.
+
+        Exactly one host read-back (see :meth:`DiffusionSampler.generate`)."""
         opts = self.opts
         end = start + self.length
         logits = self.block_logits
         block_ids = self.canvas[:, start:end]
         masked = block_ids == self.mask_id
         masked_count = masked.sum(dim=1)
-        entropy, top1_prob, top1_id, top2_prob = token_stats(logits, mask=masked)
+        entropy, top1_prob, top1_id, top2_prob = token_stats(logits, mask=masked, check_values=False)
+        # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
+        bad_logits = ~torch.isfinite(entropy).all()
         tokens, token_probs = gumbel_sample(logits, self.strategy.num_token_samples(opts), opts.temperature,
-                                            mask=masked, generator=self.generator)
+                                            mask=masked, generator=self.generator, check_values=False)
         has_masks = masked_count > 0
         fill = has_masks & ((quota >= masked_count) | last) if self.strategy.scheduled else \
             torch.zeros_like(has_masks)
@@ -542,10 +593,18 @@ class _Run:
         if eos_filled is not None:
             left = left - eos_filled[:, start - self.gen_start:end - self.gen_start].sum(dim=1)
         left = torch.where(kind == KIND_LOOKAHEAD, masked_count - quota, left)
-        packed = [kind, left]
+        bad_lookahead = self.lookahead_bad if self.lookahead_bad is not None else torch.zeros_like(bad_logits)
+        self.lookahead_bad = None
+        packed = [torch.stack([bad_logits, bad_lookahead]).long(), kind, left]
         if candidates is not None:
             packed.append(candidates.keep.reshape(-1).long())
         host = torch.cat(packed).tolist()  # the step's one read-back
+        if host[1]:
+            raise ValueError(f"the model produced NaN / all -inf logits in the lookahead forward of block {block} "
+                             f"step {step - 1}")
+        if host[0]:
+            raise ValueError(f"the model produced NaN / all -inf logits at block {block} step {step}")
+        host = host[2:]
         kinds, masks_left = host[:self.batch], host[self.batch:2 * self.batch]
 
         record = {"block": block, "step": step, "rows": []} if opts.record else None
@@ -581,8 +640,10 @@ class _Run:
         """Forward the kept candidates of all rows as one batch and pick each row's best."""
         end = start + self.length
         num_candidates = candidates.keep.shape[0]
-        cand_index = torch.tensor([n for n, _ in pairs], dtype=torch.long, device=self.device)
-        row_index = torch.tensor([b for _, b in pairs], dtype=torch.long, device=self.device)
+        cache_rows = [b for _, b in pairs]
+        indices = host_ints_to_device([n for n, _ in pairs] + cache_rows + list(lookahead_rows), self.device)
+        cand_index, row_index = indices[:len(pairs)], indices[len(pairs):2 * len(pairs)]
+        rows = indices[2 * len(pairs):]
         cand_commit = candidates.commit[cand_index, row_index]                       # [R, L]
         cand_block = torch.where(cand_commit, candidates.tokens[cand_index, row_index],
                                  self.canvas[row_index, start:end])
@@ -603,21 +664,22 @@ class _Run:
             region = window[:, fill_from:]
             region.masked_fill_(_masks_after_first_eos(region, self.mask_id, self.eos_id), self.eos_id)
         if self.mode == "none":
-            next_logits = self._full_forward(window, self.attention[row_index])
+            next_logits = self._full_forward(window, row_index)
         else:
-            next_logits = self._window_forward(window, start, row_index)
-        self.recorder.count_lookahead([b for _, b in pairs])
+            next_logits = self._window_forward(window, start, cache_rows)
+        self.recorder.count_lookahead(cache_rows)
         # H_next window: everything from the block on, except for block-causal models (the block only).
         h_end = offset + self.length if (self.sampler.block_causal or self.mode == "dual") else window.shape[1]
         remaining = window[:, offset:h_end] == self.mask_id
         cost = candidates.cost[cand_index, row_index] if self.opts.variant == "info_gain" else None
         objective, h_next = lookahead_objective(next_logits[:, offset:h_end], remaining, cost,
-                                                variant=self.opts.variant)
+                                                variant=self.opts.variant, check_values=False)
+        # Checked with the next step's read-back (before anything reads the winner's logits there).
+        self.lookahead_bad = ~torch.isfinite(objective).all()
         scores = torch.full((num_candidates, self.batch), float("-inf"), device=self.device)
         scores[cand_index, row_index] = objective
         slot = torch.full((num_candidates, self.batch), -1, dtype=torch.long, device=self.device)
         slot[cand_index, row_index] = torch.arange(len(pairs), device=self.device)
-        rows = torch.tensor(lookahead_rows, dtype=torch.long, device=self.device)
         best = scores.argmax(dim=0)[rows]
         winner = slot[best, rows]
         self._store_block_logits(rows, next_logits[winner, offset:offset + self.length])

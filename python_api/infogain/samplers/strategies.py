@@ -255,8 +255,10 @@ class InfoGainStrategy(Strategy):
         k_bound = state.max_quota
         scores = state.token_probs.reshape(num_candidates * batch, length)
         valid = masked.repeat(num_candidates, 1)
+        # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
+        # which the driver detects in its one read-back per step.
         positions = gumbel_topk(scores, min(k_bound, length), 2, opts.position_temperature,
-                                valid=valid, generator=state.generator)
+                                valid=valid, generator=state.generator, check_values=False)
         # Candidate 0: the deterministic top-k (sample 0); candidates >= 1: their Gumbel sample (1).
         positions = torch.cat([positions[0, :batch], positions[1, batch:]], dim=0)
         positions = positions.reshape(num_candidates, batch, -1)
