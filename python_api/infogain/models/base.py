@@ -42,7 +42,7 @@ cache (lookahead memory must not grow with N x cache size).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -94,12 +94,19 @@ class DiffusionLM(nn.Module):
         *,
         gen_start: Optional[int] = None,
         block_length: Optional[int] = None,
+        check_values: bool = True,
     ) -> torch.Tensor:
         """Full forward of the canvas ``input_ids [B, T]`` -> logits ``[B, T, V]``.
 
         ``gen_start`` / ``block_length`` define SDAR's block-causal segments and are
         ignored by bidirectional models. Any object mapping ``input_ids`` to logits
         this way works with the samplers' ``cache="none"`` mode.
+
+        ``check_values`` (all three methods): True checks token ids against the
+        vocabulary and drops an all-True mask, which reads tensors back to the host;
+        False trusts the ids and applies a given mask as is (pass None for "no
+        padding"), so the call never synchronises. The samplers check the first call
+        of a run and pass False afterwards.
         """
         raise NotImplementedError
 
@@ -112,6 +119,7 @@ class DiffusionLM(nn.Module):
         start: int,
         gen_start: Optional[int] = None,
         block_length: Optional[int] = None,
+        check_values: bool = True,
     ) -> "tuple[torch.Tensor, KVCache]":
         """Full forward that also builds the cache for ``mode``.
 
@@ -129,14 +137,18 @@ class DiffusionLM(nn.Module):
         cache: KVCache,
         mode: str,
         attention_mask: Optional[torch.Tensor] = None,
-        cache_rows: Optional[torch.Tensor] = None,
+        cache_rows: "Optional[torch.Tensor | Tuple[int, ...]]" = None,
         write: bool = False,
+        check_values: bool = True,
     ) -> torch.Tensor:
         """Forward the window ``window_ids [R, W]`` (canvas positions ``[start, start+W)``).
 
         ``attention_mask`` is the canvas mask ``[B, T]`` of the cache's batch rows
         (row ``cache_rows[r]`` applies to window row ``r``); ``cache_rows`` defaults
-        to ``arange(R)`` (then R must equal the cache's batch size). ``write`` is
+        to ``arange(R)`` (then R must equal the cache's batch size). It is a long
+        tensor (read back once to group the rows) or a tuple of ints (grouped on the
+        host, no synchronisation). Candidate rows that share a cache row read it once,
+        without copying it. ``write`` is
         allowed only without ``cache_rows`` (candidates never write the cache).
         Returns logits ``[R, W, V]``.
         """
