@@ -1,4 +1,4 @@
-"""Which implementation an op runs: the Triton kernel or the torch reference.
+"""Which implementation an op runs: the Triton kernel or the torch reference, and how it is called.
 
 Default: CUDA tensors go to Triton, everything else to the reference. The
 environment variable ``INFOGAIN_BACKEND=reference|triton`` forces one path (with
@@ -12,6 +12,7 @@ import os
 import threading
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 _VALID = ("auto", "reference", "triton")
 _local = threading.local()
@@ -58,3 +59,17 @@ def use_backend(name: str):
         yield
     finally:
         _local.backend = previous
+
+
+def call_op(op, impl, *args):
+    """Run custom op ``op`` (a ``torch.ops.infogain`` overload packet) whose Python body is ``impl``.
+
+    While something traces -- ``torch.compile``, or a dispatch mode such as
+    FakeTensorMode, ``make_fx`` or FlopCounterMode -- the call goes through the
+    dispatcher, so the tracer sees one op (with its fake implementation). In plain
+    eager mode ``impl`` runs directly: the dispatcher's Python round trip costs
+    about 40 us a call, as much as the whole work of a small op.
+    """
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return op(*args)
+    return impl(*args)

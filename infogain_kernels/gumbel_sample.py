@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import use_triton
+from ._backend import call_op, use_triton
 from ._random import triton
 from ._validation import (check_bool, check_generator, check_logits, check_mask, check_positive_int,
                           check_same_device)
@@ -84,14 +84,14 @@ def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
     check_generator("generator", generator, logits.device)
     check_values = check_bool("check_values", check_values)
     seed = _random.draw_seed(generator, logits.device)
-    tokens, probs = torch.ops.infogain.gumbel_sample(logits, num_samples, temperature, mask, seed)
+    tokens, probs = call_op(torch.ops.infogain.gumbel_sample, _gumbel_sample_impl,
+                            logits, num_samples, temperature, mask, seed)
     if check_values:
         _raise_on_invalid_rows(logits, probs)
     return tokens, probs
 
 
-@torch.library.custom_op("infogain::gumbel_sample", mutates_args=())
-def _gumbel_sample_op(logits: torch.Tensor, num_samples: int, temperature: float,
+def _gumbel_sample_impl(logits: torch.Tensor, num_samples: int, temperature: float,
                       mask: Optional[torch.Tensor], seed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Custom op behind :func:`gumbel_sample`; ``seed`` is an int64 tensor [1] on the logits' device."""
     if use_triton(logits):
@@ -99,6 +99,9 @@ def _gumbel_sample_op(logits: torch.Tensor, num_samples: int, temperature: float
     else:
         tokens, probs = _gumbel_sample_reference(logits, num_samples, temperature, mask, seed)
     return tokens, probs
+
+
+_gumbel_sample_op = torch.library.custom_op("infogain::gumbel_sample", _gumbel_sample_impl, mutates_args=())
 
 
 @_gumbel_sample_op.register_fake

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import _random
-from ._backend import use_triton
+from ._backend import call_op, use_triton
 from ._random import triton
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
                           check_same_device, check_tensor)
@@ -87,7 +87,7 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
     if check_values:
         _raise_on_nan_scores(scores, valid)
     seed = _random.draw_seed(generator, scores.device)
-    return torch.ops.infogain.gumbel_topk(scores, k, num_samples, temperature, valid, seed)
+    return call_op(torch.ops.infogain.gumbel_topk, _gumbel_topk_impl, scores, k, num_samples, temperature, valid, seed)
 
 
 def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
@@ -101,13 +101,15 @@ def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
         raise ValueError(f"scores contain NaN at valid position {position} of row {row}")
 
 
-@torch.library.custom_op("infogain::gumbel_topk", mutates_args=())
-def _gumbel_topk_op(scores: torch.Tensor, k: int, num_samples: int, temperature: float,
+def _gumbel_topk_impl(scores: torch.Tensor, k: int, num_samples: int, temperature: float,
                     valid: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Custom op behind :func:`gumbel_topk`; ``seed`` is an int64 tensor [1] on the scores' device."""
     if use_triton(scores):
         return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
     return _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed)
+
+
+_gumbel_topk_op = torch.library.custom_op("infogain::gumbel_topk", _gumbel_topk_impl, mutates_args=())
 
 
 @_gumbel_topk_op.register_fake
@@ -123,15 +125,15 @@ def _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed):
         negated_noise = _random.negated_gumbel_noise((num_samples - 1, num_rows, num_positions),
                                                      _random.seeded_generator(seed))
         keys = torch.cat([keys[:1], keys[1:] - temperature * negated_noise])
-    valid = valid.expand(num_samples, num_rows, num_positions)
-    # Two stable sorts = one lexicographic sort on (valid, key), both descending, then index ascending.
-    order = torch.sort(keys, dim=2, descending=True, stable=True).indices
-    order = order.gather(2, torch.sort(valid.gather(2, order).to(torch.uint8), dim=2, descending=True,
-                                       stable=True).indices)
+    # One stable descending sort on a float64 key that ranks every valid position (a valid -inf
+    # becomes -1e300, below any float32 value) above every invalid one (-inf); equal keys keep
+    # index order.
+    ranking_key = torch.where(valid, keys.double().clamp(min=-1e300), float("-inf"))
+    order = torch.sort(ranking_key, dim=2, descending=True, stable=True).indices
     indices = torch.full((num_samples, num_rows, k), PADDING, dtype=torch.int64, device=scores.device)
     kept = min(k, num_positions)
     slot = torch.arange(kept, device=scores.device)
-    num_valid = valid[0].sum(dim=1)
+    num_valid = valid.sum(dim=1)
     indices[:, :, :kept] = torch.where(slot < num_valid[:, None], order[:, :, :kept], PADDING)
     return indices
 

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import use_triton
+from ._backend import call_op, use_triton
 from ._validation import check_bool, check_logits, check_mask, check_same_device, check_tensor
 from .token_stats import is_capturing_cuda_graph, raise_on_bad_rows, row_stats_reference
 
@@ -29,8 +29,7 @@ def objective_reference(entropy: torch.Tensor, remaining: torch.Tensor, cost: Op
     return objective, h_next
 
 
-@torch.library.custom_op("infogain::lookahead_objective", mutates_args=())
-def _lookahead_objective_op(next_logits: torch.Tensor, remaining: torch.Tensor, cost: Optional[torch.Tensor],
+def _lookahead_objective_impl(next_logits: torch.Tensor, remaining: torch.Tensor, cost: Optional[torch.Tensor],
                             variant: str) -> Tuple[torch.Tensor, torch.Tensor]:
     n_candidates, n_positions = remaining.shape
     # LookUM ignores the cost; the kernels take None for "no cost term".
@@ -45,6 +44,9 @@ def _lookahead_objective_op(next_logits: torch.Tensor, remaining: torch.Tensor, 
         return launch_masked_mean(entropy.view(n_candidates, n_positions), remaining, cost)
     entropy = row_stats_reference(next_logits, remaining, with_top=False)[0]
     return objective_reference(entropy.view(n_candidates, n_positions), remaining, cost)
+
+
+_lookahead_objective_op = torch.library.custom_op("infogain::lookahead_objective", _lookahead_objective_impl, mutates_args=())
 
 
 @_lookahead_objective_op.register_fake
@@ -103,7 +105,8 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
     check_values = check_bool("check_values", check_values)
     if cost is not None:
         cost = cost.to(torch.float32)
-    objective, h_next = torch.ops.infogain.lookahead_objective(next_logits, remaining, cost, variant)
+    objective, h_next = call_op(torch.ops.infogain.lookahead_objective, _lookahead_objective_impl,
+                                next_logits, remaining, cost, variant)
     if check_values and not is_capturing_cuda_graph(objective) and not bool(torch.isfinite(objective).all()):
         _raise_on_non_finite(next_logits, remaining, cost, h_next)
     return objective, h_next

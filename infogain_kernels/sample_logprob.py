@@ -28,6 +28,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
+from ._backend import call_op
 from ._validation import check_generator, check_logits
 from .topk_logprobs import check_top_p, raise_on_invalid_rows, run_nucleus
 
@@ -74,11 +75,10 @@ def sample_logprob(logits: torch.Tensor, *, mode: str = "greedy", temperature: f
     greedy = mode == "greedy" or temperature == 0
     seed = (torch.zeros(1, dtype=torch.int64, device=logits.device) if greedy
             else _random.draw_seed(generator, logits.device))
-    return torch.ops.infogain.sample_logprob(logits, greedy, temperature, top_p, seed)
+    return call_op(torch.ops.infogain.sample_logprob, _sample_logprob_impl, logits, greedy, temperature, top_p, seed)
 
 
-@torch.library.custom_op("infogain::sample_logprob", mutates_args=())
-def _sample_logprob_op(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
+def _sample_logprob_impl(logits: torch.Tensor, greedy: bool, temperature: float, top_p: float,
                        seed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Custom op behind :func:`sample_logprob`; ``seed`` (int64 [1]) is ignored when ``greedy``."""
     if greedy:
@@ -88,6 +88,9 @@ def _sample_logprob_op(logits: torch.Tensor, greedy: bool, temperature: float, t
         _, _, token, logprob, lse = run_nucleus(logits, probe_k, temperature, top_p, seed=seed)
     raise_on_invalid_rows(logits, lse)
     return token, logprob
+
+
+_sample_logprob_op = torch.library.custom_op("infogain::sample_logprob", _sample_logprob_impl, mutates_args=())
 
 
 @_sample_logprob_op.register_fake

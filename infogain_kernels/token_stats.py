@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import use_triton
+from ._backend import call_op, use_triton
 from ._validation import check_bool, check_logits, check_mask, check_same_device
 
 # Fill values for positions that the mask skips.
@@ -112,8 +112,7 @@ def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, pr
     raise ValueError(f"{name} has a row with every entry -inf at position {position}")
 
 
-@torch.library.custom_op("infogain::token_stats", mutates_args=())
-def _token_stats_op(logits: torch.Tensor, mask: Optional[torch.Tensor]
+def _token_stats_impl(logits: torch.Tensor, mask: Optional[torch.Tensor]
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     lead_shape = logits.shape[:-1]
     if use_triton(logits):
@@ -123,6 +122,9 @@ def _token_stats_op(logits: torch.Tensor, mask: Optional[torch.Tensor]
     else:
         stats = row_stats_reference(logits, mask, with_top=True)
     return tuple(t.view(lead_shape) for t in stats)
+
+
+_token_stats_op = torch.library.custom_op("infogain::token_stats", _token_stats_impl, mutates_args=())
 
 
 @_token_stats_op.register_fake
@@ -168,7 +170,7 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, ch
     check_mask("mask", mask, logits.shape[:-1])
     check_same_device(logits=logits, mask=mask)
     check_values = check_bool("check_values", check_values)
-    entropy, top1_prob, top1_id, top2_prob = torch.ops.infogain.token_stats(logits, mask)
+    entropy, top1_prob, top1_id, top2_prob = call_op(torch.ops.infogain.token_stats, _token_stats_impl, logits, mask)
     if check_values:
         raise_on_bad_rows("logits", logits, entropy.reshape(-1))
     return entropy, top1_prob, top1_id, top2_prob

@@ -50,7 +50,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import use_triton
+from ._backend import call_op, use_triton
 from ._random import triton
 from ._validation import check_logits, check_positive_int
 
@@ -110,16 +110,18 @@ def topk_logprobs(logits: torch.Tensor, k: int, *, temperature: float = 1.0,
         raise ValueError(f"k must be <= the vocabulary size {logits.shape[1]}, got {k}")
     temperature = _random.check_temperature("temperature", temperature)
     top_p = check_top_p("top_p", top_p)
-    return torch.ops.infogain.topk_logprobs(logits, k, temperature, top_p)
+    return call_op(torch.ops.infogain.topk_logprobs, _topk_logprobs_impl, logits, k, temperature, top_p)
 
 
-@torch.library.custom_op("infogain::topk_logprobs", mutates_args=())
-def _topk_logprobs_op(logits: torch.Tensor, k: int, temperature: float,
+def _topk_logprobs_impl(logits: torch.Tensor, k: int, temperature: float,
                       top_p: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """Custom op behind :func:`topk_logprobs` (arguments already validated)."""
     ids, logprobs, _, _, lse = run_nucleus(logits, k, temperature, top_p, seed=None)
     raise_on_invalid_rows(logits, lse)
     return ids, logprobs
+
+
+_topk_logprobs_op = torch.library.custom_op("infogain::topk_logprobs", _topk_logprobs_impl, mutates_args=())
 
 
 @_topk_logprobs_op.register_fake
