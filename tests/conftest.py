@@ -38,3 +38,15 @@ def triton_interpreted():
     if not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no CUDA and TRITON_INTERPRET is not set")
     return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(params=["reference", "triton"])
+def backend_device(request):
+    """Runs the test on the torch reference, then on the Triton kernels (interpreted on CPU
+    without a GPU); yields the device the test's tensors must live on."""
+    from infogain_kernels import use_backend
+
+    device = request.getfixturevalue("triton_interpreted") if request.param == "triton" else "cpu"
+    with use_backend(request.param):
+        yield device
+

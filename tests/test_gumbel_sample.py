@@ -11,17 +11,6 @@ from infogain_kernels import gumbel_sample, use_backend
 P_VALUE_FLOOR = 1e-3  # fixed seeds: a correct sampler passes deterministically; a wrong one fails by far
 
 
-@pytest.fixture(params=["reference", "triton"])
-def device(request):
-    """Run the test on one backend; yields the device its tensors must live on."""
-    if request.param == "triton":
-        device = request.getfixturevalue("triton_interpreted")
-    else:
-        device = "cpu"
-    with use_backend(request.param):
-        yield device
-
-
 def seeded(seed, device="cpu"):
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -56,11 +45,11 @@ def chi_square_p_value(observed_tokens, expected_probs):
 # ----------------------------------------------------------------------------- exact properties
 
 @pytest.mark.parametrize("vocab", [1, 7, 1000, 50257])
-def test_tokens_in_range_and_probs_are_untempered_softmax(device, vocab):
+def test_tokens_in_range_and_probs_are_untempered_softmax(backend_device, vocab):
     torch.manual_seed(vocab)
     rows = 3 if vocab < 50257 else 2
-    logits = (3 * torch.randn(rows, vocab)).to(device)
-    tokens, probs = gumbel_sample(logits, 2, 0.7, generator=seeded(0, device))
+    logits = (3 * torch.randn(rows, vocab)).to(backend_device)
+    tokens, probs = gumbel_sample(logits, 2, 0.7, generator=seeded(0, backend_device))
     assert tokens.shape == (2, rows) and tokens.dtype == torch.int64
     assert probs.shape == (2, rows) and probs.dtype == torch.float32
     assert ((tokens >= 0) & (tokens < vocab)).all()
@@ -77,37 +66,37 @@ def test_llada_width_on_reference_path():
     torch.testing.assert_close(probs.double(), softmax_prob_of(logits, tokens), rtol=1e-5, atol=1e-9)
 
 
-def test_vector_and_multi_dim_leading_shapes(device):
+def test_vector_and_multi_dim_leading_shapes(backend_device):
     torch.manual_seed(1)
-    vector = torch.randn(11, device=device)
-    tokens, probs = gumbel_sample(vector, 3, 1.0, generator=seeded(0, device))
+    vector = torch.randn(11, device=backend_device)
+    tokens, probs = gumbel_sample(vector, 3, 1.0, generator=seeded(0, backend_device))
     assert tokens.shape == (3,) and probs.shape == (3,)
-    cube = torch.randn(2, 3, 4, 5, device=device)
-    tokens, probs = gumbel_sample(cube, 2, 1.0, generator=seeded(0, device))
+    cube = torch.randn(2, 3, 4, 5, device=backend_device)
+    tokens, probs = gumbel_sample(cube, 2, 1.0, generator=seeded(0, backend_device))
     assert tokens.shape == (2, 2, 3, 4)
     torch.testing.assert_close(probs.double().cpu(), softmax_prob_of(cube, tokens), rtol=1e-5, atol=1e-7)
 
 
-def test_empty_leading_dimension(device):
-    tokens, probs = gumbel_sample(torch.zeros(0, 5, device=device), 2, 1.0)
+def test_empty_leading_dimension(backend_device):
+    tokens, probs = gumbel_sample(torch.zeros(0, 5, device=backend_device), 2, 1.0)
     assert tokens.shape == (2, 0) and probs.shape == (2, 0)
 
 
-def test_minus_inf_entries_are_never_drawn(device):
+def test_minus_inf_entries_are_never_drawn(backend_device):
     torch.manual_seed(2)
     logits = torch.randn(64, 40)
     logits[torch.rand(64, 40) < 0.8] = -math.inf
     logits[:, 17] = -5.0  # every row keeps at least one legal token, a very unlikely one
     logits[0] = -math.inf
     logits[0, 39] = 0.0  # a row with a single legal token draws it with probability 1
-    logits = logits.to(device)
-    tokens, probs = gumbel_sample(logits, 8, 3.0, generator=seeded(1, device))
+    logits = logits.to(backend_device)
+    tokens, probs = gumbel_sample(logits, 8, 3.0, generator=seeded(1, backend_device))
     drawn = logits.cpu().gather(1, tokens.cpu().T)
     assert torch.isfinite(drawn).all()
     assert (tokens[:, 0] == 39).all() and (probs[:, 0] == 1.0).all()
 
 
-def test_temperature_zero_is_argmax_lowest_index_on_ties(device):
+def test_temperature_zero_is_argmax_lowest_index_on_ties(backend_device):
     vocab = 5000  # more than one vocabulary chunk on both paths
     logits = torch.randn(4, vocab).clamp(max=2.0)
     logits[0, [10, 4500]] = 9.0           # tie across chunks: the lower index wins
@@ -115,36 +104,36 @@ def test_temperature_zero_is_argmax_lowest_index_on_ties(device):
     logits[2, [4999]] = 9.0               # last column
     logits[3] = -math.inf
     logits[3, [2000, 2001]] = -1.0        # ties among the only finite entries
-    logits = logits.to(device)
-    tokens, probs = gumbel_sample(logits, 3, 0.0, generator=seeded(0, device))
+    logits = logits.to(backend_device)
+    tokens, probs = gumbel_sample(logits, 3, 0.0, generator=seeded(0, backend_device))
     expected = torch.tensor([first_argmax(row) for row in logits.cpu()])
     assert expected.tolist() == [10, 3, 4999, 2000]
     assert (tokens.cpu() == expected).all()
     torch.testing.assert_close(probs.double().cpu(), softmax_prob_of(logits, tokens), rtol=1e-5, atol=1e-7)
 
 
-def test_mask_all_false_reads_nothing(device):
-    logits = torch.full((3, 4, 9), math.nan, device=device)  # would raise if any row were read
-    mask = torch.zeros(3, 4, dtype=torch.bool, device=device)
+def test_mask_all_false_reads_nothing(backend_device):
+    logits = torch.full((3, 4, 9), math.nan, device=backend_device)  # would raise if any row were read
+    mask = torch.zeros(3, 4, dtype=torch.bool, device=backend_device)
     tokens, probs = gumbel_sample(logits, 2, 1.0, mask=mask)
     assert (tokens == -1).all() and (probs == 0).all()
 
 
-def test_mask_all_true_equals_no_mask(device):
-    logits = torch.randn(5, 33, device=device)
-    mask = torch.ones(5, dtype=torch.bool, device=device)
-    unmasked = gumbel_sample(logits, 3, 1.0, generator=seeded(4, device))
-    masked = gumbel_sample(logits, 3, 1.0, mask=mask, generator=seeded(4, device))
+def test_mask_all_true_equals_no_mask(backend_device):
+    logits = torch.randn(5, 33, device=backend_device)
+    mask = torch.ones(5, dtype=torch.bool, device=backend_device)
+    unmasked = gumbel_sample(logits, 3, 1.0, generator=seeded(4, backend_device))
+    masked = gumbel_sample(logits, 3, 1.0, mask=mask, generator=seeded(4, backend_device))
     assert torch.equal(unmasked[0], masked[0]) and torch.equal(unmasked[1], masked[1])
 
 
-def test_partial_mask_fills_skipped_rows_and_skips_their_nan(device):
+def test_partial_mask_fills_skipped_rows_and_skips_their_nan(backend_device):
     torch.manual_seed(5)
     logits = torch.randn(6, 13)
     mask = torch.tensor([True, False, True, True, False, False])
     logits[1] = math.nan  # a skipped row is not read, so its NaN is not an error
-    logits = logits.to(device)
-    tokens, probs = gumbel_sample(logits, 2, 1.0, mask=mask.to(device), generator=seeded(0, device))
+    logits = logits.to(backend_device)
+    tokens, probs = gumbel_sample(logits, 2, 1.0, mask=mask.to(backend_device), generator=seeded(0, backend_device))
     assert (tokens[:, ~mask] == -1).all() and (probs[:, ~mask] == 0).all()
     assert (tokens[:, mask] >= 0).all()
     torch.testing.assert_close(probs[:, mask].double().cpu(),
@@ -157,22 +146,22 @@ def test_partial_mask_fills_skipped_rows_and_skips_their_nan(device):
     lambda x: x.transpose(-1, -2).contiguous().transpose(-1, -2),  # vocabulary stride != 1
     lambda x: x[:1].expand(4, -1, -1),                  # stride-0 rows
 ], ids=["transpose", "slice", "column-major", "expand"])
-def test_non_contiguous_views_match_contiguous_copy(device, make_view):
+def test_non_contiguous_views_match_contiguous_copy(backend_device, make_view):
     torch.manual_seed(6)
-    view = make_view(torch.randn(4, 6, 21, device=device))
+    view = make_view(torch.randn(4, 6, 21, device=backend_device))
     assert not view.is_contiguous()
-    from_view = gumbel_sample(view, 3, 1.3, generator=seeded(8, device))
-    from_copy = gumbel_sample(view.contiguous(), 3, 1.3, generator=seeded(8, device))
+    from_view = gumbel_sample(view, 3, 1.3, generator=seeded(8, backend_device))
+    from_copy = gumbel_sample(view.contiguous(), 3, 1.3, generator=seeded(8, backend_device))
     assert torch.equal(from_view[0], from_copy[0]) and torch.equal(from_view[1], from_copy[1])
 
 
 # ----------------------------------------------------------------------------- distribution
 
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.5])
-def test_token_frequencies_follow_tempered_softmax(device, temperature):
-    logits = torch.tensor([1.0, -0.5, 0.3, -math.inf, 2.0, -1.5, 0.0], device=device)
+def test_token_frequencies_follow_tempered_softmax(backend_device, temperature):
+    logits = torch.tensor([1.0, -0.5, 0.3, -math.inf, 2.0, -1.5, 0.0], device=backend_device)
     rows, samples = 64, 64  # 4096 draws; stride-0 rows reuse one distribution without a copy
-    tokens, _ = gumbel_sample(logits.expand(rows, -1), samples, temperature, generator=seeded(11, device))
+    tokens, _ = gumbel_sample(logits.expand(rows, -1), samples, temperature, generator=seeded(11, backend_device))
     tempered = torch.softmax(logits.double().cpu() / temperature, dim=-1).numpy()
     assert chi_square_p_value(tokens, tempered) > P_VALUE_FLOOR
     # The same counts must reject a different temperature (the test has power).
@@ -180,9 +169,9 @@ def test_token_frequencies_follow_tempered_softmax(device, temperature):
     assert chi_square_p_value(tokens, wrong) < P_VALUE_FLOOR
 
 
-def test_samples_of_one_row_are_independent(device):
-    logits = torch.tensor([0.2, -0.4, 0.9], device=device)
-    tokens, _ = gumbel_sample(logits.expand(48, -1), 32, 1.0, generator=seeded(12, device))
+def test_samples_of_one_row_are_independent(backend_device):
+    logits = torch.tensor([0.2, -0.4, 0.9], device=backend_device)
+    tokens, _ = gumbel_sample(logits.expand(48, -1), 32, 1.0, generator=seeded(12, backend_device))
     tokens = tokens.cpu()
     pairs = tokens[0::2] * 3 + tokens[1::2]  # (sample 2i, sample 2i+1) of the same row: 768 pairs
     probs = torch.softmax(logits.double().cpu(), dim=-1)
@@ -192,20 +181,20 @@ def test_samples_of_one_row_are_independent(device):
 
 # ----------------------------------------------------------------------------- determinism
 
-def test_same_generator_state_same_draw_and_generator_advances(device):
-    logits = torch.randn(4, 50, device=device)
-    first = gumbel_sample(logits, 4, 1.0, generator=seeded(21, device))
-    again = gumbel_sample(logits, 4, 1.0, generator=seeded(21, device))
+def test_same_generator_state_same_draw_and_generator_advances(backend_device):
+    logits = torch.randn(4, 50, device=backend_device)
+    first = gumbel_sample(logits, 4, 1.0, generator=seeded(21, backend_device))
+    again = gumbel_sample(logits, 4, 1.0, generator=seeded(21, backend_device))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    other = gumbel_sample(logits, 4, 1.0, generator=seeded(22, device))
+    other = gumbel_sample(logits, 4, 1.0, generator=seeded(22, backend_device))
     assert not torch.equal(first[0], other[0])
-    generator = seeded(21, device)
+    generator = seeded(21, backend_device)
     gumbel_sample(logits, 4, 1.0, generator=generator)
     assert not torch.equal(first[0], gumbel_sample(logits, 4, 1.0, generator=generator)[0])
 
 
-def test_default_generator_follows_manual_seed(device):
-    logits = torch.randn(4, 50, device=device)
+def test_default_generator_follows_manual_seed(backend_device):
+    logits = torch.randn(4, 50, device=backend_device)
     torch.manual_seed(3)
     first = gumbel_sample(logits, 4, 1.0)[0]
     torch.manual_seed(3)
@@ -251,12 +240,12 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, error, message):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_nan_and_all_minus_inf_rows_raise(device, temperature):
-    logits = torch.randn(3, 9, device=device)
+def test_nan_and_all_minus_inf_rows_raise(backend_device, temperature):
+    logits = torch.randn(3, 9, device=backend_device)
     logits[1, 4] = math.nan
     with pytest.raises(ValueError, match=r"logits row \(1,\) contains NaN"):
         gumbel_sample(logits, 2, temperature)
-    logits = torch.randn(2, 3, 9, device=device)
+    logits = torch.randn(2, 3, 9, device=backend_device)
     logits[1, 2] = -math.inf
     with pytest.raises(ValueError, match=r"logits row \(1, 2\) is entirely -inf"):
         gumbel_sample(logits, 2, temperature)
@@ -264,11 +253,11 @@ def test_nan_and_all_minus_inf_rows_raise(device, temperature):
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_check_values_false_flags_bad_rows_without_raising(device, temperature):
-    logits = torch.randn(2, 3, 9, device=device)
+def test_check_values_false_flags_bad_rows_without_raising(backend_device, temperature):
+    logits = torch.randn(2, 3, 9, device=backend_device)
     logits[1, 2] = -math.inf
     logits[0, 0, 3] = math.nan
-    tokens, probs = gumbel_sample(logits, 2, temperature, generator=seeded(5, device), check_values=False)
+    tokens, probs = gumbel_sample(logits, 2, temperature, generator=seeded(5, backend_device), check_values=False)
     bad = torch.zeros(2, 3, dtype=torch.bool)
     bad[1, 2] = bad[0, 0] = True
     assert torch.isnan(probs[:, bad]).all() and (tokens[:, bad] == -1).all()

@@ -12,17 +12,6 @@ from infogain_kernels import gumbel_topk, use_backend
 P_VALUE_FLOOR = 1e-3  # fixed seeds: a correct sampler passes deterministically; a wrong one fails by far
 
 
-@pytest.fixture(params=["reference", "triton"])
-def device(request):
-    """Run the test on one backend; yields the device its tensors must live on."""
-    if request.param == "triton":
-        device = request.getfixturevalue("triton_interpreted")
-    else:
-        device = "cpu"
-    with use_backend(request.param):
-        yield device
-
-
 def seeded(seed, device="cpu"):
     return torch.Generator(device=device).manual_seed(seed)
 
@@ -46,20 +35,20 @@ def random_problem(rows, positions, seed):
 # ----------------------------------------------------------------------------- exact properties
 
 @pytest.mark.parametrize("positions, k", [(1, 1), (1, 3), (7, 3), (33, 32), (33, 40), (1000, 8)])
-def test_sample_zero_is_plain_topk(device, positions, k):
+def test_sample_zero_is_plain_topk(backend_device, positions, k):
     scores, valid = random_problem(5, positions, seed=positions + k)
     valid[0] = False  # a row without any valid position is all padding
     valid[1] = True
-    indices = gumbel_topk(scores.to(device), k, 3, 0.7, valid=valid.to(device), generator=seeded(0, device))
+    indices = gumbel_topk(scores.to(backend_device), k, 3, 0.7, valid=valid.to(backend_device), generator=seeded(0, backend_device))
     assert indices.shape == (3, 5, k) and indices.dtype == torch.int64
     expected = [plain_topk(scores[row].tolist(), valid[row].tolist(), k) for row in range(5)]
     assert indices[0].cpu().tolist() == expected
 
 
 @pytest.mark.parametrize("positions, k", [(7, 3), (33, 40), (200, 16)])
-def test_samples_are_distinct_valid_positions_padded_last(device, positions, k):
+def test_samples_are_distinct_valid_positions_padded_last(backend_device, positions, k):
     scores, valid = random_problem(6, positions, seed=positions)
-    indices = gumbel_topk(scores.to(device), k, 5, 1.5, valid=valid.to(device), generator=seeded(1, device)).cpu()
+    indices = gumbel_topk(scores.to(backend_device), k, 5, 1.5, valid=valid.to(backend_device), generator=seeded(1, backend_device)).cpu()
     for sample, row in itertools.product(range(5), range(6)):
         chosen = indices[sample, row].tolist()
         count = min(k, int(valid[row].sum()))
@@ -68,36 +57,36 @@ def test_samples_are_distinct_valid_positions_padded_last(device, positions, k):
         assert len(set(picked)) == count and all(valid[row, p] for p in picked)
 
 
-def test_temperature_zero_makes_every_sample_plain_topk(device):
+def test_temperature_zero_makes_every_sample_plain_topk(backend_device):
     scores, valid = random_problem(4, 20, seed=3)
-    indices = gumbel_topk(scores.to(device), 5, 4, 0.0, valid=valid.to(device), generator=seeded(2, device))
+    indices = gumbel_topk(scores.to(backend_device), 5, 4, 0.0, valid=valid.to(backend_device), generator=seeded(2, backend_device))
     assert all(torch.equal(indices[0], indices[s]) for s in range(1, 4))
 
 
-def test_non_contiguous_inputs_match_contiguous_copies(device):
+def test_non_contiguous_inputs_match_contiguous_copies(backend_device):
     scores, valid = random_problem(9, 6, seed=4)
-    scores_view, valid_view = scores.to(device).T, valid.to(device).T  # [6, 9], column-major
-    from_view = gumbel_topk(scores_view, 4, 3, 1.0, valid=valid_view, generator=seeded(5, device))
+    scores_view, valid_view = scores.to(backend_device).T, valid.to(backend_device).T  # [6, 9], column-major
+    from_view = gumbel_topk(scores_view, 4, 3, 1.0, valid=valid_view, generator=seeded(5, backend_device))
     from_copy = gumbel_topk(scores_view.contiguous(), 4, 3, 1.0, valid=valid_view.contiguous(),
-                            generator=seeded(5, device))
+                            generator=seeded(5, backend_device))
     assert torch.equal(from_view, from_copy)
 
 
-def test_empty_batch(device):
-    indices = gumbel_topk(torch.zeros(0, 4, device=device), 2, 3, 1.0,
-                          valid=torch.zeros(0, 4, dtype=torch.bool, device=device))
+def test_empty_batch(backend_device):
+    indices = gumbel_topk(torch.zeros(0, 4, device=backend_device), 2, 3, 1.0,
+                          valid=torch.zeros(0, 4, dtype=torch.bool, device=backend_device))
     assert indices.shape == (3, 0, 2)
 
 
 # ----------------------------------------------------------------------------- distribution
 
-def test_first_choice_follows_softmax_of_scores_over_temperature(device):
+def test_first_choice_follows_softmax_of_scores_over_temperature(backend_device):
     scores = torch.tensor([0.9, 0.1, 0.5, 0.3, 0.7, -math.inf])
     valid = torch.tensor([True, True, True, False, True, True])
     temperature = 0.4
     rows, samples = 50, 81  # 4000 perturbed draws from stride-0 rows
-    indices = gumbel_topk(scores.expand(rows, -1).to(device), 2, samples, temperature,
-                          valid=valid.expand(rows, -1).to(device), generator=seeded(6, device)).cpu()
+    indices = gumbel_topk(scores.expand(rows, -1).to(backend_device), 2, samples, temperature,
+                          valid=valid.expand(rows, -1).to(backend_device), generator=seeded(6, backend_device)).cpu()
     first = indices[1:, :, 0].reshape(-1).numpy()
     weights = torch.where(valid, torch.exp(scores.double() / temperature), torch.zeros(()))
     expected = (weights / weights.sum()).numpy()
@@ -109,13 +98,13 @@ def test_first_choice_follows_softmax_of_scores_over_temperature(device):
     assert stats.chisquare(counts[support], untempered[support] * counts.sum()).pvalue < P_VALUE_FLOOR
 
 
-def test_ordered_pairs_follow_sampling_without_replacement(device):
+def test_ordered_pairs_follow_sampling_without_replacement(backend_device):
     scores = torch.tensor([1.0, 0.0, 0.5, -0.5])
     temperature = 0.8
     rows, samples = 30, 101  # 3000 ordered pairs
-    indices = gumbel_topk(scores.expand(rows, -1).to(device), 2, samples, temperature,
-                          valid=torch.ones(rows, 4, dtype=torch.bool, device=device),
-                          generator=seeded(7, device)).cpu()
+    indices = gumbel_topk(scores.expand(rows, -1).to(backend_device), 2, samples, temperature,
+                          valid=torch.ones(rows, 4, dtype=torch.bool, device=backend_device),
+                          generator=seeded(7, backend_device)).cpu()
     pairs = (indices[1:, :, 0] * 4 + indices[1:, :, 1]).reshape(-1).numpy()
     p = torch.softmax(scores.double() / temperature, -1).tolist()
     # P(first = i, second = j) = p_i * p_j / (1 - p_i) for i != j (successive draws without replacement).
@@ -129,13 +118,13 @@ def test_ordered_pairs_follow_sampling_without_replacement(device):
 
 # ----------------------------------------------------------------------------- determinism
 
-def test_same_generator_state_same_draw_and_generator_advances(device):
+def test_same_generator_state_same_draw_and_generator_advances(backend_device):
     scores, valid = random_problem(4, 30, seed=8)
-    scores, valid = scores.to(device), valid.to(device)
-    first = gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=seeded(9, device))
-    assert torch.equal(first, gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=seeded(9, device)))
-    assert not torch.equal(first, gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=seeded(10, device)))
-    generator = seeded(9, device)
+    scores, valid = scores.to(backend_device), valid.to(backend_device)
+    first = gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=seeded(9, backend_device))
+    assert torch.equal(first, gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=seeded(9, backend_device)))
+    assert not torch.equal(first, gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=seeded(10, backend_device)))
+    generator = seeded(9, backend_device)
     gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=generator)
     assert not torch.equal(first, gumbel_topk(scores, 6, 4, 1.0, valid=valid, generator=generator))
 
@@ -177,10 +166,10 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, error, message):
                     arguments.pop("temperature"), **arguments)
 
 
-def test_nan_score_raises_only_at_valid_positions(device):
-    scores = torch.rand(3, 5, device=device)
+def test_nan_score_raises_only_at_valid_positions(backend_device):
+    scores = torch.rand(3, 5, device=backend_device)
     scores[2, 1] = math.nan
-    valid = torch.ones(3, 5, dtype=torch.bool, device=device)
+    valid = torch.ones(3, 5, dtype=torch.bool, device=backend_device)
     with pytest.raises(ValueError, match="scores contain NaN at valid position 1 of row 2"):
         gumbel_topk(scores, 2, 2, 1.0, valid=valid)
     valid[2, 1] = False
@@ -189,17 +178,17 @@ def test_nan_score_raises_only_at_valid_positions(device):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the interpreter
-def test_check_values_false_does_not_raise_and_stays_in_range(device):
-    scores = torch.rand(3, 5, device=device)
+def test_check_values_false_does_not_raise_and_stays_in_range(backend_device):
+    scores = torch.rand(3, 5, device=backend_device)
     scores[2, 1] = math.nan
-    valid = torch.ones(3, 5, dtype=torch.bool, device=device)
+    valid = torch.ones(3, 5, dtype=torch.bool, device=backend_device)
     valid[2, 4] = False
-    indices = gumbel_topk(scores, 2, 3, 1.0, valid=valid, generator=seeded(1, device), check_values=False)
+    indices = gumbel_topk(scores, 2, 3, 1.0, valid=valid, generator=seeded(1, backend_device), check_values=False)
     row = indices[:, 2]
     # Unspecified positions for the NaN row, but each is a valid position or the padding.
     assert (((row >= 0) & (row < 4)) | (row == -1)).all()
     # Rows without NaN are exactly the checked result (same generator state).
-    checked = gumbel_topk(scores[:2], 2, 3, 1.0, valid=valid[:2], generator=seeded(1, device))
+    checked = gumbel_topk(scores[:2], 2, 3, 1.0, valid=valid[:2], generator=seeded(1, backend_device))
     assert torch.equal(checked[0], indices[0, :2])
     with pytest.raises(ValueError, match="scores contain NaN"):
         gumbel_topk(scores, 2, 3, 1.0, valid=valid)  # the default still checks

@@ -29,15 +29,6 @@ def assert_objective_matches(got, next_logits, remaining, cost, variant, *, atol
     torch.testing.assert_close(objective.double(), want_objective, atol=atol, rtol=rtol)
 
 
-@pytest.fixture(params=["reference", "triton"])
-def backend(request):
-    """Runs the test on the torch reference, then on the Triton kernels (interpreted on CPU)."""
-    if request.param == "triton":
-        request.getfixturevalue("triton_interpreted")
-    with use_backend(request.param):
-        yield request.param
-
-
 def random_inputs(n_candidates, n_positions, vocab, *, seed=0, keep_fraction=0.6):
     generator = torch.Generator().manual_seed(seed)
     next_logits = torch.randn(n_candidates, n_positions, vocab, generator=generator) * 3.0
@@ -48,13 +39,13 @@ def random_inputs(n_candidates, n_positions, vocab, *, seed=0, keep_fraction=0.6
 
 @pytest.mark.parametrize("variant", ["info_gain", "lookum"])
 @pytest.mark.parametrize("shape", [(3, 4, 1), (2, 5, 7), (4, 8, 1000), (1, 1, 1000), (2, 2, 50257)])
-def test_matches_float64_definition(backend, variant, shape):
+def test_matches_float64_definition(backend_device, variant, shape):
     next_logits, remaining, cost = random_inputs(*shape)
     got = lookahead_objective(next_logits, remaining, cost, variant=variant)
     assert_objective_matches(got, next_logits, remaining, cost, variant)
 
 
-def test_lookum_needs_no_cost(backend):
+def test_lookum_needs_no_cost(backend_device):
     next_logits, remaining, _ = random_inputs(3, 4, 30)
     got = lookahead_objective(next_logits, remaining, variant="lookum")
     assert_objective_matches(got, next_logits, remaining, None, "lookum")
@@ -70,7 +61,7 @@ def test_llada_vocabulary_width_reference():
 
 
 @pytest.mark.parametrize("remaining_kind", ["all_true", "all_false", "one_row_empty"])
-def test_remaining_masks(backend, remaining_kind):
+def test_remaining_masks(backend_device, remaining_kind):
     next_logits, remaining, cost = random_inputs(3, 6, 50)
     if remaining_kind == "all_true":
         remaining[:] = True
@@ -85,7 +76,7 @@ def test_remaining_masks(backend, remaining_kind):
     assert torch.equal(got[0][empty_rows], -cost[empty_rows])
 
 
-def test_rows_not_remaining_are_not_read(backend):
+def test_rows_not_remaining_are_not_read(backend_device):
     """NaN / all -inf rows outside ``remaining`` would raise if they were read."""
     next_logits, remaining, cost = random_inputs(2, 5, 40)
     remaining[:] = True
@@ -96,7 +87,7 @@ def test_rows_not_remaining_are_not_read(backend):
     assert_objective_matches(got, next_logits, remaining, cost, "info_gain")
 
 
-def test_neg_inf_entries(backend):
+def test_neg_inf_entries(backend_device):
     next_logits, remaining, cost = random_inputs(2, 3, 100)
     remaining[:] = True
     next_logits[0, 0, 1:] = NEG_INF  # one finite token: entropy 0
@@ -106,7 +97,7 @@ def test_neg_inf_entries(backend):
 
 
 @pytest.mark.parametrize("view", ["candidate_slice", "position_transpose", "vocab_stride"])
-def test_non_contiguous_views(backend, view):
+def test_non_contiguous_views(backend_device, view):
     base, _, _ = random_inputs(6, 6, 90)
     next_logits = {
         "candidate_slice": base[::2],
@@ -121,7 +112,7 @@ def test_non_contiguous_views(backend, view):
     assert_objective_matches(got, next_logits, remaining, cost, "info_gain")
 
 
-def test_zero_positions_and_zero_candidates(backend):
+def test_zero_positions_and_zero_candidates(backend_device):
     cost = torch.tensor([1.0, 2.0])
     objective, h_next = lookahead_objective(torch.empty(2, 0, 5), torch.empty(2, 0, dtype=torch.bool), cost)
     assert torch.equal(h_next, torch.zeros(2)) and torch.equal(objective, -cost)
@@ -149,7 +140,7 @@ def test_half_precision_reference(dtype):
 
 # ---- bad inputs ------------------------------------------------------------------------------
 
-def test_nan_in_remaining_row_raises(backend):
+def test_nan_in_remaining_row_raises(backend_device):
     next_logits, remaining, cost = random_inputs(3, 4, 30)
     remaining[2, 1] = True
     next_logits[2, 1, 5] = float("nan")
@@ -157,7 +148,7 @@ def test_nan_in_remaining_row_raises(backend):
         lookahead_objective(next_logits, remaining, cost)
 
 
-def test_all_neg_inf_remaining_row_raises(backend):
+def test_all_neg_inf_remaining_row_raises(backend_device):
     next_logits, remaining, cost = random_inputs(3, 4, 30)
     remaining[0, 3] = True
     next_logits[0, 3] = NEG_INF
@@ -172,7 +163,7 @@ def test_non_finite_cost_raises():
         lookahead_objective(next_logits, remaining, cost)
 
 
-def test_check_values_false_flags_bad_candidates_without_raising(backend):
+def test_check_values_false_flags_bad_candidates_without_raising(backend_device):
     next_logits, remaining, cost = random_inputs(4, 4, 30)
     remaining[2, 1] = remaining[0, 3] = True
     next_logits[2, 1, 5] = float("nan")

@@ -42,22 +42,13 @@ def assert_stats_match(got, logits, mask=None, *, atol=2e-5, rtol=1e-5):
     assert torch.all(top2[skipped] == 0) and torch.all(top1_id[skipped] == -1)
 
 
-@pytest.fixture(params=["reference", "triton"])
-def backend(request):
-    """Runs the test on the torch reference, then on the Triton kernel (interpreted on CPU)."""
-    if request.param == "triton":
-        request.getfixturevalue("triton_interpreted")
-    with use_backend(request.param):
-        yield request.param
-
-
 def random_logits(*shape, scale=3.0, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(*shape, generator=generator) * scale
 
 
 @pytest.mark.parametrize("shape", [(4, 1), (3, 7), (2, 3, 1000), (1, 1000), (1000,), (2, 50257)])
-def test_matches_float64_definition(backend, shape):
+def test_matches_float64_definition(backend_device, shape):
     logits = random_logits(*shape)
     assert_stats_match(token_stats(logits), logits)
 
@@ -68,7 +59,7 @@ def test_llada_vocabulary_width_reference():
         assert_stats_match(token_stats(logits), logits)
 
 
-def test_neg_inf_entries(backend):
+def test_neg_inf_entries(backend_device):
     logits = random_logits(5, 300)
     logits[0, :299] = NEG_INF  # a single finite token: entropy 0, probability 1
     logits[1, ::3] = NEG_INF
@@ -93,7 +84,7 @@ def test_many_chunks_with_inf_and_max_in_late_chunk(triton_interpreted):
     assert got[2][3] == 17
 
 
-def test_ties_take_lowest_index_and_top2_equals_top1(backend):
+def test_ties_take_lowest_index_and_top2_equals_top1(backend_device):
     logits = torch.zeros(3, 10)
     logits[0, [2, 5, 9]] = 1.0
     logits[1] = 0.0  # uniform
@@ -104,14 +95,14 @@ def test_ties_take_lowest_index_and_top2_equals_top1(backend):
     assert math.isclose(float(entropy[1]), math.log(10), rel_tol=1e-6)
 
 
-def test_single_token_vocabulary(backend):
+def test_single_token_vocabulary(backend_device):
     logits = random_logits(6, 1)
     entropy, top1, top1_id, top2 = token_stats(logits)
     assert torch.all(entropy == 0) and torch.all(top1 == 1) and torch.all(top1_id == 0) and torch.all(top2 == 0)
 
 
 @pytest.mark.parametrize("view", ["leading_slice", "leading_transpose", "vocab_stride", "transposed_2d"])
-def test_non_contiguous_views(backend, view):
+def test_non_contiguous_views(backend_device, view):
     base = random_logits(4, 6, 130)
     logits = {
         "leading_slice": base[1:, ::2],
@@ -126,7 +117,7 @@ def test_non_contiguous_views(backend, view):
 
 
 @pytest.mark.parametrize("mask_kind", ["all_true", "all_false", "random"])
-def test_mask(backend, mask_kind):
+def test_mask(backend_device, mask_kind):
     logits = random_logits(3, 5, 64)
     mask = {
         "all_true": torch.ones(3, 5, dtype=torch.bool),
@@ -136,7 +127,7 @@ def test_mask(backend, mask_kind):
     assert_stats_match(token_stats(logits, mask), logits, mask)
 
 
-def test_skipped_rows_are_not_read(backend):
+def test_skipped_rows_are_not_read(backend_device):
     """A skipped row full of NaN would raise if it were read."""
     logits = random_logits(4, 50)
     logits[1] = float("nan")
@@ -145,7 +136,7 @@ def test_skipped_rows_are_not_read(backend):
     assert_stats_match(token_stats(logits, mask), logits, mask)
 
 
-def test_empty_leading_shape(backend):
+def test_empty_leading_shape(backend_device):
     logits = torch.empty(0, 3, 10)
     got = token_stats(logits)
     assert [t.shape for t in got] == [torch.Size([0, 3])] * 4
@@ -161,7 +152,7 @@ def test_half_precision_reference(dtype, atol):
         assert_stats_match(token_stats(logits, mask), logits, mask, atol=atol, rtol=1e-4)
 
 
-def test_large_logits_keep_precision(backend):
+def test_large_logits_keep_precision(backend_device):
     """Shifting by the row max keeps entropy accurate when logits are far from 0."""
     logits = random_logits(3, 500) + 1000.0
     assert_stats_match(token_stats(logits), logits)
@@ -169,21 +160,21 @@ def test_large_logits_keep_precision(backend):
 
 # ---- bad inputs ------------------------------------------------------------------------------
 
-def test_nan_raises(backend):
+def test_nan_raises(backend_device):
     logits = random_logits(2, 3, 40)
     logits[1, 2, 7] = float("nan")
     with pytest.raises(ValueError, match=r"logits contains NaN .*\(1, 2\)"):
         token_stats(logits)
 
 
-def test_all_neg_inf_row_raises(backend):
+def test_all_neg_inf_row_raises(backend_device):
     logits = random_logits(2, 3, 40)
     logits[0, 1] = NEG_INF
     with pytest.raises(ValueError, match=r"logits has a row with every entry -inf .*\(0, 1\)"):
         token_stats(logits)
 
 
-def test_check_values_false_flags_bad_rows_without_raising(backend):
+def test_check_values_false_flags_bad_rows_without_raising(backend_device):
     logits = random_logits(2, 3, 40)
     logits[1, 2, 7] = float("nan")
     logits[0, 1] = NEG_INF
