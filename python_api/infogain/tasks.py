@@ -36,6 +36,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from infogain_kernels._validation import check_positive_int
+
 SPLITS = ("train", "heldout")
 # Fraction of each task's example space reserved for the held-out split.
 HELDOUT_FRACTION_PER_MILLE = 100
@@ -62,14 +64,6 @@ def _check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     return split
-
-
-def _check_count(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
 
 
 def _check_str(name: str, value) -> str:
@@ -106,7 +100,7 @@ class Task:
     def examples(self, split: str, num: int, seed: int) -> List[Example]:
         """``num`` examples of ``split``, the same list for the same ``seed``."""
         _check_split(split)
-        _check_count("num", num)
+        check_positive_int("num", num)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         rng = random.Random(f"{self.name}:{split}:{seed}")
@@ -135,8 +129,8 @@ class MultiplicationTask(Task):
     charset = "0123456789*="
 
     def __init__(self, a_digits: int = 1, b_digits: int = 1):
-        self.a_digits = _check_count("a_digits", a_digits)
-        self.b_digits = _check_count("b_digits", b_digits)
+        self.a_digits = check_positive_int("a_digits", a_digits)
+        self.b_digits = check_positive_int("b_digits", b_digits)
         self.c_digits = a_digits + b_digits
         self.prompt_length = 0
         self.gen_length = a_digits + b_digits + self.c_digits + 2
@@ -217,8 +211,8 @@ class SudokuTask(Task):
     charset = "01234"
 
     def __init__(self, min_blanks: int = 4, max_blanks: int = 10):
-        _check_count("min_blanks", min_blanks)
-        _check_count("max_blanks", max_blanks)
+        check_positive_int("min_blanks", min_blanks)
+        check_positive_int("max_blanks", max_blanks)
         if not min_blanks <= max_blanks <= 16:
             raise ValueError(f"need min_blanks <= max_blanks <= 16, got {min_blanks}, {max_blanks}")
         self.min_blanks = min_blanks
