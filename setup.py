@@ -56,11 +56,11 @@ setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.9",
-    install_requires=["torch>=2.4", "safetensors", "transformers>=4.45", "tqdm", "numpy"],
+    # matplotlib: the demo (the main command) writes its chart as a PNG.
+    install_requires=["torch>=2.4", "safetensors", "transformers>=4.45", "tqdm", "numpy", "matplotlib"],
     extras_require={
         "triton": ["triton>=3.0"],
         "flash-attn": ["flash-attn>=2.6"],
-        "charts": ["matplotlib"],
         "test": ["pytest", "pytest-benchmark", "scipy"],
     },
     entry_points={"console_scripts": ["infogain=infogain.cli:main"]},
