@@ -27,6 +27,9 @@ test-gpu: install
 bench: install
 	$(PY) benches/bench_ops.py
 	$(PY) benches/bench_kv.py
+	$(PY) benches/bench_models.py $(if $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" | grep 1),,--small)
+	$(PY) benches/bench_eis.py
+	$(PY) -m infogain bench
 
 demo: install
 	$(PY) -m infogain demo
