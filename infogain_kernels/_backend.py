@@ -73,3 +73,12 @@ def call_op(op, impl, *args):
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return op(*args)
     return impl(*args)
+
+
+def capturing_cuda_graph(device: torch.device) -> bool:
+    """True while a CUDA graph is being captured on ``device``'s current stream.
+
+    During capture the ops cannot read results back to the host, so their
+    data-dependent checks (NaN, all -inf rows) are skipped; see each op's docstring.
+    """
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()

@@ -80,15 +80,6 @@ def check_temperature(name: str, value) -> float:
     return value
 
 
-def stream_is_capturing(device: torch.device) -> bool:
-    """True while a CUDA graph is being captured on ``device``'s current stream.
-
-    During capture the ops cannot read results back to the host, so their
-    data-dependent checks (NaN, all -inf rows) are skipped; see each op's docstring.
-    """
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, use_triton
+from ._backend import call_op, capturing_cuda_graph, use_triton
 from ._random import triton
 from ._validation import (check_bool, check_generator, check_logits, check_mask, check_positive_int,
                           check_same_device)
@@ -114,7 +114,7 @@ def _raise_on_invalid_rows(logits: torch.Tensor, probs: torch.Tensor) -> None:
     """Both paths mark a read row with NaN or no finite logit by ``prob = NaN``; turn that into an error.
 
     The op's one host synchronisation (skipped while a CUDA graph is being captured)."""
-    if probs.numel() == 0 or _random.stream_is_capturing(logits.device):
+    if probs.numel() == 0 or capturing_cuda_graph(logits.device):
         return
     bad = torch.isnan(probs[0])
     if not bool(bad.any()):

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import _random
-from ._backend import call_op, use_triton
+from ._backend import call_op, capturing_cuda_graph, use_triton
 from ._random import triton
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
                           check_same_device, check_tensor)
@@ -93,7 +93,7 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
 def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
     """Raise naming the first NaN score at a valid position: the op's one host synchronisation
     (skipped while a CUDA graph is being captured)."""
-    if _random.stream_is_capturing(scores.device):
+    if capturing_cuda_graph(scores.device):
         return
     nan_at_valid = torch.isnan(scores) & valid
     if bool(nan_at_valid.any()):

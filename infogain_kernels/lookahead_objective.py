@@ -11,9 +11,9 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, use_triton
+from ._backend import call_op, capturing_cuda_graph, use_triton
 from ._validation import check_bool, check_logits, check_mask, check_same_device, check_tensor
-from .token_stats import is_capturing_cuda_graph, raise_on_bad_rows, row_stats_reference
+from .token_stats import raise_on_bad_rows, row_stats_reference
 
 VARIANTS = ("info_gain", "lookum")
 _COST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -107,7 +107,7 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
         cost = cost.to(torch.float32)
     objective, h_next = call_op(torch.ops.infogain.lookahead_objective, _lookahead_objective_impl,
                                 next_logits, remaining, cost, variant)
-    if check_values and not is_capturing_cuda_graph(objective) and not bool(torch.isfinite(objective).all()):
+    if check_values and not capturing_cuda_graph(objective.device) and not bool(torch.isfinite(objective).all()):
         _raise_on_non_finite(next_logits, remaining, cost, h_next)
     return objective, h_next
 

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, use_triton
+from ._backend import call_op, capturing_cuda_graph, use_triton
 from ._validation import check_bool, check_logits, check_mask, check_same_device
 
 # Fill values for positions that the mask skips.
@@ -87,16 +87,11 @@ def row_stats_reference(logits: torch.Tensor, keep: Optional[torch.Tensor], *, w
     return entropy, top1_prob, top1_id, top2_prob
 
 
-def is_capturing_cuda_graph(tensor: torch.Tensor) -> bool:
-    """True while a CUDA graph is being captured on the current stream (no host syncs allowed)."""
-    return tensor.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
 def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, prefix: Tuple[int, ...] = ()) -> None:
     """Raise ValueError naming the first row of ``logits`` whose ``entropy`` (flat, from the row
     pass) flags a NaN or an all -inf row; ``prefix`` is prepended to the reported position (for a
     sub-tensor of the caller's argument). This check is the op's one host synchronisation."""
-    if is_capturing_cuda_graph(entropy):
+    if capturing_cuda_graph(entropy.device):
         return  # a host sync would break the capture; flagged rows keep their non-finite entropy
     bad = ~torch.isfinite(entropy)
     if not bool(bad.any()):

@@ -50,7 +50,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, use_triton
+from ._backend import call_op, capturing_cuda_graph, use_triton
 from ._random import triton
 from ._validation import check_logits, check_positive_int
 
@@ -146,7 +146,7 @@ def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
 
 def raise_on_invalid_rows(logits: torch.Tensor, lse: torch.Tensor) -> None:
     """Both paths report an unusable row by a non-finite log-sum-exp; say why."""
-    if lse.numel() == 0 or _random.stream_is_capturing(logits.device):
+    if lse.numel() == 0 or capturing_cuda_graph(logits.device):
         return
     bad = ~torch.isfinite(lse)
     if not bool(bad.any()):

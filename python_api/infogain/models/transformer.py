@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infogain_kernels import kv_block_replace
+from infogain_kernels._validation import check_bool
 
 from .attention import attend, cascade_attention
 from .base import DiffusionLM, KVCache, ModelConfig
@@ -350,12 +351,6 @@ class Transformer(DiffusionLM):
         if ids.numel() and bool(((ids < 0) | (ids >= self.spec.vocab_size)).any()):
             raise ValueError(f"{name} must lie in [0, {self.spec.vocab_size})")
 
-    @staticmethod
-    def _check_flag(check_values) -> bool:
-        if not isinstance(check_values, bool):
-            raise TypeError(f"check_values must be a bool, got {type(check_values).__name__}")
-        return check_values
-
     def _segments(self, T, gen_start, block_length, device):
         """Segment ids for block-causal models (None for bidirectional ones)."""
         if not self.spec.block_causal:
@@ -392,7 +387,7 @@ class Transformer(DiffusionLM):
                       check_values=True):
         """Final (normed) hidden states ``[B, T, hidden]`` aligned so that
         ``logits = hidden_states @ lm_head_weight.T`` follows the forward convention."""
-        check_values = self._check_flag(check_values)
+        check_values = check_bool("check_values", check_values)
         self._check_canvas(input_ids, attention_mask, check_values)
         mask = self._padding_mask(attention_mask, check_values)
         hidden, _ = self._full(input_ids, mask, gen_start, block_length, collect=False)
@@ -419,7 +414,7 @@ class Transformer(DiffusionLM):
         ``all_real`` of :class:`TransformerKVCache`) whether the canvas is known to
         have no padding. ``check_values``: as in :meth:`forward`.
         """
-        check_values = self._check_flag(check_values)
+        check_values = check_bool("check_values", check_values)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode == "block_causal" and not self.spec.block_causal:
@@ -455,7 +450,7 @@ class Transformer(DiffusionLM):
     def window_hidden_states(self, window_ids, *, start, cache, mode, attention_mask=None,
                              cache_rows=None, write=False, check_values=True):
         """Aligned final hidden states ``[R, W, hidden]`` of :meth:`forward_window`."""
-        check_values = self._check_flag(check_values)
+        check_values = check_bool("check_values", check_values)
         R, W, layout, attention_mask, all_real = self._check_window(window_ids, start, cache, mode, attention_mask,
                                                                     cache_rows, write, check_values)
         # Dream needs the hidden state of position start-1 for the logit at start: it

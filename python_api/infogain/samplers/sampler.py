@@ -11,7 +11,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 
@@ -420,19 +420,23 @@ class _Run:
         # first call keeps them (the canvas holds the prompts then); later canvases only hold
         # tokens drawn from the model's own logits, so later calls skip them.
         self.first_call = True
+        self.accepts_check_values: Dict[str, bool] = {}
         # Device flag of the last lookahead's non-finite objective, read with the next step.
         self.lookahead_bad: Optional[torch.Tensor] = None
 
-    def _model_kwargs(self, method) -> dict:
-        """``check_values=False`` for every call after the first, when ``method`` accepts it."""
+    def _model_kwargs(self, method_name: str) -> dict:
+        """``check_values=False`` for every call after the first, when the model's method accepts it."""
         if self.first_call:
             self.first_call = False
             return {}
-        try:
-            accepts = "check_values" in inspect.signature(method).parameters
-        except (TypeError, ValueError):
-            accepts = False
-        return {"check_values": False} if accepts else {}
+        if method_name not in self.accepts_check_values:   # inspected once per run, not per call
+            method = getattr(self.model, method_name, self.model)
+            try:
+                accepts = "check_values" in inspect.signature(method).parameters
+            except (TypeError, ValueError):
+                accepts = False
+            self.accepts_check_values[method_name] = accepts
+        return {"check_values": False} if self.accepts_check_values[method_name] else {}
 
     # -------------------------------------------------------------- forwards
 
@@ -459,15 +463,14 @@ class _Run:
         kwargs = {"attention_mask": attention}
         if self.sampler.block_causal:
             kwargs.update(gen_start=self.gen_start, block_length=self.length)
-        forward = getattr(self.model, "forward", self.model)
-        return self._logits(self.model(ids, **kwargs, **self._model_kwargs(forward)))
+        return self._logits(self.model(ids, **kwargs, **self._model_kwargs("forward")))
 
     def _window_forward(self, window_ids, start, cache_rows):
         """Window forward; ``cache_rows`` is a host tuple of ints (the model lays out the groups
         on the host, no read-back)."""
         return self._logits(self.model.forward_window(
             window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.model_attention,
-            cache_rows=tuple(cache_rows), **self._model_kwargs(self.model.forward_window)))
+            cache_rows=tuple(cache_rows), **self._model_kwargs("forward_window")))
 
     def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
         if self.block_logits is None:
@@ -484,7 +487,7 @@ class _Run:
             prefill_start = self.gen_start if self.mode == "block_causal" else start
             logits, self.cache = self.model.prefill(
                 self.canvas, self.model_attention, mode=self.mode, start=prefill_start, gen_start=self.gen_start,
-                block_length=self.length, **self._model_kwargs(self.model.prefill))
+                block_length=self.length, **self._model_kwargs("prefill"))
             logits = self._logits(logits)
             self.recorder.count_forward(range(self.batch))
             self._store_block_logits(None, logits[:, start:end])
@@ -522,7 +525,7 @@ class _Run:
                 self._logits(self.model.forward_window(
                     self.canvas[:, start:start + self.length], start=start, cache=self.cache, mode=self.mode,
                     attention_mask=self.model_attention, write=True,
-                    **self._model_kwargs(self.model.forward_window)))
+                    **self._model_kwargs("forward_window")))
                 self.recorder.count_forward(range(self.batch))
             if progress is not None:
                 progress.update(1)
