@@ -32,6 +32,7 @@ def _want_cuda() -> bool:
 here = os.path.dirname(os.path.abspath(__file__))
 cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
 cuda_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
+headers = sorted(glob.glob(os.path.join("csrc", "*.h")))   # rebuild when they change
 with_cuda = _want_cuda() and bool(cuda_sources)
 
 extra_cxx = ["-O3", "-std=c++17"]
@@ -39,11 +40,13 @@ if with_cuda:
     ext = CUDAExtension(
         "infogain_kernels._C",
         sources=cpp_sources + cuda_sources,
+        depends=headers,
         define_macros=[("INFOGAIN_WITH_CUDA", "1")],
         extra_compile_args={"cxx": extra_cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
     )
 else:
-    ext = CppExtension("infogain_kernels._C", sources=cpp_sources, extra_compile_args={"cxx": extra_cxx})
+    ext = CppExtension("infogain_kernels._C", sources=cpp_sources, depends=headers,
+                       extra_compile_args={"cxx": extra_cxx})
 
 setup(
     name="infogain-kernels",

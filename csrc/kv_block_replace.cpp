@@ -16,6 +16,8 @@
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
+#include "kv_block_replace.h"
+
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -84,13 +86,10 @@ int64_t read_row(const at::Tensor& t, int64_t row) {
 
 }  // namespace
 
-// Validates everything that can be checked without reading device memory and returns
-// the number of positions copied. Raises ValueError/TypeError naming the argument.
-// Exported for kv_block_replace_cuda.cu.
-int64_t check_arguments(at::TensorList caches, at::TensorList blocks, const std::optional<at::Tensor>& dst_start,
-                        const std::optional<at::Tensor>& src_start, const std::optional<at::Tensor>& src_rows,
-                        int64_t dst_start_scalar, int64_t src_start_scalar, std::optional<int64_t> length,
-                        c10::string_view layout, const std::optional<at::Tensor>& status) {
+CopyGeometry check_arguments(at::TensorList caches, at::TensorList blocks, const std::optional<at::Tensor>& dst_start,
+                             const std::optional<at::Tensor>& src_start, const std::optional<at::Tensor>& src_rows,
+                             int64_t dst_start_scalar, int64_t src_start_scalar, std::optional<int64_t> length,
+                             c10::string_view layout, const std::optional<at::Tensor>& status) {
   const int64_t seq_dim = seq_dim_of(layout);
   const int64_t head_dim = 3 - seq_dim;
   TORCH_CHECK_VALUE(!caches.empty(), "kv_block_replace: caches must be a non-empty list of tensors");
@@ -179,7 +178,7 @@ int64_t check_arguments(at::TensorList caches, at::TensorList blocks, const std:
     TORCH_CHECK_VALUE(status->device() == device, "kv_block_replace: status is on ", status->device(),
                       " but caches[0] is on ", device);
   }
-  return len;
+  return {len, seq_dim, head_dim};
 }
 
 namespace {
@@ -219,10 +218,9 @@ void kv_block_replace_cpu(at::TensorList caches, at::TensorList blocks, const st
                           const std::optional<at::Tensor>& src_start, const std::optional<at::Tensor>& src_rows,
                           int64_t dst_start_scalar, int64_t src_start_scalar, std::optional<int64_t> length,
                           c10::string_view layout, const std::optional<at::Tensor>& status) {
-  const int64_t len = check_arguments(caches, blocks, dst_start, src_start, src_rows, dst_start_scalar, src_start_scalar,
-                                      length, layout, status);
-  const int64_t seq_dim = seq_dim_of(layout);
-  const int64_t head_dim = 3 - seq_dim;
+  const CopyGeometry geometry = check_arguments(caches, blocks, dst_start, src_start, src_rows, dst_start_scalar,
+                                                src_start_scalar, length, layout, status);
+  const int64_t len = geometry.length, seq_dim = geometry.seq_dim, head_dim = geometry.head_dim;
   const int64_t batch = caches[0].size(0);
   const int64_t dst_max = caches[0].size(seq_dim) - len;
   const int64_t src_max = blocks[0].size(seq_dim) - len;

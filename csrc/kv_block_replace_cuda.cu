@@ -18,19 +18,14 @@
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
+#include "kv_block_replace.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <optional>
 
 namespace infogain {
 namespace kv {
-
-// Defined in kv_block_replace.cpp.
-int64_t seq_dim_of(c10::string_view layout);
-int64_t check_arguments(at::TensorList caches, at::TensorList blocks, const std::optional<at::Tensor>& dst_start,
-                        const std::optional<at::Tensor>& src_start, const std::optional<at::Tensor>& src_rows,
-                        int64_t dst_start_scalar, int64_t src_start_scalar, std::optional<int64_t> length,
-                        c10::string_view layout, const std::optional<at::Tensor>& status);
 
 namespace {
 
@@ -220,10 +215,9 @@ void kv_block_replace_cuda(at::TensorList caches, at::TensorList blocks, const s
                            const std::optional<at::Tensor>& src_start, const std::optional<at::Tensor>& src_rows,
                            int64_t dst_start_scalar, int64_t src_start_scalar, std::optional<int64_t> length,
                            c10::string_view layout, const std::optional<at::Tensor>& status) {
-  const int64_t len = check_arguments(caches, blocks, dst_start, src_start, src_rows, dst_start_scalar, src_start_scalar,
-                                      length, layout, status);
-  const int64_t seq_dim = seq_dim_of(layout);
-  const int64_t head_dim = 3 - seq_dim;
+  const CopyGeometry geometry = check_arguments(caches, blocks, dst_start, src_start, src_rows, dst_start_scalar,
+                                                src_start_scalar, length, layout, status);
+  const int64_t len = geometry.length, seq_dim = geometry.seq_dim, head_dim = geometry.head_dim;
   for (size_t i = 0; i < caches.size(); ++i) {
     TORCH_CHECK_VALUE(caches[i].size(head_dim) <= INT32_MAX && caches[i].size(3) <= INT32_MAX,
                       "kv_block_replace: caches[", i, "] has more than 2^31 - 1 heads or head elements");
