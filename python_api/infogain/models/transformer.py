@@ -33,6 +33,7 @@ from torch import nn
 from infogain_kernels import kv_block_replace
 from infogain_kernels._validation import check_bool
 
+from .._device import host_ints_to_device
 from .attention import attend, cascade_attention
 from .base import DiffusionLM, KVCache, ModelConfig
 
@@ -64,16 +65,6 @@ class CandidateRows:
     slot_of_row: torch.Tensor   # [R] long, the slot of each window row
     slots_per_group: int        # n
     every_cache_row: bool       # groups == arange(cache batch): no gather of the cache needed
-
-
-def host_ints_to_device(values: Sequence[int], device: torch.device) -> torch.Tensor:
-    """int64 tensor ``[len(values)]`` of host ints on ``device``, without a host synchronisation.
-
-    A plain copy from pageable memory to CUDA waits for the stream to drain; staging the
-    values in pinned memory lets the copy be queued (``non_blocking``) instead.
-    """
-    pinned = device.type == "cuda"
-    return torch.tensor(list(values), dtype=torch.long, pin_memory=pinned).to(device, non_blocking=True)
 
 
 def candidate_rows(cache_rows: Sequence[int], device: torch.device, batch_size: int) -> CandidateRows:

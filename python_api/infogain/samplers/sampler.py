@@ -17,7 +17,7 @@ import torch
 
 from infogain_kernels import gumbel_sample, lookahead_objective, token_stats
 
-from ..models.transformer import host_ints_to_device
+from .._device import host_ints_to_device
 from ..stats import COMMIT_KINDS, KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, RunStats, StatsRecorder
 from .strategies import InfoGainStrategy, StepDecision, StepState, Strategy, make_strategy
 
