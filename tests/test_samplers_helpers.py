@@ -108,7 +108,7 @@ def _unpad(entry, padding):
 
 def naive_info_gain(model, prompt, trace, row, *, gen_length, steps, block_length, threshold, variant,
                     candidate_number, position_temperature, parallel_bypass=False, stop_at_eos=True,
-                    eos_penalty=0.0, padding=0):
+                    eos_penalty=0.0, padding=0, lookahead_eos_fill=False):
     """Greedy (temperature 0) Info-Gain on one prompt; checks the sampler's ``trace`` of ``row``.
 
     ``padding``: left padding of the row in the sampler's canvas (trace positions are canvas
@@ -166,7 +166,7 @@ def naive_info_gain(model, prompt, trace, row, *, gen_length, steps, block_lengt
                     state = list(x)
                     for i in positions:
                         state[i] = argmax[i]
-                    if stop_at_eos:
+                    if stop_at_eos and lookahead_eos_fill:
                         state = naive_eos_fill(state, gen_start)
                     cand_logits = naive_logits(model, state, eos_penalty)
                     left = [i for i in range(start, len(state)) if state[i] == MASK_ID]

@@ -20,7 +20,7 @@ def model():
 def _naive(model, prompt, result, row, padding=0, **settings):
     options = {**SETTINGS, "variant": "info_gain", **settings}
     keys = ("gen_length", "steps", "block_length", "threshold", "variant", "candidate_number",
-            "position_temperature", "parallel_bypass", "stop_at_eos", "eos_penalty")
+            "position_temperature", "parallel_bypass", "stop_at_eos", "eos_penalty", "lookahead_eos_fill")
     return naive_info_gain(model, prompt, result.trace, row, padding=padding,
                            **{k: options[k] for k in keys if k in options})
 
@@ -166,6 +166,39 @@ def test_stop_at_eos_fills_and_penalty_suppresses(model):
     assert EOS_ID not in penalized.sequences[0].tolist()
     no_stop = sampler.generate([2, 3, 4], **SETTINGS, seed=0, stop_at_eos=False)
     assert no_stop.stats.rows[0].tokens["eos_fill"] == 0
+
+
+def _first_eos_candidate(trace):
+    """(block, step, candidate) of the first lookahead candidate that commits EOS, or None."""
+    for record in trace:
+        for row in record["rows"]:
+            for cand in row.get("candidates", []):
+                if EOS_ID in cand["tokens"]:
+                    return record["block"], record["step"], cand
+    return None
+
+
+def test_lookahead_eos_fill_option_matches_naive(model):
+    # A moderate EOS boost makes EOS likely but not certain, so some lookahead candidate commits it.
+    for from_end, boost in ((12, 3.0), (10, 4.0), (14, 5.0), (9, 6.0)):
+        wrapped = _EosAt(model, from_end=from_end, boost=boost)
+        results = {}
+        for fill in (False, True):
+            settings = dict(SETTINGS, threshold=0.9, lookahead_eos_fill=fill)
+            result = InfoGainSampler(wrapped).generate([2, 3, 4], **settings, seed=0, record=True)
+            assert result.sequences[0].tolist() == _naive(wrapped, [2, 3, 4], result, 0, **settings)
+            results[fill] = _first_eos_candidate(result.trace)
+        if results[False] is not None:
+            break
+    else:
+        pytest.fail("no lookahead candidate committed EOS: the test does not exercise the option")
+    # Both runs agree up to the first EOS candidate; only its score differs: with the fill, the
+    # masks after its EOS are no longer counted in H_next.
+    (block, step, plain), (block_f, step_f, filled) = results[False], results[True]
+    assert (block, step, plain["positions"], plain["tokens"]) == (block_f, step_f, filled["positions"],
+                                                                  filled["tokens"])
+    assert plain["cost"] == pytest.approx(filled["cost"])
+    assert plain["h_next"] != pytest.approx(filled["h_next"], abs=1e-4)
 
 
 def test_seed_reproducible_and_seeds_differ(model):

@@ -41,6 +41,7 @@ class GenerateOptions:
     parallel_bypass: bool = False
     eos_penalty: float = 0.0
     stop_at_eos: bool = True
+    lookahead_eos_fill: bool = False
     chat: bool = False
     seed: Optional[int] = None
     progress: bool = False
@@ -77,7 +78,7 @@ class GenerateOptions:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(self.seed).__name__}")
-        for name in ("parallel_bypass", "stop_at_eos", "chat", "progress", "record"):
+        for name in ("parallel_bypass", "stop_at_eos", "lookahead_eos_fill", "chat", "progress", "record"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
         return self
@@ -661,7 +662,7 @@ class _Run:
         else:
             window = cand_block.clone()
             offset = 0
-        if self.eos_id is not None:
+        if self.eos_id is not None and self.opts.lookahead_eos_fill:
             # Evaluate exactly the state the commit produces: its EOS fill included.
             fill_from = self.gen_start if self.mode == "none" else 0
             region = window[:, fill_from:]
