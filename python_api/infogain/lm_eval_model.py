@@ -1,0 +1,512 @@
+"""lm-evaluation-harness model ``infogain``: the package's samplers behind the harness's LM interface.
+
+Importing this module registers the model with the harness (it needs ``lm-eval``;
+``import infogain`` does not). Run it with the harness's own CLI through
+``python -m infogain.lm_eval`` (:mod:`infogain.lm_eval`), or from Python::
+
+    import lm_eval, infogain.lm_eval_model  # registers "infogain"
+    lm_eval.simple_evaluate(model="infogain", model_args="pretrained=PATH,sampler=info_gain,cache=dual",
+                            tasks=["gsm8k"])
+
+Model arguments (``--model_args key=value,...``):
+
+``pretrained`` (required)
+    Local checkpoint folder. A diffusion checkpoint (LLaDA / MMaDA, Dream,
+    SDAR / TraDo; :mod:`infogain.models`) runs a diffusion sampler; any other
+    transformers causal LM (safetensors, no remote code) runs the EIS sampler
+    (:mod:`infogain.eis`).
+``sampler``
+    One of :data:`infogain.samplers.SAMPLERS` or ``eis``; default ``info_gain``
+    for diffusion checkpoints and ``eis`` for causal LMs.
+``device``, ``dtype``, ``batch_size``
+    Torch device (default: CUDA when available; under ``accelerate launch`` the
+    process's device), ``auto`` / ``float32`` / ``bfloat16`` / ``float16``
+    (``auto``: the checkpoint's dtype), prompts per ``generate`` call (default 8;
+    ``auto`` means the default).
+Diffusion generation options
+    Every field of :class:`infogain.samplers.GenerateOptions` (``gen_length``,
+    ``steps``, ``block_length``, ``candidate_number``, ``position_temperature``,
+    ``threshold``, ``temperature``, ``variant``, ``cache``, ``parallel_bypass``,
+    ``eos_penalty``, ``stop_at_eos``, ``lookahead_eos_fill``, ``seed``, ...).
+    ``gen_length`` defaults to the request's ``max_gen_toks`` (rounded up to a
+    multiple of ``block_length``; a shorter generation makes ``block_length``
+    equal to it) and ``steps`` to ``gen_length`` (one token per step). The output
+    is always cut to ``max_gen_toks`` tokens, then at the first EOS, then at the
+    first of the request's stop strings (``until``). A request's
+    ``temperature`` / ``do_sample`` override the ``temperature`` argument.
+EIS options
+    ``lookahead_steps``, ``discount_factor``, ``top_k``, ``top_p``,
+    ``rollout_mode``, ``use_cache``, ``temperature`` (see
+    :class:`infogain.eis.ExtendedInferenceSampler`).
+Log-likelihood options
+    ``mc_num`` (Monte-Carlo samples per request, default 128), ``mc_batch_size``
+    (masked copies per forward, default 32), ``greedy_check`` (default True).
+``add_bos_token``
+    Prepend the tokenizer's BOS token when its encoding does not (default False).
+    Chat-templated prompts never get one added: the template holds it.
+
+Log-likelihood. Causal LMs: exact, ``log p(continuation | context)`` from one
+forward. Diffusion LMs: the Monte-Carlo masked estimator of LLaDA's evaluation
+(a lower bound of the log-likelihood): for each of ``mc_num`` samples a number
+``l`` of continuation tokens (uniform in 1..L for a continuation of L tokens,
+stratified over the samples) is masked at random, and the sample's value is
+``L / l`` times the summed log-probabilities of the masked tokens given the
+context and the visible tokens; the estimate is the mean over samples. Each
+request's randomness is seeded from ``seed`` and the request's text, so the
+estimate does not depend on batching or sharding. ``is_greedy`` (diffusion):
+starting from the fully masked continuation, the most confident masked
+position is committed with its argmax, one per forward, and the result is
+compared with the continuation; ``greedy_check=False`` skips those L forwards
+and reports False. ``loglikelihood_rolling`` scores the harness's rolling
+windows with the same estimators. SDAR's block-causal likelihood is refused.
+
+Data parallelism: under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` >
+1) the rank, world size and device come from ``accelerate.Accelerator``; the
+harness shards the requests and gathers the results through this model's
+``all_gather`` / ``gather_object`` / ``barrier``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import zlib
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from lm_eval.api.model import LM
+from lm_eval.api.registry import register_model
+
+from . import models
+from .samplers import SAMPLERS, GenerateOptions, make_sampler
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 8
+EIS_OPTIONS = {"lookahead_steps": int, "discount_factor": float, "top_k": int, "top_p": float,
+               "rollout_mode": str, "use_cache": bool}
+
+
+def _field_kind(annotation) -> type:
+    """bool / int / float / str from a dataclass field's annotation (a string under postponed evaluation)."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    return next((kind for kind in (bool, int, float) if kind.__name__ in text), str)
+
+
+DIFFUSION_OPTIONS = {f.name: _field_kind(f.type) for f in dataclasses.fields(GenerateOptions)
+                     if f.name not in ("progress", "record", "chat")}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _coerce(name: str, value, kind):
+    """A model argument (string from the CLI, or already typed) as ``kind``; ValueError names it."""
+    if value is None:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+            return value.lower() in ("true", "1")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ValueError(f"model argument {name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value) if isinstance(value, int) else int(str(value), 10)
+        except ValueError:
+            raise ValueError(f"model argument {name} must be an integer, got {value!r}") from None
+    if kind is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"model argument {name} must be a number, got {value!r}") from None
+    return str(value)
+
+
+def _distributed():
+    """The ``accelerate.Accelerator`` of a multi-process launch, else None (single process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    accelerator = Accelerator()
+    return accelerator if accelerator.num_processes > 1 else None
+
+
+def _is_diffusion_checkpoint(path: str) -> bool:
+    with open(os.path.join(path, "config.json")) as f:
+        config = json.load(f)
+    try:
+        models.hub.architecture_of(config)
+    except ValueError:
+        return False
+    return True
+
+
+def _request_seed(seed: int, *texts: str) -> int:
+    """A seed for one request: independent of batching and of the data-parallel shard."""
+    return (seed * 1_000_003 + zlib.crc32("\x00".join(texts).encode("utf-8"))) % (2 ** 63)
+
+
+def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
+    """``text`` up to (excluding) the earliest occurrence of any non-empty stop string."""
+    cut = len(text)
+    for stop in until:
+        if stop:
+            index = text.find(stop)
+            if index != -1:
+                cut = min(cut, index)
+    return text[:cut]
+
+
+@register_model("infogain")
+class InfoGainLM(LM):
+    """The harness model (see the module docstring for the arguments)."""
+
+    def __init__(self, pretrained: Optional[str] = None, sampler: Optional[str] = None, device=None,
+                 dtype: str = "auto", batch_size=None, max_batch_size=None, mc_num: int = 128,
+                 mc_batch_size: int = 32, greedy_check: bool = True, add_bos_token: bool = False,
+                 max_length: Optional[int] = None, **options):
+        super().__init__()
+        if not pretrained or not isinstance(pretrained, str):
+            raise ValueError("model argument pretrained (a local checkpoint folder) is required")
+        if not os.path.isfile(os.path.join(pretrained, "config.json")):
+            raise ValueError(f"model argument pretrained={pretrained!r} is not a checkpoint folder (no config.json)")
+        diffusion = _is_diffusion_checkpoint(pretrained)
+        if sampler is None:
+            sampler = "info_gain" if diffusion else "eis"
+        if sampler not in SAMPLERS + ("eis",):
+            raise ValueError(f"model argument sampler must be one of {SAMPLERS + ('eis',)}, got {sampler!r}")
+        if diffusion == (sampler == "eis"):
+            kind = "a diffusion LM checkpoint" if diffusion else "not a diffusion LM checkpoint (a causal LM)"
+            raise ValueError(f"pretrained={pretrained!r} is {kind}: use sampler=eis for causal LMs and a "
+                             f"diffusion sampler ({', '.join(SAMPLERS)}) for LLaDA / Dream / SDAR")
+        self.diffusion = diffusion
+        self.sampler_name = sampler
+        self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None or str(batch_size).startswith("auto") \
+            else _coerce("batch_size", batch_size, int)
+        self.mc_num = _coerce("mc_num", mc_num, int)
+        self.mc_batch_size = _coerce("mc_batch_size", mc_batch_size, int)
+        for name in ("batch_size", "mc_num", "mc_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model argument {name} must be >= 1, got {getattr(self, name)}")
+        self.greedy_check = _coerce("greedy_check", greedy_check, bool)
+        self.add_bos_token = _coerce("add_bos_token", add_bos_token, bool)
+        allowed = DIFFUSION_OPTIONS if diffusion else {**EIS_OPTIONS, "temperature": float, "seed": int}
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown model argument(s) {unknown} for sampler={sampler}; "
+                             f"accepted: {sorted(allowed)}")
+        options = {k: _coerce(k, v, allowed[k]) for k, v in options.items()}
+        self.seed = options.pop("seed", None)
+        self.seed = 1234 if self.seed is None else self.seed
+        self.gen_length = options.pop("gen_length", None) if diffusion else None
+        self.steps = options.pop("steps", None) if diffusion else None
+        self.options = options
+        self._chat_applied = False
+
+        self.accelerator = _distributed()
+        if self.accelerator is not None:
+            self._rank = self.accelerator.process_index
+            self._world_size = self.accelerator.num_processes
+            self._device = self.accelerator.device
+        else:
+            self._device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype not in ("auto", None) and dtype not in DTYPES:
+            raise ValueError(f"model argument dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
+        torch_dtype = DTYPES.get(dtype)
+        if diffusion:
+            self.model, self.tokenizer = models.load(pretrained, dtype=torch_dtype, device=self._device)
+            if self.tokenizer is None:
+                raise ValueError(f"pretrained={pretrained!r} has no tokenizer files")
+            self.sampler = make_sampler(sampler, self.model, self.tokenizer)
+            config_max = self.model.config.max_position_embeddings
+        else:
+            self.model, self.tokenizer = self._load_causal(pretrained, torch_dtype)
+            config = self.model.config
+            config_max = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.max_length = _coerce("max_length", max_length, int) or config_max or 2048
+        self.eos_id = self.tokenizer.eos_token_id
+        self.prefix_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
+        if self.prefix_id is None:
+            raise ValueError(f"pretrained={pretrained!r}: the tokenizer has neither a BOS nor an EOS token")
+
+    def _load_causal(self, path: str, dtype):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False,
+                                                     use_safetensors=True, dtype=dtype or "auto")
+        return model.to(self._device).eval(), tokenizer
+
+    # ------------------------------------------------------------------ distributed
+
+    def all_gather(self, tensor):
+        return tensor if self.accelerator is None else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        if self.accelerator is None:
+            return [obj]
+        gathered = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj, gathered, dst=dst)
+        return gathered
+
+    def barrier(self) -> None:
+        if self.accelerator is not None:
+            self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------ chat template
+
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.tokenizer.name_or_path).replace("/", "__")
+
+    def chat_template(self, chat_template=False) -> Optional[str]:
+        if not chat_template:
+            return None
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):
+            name = chat_template if isinstance(chat_template, str) else "default"
+            if name not in template:
+                raise ValueError(f"apply_chat_template={name!r}: the tokenizer's templates are {sorted(template)}")
+            template = template[name]
+        if not template:
+            raise ValueError(f"the tokenizer of {self.tokenizer_name} has no chat template; run without "
+                             "--apply_chat_template (apply_chat_template=False)")
+        return template
+
+    def apply_chat_template(self, chat_history: List[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+        self.chat_template(True)  # clear error when there is none
+        self._chat_applied = True
+        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
+                                                  add_generation_prompt=add_generation_prompt,
+                                                  continue_final_message=not add_generation_prompt)
+
+    # ------------------------------------------------------------------ tokens
+
+    def tok_encode(self, text: str) -> List[int]:
+        """Token ids of ``text``; chat-templated prompts hold their special tokens already."""
+        if self._chat_applied:
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(self.tokenizer(text)["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        if self.add_bos_token and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos] + ids
+        return ids
+
+    def _encode_pair(self, context: str, continuation: str) -> Tuple[List[int], List[int]]:
+        """(context ids, continuation ids); trailing context spaces move to the continuation."""
+        if context == "":
+            return [self.prefix_id], self.tok_encode(continuation)[1 if self._leading_bos() else 0:]
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            context, continuation = context[:-spaces], context[-spaces:] + continuation
+        whole = self.tok_encode(context + continuation)
+        context_ids = self.tok_encode(context)
+        return context_ids, whole[len(context_ids):]
+
+    def _leading_bos(self) -> bool:
+        probe = self.tok_encode("")
+        return bool(probe) and probe[0] == self.tokenizer.bos_token_id
+
+    # ------------------------------------------------------------------ generate_until
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> List[str]:
+        from lm_eval.models.utils import normalize_gen_kwargs
+        from tqdm import tqdm
+
+        groups: Dict[str, List[Tuple[int, List[int], dict]]] = {}
+        for index, request in enumerate(requests):
+            context, gen_kwargs = request.args
+            raw = dict(gen_kwargs or {})
+            kwargs = dict(normalize_gen_kwargs(raw, default_max_gen_toks=self.gen_length or 256))
+            until = kwargs["until"]
+            until = [until] if isinstance(until, str) else list(until or [])
+            settings = {"max_gen_toks": int(kwargs["max_gen_toks"]), "until": until}
+            if "temperature" in raw or "do_sample" in raw:
+                settings["temperature"] = float(kwargs["temperature"])
+            key = json.dumps({k: v for k, v in settings.items() if k != "until"}, sort_keys=True)
+            groups.setdefault(key, []).append((index, self.tok_encode(context), settings))
+        results: List[Optional[str]] = [None] * len(requests)
+        bar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="generate_until")
+        for items in groups.values():
+            items.sort(key=lambda item: -len(item[1]))  # similar lengths together: less padding
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start:start + self.batch_size]
+                settings = chunk[0][2]
+                token_rows = self._generate([ids for _, ids, _ in chunk], settings)
+                for (index, _, item_settings), tokens in zip(chunk, token_rows):
+                    if self.eos_id is not None and self.eos_id in tokens:
+                        tokens = tokens[:tokens.index(self.eos_id)]
+                    text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                    text = cut_at_stop_strings(text, item_settings["until"])
+                    results[index] = text
+                    self.cache_hook.add_partial("generate_until", requests[index].args, text)
+                bar.update(len(chunk))
+        bar.close()
+        return results
+
+    def _truncate_left(self, ids: List[int], room: int, what: str) -> List[int]:
+        if room < 1:
+            raise ValueError(f"{what} leaves no room for the prompt within the model's max length "
+                             f"({self.max_length}); lower it or raise max_length")
+        if len(ids) > room:
+            log.warning("prompt of %d tokens truncated from the left to %d", len(ids), room)
+            return ids[-room:]
+        return ids
+
+    def _generate(self, prompts: List[List[int]], settings: dict) -> List[List[int]]:
+        """At most ``max_gen_toks`` generated token ids per prompt (not cut at EOS)."""
+        max_gen_toks = settings["max_gen_toks"]
+        if max_gen_toks < 1:
+            raise ValueError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
+        if not self.diffusion:
+            return self._generate_eis(prompts, settings)
+        options = dict(self.options)
+        if "temperature" in settings:
+            options["temperature"] = settings["temperature"]
+        gen_length = self.gen_length or max_gen_toks
+        block_length = min(options.pop("block_length", 32), gen_length)
+        gen_length = -(-gen_length // block_length) * block_length
+        steps = self.steps or gen_length
+        room = self.max_length - gen_length
+        prompts = [self._truncate_left(p, room, f"gen_length {gen_length}") for p in prompts]
+        result = self.sampler.generate(prompts, **options, gen_length=gen_length, block_length=block_length,
+                                       steps=steps, seed=self.seed)
+        return [row[:max_gen_toks] for row in result.sequences.tolist()]
+
+    def _generate_eis(self, prompts: List[List[int]], settings: dict) -> List[List[int]]:
+        from .eis import ExtendedInferenceSampler
+
+        max_gen_toks = settings["max_gen_toks"]
+        options = dict(self.options)
+        options["temperature"] = settings.get("temperature", options.get("temperature", 0.0))
+        generator = torch.Generator(device=self._device).manual_seed(self.seed)
+        eis = ExtendedInferenceSampler(self.model, self.tokenizer, generator=generator, **options)
+        prompts = [self._truncate_left(p, self.max_length - max_gen_toks, f"max_gen_toks {max_gen_toks}")
+                   for p in prompts]
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.prefix_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        out = eis.generate(ids.to(self._device), attention_mask=mask.to(self._device), max_new_tokens=max_gen_toks,
+                           eos_token_id=self.eos_id, pad_token_id=pad)
+        return [row[width:] for row in out.tolist()]
+
+    # ------------------------------------------------------------------ log-likelihood
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> List[Tuple[float, bool]]:
+        from tqdm import tqdm
+
+        results = []
+        for request in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="loglikelihood"):
+            context, continuation = request.args
+            context_ids, continuation_ids = self._encode_pair(context, continuation)
+            result = self._score(context_ids, continuation_ids, seed_texts=(context, continuation))
+            results.append(result)
+            self.cache_hook.add_partial("loglikelihood", request.args, result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> List[float]:
+        from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+        from tqdm import tqdm
+
+        results = []
+        for request in tqdm(requests, disable=disable_tqdm or self.rank != 0, desc="loglikelihood_rolling"):
+            (text,) = request.args
+            ids = self.tok_encode(text)[1 if self._leading_bos() else 0:]
+            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+                token_list=ids, prefix_token=self.prefix_id, max_seq_len=self.max_length, context_len=1)]
+            total = sum(self._score(list(ctx), list(pred), seed_texts=(text, str(i)))[0]
+                        for i, (ctx, pred) in enumerate(windows))
+            results.append(total)
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return results
+
+    def _score(self, context_ids: List[int], continuation_ids: List[int], seed_texts) -> Tuple[float, bool]:
+        if not continuation_ids:
+            return 0.0, True
+        if len(continuation_ids) > self.max_length - 1:
+            raise ValueError(f"a continuation of {len(continuation_ids)} tokens does not fit the model's max "
+                             f"length ({self.max_length})")
+        context_ids = context_ids[-(self.max_length - len(continuation_ids)):]
+        with torch.inference_mode():
+            if not self.diffusion:
+                return self._causal_score(context_ids, continuation_ids)
+            if self.model.config.block_causal:
+                raise ValueError("loglikelihood is not implemented for block-causal diffusion models (SDAR); "
+                                 "use generate_until tasks")
+            generator = torch.Generator(device="cpu").manual_seed(_request_seed(self.seed, *seed_texts))
+            estimate = mc_loglikelihood(self._diffusion_logits, context_ids, continuation_ids,
+                                        self.model.config.mask_token_id, self.mc_num, self.mc_batch_size, generator)
+            greedy = self.greedy_check and self._greedy_matches(context_ids, continuation_ids)
+            return estimate, bool(greedy)
+
+    def _diffusion_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model(ids.to(self._device)).float()
+
+    def _causal_score(self, context_ids, continuation_ids) -> Tuple[float, bool]:
+        ids = torch.tensor([context_ids + continuation_ids[:-1]], device=self._device)
+        logits = self.model(input_ids=ids).logits[0, len(context_ids) - 1:].float()
+        target = torch.tensor(continuation_ids, device=self._device)
+        logprobs = torch.log_softmax(logits, dim=-1)
+        score = logprobs.gather(1, target[:, None]).sum().item()
+        return score, bool((logits.argmax(dim=-1) == target).all())
+
+    def _greedy_matches(self, context_ids, continuation_ids) -> bool:
+        """Whether confidence-first greedy unmasking (one token per forward) gives the continuation."""
+        mask_id = self.model.config.mask_token_id
+        ids = torch.tensor([context_ids + [mask_id] * len(continuation_ids)])
+        start = len(context_ids)
+        for _ in continuation_ids:
+            logits = self._diffusion_logits(ids)[0, start:].cpu()
+            logits[:, mask_id] = float("-inf")
+            probs = torch.softmax(logits, dim=-1)
+            confidence, tokens = probs.max(dim=-1)
+            confidence[ids[0, start:] != mask_id] = -1.0
+            position = int(confidence.argmax())
+            ids[0, start + position] = tokens[position]
+        return ids[0, start:].tolist() == list(continuation_ids)
+
+
+def mc_loglikelihood(logits_fn, context_ids: List[int], continuation_ids: List[int], mask_id: int,
+                     num_samples: int, batch_size: int, generator: torch.Generator) -> float:
+    """Monte-Carlo masked estimate of ``log p(continuation | context)`` for a masked diffusion LM.
+
+    ``logits_fn(ids [b, T]) -> float logits [b, T, V]``. Sample i masks ``l_i``
+    continuation positions chosen uniformly at random, with ``l_i = 1 + floor(L * ((r +
+    i / n) mod 1))`` (``r`` uniform, one draw: each ``l_i`` is uniform in 1..L and the
+    samples are stratified over that range), and contributes ``L / l_i`` times the summed
+    log-probabilities of the masked tokens. Returns the mean over the ``n`` samples.
+    Draws come from ``generator`` (CPU).
+    """
+    length = len(continuation_ids)
+    sequence = torch.tensor(context_ids + continuation_ids, dtype=torch.long)
+    target = sequence[len(context_ids):]
+    offset = torch.rand((), generator=generator)
+    fractions = (offset + torch.arange(num_samples) / num_samples) % 1.0
+    masked_counts = (1 + (fractions * length).floor().long()).clamp(max=length)
+    total = 0.0
+    for start in range(0, num_samples, batch_size):
+        counts = masked_counts[start:start + batch_size]
+        rows = counts.numel()
+        # Rank of a random key per position: the ``l`` smallest ranks form a uniform random subset.
+        ranks = torch.rand(rows, length, generator=generator).argsort(dim=1).argsort(dim=1)
+        masked = ranks < counts[:, None]
+        ids = sequence.repeat(rows, 1)
+        ids[:, len(context_ids):] = torch.where(masked, torch.full_like(target, mask_id), target)
+        logprobs = torch.log_softmax(logits_fn(ids)[:, len(context_ids):], dim=-1).cpu()
+        token_logprobs = logprobs.gather(2, target.expand(rows, length)[:, :, None]).squeeze(2)
+        total += ((token_logprobs * masked).sum(dim=1) * length / counts).sum().item()
+    return total / num_samples
