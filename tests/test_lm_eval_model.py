@@ -1,10 +1,13 @@
 """The lm-evaluation-harness model ``infogain``: harness runs on local tasks with the shipped toy
 model (generate_until and loglikelihood), stop strings, chat templates, the Monte-Carlo estimator
 against exact enumeration, and EIS for a causal LM."""
+import glob
 import itertools
 import json
 import math
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,14 +27,6 @@ TOY = toy_model_path()
 SUDOKU = get_task("sudoku")
 EXAMPLES = SUDOKU.examples("heldout", 6, seed=3)
 GEN_ARGS = "gen_length=16,block_length=16,steps=16,candidate_number=4,add_bos_token=true,seed=7"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +84,24 @@ def test_harness_loglikelihood_multiple_choice(tmp_path):
     assert out["results"]["toy_sudoku_choice"]["acc,none"] >= 0.8
     again = _evaluate(tmp_path, args, ["toy_sudoku_choice"])["samples"]["toy_sudoku_choice"]
     assert [[r[0][0] for r in s["resps"]] for s in again] == scores  # seeded per request
+
+
+@pytest.mark.slow
+def test_data_parallel_under_torchrun_matches_one_process(tmp_path):
+    # Two CPU processes (gloo); the harness shards the requests by rank and gathers the samples.
+    # The confidence sampler at temperature 0 draws nothing, so outputs do not depend on batching.
+    args = f"pretrained={TOY},sampler=confidence,{GEN_ARGS}"
+    single = _evaluate(tmp_path, args, ["toy_sudoku_gen"], batch_size=2)["samples"]["toy_sudoku_gen"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "infogain.lm_eval",
+               "--tasks", "toy_sudoku_gen", "--include_path", str(tmp_path), "--model_args", args,
+               "--batch_size", "2", "--output_path", str(tmp_path / "out"), "--log_samples"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (path,) = glob.glob(str(tmp_path / "out" / "*" / "samples_toy_sudoku_gen_*.jsonl"))
+    with open(path) as f:
+        parallel = {s["doc_id"]: s["resps"][0][0] for s in map(json.loads, f)}
+    assert parallel == {s["doc_id"]: s["resps"][0][0] for s in single}
 
 
 def _requests(kind, args):

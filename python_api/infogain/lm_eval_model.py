@@ -137,7 +137,8 @@ def _distributed():
         return None
     from accelerate import Accelerator
 
-    accelerator = Accelerator()
+    # Without CUDA, Accelerator() reports a single process; cpu=True makes it join the gloo group.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     return accelerator if accelerator.num_processes > 1 else None
 
 
@@ -217,9 +218,14 @@ class InfoGainLM(LM):
         if self.accelerator is not None:
             self._rank = self.accelerator.process_index
             self._world_size = self.accelerator.num_processes
-            self._device = self.accelerator.device
+            device = self.accelerator.device
+            self._device = torch.device("cpu") if device.type == "cpu" else device
         else:
             self._device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
+            if self._device.type == "cuda" and not torch.cuda.is_available():
+                # The harness CLI's --device defaults to cuda, also on machines without one.
+                log.warning("device %s requested but CUDA is not available: running on cpu", device)
+                self._device = torch.device("cpu")
         if dtype not in ("auto", None) and dtype not in DTYPES:
             raise ValueError(f"model argument dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
         torch_dtype = DTYPES.get(dtype)
