@@ -2,6 +2,7 @@
 
 ``demo``  runs the samplers on the embedded toy model's tasks (:mod:`infogain.demo`).
 ``bench`` measures end-to-end tokens/s, NFE and bypass rate (:mod:`infogain.bench`).
+``chat``  interactive multi-turn chat with a checkpoint (:mod:`infogain.chat`).
 
 Each command parses its own options; ``python -m infogain <command> --help`` lists them.
 """
@@ -13,6 +14,7 @@ from typing import List, Optional
 COMMANDS = {
     "demo": "run the samplers on the embedded toy model and print accuracy / entropy / NFE / tokens/s",
     "bench": "end-to-end tokens/s, NFE and bypass rate per sampler and cache mode",
+    "chat": "interactive multi-turn chat with a diffusion LM checkpoint, answers shown block by block",
 }
 
 
@@ -33,6 +35,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # broken optional command must not break the others.
     if args.command == "demo":
         from . import demo as command
+    elif args.command == "chat":
+        from . import chat as command
     else:
         from . import bench as command
     return int(command.main(args.args) or 0)

@@ -67,7 +67,6 @@ harness shards the requests and gathers the results through this model's
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -80,7 +79,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from . import models
-from .samplers import SAMPLERS, GenerateOptions, make_sampler
+from ._options import generate_option_kinds
+from .samplers import SAMPLERS, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,7 @@ DEFAULT_BATCH_SIZE = 8
 EIS_OPTIONS = {"lookahead_steps": int, "discount_factor": float, "top_k": int, "top_p": float,
                "rollout_mode": str, "use_cache": bool}
 
-
-def _field_kind(annotation) -> type:
-    """bool / int / float / str from a dataclass field's annotation (a string under postponed evaluation)."""
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
-    return next((kind for kind in (bool, int, float) if kind.__name__ in text), str)
-
-
-DIFFUSION_OPTIONS = {f.name: _field_kind(f.type) for f in dataclasses.fields(GenerateOptions)
-                     if f.name not in ("progress", "record", "chat")}
+DIFFUSION_OPTIONS = generate_option_kinds()
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

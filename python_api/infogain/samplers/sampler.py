@@ -11,7 +11,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -47,6 +47,7 @@ class GenerateOptions:
     progress: bool = False
     gamma: float = 0.01
     record: bool = False
+    on_block: Optional[Callable[[int, torch.Tensor], None]] = None
 
     def validate(self) -> "GenerateOptions":
         for name in ("gen_length", "steps", "block_length", "candidate_number"):
@@ -81,6 +82,8 @@ class GenerateOptions:
         for name in ("parallel_bypass", "stop_at_eos", "lookahead_eos_fill", "chat", "progress", "record"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
+        if self.on_block is not None and not callable(self.on_block):
+            raise TypeError(f"on_block must be callable or None, got {type(self.on_block).__name__}")
         return self
 
 
@@ -271,6 +274,23 @@ class DiffusionSampler:
                 token's logit is always set to -inf (it is never a prediction).
             stop_at_eos: after a row's first EOS in the generation region, fill its
                 remaining masks with EOS (counted as "eos_fill").
+            lookahead_eos_fill: score each lookahead candidate on the state its
+                commit produces *including* the EOS fill (a candidate committing EOS
+                then sees the masks after it filled, H_next over fewer masks, down to
+                0: a bias toward early EOS). Default False, the reference pipeline:
+                candidates are scored without the fill, and the winner's lookahead
+                logits (of that unfilled state) are reused as the next step's logits,
+                as the reference does, while the canvas itself is still EOS filled
+                (``stop_at_eos``). Measured with ``benches/bench_lookahead_eos.py``
+                (toy model, demo settings, 100 held-out problems x 3 seeds, 1 thread):
+                on the demo tasks both settings give identical outputs (multiplication
+                accuracy 0.963, sudoku 0.660; also with 4 extra positions), since the
+                toy model never emits EOS unprompted; with EOS logits raised by 11-14
+                the fill changes decisions -- lower cumulative entropy (3.15 vs 5.66
+                at +14 on multiplication) and a different early-stop rate (+11: 0.33 vs
+                0.15 with / without fill; +12: 0.57 vs 0.74) -- with no accuracy gain
+                on sudoku (0.223 vs 0.230 at +14). No measured benefit, so the
+                default reproduces the reference.
             chat: apply the tokenizer's chat template to string prompts.
             seed: seeds the run's generator (same seed, device and backend -> same
                 result); None draws from torch's default generator.
@@ -278,6 +298,10 @@ class DiffusionSampler:
             gamma: entropy bound of the "eb" sampler.
             record: return a per-step ``trace`` (costs extra host synchronisation;
                 for tests and debugging).
+            on_block: called as ``on_block(block, tokens)`` after each block is
+                decoded, with ``tokens`` an int64 ``[B, gen_length]`` copy of the
+                generation region (later blocks still hold the mask id, the EOS fill
+                included); e.g. to show an answer block by block. Reading it syncs.
 
         Returns:
             :class:`GenerationResult`.
@@ -293,8 +317,10 @@ class DiffusionSampler:
         positions still masked inside the window the lookahead computed: the block
         and everything after it for "none"/"prefix", the block for "dual" and for
         block-causal models (the reference's zero-padded rows counted as uniform
-        are not reproduced). Each candidate is evaluated on exactly the state its
-        commit produces, EOS fill included, so the reused logits are exact.
+        are not reproduced). Each candidate is evaluated on the state its commit
+        produces (with ``lookahead_eos_fill``, its EOS fill included, so the reused
+        logits are exact; without it, they are those of the unfilled state, as in
+        the reference).
 
         Cache modes. "prefix": at block entry one full forward (``prefill``) caches
         the K/V before the block; later forwards cover the block and everything
@@ -528,6 +554,8 @@ class _Run:
                     attention_mask=self.model_attention, write=True,
                     **self._model_kwargs("forward_window")))
                 self.recorder.count_forward(range(self.batch))
+            if opts.on_block is not None:
+                opts.on_block(block, self.canvas[:, self.gen_start:].clone())
             if progress is not None:
                 progress.update(1)
         if progress is not None:

@@ -1,0 +1,184 @@
+"""``python -m infogain chat``: interactive multi-turn chat with a diffusion LM checkpoint.
+
+Reads one user message per line from standard input and prints the answer
+block by block as the sampler decodes it (each block appears when it is
+finished; a diffusion LM commits a block's tokens in no left-to-right order).
+The conversation goes through the tokenizer's chat template; a tokenizer
+without one is an error unless ``--no-chat-template`` is given, which sends
+the plain transcript (BOS, then each message's text, in order). When the
+conversation outgrows the model's context, its oldest tokens are dropped.
+
+Commands on a line of their own: ``/reset`` (forget the conversation),
+``/exit`` or ``/quit`` (or end of input).
+
+Every option of the sampler's ``generate`` is a flag (``--gen-length``,
+``--steps``, ``--block-length``, ``--cache``, ``--temperature``,
+``--threshold``, ``--candidate-number``, ``--variant``, ``--seed``, ...);
+unset flags keep ``generate``'s defaults.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional, TextIO
+
+import torch
+
+from ._options import generate_option_kinds
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from .samplers import SAMPLERS
+
+    parser = argparse.ArgumentParser(prog="infogain chat", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    parser.add_argument("--model", required=True, help="checkpoint folder (LLaDA / Dream / SDAR, with tokenizer)")
+    parser.add_argument("--sampler", default="info_gain", choices=SAMPLERS, help="sampler name")
+    parser.add_argument("--no-chat-template", action="store_true",
+                        help="send the plain transcript instead of the tokenizer's chat template")
+    parser.add_argument("--system", default=None, help="system message (chat template only)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the checkpoint's dtype")
+    options = parser.add_argument_group("sampler options (GenerateOptions; unset = its default)")
+    for name, kind in generate_option_kinds().items():
+        options.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                             type=_bool if kind is bool else kind, metavar=kind.__name__.upper())
+    return parser
+
+
+class _BlockPrinter:
+    """``on_block`` callback: prints the answer's new text after each decoded block."""
+
+    def __init__(self, tokenizer, mask_id: int, eos_id: Optional[int], out: TextIO):
+        self.tokenizer, self.mask_id, self.eos_id, self.out = tokenizer, mask_id, eos_id, out
+        self.shown = ""
+
+    def text(self, tokens: List[int]) -> str:
+        """The answer so far: tokens up to the first mask or EOS, decoded."""
+        for stop in (self.mask_id, self.eos_id):
+            if stop is not None and stop in tokens:
+                tokens = tokens[:tokens.index(stop)]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def __call__(self, block: int, tokens: torch.Tensor) -> None:
+        text = self.text(tokens[0].tolist())
+        # A token split across blocks can change the decoding of the shown tail: wait for the end then.
+        if text.startswith(self.shown) and len(text) > len(self.shown):
+            self.out.write(text[len(self.shown):])
+            self.out.flush()
+            self.shown = text
+
+    def finish(self, text: str) -> None:
+        self.out.write((text[len(self.shown):] if text.startswith(self.shown) else "\n" + text) + "\n")
+        self.out.flush()
+
+
+class ChatSession:
+    """A conversation with one sampler: ``reply(message)`` returns the answer, printed block by block."""
+
+    def __init__(self, sampler, *, use_template: bool, system: Optional[str], options: dict, out: TextIO):
+        tokenizer = sampler.tokenizer
+        if use_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("the checkpoint's tokenizer has no chat template; pass --no-chat-template to chat "
+                             "with the plain transcript")
+        if system is not None and not use_template:
+            raise ValueError("--system needs the chat template (it is ignored by --no-chat-template)")
+        self.sampler, self.tokenizer, self.use_template, self.options, self.out = \
+            sampler, tokenizer, use_template, options, out
+        self.system = system
+        self.messages: List[dict] = []
+        self.reset()
+
+    def reset(self) -> None:
+        self.messages = [{"role": "system", "content": self.system}] if self.system else []
+
+    def _prompt_ids(self) -> List[int]:
+        if self.use_template:
+            text = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=True)
+            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = list(self.tokenizer("".join(m["content"] for m in self.messages))["input_ids"])
+        bos = self.tokenizer.bos_token_id
+        return ids if bos is None or (ids and ids[0] == bos) else [bos] + ids
+
+    def reply(self, message: str) -> str:
+        self.messages.append({"role": "user", "content": message})
+        ids = self._prompt_ids()
+        from .samplers import GenerateOptions
+
+        gen_length = GenerateOptions(**{**self.sampler.defaults, **self.options}).gen_length
+        limit = self.sampler.max_positions
+        if limit is not None and len(ids) + gen_length > limit:
+            room = limit - gen_length
+            if room < 1:
+                raise ValueError(f"gen_length ({gen_length}) leaves no room for a prompt in the model's "
+                                 f"{limit} positions")
+            # The oldest tokens go first; a leading BOS stays.
+            keep = ids[:1] if ids[0] == self.tokenizer.bos_token_id and room > 1 else []
+            ids = keep + ids[len(ids) - (room - len(keep)):]
+        printer = _BlockPrinter(self.tokenizer, self.sampler.mask_id, self.sampler.eos_id, self.out)
+        result = self.sampler.generate([ids], **self.options, on_block=printer)
+        answer = result.texts[0]
+        printer.finish(answer)
+        self.messages.append({"role": "assistant", "content": answer})
+        return answer
+
+
+def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdout: Optional[TextIO] = None) -> int:
+    """Entry point of ``infogain chat``; reads ``stdin`` (default sys.stdin) until EOF or /exit."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    stdin = sys.stdin if stdin is None else stdin
+    stdout = sys.stdout if stdout is None else stdout
+    options = {name: getattr(args, name) for name in generate_option_kinds() if getattr(args, name) is not None}
+
+    from transformers.utils import logging as transformers_logging
+
+    from . import models
+    from .samplers import GenerateOptions, make_sampler
+
+    transformers_logging.set_verbosity_error()
+    try:
+        GenerateOptions(**options).validate()
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, tokenizer = models.load(args.model, dtype=DTYPES.get(args.dtype), device=device)
+        if tokenizer is None:
+            raise ValueError(f"--model {args.model!r} has no tokenizer files")
+        sampler = make_sampler(args.sampler, model, tokenizer)
+        session = ChatSession(sampler, use_template=not args.no_chat_template, system=args.system,
+                              options=options, out=stdout)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    interactive = stdin.isatty()
+    while True:
+        if interactive:
+            stdout.write("you> ")
+            stdout.flush()
+        line = stdin.readline()
+        if not line:
+            break
+        message = line.rstrip("\n")
+        if message.strip() in ("/exit", "/quit"):
+            break
+        if message.strip() == "/reset":
+            session.reset()
+            stdout.write("(conversation reset)\n")
+            continue
+        if not message.strip():
+            continue
+        stdout.write("assistant> ")
+        stdout.flush()
+        session.reply(message)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
