@@ -65,6 +65,8 @@ setup(
         "triton": ["triton>=3.0"],
         "flash-attn": ["flash-attn>=2.6"],
         "test": ["pytest", "pytest-benchmark", "scipy"],
+        # python -m infogain.lm_eval (the harness model); accelerate: its data-parallel launches.
+        "lm-eval": ["lm-eval>=0.4.8", "accelerate"],
     },
     entry_points={"console_scripts": ["infogain=infogain.cli:main"]},
     zip_safe=False,

@@ -1,5 +1,8 @@
 """``python -m infogain chat`` fed through stdin with the toy model, and the sampler's per-block hook."""
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -104,3 +107,16 @@ def test_chat_errors(capsys):
         chat.main(["--model", TOY, "--no-chat-template", "--gen-length", "0"], stdin=io.StringIO(""),
                   stdout=io.StringIO())
     assert "gen_length" in capsys.readouterr().err
+
+
+def test_infogain_works_without_the_harness():
+    # lm-eval is optional: with it blocked, the package and the chat import, and the harness
+    # command fails with an actionable message.
+    code = ("import sys; sys.modules['lm_eval'] = None\n"
+            "import infogain, infogain.cli, infogain.chat, infogain.samplers\n"
+            "from infogain import lm_eval\n"
+            "try:\n    lm_eval.main(['--tasks', 'x'])\nexcept SystemExit as exc:\n    print(exc)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert run.returncode == 0, run.stderr
+    assert "pip install lm-eval" in run.stdout

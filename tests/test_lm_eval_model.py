@@ -183,7 +183,6 @@ def test_greedy_check_and_loglikelihood_rolling(toy):
     codec = CharCodec(tokenizer, SUDOKU.charset)
     prompt = EXAMPLES[2].prompt
     masked = [codec.bos_token_id] + codec.encode(prompt) + [model.config.mask_token_id] * 16
-    greedy = []
     ids = torch.tensor([masked])
     for _ in range(16):  # confidence-first unmasking, written out
         probs = torch.softmax(model(ids)[0, -16:].float().index_fill(1, torch.tensor([3]), -1e9), dim=-1)

@@ -69,7 +69,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
