@@ -208,6 +208,8 @@ def test_bad_arguments():
         InfoGainLM(pretrained=TOY, lookahead_steps=2)
     with pytest.raises(ValueError, match="candidate_number must be an integer"):
         InfoGainLM(pretrained=TOY, candidate_number="many")
+    with pytest.raises(ValueError, match="threshold"):
+        InfoGainLM(pretrained=TOY, threshold=1.5)
     with pytest.raises(ValueError, match="dtype"):
         InfoGainLM(pretrained=TOY, dtype="float64")
 

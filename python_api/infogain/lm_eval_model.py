@@ -79,7 +79,7 @@ from lm_eval.api.registry import register_model
 
 from . import models
 from ._options import generate_option_kinds
-from .samplers import SAMPLERS, make_sampler
+from .samplers import SAMPLERS, GenerateOptions, make_sampler
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,10 @@ class InfoGainLM(LM):
         self.gen_length = options.pop("gen_length", None) if diffusion else None
         self.steps = options.pop("steps", None) if diffusion else None
         self.options = options
+        if diffusion:  # fail now, naming the option, rather than at the first request
+            gen_length, block_length, steps = self._diffusion_lengths(self.gen_length or 256)
+            GenerateOptions(**{**options, "gen_length": gen_length, "block_length": block_length,
+                               "steps": steps}).validate()
         self._chat_applied = False
 
         self.accelerator = _distributed()
@@ -229,6 +233,9 @@ class InfoGainLM(LM):
         else:
             self.model, self.tokenizer = self._load_causal(pretrained, torch_dtype)
             config = self.model.config
+            from .eis import ExtendedInferenceSampler
+
+            ExtendedInferenceSampler(self.model, self.tokenizer, **options)  # validates the EIS options now
             config_max = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_length = _coerce("max_length", max_length, int) or config_max or 2048
         self.eos_id = self.tokenizer.eos_token_id
@@ -321,6 +328,7 @@ class InfoGainLM(LM):
         from tqdm import tqdm
 
         groups: Dict[str, List[Tuple[int, List[int], dict]]] = {}
+        warned = False
         for index, request in enumerate(requests):
             context, gen_kwargs = request.args
             raw = dict(gen_kwargs or {})
@@ -328,6 +336,12 @@ class InfoGainLM(LM):
             until = kwargs["until"]
             until = [until] if isinstance(until, str) else list(until or [])
             settings = {"max_gen_toks": int(kwargs["max_gen_toks"]), "until": until}
+            ignored = sorted(set(raw) - {"until", "max_gen_toks", "max_new_tokens", "max_tokens",
+                                         "max_completion_tokens", "temperature", "do_sample"})
+            if ignored and not warned:
+                log.warning("generation kwargs %s are not used by the infogain model (set sampler options "
+                            "in --model_args)", ignored)
+                warned = True
             if "temperature" in raw or "do_sample" in raw:
                 settings["temperature"] = float(kwargs["temperature"])
             key = json.dumps({k: v for k, v in settings.items() if k != "until"}, sort_keys=True)
@@ -370,15 +384,21 @@ class InfoGainLM(LM):
         options = dict(self.options)
         if "temperature" in settings:
             options["temperature"] = settings["temperature"]
-        gen_length = self.gen_length or max_gen_toks
-        block_length = min(options.pop("block_length", 32), gen_length)
-        gen_length = -(-gen_length // block_length) * block_length
-        steps = self.steps or gen_length
+        gen_length, block_length, steps = self._diffusion_lengths(max_gen_toks)
+        options.pop("block_length", None)
         room = self.max_length - gen_length
         prompts = [self._truncate_left(p, room, f"gen_length {gen_length}") for p in prompts]
         result = self.sampler.generate(prompts, **options, gen_length=gen_length, block_length=block_length,
                                        steps=steps, seed=self.seed)
         return [row[:max_gen_toks] for row in result.sequences.tolist()]
+
+    def _diffusion_lengths(self, max_gen_toks: int) -> Tuple[int, int, int]:
+        """(gen_length, block_length, steps) of a request: gen_length defaults to ``max_gen_toks``,
+        rounded up to a multiple of the block length (shortened to a shorter generation)."""
+        gen_length = self.gen_length or max_gen_toks
+        block_length = min(self.options.get("block_length", GenerateOptions.block_length), gen_length)
+        gen_length = -(-gen_length // block_length) * block_length
+        return gen_length, block_length, self.steps or gen_length
 
     def _generate_eis(self, prompts: List[List[int]], settings: dict) -> List[List[int]]:
         from .eis import ExtendedInferenceSampler
