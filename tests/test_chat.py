@@ -10,6 +10,7 @@ import torch
 from infogain import chat, models
 from infogain.demo import toy_model_path
 from infogain.samplers import make_sampler
+from tiny_checkpoints import toy_with_chat_template
 
 TOY = toy_model_path()
 OPTIONS = dict(gen_length=16, block_length=4, steps=16, seed=0)
@@ -79,15 +80,10 @@ def test_chat_without_template_streams_blocks_and_matches_the_sampler(toy):
 
 def test_chat_template_and_long_conversations(tmp_path, toy):
     model, tokenizer = toy
-    folder = tmp_path / "toy_chat"
-    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    try:
-        models.save(model, str(folder), tokenizer)
-    finally:
-        tokenizer.chat_template = None
+    folder = toy_with_chat_template(tmp_path / "toy_chat")
     out = io.StringIO()
     turns = PUZZLES * 2  # six turns of 16 + 16 tokens: far past the toy model's 64 positions
-    chat.main(["--model", str(folder), "--system", "1234", *FLAGS], stdin=io.StringIO("\n".join(turns)), stdout=out)
+    chat.main(["--model", folder, "--system", "1234", *FLAGS], stdin=io.StringIO("\n".join(turns)), stdout=out)
     answers = _answers(out.getvalue())
     assert len(answers) == 6 and all(len(a) == 16 for a in answers)
     sampler = make_sampler("info_gain", model, tokenizer)

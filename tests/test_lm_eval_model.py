@@ -21,6 +21,7 @@ from infogain.demo import toy_model_path  # noqa: E402
 from infogain.lm_eval_model import InfoGainLM, cut_at_stop_strings, mc_loglikelihood  # noqa: E402
 from infogain.samplers import make_sampler  # noqa: E402
 from infogain.tasks import CharCodec, get_task  # noqa: E402
+from tiny_checkpoints import toy_with_chat_template  # noqa: E402
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TOY = toy_model_path()
@@ -124,17 +125,11 @@ def test_stop_strings_max_gen_toks_and_temperature_override(toy):
     assert len(set(sampled)) > 1  # the request's temperature replaced the default 0
 
 
-def test_chat_template(tmp_path, toy):
-    model, tokenizer = toy
+def test_chat_template(tmp_path):
     plain = InfoGainLM(pretrained=TOY)
     with pytest.raises(ValueError, match="no chat template.*apply_chat_template"):
         plain.apply_chat_template([{"role": "user", "content": "1234"}])
-    folder = tmp_path / "toy_chat"
-    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    try:
-        models.save(model, str(folder), tokenizer)
-    finally:
-        tokenizer.chat_template = None
+    folder = toy_with_chat_template(tmp_path / "toy_chat")
     out = _evaluate(tmp_path, f"pretrained={folder},sampler=info_gain,{GEN_ARGS}", ["toy_sudoku_gen"],
                     batch_size=len(EXAMPLES), apply_chat_template=True)
     chat_texts = [s["resps"][0][0] for s in sorted(out["samples"]["toy_sudoku_gen"], key=lambda s: s["doc_id"])]

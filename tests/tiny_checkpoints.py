@@ -138,3 +138,23 @@ def write_tiny_checkpoint(arch: str, path, *, seed: int = 0, dtype: torch.dtype 
     with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
     return path
+
+
+# BOS, then each message's text: chat-templated prompts equal the plain ones with BOS.
+TOY_CHAT_TEMPLATE = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+
+
+def toy_with_chat_template(path) -> str:
+    """A copy of the shipped toy checkpoint whose tokenizer has :data:`TOY_CHAT_TEMPLATE`."""
+    import shutil
+
+    from infogain.demo import toy_model_path
+
+    shutil.copytree(toy_model_path(), path)
+    config_path = os.path.join(path, "tokenizer_config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    config["chat_template"] = TOY_CHAT_TEMPLATE
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
+    return str(path)
