@@ -222,6 +222,30 @@ def test_naive_equals_fast_sampler(tiny_llada, cache, variant):
 
 
 @pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+def test_naive_equals_fast_sampler_when_candidates_commit_eos(tiny_llada):
+    import copy
+
+    from infogain.samplers import make_sampler
+
+    model, tokenizer = tiny_llada
+    model = copy.deepcopy(model)
+    eos = model.config.eos_token_id
+    with torch.no_grad():  # EOS competes with token 55, a frequent arg-max of this random model
+        model.lm_head_weight[eos] = 1.05 * model.lm_head_weight[55]
+    prompts = torch.randint(5, 60, (3, 5), generator=torch.Generator().manual_seed(2))
+    sequences = {}
+    for fill in (False, True):
+        for cache in ("none", "dual"):
+            kwargs = dict(SHAPE, cache=cache, lookahead_eos_fill=fill, seed=2)
+            fast = make_sampler("info_gain", model, tokenizer).generate(prompts, record=True, **kwargs)
+            naive = NaiveInfoGainSampler(model, tokenizer).generate(prompts, **kwargs)
+            assert bench.compare_sequences(fast.sequences, naive.sequences) is None, (fill, cache)
+            assert any(eos in c["tokens"] for r in fast.trace for row in r["rows"] for c in row.get("candidates", []))
+            sequences[fill, cache] = fast.sequences
+    assert any(not torch.equal(sequences[False, c], sequences[True, c]) for c in ("none", "dual"))
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
 @pytest.mark.parametrize("parallel_bypass", [False, True])
 def test_naive_equals_fast_sampler_with_bypass_and_padded_prompts(tiny_llada, parallel_bypass):
     from infogain.samplers import make_sampler

@@ -22,7 +22,8 @@ the step schedule (steps split over blocks, remainder to the first blocks; per
 row quota = masks at block entry split over the block's steps), last-step fill
 before the bypass, at most k bypass tokens (all with ``parallel_bypass``), a
 fresh forward after every commit that is not a lookahead win, candidates
-evaluated on the state their commit produces (EOS fill included), H_next = the
+evaluated on the state their commit produces (its EOS fill included only with
+``lookahead_eos_fill``), H_next = the
 mean entropy over the still-masked positions inside the window the lookahead
 computed (the block and everything after it; only the block for ``dual`` and for
 block-causal models), the mask token suppressed (-inf) and the EOS/PAD
@@ -127,6 +128,7 @@ class _Run:
     parallel_bypass: bool
     eos_penalty: float
     fill_eos: bool
+    lookahead_eos_fill: bool
     generator: torch.Generator
     stats: Dict[str, float]
     block_causal: bool
@@ -256,8 +258,8 @@ class NaiveInfoGainSampler:
                  steps: int = 256, block_length: int = 32, candidate_number: int = 8,
                  position_temperature: float = 0.2, threshold: float = 0.8, temperature: float = 0.0,
                  variant: str = "info_gain", cache: str = "none", parallel_bypass: bool = False,
-                 eos_penalty: float = 0.0, stop_at_eos: bool = True, seed: Optional[int] = None,
-                 progress: bool = False) -> NaiveResult:
+                 eos_penalty: float = 0.0, stop_at_eos: bool = True, lookahead_eos_fill: bool = False,
+                 seed: Optional[int] = None, progress: bool = False) -> NaiveResult:
         """Decode ``gen_length`` tokens after each prompt (the fast sampler's arguments and defaults).
 
         ``prompts``: long ``[B, P]`` or a list of token-id lists (left padded).
@@ -286,7 +288,8 @@ class NaiveInfoGainSampler:
                    total=total, mode=mode, candidate_number=candidate_number,
                    position_temperature=position_temperature, threshold=threshold, variant=variant,
                    parallel_bypass=parallel_bypass, eos_penalty=eos_penalty,
-                   fill_eos=stop_at_eos and self.eos_id is not None, generator=generator, stats=stats,
+                   fill_eos=stop_at_eos and self.eos_id is not None, lookahead_eos_fill=lookahead_eos_fill,
+                   generator=generator, stats=stats,
                    block_causal=self.block_causal)
         num_blocks = gen_length // block_length
         base_steps, extra_steps = divmod(steps, num_blocks)
@@ -449,7 +452,7 @@ class NaiveInfoGainSampler:
         candidates = run.canvas[row:row + 1].repeat(count, 1)
         for c, positions in enumerate(actions):
             candidates[c, start + positions] = top_token[positions]
-            if run.fill_eos:
+            if run.fill_eos and run.lookahead_eos_fill:
                 self._fill_after_eos(candidates[c], run.gen_start)
         attention = run.attention[row:row + 1].repeat(count, 1)
         if run.mode == "none":
