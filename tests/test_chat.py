@@ -14,7 +14,7 @@ from tiny_checkpoints import toy_with_chat_template
 
 TOY = toy_model_path()
 OPTIONS = dict(gen_length=16, block_length=4, steps=16, seed=0)
-FLAGS = ["--gen-length", "16", "--block-length", "4", "--steps", "16", "--seed", "0"]
+FLAGS = ["--device", "cpu", "--gen-length", "16", "--block-length", "4", "--steps", "16", "--seed", "0"]
 PUZZLES = ["0001412310000402", "1200340000210000", "0000123421430000"]
 
 

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TOY = toy_model_path()
 SUDOKU = get_task("sudoku")
 EXAMPLES = SUDOKU.examples("heldout", 6, seed=3)
-GEN_ARGS = "gen_length=16,block_length=16,steps=16,candidate_number=4,add_bos_token=true,seed=7"
+GEN_ARGS = "device=cpu,gen_length=16,block_length=16,steps=16,candidate_number=4,add_bos_token=true,seed=7"
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_harness_generate_until_matches_the_sampler(tmp_path, toy):
 
 
 def test_harness_loglikelihood_multiple_choice(tmp_path):
-    args = f"pretrained={TOY},add_bos_token=true,mc_num=8,mc_batch_size=8,greedy_check=false"
+    args = f"pretrained={TOY},device=cpu,add_bos_token=true,mc_num=8,mc_batch_size=8,greedy_check=false"
     out = _evaluate(tmp_path, args, ["toy_sudoku_choice"])
     samples = out["samples"]["toy_sudoku_choice"]
     scores = [[r[0][0] for r in s["resps"]] for s in samples]
@@ -110,7 +110,7 @@ def _requests(kind, args):
 
 
 def test_stop_strings_max_gen_toks_and_temperature_override(toy):
-    lm = InfoGainLM(pretrained=TOY, sampler="confidence", add_bos_token=True, block_length=4)
+    lm = InfoGainLM(pretrained=TOY, device="cpu", sampler="confidence", add_bos_token=True, block_length=4)
     prompt = EXAMPLES[0].prompt
     full, cut, short = lm.generate_until(_requests("generate_until", [
         (prompt, {"until": [], "max_gen_toks": 16}),
@@ -126,7 +126,7 @@ def test_stop_strings_max_gen_toks_and_temperature_override(toy):
 
 
 def test_chat_template(tmp_path):
-    plain = InfoGainLM(pretrained=TOY)
+    plain = InfoGainLM(pretrained=TOY, device="cpu")
     with pytest.raises(ValueError, match="no chat template.*apply_chat_template"):
         plain.apply_chat_template([{"role": "user", "content": "1234"}])
     folder = toy_with_chat_template(tmp_path / "toy_chat")
@@ -174,7 +174,7 @@ def test_mc_estimator_is_unbiased_against_enumeration(toy):
 
 def test_greedy_check_and_loglikelihood_rolling(toy):
     model, tokenizer = toy
-    lm = InfoGainLM(pretrained=TOY, add_bos_token=True, mc_num=4)
+    lm = InfoGainLM(pretrained=TOY, device="cpu", add_bos_token=True, mc_num=4)
     codec = CharCodec(tokenizer, SUDOKU.charset)
     prompt = EXAMPLES[2].prompt
     masked = [codec.bos_token_id] + codec.encode(prompt) + [model.config.mask_token_id] * 16
@@ -229,10 +229,10 @@ def test_harness_eis_on_a_causal_lm(tmp_path, causal_checkpoint):
 
     from infogain.eis import ExtendedInferenceSampler
 
-    out = _evaluate(tmp_path, f"pretrained={causal_checkpoint},lookahead_steps=2,top_k=3,add_bos_token=true",
-                    ["toy_sudoku_gen", "toy_sudoku_choice"], batch_size=3)
+    args = f"pretrained={causal_checkpoint},device=cpu,lookahead_steps=2,top_k=3,add_bos_token=true"
+    out = _evaluate(tmp_path, args, ["toy_sudoku_gen", "toy_sudoku_choice"], batch_size=3)
     model = AutoModelForCausalLM.from_pretrained(causal_checkpoint).eval()
-    tokenizer = InfoGainLM(pretrained=causal_checkpoint).tokenizer
+    tokenizer = InfoGainLM(pretrained=causal_checkpoint, device="cpu").tokenizer
     codec = CharCodec(tokenizer, SUDOKU.charset)
     for sample in out["samples"]["toy_sudoku_gen"]:
         ids = codec.prompt_ids([sample["doc"]["puzzle"]])
