@@ -192,6 +192,12 @@ def test_greedy_check_and_loglikelihood_rolling(toy):
     assert math.isfinite(rolling) and rolling < 0
 
 
+def test_model_args_win_over_the_harness_options():
+    lm = InfoGainLM.create_from_arg_string(f"pretrained={TOY},device=cpu,threshold=0.5",
+                                           {"device": "cuda:3", "batch_size": 4, "max_batch_size": None})
+    assert lm.device == torch.device("cpu") and lm.batch_size == 4 and lm.options["threshold"] == 0.5
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="pretrained"):
         InfoGainLM()

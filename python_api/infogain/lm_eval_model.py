@@ -22,7 +22,8 @@ Model arguments (``--model_args key=value,...``):
     Torch device (default: CUDA when available; under ``accelerate launch`` the
     process's device), ``auto`` / ``float32`` / ``bfloat16`` / ``float16``
     (``auto``: the checkpoint's dtype), prompts per ``generate`` call (default 8;
-    ``auto`` means the default).
+    ``auto`` means the default). A value given in ``--model_args`` wins over the
+    harness's own ``--device`` / ``--batch_size``.
 Diffusion generation options
     Every field of :class:`infogain.samplers.GenerateOptions` (``gen_length``,
     ``steps``, ``block_length``, ``candidate_number``, ``position_temperature``,
@@ -242,6 +243,18 @@ class InfoGainLM(LM):
         self.prefix_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
         if self.prefix_id is None:
             raise ValueError(f"pretrained={pretrained!r}: the tokenizer has neither a BOS nor an EOS token")
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: Optional[dict] = None) -> "InfoGainLM":
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: Optional[dict] = None) -> "InfoGainLM":
+        # --model_args win over the harness's own options (its --device defaults to cuda, also without one).
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        return cls(**{**extra, **arg_dict})
 
     def _load_causal(self, path: str, dtype):
         from transformers import AutoModelForCausalLM, AutoTokenizer
