@@ -20,6 +20,7 @@ Runs at ``--threads`` CPU threads (default 1). Prints a table; writes JSON to ``
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -90,8 +91,6 @@ def main(argv=None) -> int:
                 print(f"{task.name} {name} eos_fill={fill}: accuracy {mean['accuracy']:.3f}", flush=True)
     print()
     print_table(rows, COLUMNS)
-    import json
-
     path = args.out or f"lookahead-eos-{device_slug(device)}.json"
     with open(path, "w") as f:
         json.dump({"benchmark": "lookahead_eos", "environment": environment(device), "threads": args.threads,
