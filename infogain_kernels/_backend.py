@@ -70,16 +70,9 @@ def call_op(op, impl, *args):
     eager mode ``impl`` runs directly: the dispatcher's Python round trip costs
     about 40 us a call, as much as the whole work of a small op.
     """
-    if tracing():
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return op(*args)
     return impl(*args)
-
-
-def tracing() -> bool:
-    """True while ``torch.compile`` / ``torch.jit.trace`` or a dispatch mode (FakeTensorMode,
-    ``make_fx``, FlopCounterMode, ...) is recording the calls instead of just running them."""
-    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
-            or _get_current_dispatch_mode() is not None)
 
 
 def capturing_cuda_graph(device: torch.device) -> bool:
@@ -91,18 +84,24 @@ def capturing_cuda_graph(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
-def value_checks_enabled(device: torch.device) -> bool:
-    """Whether an op may run its data-dependent value check (NaN / infinite rows) now.
+def value_checks_enabled(tensor: torch.Tensor) -> bool:
+    """Whether an op may run its data-dependent value check (NaN / infinite rows) on ``tensor``,
+    one of its outputs, now.
 
     That check reads a flag back to the host (one synchronisation), which is impossible or
     harmful in three situations, where every op skips it and instead reports bad rows in its
     outputs (each op's docstring says how, e.g. a non-finite entropy):
 
-    * under ``torch.compile`` (``fullgraph=True`` would fail on the data-dependent branch, and
-      without it the graph would break at every op),
-    * under other tracers and dispatch modes (fake tensors have no values),
-    * while a CUDA graph is being captured on ``device``'s current stream.
+    * under ``torch.compile`` or ``torch.jit.trace`` (``fullgraph=True`` would fail on the
+      data-dependent branch, and without it the graph would break at every op),
+    * when ``tensor`` is a fake tensor (FakeTensorMode, ``make_fx`` in fake or symbolic mode):
+      it has no values,
+    * while a CUDA graph is being captured on ``tensor``'s device.
 
-    Every op with a value check calls this one function, so they all behave alike.
+    Other dispatch modes (FlopCounterMode, debugging modes) run the check as usual. Every op
+    with a value check calls this one function, so they all behave alike.
     """
-    return not (tracing() or capturing_cuda_graph(device))
+    from torch._subclasses.fake_tensor import is_fake
+
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or is_fake(tensor)
+                or capturing_cuda_graph(tensor.device))

@@ -114,7 +114,7 @@ def _(logits, num_samples, temperature, mask, seed):
 def _raise_on_invalid_rows(logits: torch.Tensor, probs: torch.Tensor) -> None:
     """Both paths mark a read row with NaN, +inf or no finite logit by ``prob = NaN``; turn that into
     an error. The op's one host synchronisation (see ``_backend.value_checks_enabled``)."""
-    if probs.numel() == 0 or not value_checks_enabled(logits.device):
+    if probs.numel() == 0 or not value_checks_enabled(logits):
         return
     bad = torch.isnan(probs[0])
     if not bool(bad.any()):

@@ -93,7 +93,7 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
 def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
     """Raise naming the first NaN score at a valid position: the op's one host synchronisation
     (see ``_backend.value_checks_enabled``)."""
-    if not value_checks_enabled(scores.device):
+    if not value_checks_enabled(scores):
         return
     nan_at_valid = torch.isnan(scores) & valid
     if bool(nan_at_valid.any()):

@@ -108,7 +108,7 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
         cost = cost.to(torch.float32)
     objective, h_next = call_op(torch.ops.infogain.lookahead_objective, _lookahead_objective_impl,
                                 next_logits, remaining, cost, variant)
-    if check_values and value_checks_enabled(objective.device) and not bool(torch.isfinite(objective).all()):
+    if check_values and value_checks_enabled(objective) and not bool(torch.isfinite(objective).all()):
         _raise_on_non_finite(next_logits, remaining, cost, h_next)
     return objective, h_next
 

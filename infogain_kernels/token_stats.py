@@ -91,7 +91,7 @@ def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, pr
     """Raise ValueError naming the first row of ``logits`` whose ``entropy`` (flat, from the row
     pass) flags a row with NaN or +inf or every entry -inf; ``prefix`` is prepended to the reported position (for a
     sub-tensor of the caller's argument). This check is the op's one host synchronisation."""
-    if not value_checks_enabled(entropy.device):
+    if not value_checks_enabled(entropy):
         return  # a host sync would break the capture; flagged rows keep their non-finite entropy
     bad = ~torch.isfinite(entropy)
     if not bool(bad.any()):

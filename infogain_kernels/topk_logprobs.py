@@ -146,7 +146,7 @@ def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
 
 def raise_on_invalid_rows(logits: torch.Tensor, lse: torch.Tensor) -> None:
     """Both paths report an unusable row by a non-finite log-sum-exp; say why."""
-    if lse.numel() == 0 or not value_checks_enabled(logits.device):
+    if lse.numel() == 0 or not value_checks_enabled(logits):
         return
     bad = ~torch.isfinite(lse)
     if not bool(bad.any()):

@@ -106,10 +106,22 @@ def test_value_checks_enabled_only_when_running_eagerly():
     seen = []
 
     def probe(x):
-        seen.append(value_checks_enabled(x.device))
+        seen.append(value_checks_enabled(x))
         return x + 1
 
     probe(torch.zeros(1))
     torch._dynamo.reset()
     torch.compile(probe, fullgraph=True, backend=BACKEND)(torch.zeros(1))
     assert seen == [True, False]
+
+
+def test_fake_tensors_skip_the_check_and_other_dispatch_modes_keep_it():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bad = _with_nan_row((_logits(2, 3, 17),))[0]
+    with FakeTensorMode() as mode:
+        entropy = igk.token_stats(mode.from_tensor(bad))[0]
+    assert entropy.shape == (2, 3)
+    with FlopCounterMode(display=False), pytest.raises(ValueError, match="contains NaN"):
+        igk.token_stats(bad)
