@@ -162,13 +162,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(str(exc))
 
     from tqdm import tqdm
-    from transformers.utils import logging as transformers_logging
 
     from . import models, samplers
 
-    # Loading a tokenizer from a folder whose config.json is not a transformers
-    # model config makes transformers warn; the demo's output is the table.
-    transformers_logging.set_verbosity_error()
     model, tokenizer = models.load(model_path)
     model = model.to(device).eval()
     if tokenizer is None:
