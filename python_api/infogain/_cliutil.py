@@ -2,8 +2,20 @@
 comma-separated option values, output locations, plain-text tables."""
 from __future__ import annotations
 
+import argparse
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, unless its help already describes it or there is
+    none to show (None, a False flag)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is None or action.default is False:
+            return text
+        return super()._get_help_string(action)
 
 
 def split_list(option: str, text: str) -> List[str]:
@@ -15,6 +27,22 @@ def split_list(option: str, text: str) -> List[str]:
     if not all(items):
         raise ValueError(f"{option} has an empty entry in {text!r}")
     return items
+
+
+def parse_device(option: str, text: Optional[str]):
+    """``torch.device`` from an option value (None: CUDA when available, else CPU); ValueError
+    naming ``option`` for a malformed name or a CUDA device this machine does not have."""
+    import torch
+
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"{option} {text!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{option} {text!r}: CUDA is not available on this machine")
+    return device
 
 
 def make_output_dir(option: str, path: str) -> str:

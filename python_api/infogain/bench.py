@@ -52,7 +52,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ._cliutil import format_table, split_list
+from ._cliutil import HelpFormatter, format_table, make_output_dir, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
 CACHE_MODES = ("none", "prefix", "dual")
@@ -84,7 +84,7 @@ def _bench_common():
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m infogain bench",
+        prog="python -m infogain bench", formatter_class=HelpFormatter,
         description="End-to-end tokens/s, NFE, bypass rate and sampler overhead of each sampler x cache "
                     "mode, against the naive implementation of the same algorithm in the same run.")
     source = parser.add_mutually_exclusive_group()
@@ -149,13 +149,6 @@ def _check_args(args) -> None:
     unknown = [c for c in args.cache_modes if c not in CACHE_MODES]
     if unknown:
         raise ValueError(f"--cache: unknown mode(s) {unknown}; choose from {list(CACHE_MODES)}")
-
-
-def _resolve_device(arg: Optional[str]) -> torch.device:
-    device = torch.device(arg) if arg else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {arg}: CUDA is not available on this machine")
-    return device
 
 
 def _resolve_dtype(arg: Optional[str], device: torch.device) -> torch.dtype:
@@ -392,8 +385,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args.sampler_names = split_list("--samplers", args.samplers)
         args.cache_modes = split_list("--cache", args.cache)
+        if args.out:  # fail now, not after the whole benchmark
+            make_output_dir("--out", os.path.dirname(os.path.abspath(args.out)))
         _check_args(args)
-        device = _resolve_device(args.device)
+        device = parse_device("--device", args.device)
         dtype = _resolve_dtype(args.dtype, device)
     except ValueError as exc:
         parser.error(str(exc))
