@@ -98,16 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated sampler names (infogain.samplers.SAMPLERS); the naive "
                              "comparison exists for info_gain and lookum (default: info_gain)")
     parser.add_argument("--cache", default="none,prefix,dual", help="comma-separated cache modes")
-    parser.add_argument("--prompt-length", type=int, default=None)
-    parser.add_argument("--gen-length", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--block-length", type=int, default=None)
+    for name, text in (("prompt-length", "random prompt tokens per row"), ("gen-length", "gen_length"),
+                       ("steps", "steps"), ("block-length", "block_length")):
+        parser.add_argument(f"--{name}", type=int, default=None,
+                            help=f"{text} (default: {_TOY_DEFAULTS[name.replace('-', '_')]} for the toy model, "
+                                 f"{_FULL_DEFAULTS[name.replace('-', '_')]} otherwise)")
     parser.add_argument("--candidates", type=int, default=8, help="candidate_number")
-    parser.add_argument("--position-temperature", type=float, default=0.2)
-    parser.add_argument("--threshold", type=float, default=0.8)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--position-temperature", type=float, default=0.2, help="position_temperature")
+    parser.add_argument("--threshold", type=float, default=0.8, help="bypass threshold")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the prompts and the samplers")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline (speed of the fast path only)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
