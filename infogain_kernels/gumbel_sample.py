@@ -142,6 +142,8 @@ def _gumbel_sample_reference(logits, num_samples, temperature, mask, seed):
     rows_per_block = max(1, _REFERENCE_TILE_ELEMENTS // (num_samples * columns_per_chunk))
 
     for rows in active_rows.split(rows_per_block):
+        if rows.numel() == 0:  # splitting no rows still yields one empty block
+            continue
         # Advanced indexing on the original view reads only these rows, whatever its strides.
         row_index = torch.unravel_index(rows, lead_shape) if lead_shape else ()
         n = rows.numel()

@@ -164,8 +164,8 @@ def _scale(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def ordered_int(s: torch.Tensor) -> torch.Tensor:
-    """Order-preserving map of float32 values to int64 (``a < b`` <=> image(a) < image(b), -0 < +0)."""
-    bits = s.contiguous().view(torch.int32)
+    """Order-preserving map of float32 values to int64 (``a < b`` <=> image(a) < image(b); -0 and +0 map to one value)."""
+    bits = (s + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0 into +0: they are equal scores
     return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
 
 
@@ -308,7 +308,7 @@ if triton is not None:
 
     @triton.jit
     def _ordered(s):
-        bits = s.to(tl.int32, bitcast=True)
+        bits = (s + 0.0).to(tl.int32, bitcast=True)  # -0 -> +0, as in ordered_int
         return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
 
     @triton.jit
