@@ -64,7 +64,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "flash-attn": ["flash-attn>=2.6"],
-        "test": ["pytest", "pytest-benchmark", "scipy"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "hypothesis"],
     },
     entry_points={"console_scripts": ["infogain=infogain.cli:main"]},
     zip_safe=False,
