@@ -125,3 +125,8 @@ def test_fake_tensors_skip_the_check_and_other_dispatch_modes_keep_it():
     assert entropy.shape == (2, 3)
     with FlopCounterMode(display=False), pytest.raises(ValueError, match="contains NaN"):
         igk.token_stats(bad)
+
+
+def test_every_public_op_is_compiled_here():
+    public = {name for name in igk.__all__ if name != "use_backend"}
+    assert public <= {case.name for case in OPS}
