@@ -310,9 +310,14 @@ def _eis_cases():
 
 
 def _demo(argv):
+    """The demo on one problem; a case's own ``--out`` (later on the line) wins over the scratch one,
+    so a case that is wrongly accepted never writes into the working directory."""
+    import tempfile
+
     from infogain import demo
 
-    return run_cli(demo.main, argv + ["--no-progress", "--num-samples", "1"])
+    with tempfile.TemporaryDirectory() as scratch:
+        return run_cli(demo.main, ["--out", scratch, "--no-progress", "--num-samples", "1"] + argv)
 
 
 def _bench(argv):
@@ -334,8 +339,7 @@ def _cli_cases():
          "--samplers has an empty entry"),
         ("demo/samplers-unknown", lambda c: _demo(["--samplers", "beam"]), UsageError, "--samplers: unknown beam"),
         ("demo/tasks-empty", lambda c: _demo(["--tasks", ","]), UsageError, "--tasks must name at least one"),
-        ("demo/num-samples", lambda c: run_cli(__import__("infogain.demo").demo.main, ["--num-samples", "0"]),
-         UsageError, "--num-samples"),
+        ("demo/num-samples", lambda c: _demo(["--num-samples", "0"]), UsageError, "--num-samples"),
         ("demo/out-unwritable", lambda c: _demo(["--out", "/proc/nope"]), UsageError, "--out '/proc/nope'"),
         ("demo/out-is-a-file", lambda c: _demo(["--out", __file__]), UsageError, "--out"),
         ("demo/device-name", lambda c: _demo(["--device", "gpu"]), UsageError, "--device 'gpu'"),
