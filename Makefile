@@ -24,12 +24,13 @@ test: install
 test-gpu: install
 	$(PY) -m pytest -q -m gpu tests
 
+# Regenerates the tracked results in benches/results/ (the scripts alone write to the working directory).
 bench: install
-	$(PY) benches/bench_ops.py
-	$(PY) benches/bench_kv.py
-	$(PY) benches/bench_models.py $(if $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" | grep 1),,--small)
-	$(PY) benches/bench_eis.py
-	$(PY) -m infogain bench
+	$(PY) benches/bench_ops.py --update-results
+	$(PY) benches/bench_kv.py --update-results
+	$(PY) benches/bench_models.py --update-results $(if $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" | grep 1),,--small)
+	$(PY) benches/bench_eis.py --update-results
+	$(PY) -m infogain bench --update-results
 
 demo: install
 	$(PY) -m infogain demo

@@ -64,7 +64,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "flash-attn": ["flash-attn>=2.6"],
-        "test": ["pytest", "pytest-benchmark", "scipy"],
+        "test": ["pytest", "pytest-benchmark", "scipy", "hypothesis"],
         # python -m infogain.lm_eval (the harness model); accelerate: its data-parallel launches.
         "lm-eval": ["lm-eval>=0.4.8", "accelerate"],
     },

@@ -1,11 +1,15 @@
 """Shared plumbing for the benchmark scripts: timing, peak memory, device facts, JSON output.
 
-Every script measures its baseline in the same run and writes one JSON record
-under ``benches/results/``; this module keeps that format identical across them.
+Every script measures its baseline in the same run, prints a table and writes one JSON record;
+this module keeps that format identical across them. Where the record goes
+(:func:`add_output_arguments`): ``--out PATH``, else ``<name>-<device>.json`` in the working
+directory. The tracked files under ``benches/results/`` are only written when asked for, with
+``--update-results`` (or ``--out benches/results/...``). A script that fails writes nothing.
 """
 from __future__ import annotations
 
 import gc
+import argparse
 import json
 import os
 import platform
@@ -137,10 +141,29 @@ def environment(device: torch.device) -> Dict[str, object]:
     return info
 
 
-def write_results(name: str, device: torch.device, rows: List[Dict[str, object]], **extra) -> str:
-    """Write ``benches/results/<name>-<device>.json`` and return its path."""
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    path = os.path.join(RESULTS_DIR, f"{name}-{device_slug(device)}.json")
+def add_output_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """``--out PATH`` and ``--update-results``: where :func:`output_path` puts the JSON record."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="PATH", default=None,
+                       help=f"JSON output path (default: ./{name}-<device>.json in the working directory)")
+    where.add_argument("--update-results", action="store_true",
+                       help=f"write the repository's tracked benches/results/{name}-<device>.json")
+
+
+def output_path(args: argparse.Namespace, name: str, device: torch.device) -> str:
+    """The record's path from the options of :func:`add_output_arguments`."""
+    file_name = f"{name}-{device_slug(device)}.json"
+    if args.out:
+        return args.out
+    if args.update_results:
+        return os.path.join(RESULTS_DIR, file_name)
+    return file_name
+
+
+def write_results(path: str, name: str, device: torch.device, rows: List[Dict[str, object]], **extra) -> str:
+    """Write the JSON record of benchmark ``name`` to ``path`` (see :func:`output_path`); return ``path``.
+    Call it only once the benchmark has succeeded."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     record = {"benchmark": name, "environment": environment(device), "rows": rows, **extra}
     with open(path, "w") as f:
         json.dump(record, f, indent=2)
@@ -149,15 +172,9 @@ def write_results(name: str, device: torch.device, rows: List[Dict[str, object]]
 
 
 def print_table(rows: List[Dict[str, object]], columns: List[str]) -> None:
-    def fmt(v):
-        if isinstance(v, float):
-            return f"{v:.4g}"
-        return str(v)
+    from infogain._cliutil import format_table
 
-    widths = {c: max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for r in rows:
-        print("  ".join(fmt(r.get(c, "")).ljust(widths[c]) for c in columns))
+    print(format_table(rows, columns))
 
 
 def pick_device(arg: Optional[str] = None) -> torch.device:

@@ -6,7 +6,8 @@ of the prompt's KV cache and rolls out L tokens with single-row forwards and unf
 temperature 0 on the same random-weight model and the script asserts they produce the same tokens.
 
 CPU: a small GPT-2-like model. CUDA: a ~1B-parameter Llama-style model in bf16. K = 5, L = 3.
-``--quick`` shortens everything. Writes benches/results/eis-<device>.json.
+``--quick`` shortens everything. Writes ./eis-<device>.json (``--out PATH``; ``--update-results`` for the
+tracked benches/results/eis-<device>.json).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import pick_device, print_table, synchronize, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_arguments, pick_device, print_table, synchronize, output_path, write_results)
 
 from infogain.eis import ExtendedInferenceSampler  # noqa: E402
 
@@ -98,6 +100,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default=None)
     parser.add_argument("--quick", action="store_true")
+    add_output_arguments(parser, "eis")
     args = parser.parse_args()
     device = pick_device(args.device)
     model = build_model(device, args.quick)
@@ -131,7 +134,8 @@ def main():
     print(f"device={device} params={params / 1e6:.1f}M prompt={prompt_len} new_tokens={new_tokens} "
           f"K={k} L={lookahead} same_tokens={same}")
     print_table(rows, ["impl", "seconds", "tokens_per_s", "speedup"])
-    path = write_results("eis", device, rows, model_parameters=params, prompt_length=prompt_len,
+    path = write_results(output_path(args, "eis", device), "eis", device, rows,
+                         model_parameters=params, prompt_length=prompt_len,
                          new_tokens=new_tokens, top_k=k, lookahead_steps=lookahead, discount_factor=gamma,
                          top_p=top_p, same_tokens=same, quick=args.quick, dtype=str(next(model.parameters()).dtype))
     print(f"wrote {path}")

@@ -12,7 +12,8 @@ block L = 32, batch B = 1 and 8, layout [B, H, T, D]. dtype bf16 unless ``--dtyp
 
     python benches/bench_kv.py [--quick] [--device cuda|cpu] [--dtype bfloat16|float32|float16] [--threads N]
 
-Writes benches/results/kv-<device>.json.
+Writes ./kv-<device>.json (``--out PATH``; ``--update-results`` for the
+tracked benches/results/kv-<device>.json).
 """
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from typing import Dict, List
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median_time, peak_bandwidth, pick_device, print_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_arguments, median_time, peak_bandwidth, pick_device, print_table, output_path,
+    write_results)
 
 import infogain_kernels  # noqa: E402
 from infogain_kernels import _C  # noqa: E402
@@ -64,6 +67,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     parser.add_argument("--quick", action="store_true", help="T = 256 and fewer repeats")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    add_output_arguments(parser, "kv")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -130,8 +134,7 @@ def main(argv=None) -> None:
     if peak:
         columns.append("fused_fraction_of_peak")
     print_table(rows, columns)
-    path = write_results(
-        "kv",
+    path = write_results(output_path(args, "kv", device), "kv",
         device,
         rows,
         quick=args.quick,

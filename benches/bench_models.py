@@ -23,7 +23,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median_time, peak_extra_memory, pick_device, print_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_arguments, median_time, peak_extra_memory, pick_device, print_table, output_path,
+    write_results)
 
 import infogain.models as models  # noqa: E402
 
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--length", type=int, default=None, help="canvas length T (512; 256 with --small)")
     parser.add_argument("--repeats", type=int, default=10)
+    add_output_arguments(parser, "models")
     args = parser.parse_args()
 
     device = pick_device(args.device)
@@ -122,7 +125,7 @@ def main() -> None:
             torch.cuda.empty_cache()
     print_table(rows, ["model", "mode", "window", "candidates", "shared_ms", "copy_ms", "speedup",
                        "shared_extra_MiB", "copy_extra_MiB", "memory_ratio"])
-    path = write_results("models", device, rows, configs=configs,
+    path = write_results(output_path(args, "models", device), "models", device, rows, configs=configs,
                          shared="candidates read one cache row through cascade attention "
                                 "(shared-cache and own-window attention merged by log-sum-exp)",
                          baseline="KV cache expanded N times (contiguous copies) then a batch-N window forward")

@@ -9,7 +9,8 @@ block positions. Logits are bf16 (what the models emit) unless ``--dtype`` says 
     python benches/bench_ops.py [--quick] [--device cuda|cpu] [--dtype bfloat16|float32|float16]
                                 [--ops token_stats,...] [--threads N]
 
-Writes benches/results/ops-<device>.json.
+Writes ./ops-<device>.json (``--out PATH``; ``--update-results`` for the
+tracked benches/results/ops-<device>.json).
 """
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median_time, peak_bandwidth, peak_extra_memory, pick_device, print_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_arguments, median_time, peak_bandwidth, peak_extra_memory, pick_device,
+    print_table, output_path, write_results)
 
 import infogain_kernels  # noqa: E402
 
@@ -149,6 +152,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); on an oversubscribed machine 1 gives "
                              "stable timings")
+    add_output_arguments(parser, "ops")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -172,8 +176,7 @@ def main(argv=None) -> None:
     columns = ["op", "shape", "fused_ms", "naive_ms", "speedup", "fused_peak_extra_MB", "naive_peak_extra_MB",
                "memory_ratio", "fused_GBps"] + (["fraction_of_peak_bw"] if peak_bandwidth(device) else [])
     print_table(rows, columns)
-    path = write_results(
-        "ops", device, rows,
+    path = write_results(output_path(args, "ops", device), "ops", device, rows,
         fused_path="triton" if device.type == "cuda" else "torch reference",
         logits_dtype=args.dtype,
         quick=args.quick,

@@ -133,6 +133,16 @@ CopyGeometry check_arguments(at::TensorList caches, at::TensorList blocks, const
                       ": heads (dim ", head_dim, ") and head size (dim 3) must match");
     TORCH_CHECK_VALUE(at::has_internal_overlap(cache) != at::MemOverlap::Yes, "kv_block_replace: ", cname,
                       " has internally overlapping memory (e.g. an expand()ed view); writing into it is ambiguous");
+    // Two caches sharing memory (the same tensor twice, overlapping slices) would be written twice
+    // in an unspecified order. Interleaved views of one buffer (K and V slices) do not share
+    // elements and pass (the check answers "too hard" for them, not "overlap").
+    for (size_t j = 0; j < i; ++j) {
+      const auto overlap = at::get_overlap_status(caches[j], cache);
+      TORCH_CHECK_VALUE(cache.numel() == 0 || (overlap != at::MemOverlapStatus::Full &&
+                                               overlap != at::MemOverlapStatus::Partial),
+                        "kv_block_replace: ", cname, " shares memory with ", item_name("caches", j),
+                        "; every cache must be a separate tensor");
+    }
   }
 
   // A block whose memory intersects a cache could be overwritten while it is read.

@@ -19,9 +19,9 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, use_triton, value_checks_enabled
 from ._random import triton
-from ._validation import (check_bool, check_generator, check_logits, check_mask, check_positive_int,
+from ._validation import (bad_row_problem, check_bool, check_generator, check_logits, check_mask, check_positive_int,
                           check_same_device)
 
 # Work-space budget (elements) of the reference path: noise/key tiles are
@@ -55,7 +55,7 @@ def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
             backend; the CUDA (Triton) and CPU (reference) paths give different,
             equally distributed draws.
         check_values: when True (default), raise for a read row that contains
-            NaN or is entirely ``-inf``. That check costs one host
+            NaN or +inf or is entirely ``-inf``. That check costs one host
             synchronisation; pass False to fold it into your own read-back (such
             a row is then flagged by ``token = -1`` and ``prob = NaN``, e.g. test
             ``torch.isnan(probs[0]).any()`` on the device).
@@ -69,8 +69,9 @@ def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
         TypeError / ValueError naming the argument for a wrong type, dtype,
         shape or device, ``num_samples < 1``, a negative / NaN / infinite
         temperature, and (with ``check_values=True``) for a read row that
-        contains NaN or is entirely ``-inf``. While a CUDA graph is being
-        captured that data check cannot run, and
+        contains NaN or +inf or is entirely ``-inf``. Under ``torch.compile``
+        and other tracers and while a CUDA graph is being captured that data
+        check does not run, and
         ``torch.ops.infogain.gumbel_sample`` never does it; such a row then
         yields ``token = -1`` and ``prob = NaN``.
 
@@ -111,10 +112,9 @@ def _(logits, num_samples, temperature, mask, seed):
 
 
 def _raise_on_invalid_rows(logits: torch.Tensor, probs: torch.Tensor) -> None:
-    """Both paths mark a read row with NaN or no finite logit by ``prob = NaN``; turn that into an error.
-
-    The op's one host synchronisation (skipped while a CUDA graph is being captured)."""
-    if probs.numel() == 0 or capturing_cuda_graph(logits.device):
+    """Both paths mark a read row with NaN, +inf or no finite logit by ``prob = NaN``; turn that into
+    an error. The op's one host synchronisation (see ``_backend.value_checks_enabled``)."""
+    if probs.numel() == 0 or not value_checks_enabled(logits):
         return
     bad = torch.isnan(probs[0])
     if not bool(bad.any()):
@@ -122,8 +122,7 @@ def _raise_on_invalid_rows(logits: torch.Tensor, probs: torch.Tensor) -> None:
     # Error path only: look at the first bad row to say what is wrong with it.
     where = tuple(int(i) for i in bad.nonzero()[0])
     row = logits[where]
-    problem = "contains NaN" if bool(torch.isnan(row).any()) else "is entirely -inf (no token can be drawn)"
-    raise ValueError(f"logits row {where} {problem}")
+    raise ValueError(f"logits row {where} {bad_row_problem(row)} (no token can be drawn)")
 
 
 def _gumbel_sample_reference(logits, num_samples, temperature, mask, seed):
@@ -143,6 +142,8 @@ def _gumbel_sample_reference(logits, num_samples, temperature, mask, seed):
     rows_per_block = max(1, _REFERENCE_TILE_ELEMENTS // (num_samples * columns_per_chunk))
 
     for rows in active_rows.split(rows_per_block):
+        if rows.numel() == 0:  # splitting no rows still yields one empty block
+            continue
         # Advanced indexing on the original view reads only these rows, whatever its strides.
         row_index = torch.unravel_index(rows, lead_shape) if lead_shape else ()
         n = rows.numel()

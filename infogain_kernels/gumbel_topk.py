@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import _random
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
                           check_same_device, check_tensor)
@@ -71,8 +71,8 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
         TypeError / ValueError naming the argument for a wrong type, dtype, rank,
         shape or device, ``k < 1``, ``num_samples < 1``, a negative / NaN /
         infinite temperature, and (with ``check_values=True``) NaN scores at
-        valid positions. That data check is skipped while a CUDA graph is being
-        captured, and ``torch.ops.infogain.gumbel_topk`` never does it.
+        valid positions. That data check is skipped under ``torch.compile`` and
+        other tracers and while a CUDA graph is being captured, and ``torch.ops.infogain.gumbel_topk`` never does it.
     """
     check_tensor("scores", scores, dtypes=FLOAT_DTYPES, ndim=2)
     k = check_positive_int("k", k)
@@ -92,8 +92,8 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
 
 def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
     """Raise naming the first NaN score at a valid position: the op's one host synchronisation
-    (skipped while a CUDA graph is being captured)."""
-    if capturing_cuda_graph(scores.device):
+    (see ``_backend.value_checks_enabled``)."""
+    if not value_checks_enabled(scores):
         return
     nan_at_valid = torch.isnan(scores) & valid
     if bool(nan_at_valid.any()):

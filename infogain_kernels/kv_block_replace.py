@@ -73,7 +73,9 @@ def kv_block_replace(
             for every cache; heads H_i and head size D_i may differ between layers. dtype float32,
             bfloat16 or float16, the same for all. Any strides (views into larger buffers are fine) as
             long as the last (head-size) dimension is contiguous and no cache element is aliased
-            (``expand()``-ed caches are refused). Caches must not overlap each other.
+            (``expand()``-ed caches are refused). Caches must not share memory with each other
+            (the same tensor twice or overlapping slices of one buffer raise ValueError;
+            interleaved views such as the K and V halves of one ``[B, 2, H, T, D]`` buffer are fine).
             Typically ``[k_0, v_0, k_1, v_1, ...]``. A 3-D ``[B, T, H*D]`` cache (Dream) is passed as
             ``cache.unsqueeze(2)`` with ``layout="bthd"``.
         blocks: list of the same length; ``blocks[i]`` has the layout of ``caches[i]``, shape

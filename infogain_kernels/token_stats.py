@@ -10,8 +10,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, capturing_cuda_graph, use_triton
-from ._validation import check_bool, check_logits, check_mask, check_same_device
+from ._backend import call_op, use_triton, value_checks_enabled
+from ._validation import bad_row_problem, check_bool, check_logits, check_mask, check_same_device
 
 # Fill values for positions that the mask skips.
 SKIPPED_ENTROPY = 0.0
@@ -89,9 +89,9 @@ def row_stats_reference(logits: torch.Tensor, keep: Optional[torch.Tensor], *, w
 
 def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, prefix: Tuple[int, ...] = ()) -> None:
     """Raise ValueError naming the first row of ``logits`` whose ``entropy`` (flat, from the row
-    pass) flags a NaN or an all -inf row; ``prefix`` is prepended to the reported position (for a
+    pass) flags a row with NaN or +inf or every entry -inf; ``prefix`` is prepended to the reported position (for a
     sub-tensor of the caller's argument). This check is the op's one host synchronisation."""
-    if capturing_cuda_graph(entropy.device):
+    if not value_checks_enabled(entropy):
         return  # a host sync would break the capture; flagged rows keep their non-finite entropy
     bad = ~torch.isfinite(entropy)
     if not bool(bad.any()):
@@ -99,12 +99,9 @@ def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, pr
     first = int(bad.nonzero()[0, 0])
     lead_shape = logits.shape[:-1]
     position = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), lead_shape)) if lead_shape else ()
-    # Error path only: look at the row itself to say which of the two it is.
-    row = logits[position]
-    position = tuple(prefix) + position
-    if bool(torch.isnan(row).any()):
-        raise ValueError(f"{name} contains NaN in the row at position {position}")
-    raise ValueError(f"{name} has a row with every entry -inf at position {position}")
+    # Error path only: look at the row itself to say what is wrong with it.
+    problem = bad_row_problem(logits[position])
+    raise ValueError(f"{name} row at position {tuple(prefix) + position} {problem}")
 
 
 def _token_stats_impl(logits: torch.Tensor, mask: Optional[torch.Tensor]
@@ -139,8 +136,8 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, ch
             in place). ``-inf`` entries are legal (suppressed tokens).
         mask: optional bool tensor of shape ``logits.shape[:-1]``. Positions where it is False are
             not read at all and get the fill values below.
-        check_values: when True (default), raise for a read row that contains NaN or has every
-            entry -inf. That check costs one host synchronisation; pass False to fold it into your
+        check_values: when True (default), raise for a read row that contains NaN or +inf or has
+            every entry -inf. That check costs one host synchronisation; pass False to fold it into your
             own read-back (a bad row is then flagged by a non-finite ``entropy``, e.g. test
             ``~torch.isfinite(entropy).any()`` on the device).
 
@@ -153,9 +150,9 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, ch
 
     Raises:
         TypeError / ValueError naming the argument for a bad dtype, rank, device or mask shape;
-        ValueError when a read row contains NaN or has every entry -inf (only with
-        ``check_values=True``). That check costs one host synchronisation. It is skipped while a
-        CUDA graph is being captured, and ``torch.ops.infogain.token_stats`` never does it; such
+        ValueError when a read row contains NaN or +inf or has every entry -inf (only with
+        ``check_values=True``). That check costs one host synchronisation. It is skipped under
+        ``torch.compile`` and other tracers and while a CUDA graph is being captured, and ``torch.ops.infogain.token_stats`` never does it; such
         rows then come back with a non-finite entropy (and undefined top-1/top-2 fields).
 
     CUDA tensors run a Triton kernel (one program per row, online max / sum form), CPU tensors the

@@ -50,9 +50,9 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, use_triton, value_checks_enabled
 from ._random import triton
-from ._validation import check_logits, check_positive_int
+from ._validation import bad_row_problem, check_logits, check_positive_int
 
 # The Triton kernel unrolls its running top-k merge k times; above this k the
 # op runs the torch path on every device.
@@ -99,8 +99,8 @@ def topk_logprobs(logits: torch.Tensor, k: int, *, temperature: float = 1.0,
         TypeError / ValueError naming the argument for bad types, shapes or
         ranges, and ``ValueError`` for a row that contains NaN or +inf, is
         entirely ``-inf``, or overflows float32 after dividing by the
-        temperature. (Under CUDA-graph capture that data check is skipped and
-        such rows give NaN log-probabilities.)
+        temperature. (While a CUDA graph is captured that data check is
+        skipped and such rows give NaN log-probabilities.)
     """
     check_logits("logits", logits)
     if logits.dim() != 2:
@@ -146,21 +146,13 @@ def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
 
 def raise_on_invalid_rows(logits: torch.Tensor, lse: torch.Tensor) -> None:
     """Both paths report an unusable row by a non-finite log-sum-exp; say why."""
-    if lse.numel() == 0 or capturing_cuda_graph(logits.device):
+    if lse.numel() == 0 or not value_checks_enabled(logits):
         return
     bad = ~torch.isfinite(lse)
     if not bool(bad.any()):
         return
     row_index = int(bad.nonzero()[0, 0])
-    row = logits[row_index].float()
-    if bool(torch.isnan(row).any()):
-        problem = "contains NaN"
-    elif bool((row == math.inf).any()):
-        problem = "contains +inf"
-    elif bool((row == -math.inf).all()):
-        problem = "is entirely -inf (no token has probability > 0)"
-    else:
-        problem = "overflows float32 after division by the temperature"
+    problem = bad_row_problem(logits[row_index]) or "overflows float32 after division by the temperature"
     raise ValueError(f"logits row {row_index} {problem}")
 
 
@@ -172,8 +164,8 @@ def _scale(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def ordered_int(s: torch.Tensor) -> torch.Tensor:
-    """Order-preserving map of float32 values to int64 (``a < b`` <=> image(a) < image(b), -0 < +0)."""
-    bits = s.contiguous().view(torch.int32)
+    """Order-preserving map of float32 values to int64 (``a < b`` <=> image(a) < image(b); -0 and +0 map to one value)."""
+    bits = (s + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0 into +0: they are equal scores
     return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
 
 
@@ -316,7 +308,7 @@ if triton is not None:
 
     @triton.jit
     def _ordered(s):
-        bits = s.to(tl.int32, bitcast=True)
+        bits = (s + 0.0).to(tl.int32, bitcast=True)  # -0 -> +0, as in ordered_int
         return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
 
     @triton.jit

@@ -322,15 +322,50 @@ def test_bench_reports_a_token_mismatch_without_crashing(tiny_llada_path, tmp_pa
                        "--prompt-length", "4", "--gen-length", "4", "--steps", "4", "--block-length", "4",
                        "--candidates", "2", "--repeats", "1", "--device", "cpu", "--out", str(out)])
     assert code == 2
-    assert "TOKENS DIFFER" in capsys.readouterr().err
-    record = json.loads(out.read_text())
-    assert record["all_tokens_match"] is False
-    assert record["rows"][0]["tokens_match"] is False and "differ" in record["rows"][0]["mismatch"]
+    captured = capsys.readouterr()
+    assert "TOKENS DIFFER" in captured.err and "no results written" in captured.err
+    assert "False" in captured.out  # the table's tokens_match column
+    assert not out.exists()  # a failed run writes no record
+
+
+def _tree_snapshot(root):
+    return {os.path.relpath(os.path.join(d, f), root): os.path.getmtime(os.path.join(d, f))
+            for d, _, files in os.walk(root) for f in files}
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+def test_bench_writes_to_the_working_directory_and_never_to_tracked_results(tiny_llada_path, tmp_path,
+                                                                            monkeypatch, capsys):
+    results = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benches", "results")
+    before = _tree_snapshot(results)
+    monkeypatch.chdir(tmp_path)
+    argv = ["--model", tiny_llada_path, "--cache", "none", "--prompt-length", "4", "--block-length", "4",
+            "--candidates", "2", "--repeats", "1", "--device", "cpu", "--steps", "4"]
+    # A failing configuration (gen_length not a multiple of block_length): exit 2, nothing written.
+    assert bench.main(argv + ["--gen-length", "5"]) == 2
+    assert os.listdir(tmp_path) == []
+    assert bench.main(argv + ["--gen-length", "4"]) == 0
+    out = capsys.readouterr().out
+    assert os.listdir(tmp_path) == ["e2e-cpu.json"]  # no ./benches/results/ created
+    header = next(line for line in out.splitlines() if line.startswith("sampler"))
+    assert header.split() == bench._TABLE_COLUMNS and "=" not in out.split(header)[1]
+    assert _tree_snapshot(results) == before
+
+
+def test_bench_update_results_needs_a_source_checkout(monkeypatch, capsys):
+    monkeypatch.setattr(bench, "_bench_common", lambda: None)  # as after a wheel install
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--update-results", "--device", "cpu"])
+    assert exc.value.code == 2 and "--update-results" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.main(["--update-results", "--out", "x.json"])
+    assert "not allowed" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, match", [
     (["--cache", "paged"], "--cache"),
     (["--cache", ","], "--cache"),
+    (["--samplers", "info_gain,,lookum"], "--samplers has an empty entry"),
     (["--repeats", "0"], "--repeats"),
     (["--gen-length", "0"], "--gen-length"),
     (["--random-weights", "gpt-2"], "random-weights"),

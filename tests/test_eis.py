@@ -206,3 +206,17 @@ def test_invalid_generate_arguments():
         sampler.generate(ids, max_new_tokens=2, num_beams=2)
     with pytest.raises(ValueError, match="max_new_tokens"):
         sampler.generate(ids, max_new_tokens=-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_installed_transformers_gives_no_deprecation_warning(family, use_cache):
+    """The cache goes through the keyword the installed transformers wants (``cache`` in 5.x)."""
+    import warnings
+
+    model = tiny(family)
+    sampler = ExtendedInferenceSampler(model, None, lookahead_steps=2, top_k=3, temperature=0.0, use_cache=use_cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = sampler.generate(torch.tensor([[3, 4, 5]]), max_new_tokens=3, eos_token_id=[], pad_token_id=0)
+    assert out.shape == (1, 6)

@@ -304,3 +304,9 @@ def test_gpu_frequencies_at_llada_width(dtype):
     assert torch.equal(support[remapped], tokens.cpu().reshape(-1))
     expected = torch.softmax(logits[support.cuda()].double().cpu() / 0.8, dim=-1).numpy()
     assert chi_square_p_value(remapped, expected) > P_VALUE_FLOOR
+
+
+def test_one_row_with_a_false_zero_dim_mask_is_skipped():
+    logits = torch.randn(7)
+    tokens, probs = gumbel_sample(logits, 3, 1.0, mask=torch.tensor(False))
+    assert tokens.tolist() == [-1, -1, -1] and probs.tolist() == [0.0, 0.0, 0.0]

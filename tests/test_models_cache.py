@@ -62,10 +62,13 @@ def test_full_forward_matches_independent_reference(tiny):
 
 @torch.no_grad()
 def test_hidden_states_and_lm_head_give_the_logits(tiny):
-    arch, model, _, _ = tiny
+    # Against the independent reference, not against forward(), which is built from hidden_states
+    # (a missing Dream shift would otherwise go unnoticed).
+    arch, model, config, state = tiny
     ids = canvas()
     hidden = model.hidden_states(ids, **seg_kwargs(arch))
-    torch.testing.assert_close(hidden @ model.lm_head_weight.T, model(ids, **seg_kwargs(arch)))
+    want = reference_logits(arch, config, state, ids, **seg_kwargs(arch))
+    torch.testing.assert_close(hidden @ model.lm_head_weight.T, want, atol=ATOL, rtol=1e-4)
 
 
 @torch.no_grad()

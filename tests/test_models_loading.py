@@ -246,3 +246,25 @@ def test_build_and_save_validate_arguments(tmp_path):
         models.build(tiny_config("llada"), dtype=torch.int32)
     with pytest.raises(TypeError, match="model"):
         models.save(object(), tmp_path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loading_with_a_tokenizer_is_silent(arch, tmp_path, capfd):
+    """No transformers warning ("model of type llada to instantiate a model of type ''", Dream's
+    rope_scaling FutureWarning) reaches the user's output."""
+    import shutil
+    import warnings
+
+    from infogain.demo import toy_model_path
+
+    path = write_tiny_checkpoint(arch, tmp_path / arch)
+    for name in os.listdir(toy_model_path()):
+        if name.startswith("tokenizer"):
+            shutil.copy(os.path.join(toy_model_path(), name), path)
+    capfd.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, tokenizer = models.load(path)
+    assert tokenizer is not None and tokenizer.mask_token is not None
+    captured = capfd.readouterr()
+    assert captured.err == "" and captured.out == ""

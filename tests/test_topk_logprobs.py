@@ -145,3 +145,16 @@ def test_invalid_rows_raise(backend, triton_interpreted):
 def test_invalid_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call(make_logits(2, 10))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_negative_and_positive_zero_are_a_tie(backend, triton_interpreted):
+    """-0.0 and +0.0 are equal scores: the lower id comes first, in either order of the signs."""
+    from infogain_kernels import sample_logprob
+
+    logits = torch.tensor([[-0.0, 0.0, -1.0], [0.0, -0.0, -1.0], [-1.0, -0.0, 0.0]])
+    with use_backend(backend):
+        ids, _ = topk_logprobs(logits, 2)
+        token, _ = sample_logprob(logits)
+    assert ids.tolist() == [[0, 1], [0, 1], [1, 2]]
+    assert token.tolist() == [0, 0, 1]

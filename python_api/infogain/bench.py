@@ -19,8 +19,8 @@ drawn from ``--seed``, so every source is benchmarked the same way.
 Correctness check: at temperature 0 both implementations must commit the same
 tokens. A mismatch (or an exception in one configuration) is reported in the
 table and in the JSON row (``tokens_match: false`` / ``error``) and makes the
-command exit with status 2 after all configurations have run; it never aborts
-the other configurations.
+command exit with status 2 after all configurations have run (no JSON record is
+written then); it never aborts the other configurations.
 
 Timing: each configuration runs once untimed (warm-up; its sequences are the
 ones compared), then ``--repeats`` timed runs of the fast and the naive
@@ -28,14 +28,15 @@ implementation, interleaved; the median is reported. The sampler overhead comes
 from a separate *profiled* run in which every model forward is timed between
 device synchronisations; the main timings never carry that instrumentation.
 
-Output: a JSON record with the same layout as the scripts in ``benches/``
-(``benchmark``, ``environment``, ``rows`` and the run's settings), written to
-``--out`` or, by default, to ``benches/results/e2e-<device>.json`` of the source
-tree. When the repository's ``benches/_common.py`` is reachable (editable
-install), its ``environment``/``device_slug``/``print_table`` are used so the
-record is identical to the other benchmarks'; otherwise (installed wheel) a
-minimal fallback with the same keys is used and the default output folder is
-``./benches/results``.
+Output: a table on stdout and a JSON record with the same layout as the scripts
+in ``benches/`` (``benchmark``, ``environment``, ``rows`` and the run's
+settings), written only when every configuration succeeded, to ``--out`` or by
+default to ``e2e-<device>.json`` in the working directory. ``--update-results``
+writes the source tree's tracked ``benches/results/e2e-<device>.json`` instead.
+When the repository's ``benches/_common.py`` is reachable (source checkout or
+editable install), its ``environment``/``device_slug`` are used so the record is
+identical to the other benchmarks'; otherwise (installed wheel) a minimal
+fallback with the same keys is used and ``--update-results`` is refused.
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
+
+from ._cliutil import HelpFormatter, format_table, make_output_dir, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
 CACHE_MODES = ("none", "prefix", "dual")
@@ -81,7 +84,7 @@ def _bench_common():
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m infogain bench",
+        prog="python -m infogain bench", formatter_class=HelpFormatter,
         description="End-to-end tokens/s, NFE, bypass rate and sampler overhead of each sampler x cache "
                     "mode, against the naive implementation of the same algorithm in the same run.")
     source = parser.add_mutually_exclusive_group()
@@ -95,29 +98,27 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated sampler names (infogain.samplers.SAMPLERS); the naive "
                              "comparison exists for info_gain and lookum (default: info_gain)")
     parser.add_argument("--cache", default="none,prefix,dual", help="comma-separated cache modes")
-    parser.add_argument("--prompt-length", type=int, default=None)
-    parser.add_argument("--gen-length", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--block-length", type=int, default=None)
+    for name, text in (("prompt-length", "random prompt tokens per row"), ("gen-length", "gen_length"),
+                       ("steps", "steps"), ("block-length", "block_length")):
+        parser.add_argument(f"--{name}", type=int, default=None,
+                            help=f"{text} (default: {_TOY_DEFAULTS[name.replace('-', '_')]} for the toy model, "
+                                 f"{_FULL_DEFAULTS[name.replace('-', '_')]} otherwise)")
     parser.add_argument("--candidates", type=int, default=8, help="candidate_number")
-    parser.add_argument("--position-temperature", type=float, default=0.2)
-    parser.add_argument("--threshold", type=float, default=0.8)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--position-temperature", type=float, default=0.2, help="position_temperature")
+    parser.add_argument("--threshold", type=float, default=0.8, help="bypass threshold")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the prompts and the samplers")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline (speed of the fast path only)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--out", default=None, help="JSON output path (default: benches/results/e2e-<device>.json)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="PATH", default=None,
+                       help="JSON output path (default: ./e2e-<device>.json in the working directory)")
+    where.add_argument("--update-results", action="store_true",
+                       help="write the source checkout's tracked benches/results/e2e-<device>.json")
     return parser
-
-
-def _split_list(text: str, name: str) -> List[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError(f"{name} must name at least one entry")
-    return items
 
 
 def parse_config_overrides(text: Optional[str]) -> Dict[str, int]:
@@ -125,7 +126,7 @@ def parse_config_overrides(text: Optional[str]) -> Dict[str, int]:
     overrides: Dict[str, int] = {}
     if text is None:
         return overrides
-    for item in _split_list(text, "--config"):
+    for item in split_list("--config", text):
         key, sep, value = item.partition("=")
         try:
             overrides[key.strip()] = int(value)
@@ -149,13 +150,6 @@ def _check_args(args) -> None:
     unknown = [c for c in args.cache_modes if c not in CACHE_MODES]
     if unknown:
         raise ValueError(f"--cache: unknown mode(s) {unknown}; choose from {list(CACHE_MODES)}")
-
-
-def _resolve_device(arg: Optional[str]) -> torch.device:
-    device = torch.device(arg) if arg else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {arg}: CUDA is not available on this machine")
-    return device
 
 
 def _resolve_dtype(arg: Optional[str], device: torch.device) -> torch.dtype:
@@ -365,12 +359,14 @@ def _environment(device: torch.device, common) -> Dict[str, object]:
             "platform": platform.platform()}
 
 
-def default_output_path(device: torch.device, common=None) -> str:
-    """``benches/results/e2e-<device>.json``, the naming of ``benches/_common.write_results``."""
-    if common is not None:
-        return os.path.join(common.RESULTS_DIR, f"e2e-{common.device_slug(device)}.json")
-    slug = "cpu" if device.type != "cuda" else "cuda"
-    return os.path.join("benches", "results", f"e2e-{slug}.json")
+def default_output_path(device: torch.device, common=None, *, update_results: bool = False) -> str:
+    """``e2e-<device>.json`` in the working directory, or with ``update_results`` the tracked
+    ``benches/results/e2e-<device>.json`` of the source tree (needs ``common``); the naming of
+    ``benches/_common.output_path``."""
+    slug = common.device_slug(device) if common is not None else ("cpu" if device.type != "cuda" else "cuda")
+    if update_results:
+        return os.path.join(common.RESULTS_DIR, f"e2e-{slug}.json")
+    return f"e2e-{slug}.json"
 
 
 def write_record(path: str, device: torch.device, rows: List[Dict[str, object]], common=None, **extra) -> str:
@@ -383,27 +379,25 @@ def write_record(path: str, device: torch.device, rows: List[Dict[str, object]],
     return path
 
 
-def _print_table(rows: List[Dict[str, object]], common) -> None:
-    if common is not None:
-        common.print_table(rows, _TABLE_COLUMNS)
-        return
-    for row in rows:
-        print("  ".join(f"{c}={row.get(c, '')}" for c in _TABLE_COLUMNS))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the benchmark; returns 0, or 2 when a configuration failed or the tokens differ."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.sampler_names = _split_list(args.samplers, "--samplers")
-        args.cache_modes = _split_list(args.cache, "--cache")
+        args.sampler_names = split_list("--samplers", args.samplers)
+        args.cache_modes = split_list("--cache", args.cache)
+        if args.out:  # fail now, not after the whole benchmark
+            make_output_dir("--out", os.path.dirname(os.path.abspath(args.out)))
         _check_args(args)
-        device = _resolve_device(args.device)
+        device = parse_device("--device", args.device)
         dtype = _resolve_dtype(args.dtype, device)
     except ValueError as exc:
         parser.error(str(exc))
 
+    common = _bench_common()
+    if args.update_results and common is None:
+        parser.error("--update-results writes benches/results/ of a source checkout, which this "
+                     "installation does not have; use --out PATH")
     from infogain.samplers import SAMPLERS
 
     unknown = [s for s in args.sampler_names if s not in SAMPLERS]
@@ -443,13 +437,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                 print(f"  {sampler_name:>10} / {cache:<6} done"
                       + (f"  ERROR {row['error']}" if "error" in row else ""), flush=True)
 
-    common = _bench_common()
-    _print_table(rows, common)
+    print(format_table(rows, _TABLE_COLUMNS))
     failures = [r for r in rows if "error" in r or r.get("tokens_match") is False]
     for row in failures:
         reason = row.get("error") or f"TOKENS DIFFER from the naive implementation: {row.get('mismatch')}"
         print(f"!!! {row['sampler']} / {row['cache']}: {reason}", file=sys.stderr)
-    path = args.out or default_output_path(device, common)
-    write_record(path, device, rows, common, settings=settings, all_tokens_match=not failures)
+    if failures:
+        print("no results written: a configuration failed", file=sys.stderr)
+        return 2
+    path = args.out or default_output_path(device, common, update_results=args.update_results)
+    write_record(path, device, rows, common, settings=settings, all_tokens_match=True)
     print(f"wrote {path}")
-    return 2 if failures else 0
+    return 0

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ._cliutil import HelpFormatter, make_output_dir, parse_device, split_list
 from .tasks import TASKS, CharCodec, get_task
 
 DEMO_SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm")
@@ -45,9 +46,7 @@ def toy_model_path() -> str:
 
 
 def _parse_list(name: str, text: str, allowed: Sequence[str]) -> List[str]:
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    if not items:
-        raise ValueError(f"--{name} must name at least one of {', '.join(allowed)}")
+    items = split_list(f"--{name}", text)
     unknown = [item for item in items if item not in allowed]
     if unknown:
         raise ValueError(f"--{name}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
@@ -55,7 +54,8 @@ def _parse_list(name: str, text: str, allowed: Sequence[str]) -> List[str]:
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infogain demo", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    parser = argparse.ArgumentParser(prog="infogain demo", description=__doc__.split("\n\n")[1].replace("\n", " "),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, from {', '.join(TASKS)}")
     parser.add_argument("--samplers", default=",".join(DEMO_SAMPLERS), help="comma-separated sampler names")
     parser.add_argument("--num-samples", type=int, default=DEFAULT_NUM_SAMPLES, help="held-out problems per task")
@@ -149,26 +149,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         sampler_names = _parse_list("samplers", args.samplers, _sampler_names())
         if args.num_samples < 1:
             raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-        try:
-            device = torch.device(args.device)
-        except RuntimeError as exc:
-            raise ValueError(f"--device {args.device!r} is not a torch device") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was given but CUDA is not available")
+        device = parse_device("--device", args.device)
         model_path = args.model or toy_model_path()
         if not os.path.isfile(os.path.join(model_path, "config.json")):
             raise ValueError(f"--model {model_path!r} is not a checkpoint folder (no config.json)")
+        make_output_dir("--out", args.out)  # before the runs, not after them
     except ValueError as exc:
         parser.error(str(exc))
 
     from tqdm import tqdm
-    from transformers.utils import logging as transformers_logging
 
     from . import models, samplers
 
-    # Loading a tokenizer from a folder whose config.json is not a transformers
-    # model config makes transformers warn; the demo's output is the table.
-    transformers_logging.set_verbosity_error()
     model, tokenizer = models.load(model_path)
     model = model.to(device).eval()
     if tokenizer is None:
@@ -191,10 +183,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     wall = time.perf_counter() - start
 
     print(format_table(rows))
-    os.makedirs(args.out, exist_ok=True)
     record = {
         "model": os.path.abspath(model_path), "device": str(device),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
+        # The threads torch computed with, not the core count.
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
         if device.type == "cpu" else torch.cuda.get_device_name(device),
         "torch": torch.__version__, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
         "settings": DEMO_SETTINGS, "temperature": {task.name: TASK_TEMPERATURE[task.name] for task in tasks},

@@ -39,6 +39,7 @@ tensors ``candidates`` [B, K], ``candidate_logprobs`` [B, K], ``scores`` [B, K]
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Dict, List, Optional, Sequence
 
@@ -58,6 +59,16 @@ def _check_number(name: str, value, low: float, high: float, *, low_open: bool =
         bracket = "(" if low_open else "["
         raise ValueError(f"{name} must be in {bracket}{low}, {high}], got {value}")
     return float(value)
+
+
+def _cache_keyword(model) -> str:
+    """The forward keyword that takes a ``Cache``: ``cache`` in current transformers, where
+    ``past_key_values`` is deprecated (a FutureWarning on every call), else ``past_key_values``."""
+    try:
+        parameters = inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in parameters else "past_key_values"
 
 
 def _check_int(name: str, value, low: int) -> int:
@@ -184,6 +195,7 @@ class ExtendedInferenceSampler:
         attention_mask = attention_mask.to(device=input_ids.device, dtype=torch.int64)
         if bool((attention_mask[:, -1] == 0).any()) or bool((attention_mask.sum(dim=1) == 0).any()):
             raise ValueError("attention_mask must use left padding: every row's last position must be a real token")
+        self._check_fits_model(input_ids, max_new_tokens)
 
         self.last_debug = []
         runner = (_CachedRunner if self.use_cache else _UncachedRunner)(self.model, input_ids, attention_mask)
@@ -205,6 +217,26 @@ class ExtendedInferenceSampler:
         if not generated:
             return input_ids.clone()
         return torch.cat([input_ids, torch.stack(generated, dim=1)], dim=1)
+
+    def _check_fits_model(self, input_ids: torch.Tensor, max_new_tokens: int) -> None:
+        """Token ids inside the embedding table and positions inside ``max_position_embeddings``
+        (the model would fail with a bare IndexError otherwise)."""
+        config = getattr(self.model, "config", None)
+        embeddings = getattr(self.model, "get_input_embeddings", lambda: None)()
+        vocab = getattr(embeddings, "num_embeddings", None) or getattr(config, "vocab_size", None)
+        if isinstance(vocab, int):
+            low, high = int(input_ids.min()), int(input_ids.max())
+            if low < 0 or high >= vocab:
+                raise ValueError(f"input_ids must hold token ids in [0, {vocab}) (the model's vocabulary), "
+                                 f"got {low if low < 0 else high}")
+        max_positions = getattr(config, "max_position_embeddings", None)
+        if isinstance(max_positions, int) and max_new_tokens > 0:
+            # Highest position fed: the last chosen token's rollout (or the token itself when L = 0).
+            needed = input_ids.shape[1] + max_new_tokens - 1 + max(self.lookahead_steps, 1) - 1
+            if needed >= max_positions:
+                raise ValueError(f"input_ids length ({input_ids.shape[1]}) + max_new_tokens ({max_new_tokens}) "
+                                 f"with lookahead_steps={self.lookahead_steps} needs position {needed}, beyond "
+                                 f"the model's max_position_embeddings ({max_positions})")
 
     def _choose(self, runner, logits: torch.Tensor) -> torch.Tensor:
         """The appended token of each row: argmax of the extended score over its top-K candidates."""
@@ -246,11 +278,12 @@ class _CachedRunner:
 
         self.model = model
         self.cache = DynamicCache(config=getattr(model, "config", None))
+        self.cache_keyword = _cache_keyword(model)
         self.mask = attention_mask
         self.next_position = attention_mask.sum(dim=1)
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
-                    past_key_values=self.cache, use_cache=True, logits_to_keep=1)
-        self.cache = out.past_key_values
+                    use_cache=True, logits_to_keep=1, **{self.cache_keyword: self.cache})
+        # The model updates self.cache in place (and returns it, under either name).
         if any(type(layer) is not DynamicLayer for layer in getattr(self.cache, "layers", [None])):
             raise ValueError("use_cache=True needs a DynamicCache of full-attention DynamicLayer layers "
                              "(sliding-window or linear-attention caches cannot be cropped); use use_cache=False")
@@ -272,7 +305,7 @@ class _CachedRunner:
         additive.masked_fill_(~allowed, torch.finfo(dtype).min)
         positions = (self.next_position + step)[:, None].expand(batch, k)
         out = self.model(input_ids=tokens, attention_mask=additive[:, None], position_ids=positions,
-                         past_key_values=self.cache, use_cache=True)
+                         use_cache=True, **{self.cache_keyword: self.cache})
         self.rollout_tokens += k
         return out.logits
 
@@ -283,7 +316,7 @@ class _CachedRunner:
     def append(self, token: torch.Tensor) -> torch.Tensor:
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         out = self.model(input_ids=token[:, None], attention_mask=self.mask, position_ids=self.next_position[:, None],
-                         past_key_values=self.cache, use_cache=True)
+                         use_cache=True, **{self.cache_keyword: self.cache})
         self.next_position = self.next_position + 1
         return out.logits[:, -1]
 

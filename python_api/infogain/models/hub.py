@@ -66,9 +66,16 @@ def _check_dtype_device(dtype, device):
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
     try:
-        return torch.device(device) if device is not None else torch.device("cpu")
+        device = torch.device(device) if device is not None else torch.device("cpu")
     except (RuntimeError, TypeError) as exc:
         raise ValueError(f"device is not a valid torch device: {device!r}") from exc
+    backend = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
+    if backend is not None and hasattr(backend, "is_available") and not backend.is_available():
+        raise ValueError(f"device {str(device)!r} is not available: this torch ({torch.__version__}) has no "
+                         f"usable {device.type} device; use device='cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def build(config: dict, *, dtype: Optional[torch.dtype] = None, device=None) -> Transformer:
@@ -166,10 +173,15 @@ def _weight_files(path: str) -> dict:
 def _load_tokenizer(path: str):
     if not any(os.path.isfile(os.path.join(path, n)) for n in _TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, PretrainedConfig, PreTrainedTokenizerFast
 
     try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=False, local_files_only=True)
+        # An empty model config: otherwise transformers reads config.json as one of its own model
+        # configs, which these architectures are not, and warns about it (model type mismatch,
+        # Dream's rope_scaling) in the user's output. The tokenizer class comes from
+        # tokenizer_config.json.
+        return AutoTokenizer.from_pretrained(path, config=PretrainedConfig(), trust_remote_code=False,
+                                             local_files_only=True)
     except Exception:
         # Checkpoints whose tokenizer_config names a remote-code class (Dream):
         # the fast tokenizer file is all that is needed.

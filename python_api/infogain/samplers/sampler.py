@@ -179,6 +179,10 @@ class DiffusionSampler:
 
     def _encode(self, prompts, chat: bool) -> List[List[int]]:
         """Token id lists of the prompts (strings, id lists or a tensor)."""
+        if chat and not (isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and len(prompts) > 0
+                                                      and all(isinstance(p, str) for p in prompts))):
+            raise ValueError("chat=True applies the tokenizer's chat template to string prompts; these prompts "
+                             "are token ids (apply the template before tokenizing, or pass chat=False)")
         if isinstance(prompts, torch.Tensor):
             if prompts.dtype in (torch.bool,) or prompts.dtype.is_floating_point or prompts.dtype.is_complex:
                 raise TypeError(f"prompts tensor must have an integer dtype, got {prompts.dtype}")
@@ -217,12 +221,18 @@ class DiffusionSampler:
                 raise ValueError(f"prompts[{i}] contains a negative token id")
             if isinstance(vocab_size, int) and any(t >= vocab_size for t in row):
                 raise ValueError(f"prompts[{i}] contains a token id >= the model's vocab_size ({vocab_size})")
+            if self.mask_id in row:
+                # A mask in the prompt would be neither decoded nor kept meaningfully.
+                raise ValueError(f"prompts[{i}] contains the mask token id {self.mask_id} at position "
+                                 f"{row.index(self.mask_id)}; only the generation region is decoded")
         return rows
 
     def _encode_text(self, text: str, chat: bool) -> List[int]:
         if self.tokenizer is None:
             raise ValueError("a tokenizer is required to encode string prompts")
-        if chat and getattr(self.tokenizer, "chat_template", None):
+        if chat:
+            if not getattr(self.tokenizer, "chat_template", None):
+                raise ValueError("chat=True but the tokenizer has no chat template; pass chat=False")
             text = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                                       add_generation_prompt=True)
             # The template already holds the special tokens (BOS); do not add them twice.
@@ -250,6 +260,7 @@ class DiffusionSampler:
         Args:
             prompts: a string (needs the tokenizer), a list of strings, a list of
                 token ids, a list of such lists, or an integer tensor ``[P]`` / ``[B, P]``.
+                A prompt must not contain the mask token (ValueError).
                 Prompts of different lengths are left padded into one canvas with an
                 attention mask; every row is decided independently.
             gen_length: tokens to generate per prompt (a multiple of ``block_length``).
@@ -291,7 +302,8 @@ class DiffusionSampler:
                 0.15 with / without fill; +12: 0.57 vs 0.74) -- with no accuracy gain
                 on sudoku (0.223 vs 0.230 at +14). No measured benefit, so the
                 default reproduces the reference.
-            chat: apply the tokenizer's chat template to string prompts.
+            chat: apply the tokenizer's chat template to string prompts (ValueError when the
+                tokenizer has none or the prompts are token ids).
             seed: seeds the run's generator (same seed, device and backend -> same
                 result); None draws from torch's default generator.
             progress: show a tqdm progress bar over blocks.
@@ -360,6 +372,12 @@ class DiffusionSampler:
         started = time.perf_counter()
         with torch.inference_mode():
             result = self._generate(prompts, opts)
+        # Inference-mode tensors cannot enter autograd (e.g. scoring the generations with the
+        # model outside no_grad); hand back ordinary copies (a few KB).
+        for name in ("sequences", "canvas", "attention_mask"):
+            value = getattr(result, name)
+            if isinstance(value, torch.Tensor):
+                setattr(result, name, value.clone())
         result.stats.wall_time_s = time.perf_counter() - started
         return result
 
