@@ -5,7 +5,8 @@ File: JSON / JSONL records in the Info-Gain repository's format: ``input`` is
 reference solution such as ``"44-15=29,79-29=50"``.
 Prompt: the numbers, asking for ``The answer is: <formula>``; few-shot adds
 three worked examples. Extraction: the text after the last ``answer is``
-(to the end of its line), else the last line holding an equation.
+(to the end of its line), else the longest formula in the last line that
+holds an operation.
 Grading, exact (fractions, no rounding): the answer is either a chain of
 steps ``a op b = c`` separated by commas or semicolons, each step arithmetically
 right and using numbers still available (the given ones and earlier results),
@@ -52,8 +53,12 @@ def extract_answer(generation: str) -> Optional[str]:
     matches = _ANSWER_IS.findall(generation)
     if matches:
         return matches[-1].strip().strip("$").rstrip(".").strip() or None
-    lines = [ln.strip() for ln in generation.splitlines() if re.search(r"\d\s*[-+*/×÷]\s*\d", ln)]
-    return lines[-1].rstrip(".") if lines else None
+    lines = [ln for ln in generation.splitlines() if re.search(r"\d\s*[-+*/×÷]\s*\d", ln)]
+    if not lines:
+        return None
+    # The longest formula-like span of that line (the words around it are not part of the answer).
+    spans = re.findall(r"[\d\s+\-*/×÷()=,;]+", lines[-1])
+    return max(spans, key=lambda span: len(span.strip())).strip().rstrip(",;") or None
 
 
 def _check_steps(steps: List[str], numbers: List[int], target: int) -> bool:

@@ -190,9 +190,6 @@ def _to_sympy(s: str):
     letters = set(re.findall(r"[a-zA-Z]", expr.replace("pi", "")))
     if re.search(r"[a-zA-Z]{2,}", expr.replace("pi", "")):   # words, not one-letter symbols
         return None
-    # Huge powers (9^9^9) would make sympy compute for ever.
-    if expr.count("**") > 3 or re.search(r"\*\*\(*\d{3,}", expr):
-        return None
     try:
         import sympy
         from sympy.parsing.sympy_parser import (implicit_multiplication_application, parse_expr,
@@ -200,9 +197,16 @@ def _to_sympy(s: str):
 
         # One-letter names are plain symbols (sympy would read E, I, N, S, Q as constants or functions).
         names = {c: sympy.Symbol(c) for c in letters}
-        return parse_expr(expr, local_dict=names,
-                          transformations=standard_transformations + (implicit_multiplication_application,),
-                          evaluate=True)
+        parsed = parse_expr(expr, local_dict=names, evaluate=False,
+                            transformations=standard_transformations + (implicit_multiplication_application,))
+        # Power towers (9^9^9) would make sympy compute for ever: every exponent, inner ones first, must
+        # evaluate to a number of magnitude <= 1000.
+        for node in sympy.postorder_traversal(parsed):
+            if isinstance(node, sympy.Pow):
+                exponent = node.exp.doit()
+                if not exponent.is_number or abs(float(exponent)) > 1000:
+                    return None
+        return parsed.doit()
     except Exception:  # unbalanced parentheses and other malformed answers are just not numeric
         return None
 
