@@ -25,7 +25,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import List, Optional
 
 import torch
@@ -38,15 +38,14 @@ from .generation import (environment, load_generator, model_identity, resolve_de
 from .summary import compare, format_comparison, format_table, read_summary, summarize
 
 
-@dataclass
 class Dist:
     """This process's place in a data-parallel run (from torchrun's / accelerate's environment variables)."""
 
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    local_world_size: int = 1
-    backend: Optional[str] = None
+    def __init__(self, rank: int = 0, world_size: int = 1, local_rank: int = 0, local_world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
+        self.local_rank, self.local_world_size = local_rank, local_world_size
+        # Set by init(): "gloo" (CPU) or "nccl" (GPU) when several processes run.
+        self.backend: Optional[str] = None
 
     @classmethod
     def from_env(cls) -> "Dist":
