@@ -253,3 +253,18 @@ def test_load_generator_from_plain_keys():
     result = gen.generate([[2, 5, 6]], seed=1)
     assert tuple(result.sequences.shape) == (1, 8) and gen.options["cache"] == "dual"
     assert isinstance(EvalConfig().to_dict(), dict)
+
+
+def test_rank_environment_is_validated(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(ValueError, match="RANK=2 is outside"):
+        runner.Dist.from_env()
+    monkeypatch.setenv("RANK", "one")
+    with pytest.raises(ValueError, match="RANK='one' is not an integer"):
+        runner.Dist.from_env()
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    dist = runner.Dist.from_env()
+    assert (dist.rank, dist.world_size, dist.local_rank) == (1, 2, 1)
+    assert runner.sample_seed(0, "7") == runner.sample_seed(0, "7") != runner.sample_seed(1, "7")

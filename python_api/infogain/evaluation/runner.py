@@ -169,10 +169,12 @@ def run(cfg: EvalConfig, *, overwrite: bool = False, stream=None) -> Optional[di
     try:
         dist.barrier(device)   # every rank has checked the folder before rank 0 changes it
         if dist.rank == 0:
+            previous = None if overwrite else results.read_run(out)
             if overwrite:
                 results.remove_outputs(out)
+            now = datetime.datetime.now().isoformat(timespec="seconds")
             results.write_json(os.path.join(out, results.RUN_FILE),
-                               {**run_record, "created": datetime.datetime.now().isoformat(timespec="seconds")})
+                               {**run_record, "created": (previous or {}).get("created", now), "last_started": now})
         dist.barrier(device)
         done = results.read_records(out, chash)
         batches = [samples[i:i + cfg.batch_size] for i in range(0, len(samples), cfg.batch_size)]

@@ -11,7 +11,8 @@ Definitions (all sums run over the graded problems of the run):
   tokens only, and report the EOS fill separately.
 * ``nfe``: model forward passes per problem, a lookahead batch counted once
   (with ``batch_size`` > 1 a batched forward counts once for each problem in it).
-* ``tpf`` (tokens per forward) = decoded tokens / forward passes.
+* ``tpf`` (tokens per forward) = decoded tokens / forward passes
+  (``tpf_with_eos_fill`` counts the EOS fill too, as some papers do).
 * ``tokens_per_s`` = decoded tokens / generation seconds, where generation
   seconds are the wall times of the ``generate`` calls summed over every
   process (device-seconds): a per-device throughput, independent of how many
@@ -83,6 +84,7 @@ def summarize(records: Sequence[dict], *, config: dict, config_hash: str, expect
         "tokens_by_kind": tokens,
         "nfe": nfe, "nfe_per_problem": nfe / n if n else 0.0,
         "tpf": decoded / nfe if nfe else 0.0,
+        "tpf_with_eos_fill": generated / nfe if nfe else 0.0,
         "candidate_evals": sum(r["stats"]["candidate_evals"] for r in records),
         "bypass_rate": tokens.get("bypass", 0) / decoded if decoded else 0.0,
         "cumulative_entropy": entropy / n if n else 0.0,
