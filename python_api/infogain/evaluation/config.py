@@ -41,7 +41,8 @@ class EvalConfig:
     prompt). Model: ``model`` (checkpoint folder; ``toy`` = the shipped toy
     model), ``dtype`` (auto = bfloat16 on GPU, float32 on CPU), ``device``
     (auto = the process's GPU under torchrun / accelerate, else CPU). Sampler:
-    ``sampler`` and the options of :meth:`~infogain.samplers.DiffusionSampler.generate`.
+    ``sampler`` and the options of :meth:`~infogain.samplers.DiffusionSampler.generate`
+    (``variant`` and ``lookahead_eos_fill`` left null keep the sampler's defaults).
     Run: ``seed`` (each problem's generator is seeded from it and the problem's
     id only), ``batch_size`` (problems per ``generate`` call; batches are formed
     before sharding, so results do not depend on the number of processes),
@@ -72,6 +73,8 @@ class EvalConfig:
     block_length: int = 32
     parallel_bypass: bool = False
     eos_penalty: float = 0.0
+    stop_at_eos: bool = True
+    lookahead_eos_fill: Optional[bool] = None
     gamma: float = 0.01
     seed: int = 0
     batch_size: int = 1
@@ -118,10 +121,12 @@ class EvalConfig:
         """Keyword arguments of ``DiffusionSampler.generate`` (seed excluded: it is per problem)."""
         options = {name: getattr(self, name) for name in (
             "gen_length", "steps", "block_length", "candidate_number", "position_temperature", "threshold",
-            "temperature", "cache", "parallel_bypass", "eos_penalty", "gamma")}
+            "temperature", "cache", "parallel_bypass", "eos_penalty", "stop_at_eos", "gamma")}
         options["chat"] = self.chat_template
-        if self.variant is not None:
-            options["variant"] = self.variant
+        # None keys keep the sampler's own default (lookahead_eos_fill: the reference behaviour).
+        for name in ("variant", "lookahead_eos_fill"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
         return options
 
     def to_dict(self) -> Dict[str, object]:
