@@ -113,7 +113,7 @@ def format_table(summaries: Sequence[dict]) -> str:
     """Aligned text table, one line per summary."""
     lines = [list(_COLUMNS)] + [_row(s) for s in summaries]
     widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
