@@ -151,7 +151,7 @@ def test_toy_tasks_with_shipped_configs(tmp_path, task, sampler):
     lo, hi = summary["accuracy_ci95"]
     assert lo <= summary["accuracy"] <= hi
     env = summary["environment"]
-    assert env["world_size"] == 1
+    assert env["world_size"] == 1 and env["processes"][0]["chat_template_applied"] is False
     for key in ("torch", "transformers", "triton", "dtype", "device", "device_name", "git_commit",
                 "package_version", "python"):
         assert key in env["processes"][0]
@@ -268,3 +268,26 @@ def test_rank_environment_is_validated(monkeypatch):
     dist = runner.Dist.from_env()
     assert (dist.rank, dist.world_size, dist.local_rank) == (1, 2, 1)
     assert runner.sample_seed(0, "7") == runner.sample_seed(0, "7") != runner.sample_seed(1, "7")
+
+
+def test_chat_template_is_applied_to_text_prompts_when_the_tokenizer_has_one(tmp_path):
+    import shutil
+
+    from infogain.demo import toy_model_path
+
+    model = tmp_path / "toy-chat"
+    shutil.copytree(toy_model_path(), model)
+    with open(model / "tokenizer_config.json") as fh:
+        tok_config = json.load(fh)
+    tok_config["chat_template"] = "{% for m in messages %}{{ m['content'] }}={% endfor %}"
+    with open(model / "tokenizer_config.json", "w") as fh:
+        json.dump(tok_config, fh)
+    write_task_files(tmp_path)
+    out = str(tmp_path / "out")
+    common = ["--model", str(model), "--output_dir", out, "--max_samples", "1", *FAST]
+    eval_main("--task", "gsm8k", "--data_dir", str(tmp_path), "--prompt_template", "{question}", "--gen_length", "8",
+              "--steps", "8", "--block_length", "8", *common)
+    assert read_summary(out)["environment"]["processes"][0]["chat_template_applied"] is True
+    # Tasks that encode their own token ids never get the template.
+    eval_main("--config", "toy_sudoku_info_gain", *common, "--overwrite")
+    assert read_summary(out)["environment"]["processes"][0]["chat_template_applied"] is False

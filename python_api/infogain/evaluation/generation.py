@@ -120,7 +120,10 @@ def load_generator(config: Union[EvalConfig, Mapping[str, object]], *, local_ran
     model, tokenizer = models.load(path, dtype=dtype, device=device)
     model.eval()
     sampler = samplers.make_sampler(config.sampler, model, tokenizer)
-    return Generator(model=model, tokenizer=tokenizer, sampler=sampler, options=config.generate_options(),
+    options = config.generate_options()
+    # chat_template means "when the tokenizer has one": base models and the toy model have none.
+    options["chat"] = bool(options["chat"] and getattr(tokenizer, "chat_template", None))
+    return Generator(model=model, tokenizer=tokenizer, sampler=sampler, options=options,
                      device=device, dtype=dtype, model_path=os.path.abspath(path))
 
 

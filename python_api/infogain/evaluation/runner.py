@@ -26,7 +26,7 @@ import os
 import sys
 import time
 from dataclasses import fields
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -137,7 +137,9 @@ def _generate_batch(gen, task: EvalTask, batch: List[Sample], cfg: EvalConfig, p
     for s in batch:
         ids = task.prompt_ids(s, gen.tokenizer)
         prompts.append(ids if ids is not None else task.prompt(s, popts))
-    return gen.generate(prompts, seed=sample_seed(cfg.seed, batch[0].id))
+    # A task that encodes its own prompts (the toy tasks) gets no chat template: it applies to text only.
+    own_ids = not isinstance(prompts[0], str)
+    return gen.generate(prompts, seed=sample_seed(cfg.seed, batch[0].id), **({"chat": False} if own_ids else {}))
 
 
 def run(cfg: EvalConfig, *, overwrite: bool = False, stream=None) -> Optional[dict]:
@@ -181,9 +183,9 @@ def run(cfg: EvalConfig, *, overwrite: bool = False, stream=None) -> Optional[di
         mine = [(b, batch) for b, batch in enumerate(batches)
                 if b % dist.world_size == dist.rank and any(s.id not in done for s in batch)]
         index = {s.id: i for i, s in enumerate(samples)}
-        written = _decode_batches(mine, done, index, task, cfg, dist, device, out, chash)
+        written, chat_applied = _decode_batches(mine, done, index, task, cfg, dist, device, out, chash)
         env = {"rank": dist.rank, "elapsed_s": time.perf_counter() - started, "samples_written": written,
-               **environment(device, resolve_dtype(cfg.dtype, device))}
+               "chat_template_applied": chat_applied, **environment(device, resolve_dtype(cfg.dtype, device))}
         results.write_json(results.env_file(out, dist.rank), env)
         dist.barrier(device)
         if dist.rank != 0:
@@ -194,9 +196,11 @@ def run(cfg: EvalConfig, *, overwrite: bool = False, stream=None) -> Optional[di
 
 
 def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Dist, device, out: str,
-                    chash: str) -> int:
+                    chash: str) -> Tuple[int, Optional[bool]]:
+    """Generate and grade this rank's pending batches; returns (problems written, whether text prompts got the
+    chat template; None when nothing ran)."""
     if not mine:
-        return 0
+        return 0, None
     from tqdm import tqdm
 
     gen = load_generator(cfg, local_rank=dist.local_rank, world_size=dist.world_size)
@@ -227,7 +231,7 @@ def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Di
                 written += 1
     finally:
         writer.close()
-    return written
+    return written, bool(gen.options["chat"]) and task.prompt_ids(mine[0][1][0], gen.tokenizer) is None
 
 
 def _finish(out: str, samples: List[Sample], cfg: EvalConfig, chash: str, dist: Dist, started: float,
