@@ -55,12 +55,12 @@ setup(
     packages=find_packages(include=["infogain_kernels", "infogain_kernels.*"])
     + find_packages("python_api", include=["infogain", "infogain.*"]),
     package_dir={"infogain": "python_api/infogain"},
-    package_data={"infogain": ["assets/*", "assets/*/*"]},
+    package_data={"infogain": ["assets/*", "assets/*/*", "configs/*.yaml"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     python_requires=">=3.9",
     # matplotlib: the demo (the main command) writes its chart as a PNG.
-    install_requires=["torch>=2.4", "safetensors", "transformers>=4.45", "tqdm", "numpy", "matplotlib"],
+    install_requires=["torch>=2.4", "safetensors", "transformers>=4.45", "tqdm", "numpy", "matplotlib", "pyyaml"],
     extras_require={
         "triton": ["triton>=3.0"],
         "flash-attn": ["flash-attn>=2.6"],

@@ -1,8 +1,9 @@
-"""Command line: ``python -m infogain demo|bench [options]`` (also the ``infogain`` console script).
+"""Command line: ``python -m infogain demo|bench|eval [options]`` (also the ``infogain`` console script).
 
 ``demo``  runs the samplers on the embedded toy model's tasks (:mod:`infogain.demo`).
 ``bench`` measures end-to-end tokens/s, NFE and bypass rate (:mod:`infogain.bench`).
 ``chat``  interactive multi-turn chat with a checkpoint (:mod:`infogain.chat`).
+``eval``  evaluates a sampler on a benchmark task (:mod:`infogain.evaluation`).
 
 Each command parses its own options; ``python -m infogain <command> --help`` lists them.
 """
@@ -15,6 +16,7 @@ COMMANDS = {
     "demo": "run the samplers on the embedded toy model and print accuracy / entropy / NFE / tokens/s",
     "bench": "end-to-end tokens/s, NFE and bypass rate per sampler and cache mode",
     "chat": "interactive multi-turn chat with a diffusion LM checkpoint, answers shown block by block",
+    "eval": "evaluate a sampler on a benchmark task (configs, torchrun / accelerate, resume, summary)",
 }
 
 
@@ -37,6 +39,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from . import demo as command
     elif args.command == "chat":
         from . import chat as command
+    elif args.command == "eval":
+        from .evaluation import runner as command
     else:
         from . import bench as command
     return int(command.main(args.args) or 0)

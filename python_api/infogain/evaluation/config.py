@@ -1,0 +1,265 @@
+"""Evaluation configs: YAML files, ``--key value`` overrides, the shipped configs, and the run's config hash.
+
+Keys (defaults in :class:`EvalConfig`) follow the standalone Info-Gain
+repository's ``run.py`` where they apply; its spellings are accepted as
+aliases (``use_cache`` -> ``cache``, ``mode`` -> ``sampler`` with its mode names,
+``result_dir`` -> ``output_dir``, ``no_shot`` -> ``fewshot: false``,
+``model_name`` -> ``model``, ``max_new_tokens`` -> ``gen_length``,
+``block_size`` -> ``block_length``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..samplers import CACHE_MODES, SAMPLERS, VARIANTS
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+# The standalone repository's mode names.
+SAMPLER_ALIASES = {"info-gain": "info_gain", "infogain": "info_gain", "original": "confidence",
+                   "eb_sampler": "eb", "fast-dllm": "fast_dllm"}
+KEY_ALIASES = {"use_cache": "cache", "mode": "sampler", "result_dir": "output_dir", "model_name": "model",
+               "max_new_tokens": "gen_length", "block_size": "block_length"}
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run. Every field is a config key and a ``--key value`` option.
+
+    Task: ``task`` (see :data:`infogain.tasks.EVAL_TASKS`), ``data_path`` (the
+    local task file; default ``<data_dir>/<task file name>``), ``max_samples``
+    (the first N problems), ``fewshot``, ``chat_template`` (apply the
+    tokenizer's chat template, when it has one), ``prompt_template`` (a
+    ``str.format`` template over the task record's fields replacing the task's
+    prompt). Model: ``model`` (checkpoint folder; ``toy`` = the shipped toy
+    model), ``dtype`` (auto = bfloat16 on GPU, float32 on CPU), ``device``
+    (auto = the process's GPU under torchrun / accelerate, else CPU). Sampler:
+    ``sampler`` and the options of :meth:`~infogain.samplers.DiffusionSampler.generate`
+    (``variant`` and ``lookahead_eos_fill`` left null keep the sampler's defaults).
+    Run: ``seed`` (each problem's generator is seeded from it and the problem's
+    id only), ``batch_size`` (problems per ``generate`` call; batches are formed
+    before sharding, so results do not depend on the number of processes),
+    ``output_dir``, ``code_timeout_s`` / ``code_memory_mb`` (limits of the code
+    graders), ``progress``, ``dist_timeout_min`` (how long ranks wait for each
+    other at the final barrier).
+    """
+
+    task: Optional[str] = None
+    data_path: Optional[str] = None
+    data_dir: str = "data"
+    max_samples: Optional[int] = None
+    fewshot: bool = True
+    chat_template: bool = True
+    prompt_template: Optional[str] = None
+    model: str = "toy"
+    dtype: str = "auto"
+    device: str = "auto"
+    sampler: str = "info_gain"
+    variant: Optional[str] = None
+    candidate_number: int = 8
+    position_temperature: float = 0.2
+    threshold: float = 0.8
+    cache: str = "prefix"
+    temperature: float = 0.0
+    gen_length: int = 256
+    steps: int = 256
+    block_length: int = 32
+    parallel_bypass: bool = False
+    eos_penalty: float = 0.0
+    stop_at_eos: bool = True
+    lookahead_eos_fill: Optional[bool] = None
+    gamma: float = 0.01
+    seed: int = 0
+    batch_size: int = 1
+    output_dir: Optional[str] = None
+    code_timeout_s: float = 10.0
+    code_memory_mb: int = 1024
+    progress: bool = True
+    dist_timeout_min: float = 600.0
+
+    def validate(self, require_task: bool = True) -> "EvalConfig":
+        """Check every key (raises ValueError naming it); ``require_task=False`` for generation-only use."""
+        from ..tasks import EVAL_TASKS
+
+        if self.task is None and require_task:
+            raise ValueError("task is required (set it in the config or pass --task NAME); choose from "
+                             f"{sorted(EVAL_TASKS)}")
+        if self.task is not None and self.task not in EVAL_TASKS:
+            raise ValueError(f"task: unknown {self.task!r}; choose from {sorted(EVAL_TASKS)}")
+        self.sampler = SAMPLER_ALIASES.get(self.sampler, self.sampler)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler: unknown {self.sampler!r}; choose from {list(SAMPLERS)} (or the standalone "
+                             f"mode names {sorted(SAMPLER_ALIASES)})")
+        if self.variant is not None:
+            if self.variant not in VARIANTS:
+                raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+            if self.sampler not in ("info_gain", "lookum") or (self.sampler == "lookum" and self.variant != "lookum"):
+                raise ValueError(f"variant={self.variant!r} applies to sampler info_gain only (sampler is "
+                                 f"{self.sampler!r})")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name in ("batch_size", "code_memory_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_samples is not None and self.max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1 or null, got {self.max_samples}")
+        for name in ("code_timeout_s", "dist_timeout_min"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        return self
+
+    def generate_options(self) -> Dict[str, object]:
+        """Keyword arguments of ``DiffusionSampler.generate`` (seed excluded: it is per problem)."""
+        options = {name: getattr(self, name) for name in (
+            "gen_length", "steps", "block_length", "candidate_number", "position_temperature", "threshold",
+            "temperature", "cache", "parallel_bypass", "eos_penalty", "stop_at_eos", "gamma")}
+        options["chat"] = self.chat_template
+        # None keys keep the sampler's own default (lookahead_eos_fill: the reference behaviour).
+        for name in ("variant", "lookahead_eos_fill"):
+            if getattr(self, name) is not None:
+                options[name] = getattr(self, name)
+        return options
+
+    def to_dict(self) -> Dict[str, object]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in fields(EvalConfig)}
+# Keys that say where or how fast a run happens, not what it computes: excluded from the config hash,
+# so that a run can be resumed on other devices, with more samples or another output folder.
+NOT_HASHED = ("data_path", "data_dir", "max_samples", "device", "output_dir", "progress", "dist_timeout_min")
+
+
+def _field_type(name: str) -> Tuple[type, bool]:
+    """(base type, nullable) of a config field, from its annotation string."""
+    annotation = str(_FIELDS[name].type)
+    nullable = annotation.startswith("Optional[")
+    base = annotation[len("Optional["):-1] if nullable else annotation
+    return {"str": str, "int": int, "float": float, "bool": bool}[base], nullable
+
+
+def coerce(name: str, value):
+    """``value`` (from YAML or the command line) as the type of config key ``name``; raises naming the key."""
+    kind, nullable = _field_type(name)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and kind is not str):
+        if nullable:
+            return None
+        raise ValueError(f"{name} must not be null")
+    if isinstance(value, str) and value.lower() == "null" and nullable:
+        return None
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return int(as_float)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    return str(value)
+
+
+def _apply(values: Dict[str, object], key: str, value, source: str) -> None:
+    key = key.replace("-", "_")
+    if key == "no_shot":   # the standalone repository's spelling, inverted
+        values["fewshot"] = not coerce("fewshot", value)
+        return
+    key = KEY_ALIASES.get(key, key)
+    if key not in _FIELDS:
+        raise ValueError(f"{source}: unknown key {key!r}; valid keys: {', '.join(sorted(_FIELDS))}")
+    values[key] = coerce(key, value)
+
+
+def parse_overrides(args: Sequence[str]) -> List[Tuple[str, object]]:
+    """``["--key", "value", "--flag", "--k=v"]`` -> [(key, value)]; a key without a value means true."""
+    pairs: List[Tuple[str, object]] = []
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--") or len(token) == 2:
+            raise ValueError(f"unexpected argument {token!r}; overrides are --key value")
+        key = token[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value, i = args[i + 1], i + 2
+        else:
+            value, i = "true", i + 1
+        pairs.append((key, value))
+    return pairs
+
+
+def shipped_configs() -> Dict[str, str]:
+    """Name -> path of the configs shipped with the package."""
+    return {os.path.splitext(os.path.basename(p))[0]: p for p in sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))}
+
+
+def resolve_config_path(name_or_path: str) -> str:
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    shipped = shipped_configs()
+    key = os.path.splitext(os.path.basename(name_or_path))[0]
+    if key in shipped and not os.path.dirname(name_or_path):
+        return shipped[key]
+    raise ValueError(f"--config {name_or_path!r}: no such file and not a shipped config (see --list-configs)")
+
+
+def load_config(config: Optional[str] = None, overrides: Sequence[str] = ()) -> EvalConfig:
+    """The config file ``config`` (a path or a shipped name; optional), then ``--key value`` ``overrides``."""
+    import yaml
+
+    values: Dict[str, object] = {}
+    if config is not None:
+        path = resolve_config_path(config)
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config {path!r} must be a mapping of keys to values")
+        for key, value in data.items():
+            _apply(values, str(key), value, f"config {path!r}")
+    for key, value in parse_overrides(list(overrides)):
+        _apply(values, key, value, "command line")
+    return EvalConfig(**values).validate()
+
+
+def config_hash(cfg: EvalConfig, model_identity: str, task_digest: str) -> str:
+    """What the results depend on: the hashed config keys, the model's identity and the task's source."""
+    keyed = {k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED and k != "model"}
+    blob = json.dumps({"config": keyed, "model": model_identity, "task": task_digest}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def describe_configs() -> List[str]:
+    """One line per shipped config: name, task, sampler."""
+    import yaml
+
+    lines = []
+    for name, path in shipped_configs().items():
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        lines.append(f"{name:32s} task={data.get('task')} sampler={data.get('sampler')} cache={data.get('cache')}")
+    return lines
