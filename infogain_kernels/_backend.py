@@ -82,3 +82,13 @@ def capturing_cuda_graph(device: torch.device) -> bool:
     data-dependent checks (NaN, all -inf rows) are skipped; see each op's docstring.
     """
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+@contextlib.contextmanager
+def device_guard(tensor: torch.Tensor):
+    """Make ``tensor``'s CUDA device current while Triton kernels are launched on it (no-op on CPU)."""
+    if tensor.device.type == "cuda":
+        with torch.cuda.device(tensor.device):
+            yield
+    else:
+        yield
