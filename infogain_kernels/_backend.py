@@ -75,6 +75,18 @@ def call_op(op, impl, *args):
     return impl(*args)
 
 
+def device_guard(tensor: torch.Tensor):
+    """Context manager making ``tensor``'s CUDA device current (a no-op for other devices).
+
+    Triton launches on the *current* device and its current stream, whatever device the
+    arguments live on; every Triton launch path runs under the guard of its input so that
+    tensors on ``cuda:1`` are processed on ``cuda:1`` while ``cuda:0`` is current.
+    """
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
 def capturing_cuda_graph(device: torch.device) -> bool:
     """True while a CUDA graph is being captured on ``device``'s current stream.
 
@@ -82,13 +94,3 @@ def capturing_cuda_graph(device: torch.device) -> bool:
     data-dependent checks (NaN, all -inf rows) are skipped; see each op's docstring.
     """
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
-@contextlib.contextmanager
-def device_guard(tensor: torch.Tensor):
-    """Make ``tensor``'s CUDA device current while Triton kernels are launched on it (no-op on CPU)."""
-    if tensor.device.type == "cuda":
-        with torch.cuda.device(tensor.device):
-            yield
-    else:
-        yield

@@ -270,13 +270,15 @@ def tile_config(dtype: torch.dtype, n_rows: int) -> dict:
     """Tile shape and launch parameters of the main kernel for ``n_rows`` positions of ``dtype``.
 
     64 x 128 logits per tile over 8 warps is 32 float32 accumulators per thread, which leaves room
-    for the online-statistics epilogue within 128 registers; 128-row tiles (twice the tensor-core
-    work per weight tile loaded) are used once there are enough positions to fill the GPU with them.
-    float32 uses exact (IEEE) products, so smaller K tiles keep its operands in registers.
+    for the online-statistics epilogue and a 4-stage pipeline of 32-wide K tiles within 128
+    registers on sm_90 (about 100) and sm_80 (122); 128-row tiles, or 64-wide K tiles on sm_80,
+    need more. float32 uses exact (IEEE) products, which keep their operands in registers: 64 x 64
+    tiles. ``n_rows`` is in the signature so that a shape-dependent choice stays in this one place.
     """
-    wide = dtype != torch.float32 and n_rows >= 1024
-    return {"BLOCK_M": 128 if wide else 64, "BLOCK_N": 128, "BLOCK_K": 64 if dtype != torch.float32 else 32,
-            "num_warps": 8, "num_stages": 3 if dtype != torch.float32 else 2}
+    del n_rows  # one tile shape fits every row count within the register budget
+    if dtype == torch.float32:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 2}
+    return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4}
 
 
 def split_count(n_rows: int, n_vocab: int, block_m: int, block_n: int, n_programs_target: int) -> Tuple[int, int]:
@@ -295,6 +297,15 @@ def split_count(n_rows: int, n_vocab: int, block_m: int, block_n: int, n_program
 # The combine kernel merges this many positions per program (a few float32 loads per split each).
 _COMBINE_BLOCK = 128
 _COMBINE_WARPS = 4
+
+
+def _vector_width(hidden: torch.Tensor, weight: torch.Tensor) -> int:
+    """Elements per 16 bytes when every row of ``hidden`` and ``weight`` starts 16-byte aligned, else 1
+    (decided from the strides and base addresses on the host, no read-back)."""
+    vec = 16 // hidden.element_size()
+    strides = [s for size, s in zip(hidden.shape[:-1], hidden.stride()[:-1]) if size > 1] + [weight.stride(0)]
+    aligned = all(s % vec == 0 for s in strides) and hidden.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0
+    return vec if aligned else 1
 
 
 def _programs_target(device: torch.device) -> int:
@@ -322,6 +333,9 @@ def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     else:
         cols_per_split = -(-max(1, -(-n_vocab // splits)) // block_n) * block_n
         n_splits = -(-n_vocab // cols_per_split)
+    # Unit strides along D (vector loads); a model's hidden states and LM head already have them.
+    hidden = hidden if hidden.stride(-1) == 1 or dim == 1 else hidden.contiguous()
+    weight = weight if weight.stride(1) == 1 or dim == 1 else weight.contiguous()
     row_offsets, stride_row = _row_layout(hidden)
     if row_offsets is None:
         row_offsets = torch.arange(n_rows, device=device, dtype=torch.int64) * stride_row
@@ -342,8 +356,9 @@ def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     with device_guard(hidden):
         _lm_head_partial_kernel[(row_tiles, n_splits)](
             hidden, weight, bias if bias is not None else entropy, sorted_offsets, n_kept, partials,
-            n_rows, n_vocab, dim, cols_per_split, hidden.stride(-1), weight.stride(0), weight.stride(1),
-            HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32,
+            n_rows, n_vocab, dim, cols_per_split, weight.stride(0),
+            HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32, EVEN_K=dim % config["BLOCK_K"] == 0,
+            VEC=_vector_width(hidden, weight),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=config["BLOCK_K"],
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
@@ -362,8 +377,8 @@ if triton is not None:
     @triton.jit
     def _lm_head_partial_kernel(
         hidden_ptr, weight_ptr, bias_ptr, row_offsets_ptr, n_kept_ptr, partials_ptr,
-        n_rows, n_vocab, dim, cols_per_split, stride_hk, stride_wv, stride_wk,
-        HAS_BIAS: tl.constexpr, IEEE: tl.constexpr,
+        n_rows, n_vocab, dim, cols_per_split, stride_wv,
+        HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr, VEC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         # Program (row tile, vocabulary split): the online statistics (max m, z = sum e^(x-m),
@@ -373,7 +388,10 @@ if triton is not None:
         n_kept = tl.load(n_kept_ptr)
         slots = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         live = slots < n_kept
-        row_base = tl.load(row_offsets_ptr + slots, mask=live, other=0)
+        # Rows are contiguous along D (the launcher makes sure); VEC elements = 16 bytes when every row
+        # start is 16-byte aligned, so the tiles load with vector (and asynchronous) copies.
+        row_base = tl.multiple_of(tl.load(row_offsets_ptr + slots, mask=live, other=0), VEC)
+        stride_wv = tl.multiple_of(stride_wv, VEC)
         col_begin = pid_s * cols_per_split
         col_end = tl.minimum(col_begin + cols_per_split, n_vocab)
         # A tile past the kept positions runs an empty loop: it loads no weight at all.
@@ -388,11 +406,15 @@ if triton is not None:
             acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             for k_start in range(0, dim, BLOCK_K):
                 ks = k_start + k_lanes
-                in_dim = ks < dim
-                a = tl.load(hidden_ptr + row_base[:, None] + ks[None, :].to(tl.int64) * stride_hk,
-                            mask=live[:, None] & in_dim[None, :], other=0.0)
-                b = tl.load(weight_ptr + cols[None, :].to(tl.int64) * stride_wv + ks[:, None].to(tl.int64) * stride_wk,
-                            mask=in_vocab[None, :] & in_dim[:, None], other=0.0)
+                a_ptrs = hidden_ptr + row_base[:, None] + ks[None, :]
+                b_ptrs = weight_ptr + cols[None, :].to(tl.int64) * stride_wv + ks[:, None]
+                if EVEN_K:
+                    a = tl.load(a_ptrs, mask=live[:, None], other=0.0)
+                    b = tl.load(b_ptrs, mask=in_vocab[None, :], other=0.0)
+                else:
+                    in_dim = ks < dim
+                    a = tl.load(a_ptrs, mask=live[:, None] & in_dim[None, :], other=0.0)
+                    b = tl.load(b_ptrs, mask=in_vocab[None, :] & in_dim[:, None], other=0.0)
                 if IEEE:
                     acc = tl.dot(a, b, acc, input_precision="ieee")
                 else:
@@ -471,30 +493,37 @@ def aot_configs() -> list:
         for model, n_vocab, dim in _AOT_HEADS:
             for n_rows in _AOT_ROWS:
                 config = tile_config(dtype, n_rows)
-                key = (type_name, tuple(sorted(config.items())))
+                key = (type_name, tuple(sorted(config.items())), dim % config["BLOCK_K"] == 0)
                 if key in seen:
                     continue
                 seen.add(key)
-                pointer = "*" + type_name
+                # ":16": 16-byte aligned / multiple of 16, as Triton's launcher specialises these arguments.
+                pointer = "*" + type_name + ":16"
                 configs.append({
                     "name": f"lm_head_entropy partial {type_name} {model} V={n_vocab} D={dim} rows={n_rows}",
                     "kernel": _lm_head_partial_kernel,
                     "signature": {
-                        "hidden_ptr": pointer, "weight_ptr": pointer, "bias_ptr": "*fp32", "row_offsets_ptr": "*i64",
-                        "n_kept_ptr": "*i32", "partials_ptr": "*fp32", "n_rows": "i32", "n_vocab": "i32",
-                        "dim": "i32", "cols_per_split": "i32", "stride_hk": "i64", "stride_wv": "i64",
-                        "stride_wk": "i64", "HAS_BIAS": "constexpr", "IEEE": "constexpr", "BLOCK_M": "constexpr",
+                        "hidden_ptr": pointer, "weight_ptr": pointer, "bias_ptr": "*fp32:16",
+                        "row_offsets_ptr": "*i64:16", "n_kept_ptr": "*i32:16", "partials_ptr": "*fp32:16",
+                        "n_rows": "i32", "n_vocab": "i32:16", "dim": "i32:16", "cols_per_split": "i32:16",
+                        "stride_wv": "i64:16", "HAS_BIAS": "constexpr",
+                        "IEEE": "constexpr", "EVEN_K": "constexpr", "VEC": "constexpr", "BLOCK_M": "constexpr",
                         "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
-                    "constexprs": {"HAS_BIAS": True, "IEEE": dtype == torch.float32, "BLOCK_M": config["BLOCK_M"],
-                                   "BLOCK_N": config["BLOCK_N"], "BLOCK_K": config["BLOCK_K"]},
+                    "constexprs": {"HAS_BIAS": True, "IEEE": dtype == torch.float32,
+                                   "EVEN_K": dim % config["BLOCK_K"] == 0, "VEC": 16 // dtype.itemsize,
+                                   "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
+                                   "BLOCK_K": config["BLOCK_K"]},
                     "num_warps": config["num_warps"],
                     "num_stages": config["num_stages"],
-                    "elements_per_iteration": config["BLOCK_M"] * config["BLOCK_N"],
+                    # The main (innermost) loop is the K loop: each iteration reads a hidden tile
+                    # and a weight tile.
+                    "elements_per_iteration": (config["BLOCK_M"] + config["BLOCK_N"]) * config["BLOCK_K"],
                 })
     configs.append({
         "name": "lm_head_entropy combine",
         "kernel": _lm_head_combine_kernel,
-        "signature": {"partials_ptr": "*fp32", "order_ptr": "*i64", "n_kept_ptr": "*i32", "entropy_ptr": "*fp32",
+        "signature": {"partials_ptr": "*fp32:16", "order_ptr": "*i64:16", "n_kept_ptr": "*i32:16",
+                      "entropy_ptr": "*fp32:16",
                       "n_rows": "i32", "n_splits": "i32", "BLOCK": "constexpr"},
         "constexprs": {"BLOCK": _COMBINE_BLOCK},
         "num_warps": _COMBINE_WARPS,
