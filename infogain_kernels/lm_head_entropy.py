@@ -336,6 +336,7 @@ def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
     # Unit strides along D (vector loads); a model's hidden states and LM head already have them.
     hidden = hidden if hidden.stride(-1) == 1 or dim == 1 else hidden.contiguous()
     weight = weight if weight.stride(1) == 1 or dim == 1 else weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
     row_offsets, stride_row = _row_layout(hidden)
     if row_offsets is None:
         row_offsets = torch.arange(n_rows, device=device, dtype=torch.int64) * stride_row
