@@ -1,5 +1,7 @@
 """The sampler's lookahead on hidden states (``lm_head_entropy``): same trajectories as the logits
 path, on the tiny LLaDA / Dream / SDAR checkpoints in every cache mode, and no [R, W, V] tensor."""
+import importlib
+
 import pytest
 import torch
 
@@ -126,3 +128,32 @@ def test_lookahead_never_allocates_candidate_logits(tmp_path, monkeypatch, fused
             assert largest <= bound < candidate_logits
         else:
             assert largest >= candidate_logits
+
+
+def test_interpreted_kernel_gives_the_same_trajectory(models, fused_calls, triton_interpreted, monkeypatch):
+    """The fused lookahead on the Triton kernel (interpreted on CPU without a GPU) picks the same
+    winners as the torch path; the other ops stay on the reference so only the head differs."""
+    from infogain_kernels import use_backend
+
+    head_module = importlib.import_module("infogain_kernels.lm_head_entropy")
+    model = models["llada"].to(triton_interpreted)
+    settings = dict(SETTINGS, cache="prefix", seed=0, record=True)
+    try:
+        with use_backend("reference"):
+            reference = InfoGainSampler(model).generate(RAGGED_PROMPTS, **settings)
+            original = head_module._lm_head_entropy_impl
+
+            kernel_calls = []
+
+            def on_triton(*args):
+                kernel_calls.append(args[0].shape)
+                with use_backend("triton"):
+                    return original(*args)
+
+            monkeypatch.setattr(head_module, "_lm_head_entropy_impl", on_triton)
+            kernel = InfoGainSampler(model).generate(RAGGED_PROMPTS, **settings)
+    finally:
+        models["llada"].to("cpu")
+    assert kernel_calls
+    assert torch.equal(reference.sequences, kernel.sequences)
+    assert _decisions(reference.trace) == _decisions(kernel.trace)
