@@ -39,6 +39,8 @@ _COST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # the weight (once per row chunk) against re-reading the hidden rows (once per vocabulary chunk).
 _CHUNK_LOGITS = 1 << 18
 _MAX_CHUNK_ROWS = 512
+# exp() of any float32 below this is exactly 0.
+_EXP_UNDERFLOW = -200.0
 
 
 class HeadEntropy(NamedTuple):
@@ -77,13 +79,25 @@ def _rows_entropy(hidden_rows: torch.Tensor, weight: torch.Tensor, bias: Optiona
     """Float32 entropy of the logits of ``hidden_rows [n, D]``, one vocabulary chunk at a time."""
     log_mass, entropy = [], []
     for start in range(0, weight.shape[0], cols_per_chunk):
-        # In hidden's dtype, exactly as the model's own LM head rounds its logits.
+        # In hidden's dtype, exactly as the model's own LM head rounds its logits (a fresh tensor).
         logits = F.linear(hidden_rows, weight[start:start + cols_per_chunk]).float()
         if bias is not None:
-            logits = logits + bias[start:start + cols_per_chunk]
-        log_mass.append(torch.logsumexp(logits, dim=-1))
-        # Same float32 softmax / entr form as the token_stats reference; -inf logits contribute 0.
-        entropy.append(torch.special.entr(torch.softmax(logits, dim=-1)).sum(-1))
+            logits.add_(bias[start:start + cols_per_chunk])
+        # The online form of the kernels, in place on the fresh chunk: with m the row maximum,
+        # z = sum exp(x - m), s = sum exp(x - m) (x - m), the chunk's entropy is log z - s / z and
+        # its log-mass m + log z. A row of only -inf is shifted by 0 (no -inf - -inf = NaN) and
+        # gets z = 0: mass 0, weighted out by _merge_chunks; a NaN logit makes z NaN.
+        top = logits.amax(dim=-1, keepdim=True)
+        shift = torch.where(top == float("-inf"), 0.0, top)
+        shifted = logits.sub_(shift)
+        weights = shifted.exp()
+        z = weights.sum(-1)
+        # Shifts below -200 already have exp() == 0 in float32: clamping them changes no product and
+        # keeps 0 * -inf = NaN out of the sum.
+        s = torch.linalg.vecdot(weights, shifted.clamp_(min=_EXP_UNDERFLOW))
+        log_z = z.log()
+        log_mass.append(shift.squeeze(-1) + log_z)
+        entropy.append(log_z - s / z)
     return _merge_chunks(torch.stack(log_mass, -1), torch.stack(entropy, -1))
 
 
@@ -372,8 +386,7 @@ def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
 if triton is not None:
     import triton.language as tl
 
-    # exp() of any float32 below this is exactly 0 (as in _entropy_triton).
-    _EXP_UNDERFLOW = tl.constexpr(-200.0)
+    _EXP_UNDERFLOW_TL = tl.constexpr(_EXP_UNDERFLOW)
 
     @triton.jit
     def _lm_head_partial_kernel(
@@ -433,8 +446,8 @@ if triton is not None:
             alpha = tl.exp(m - m_ref)
             # Clamping the shifts at the underflow bound changes no product (exp() is already 0
             # there) and keeps 0 * -inf = NaN out; a NaN logit still reaches z through e.
-            s = alpha * (s + tl.maximum(m - m_ref, _EXP_UNDERFLOW) * z) \
-                + tl.sum(e * tl.maximum(shifted, _EXP_UNDERFLOW), axis=1)
+            s = alpha * (s + tl.maximum(m - m_ref, _EXP_UNDERFLOW_TL) * z) \
+                + tl.sum(e * tl.maximum(shifted, _EXP_UNDERFLOW_TL), axis=1)
             z = z * alpha + tl.sum(e, axis=1)
             m = m_new
         out = partials_ptr + pid_s * n_rows + slots
@@ -464,7 +477,7 @@ if triton is not None:
             z_split = tl.load(at + split_stride, mask=kept, other=0.0)
             s_split = tl.load(at + 2 * split_stride, mask=kept, other=0.0)
             scale = tl.exp(m_split - m_ref)
-            s += scale * (s_split + tl.maximum(m_split - m_ref, _EXP_UNDERFLOW) * z_split)
+            s += scale * (s_split + tl.maximum(m_split - m_ref, _EXP_UNDERFLOW_TL) * z_split)
             z += scale * z_split
         # z == 0: every logit was -inf (flagged +inf); a NaN z (NaN logit) flows into the entropy.
         z_safe = tl.where(z == 0.0, 1.0, z)

@@ -159,10 +159,9 @@ def test_objective_is_lookahead_objective_of_the_logits(head_backend, variant):
     assert_entropy_matches(got.entropy.cpu(), hidden, weight, bias, remaining)
 
 
-def test_one_vocabulary_chunk_is_bitwise_the_logits_path():
-    """With the vocabulary in one chunk the torch path performs the very operations of
-    ``lookahead_objective`` on ``F.linear`` logits: the sampler's trajectories rely on it."""
-    hidden, weight, bias, remaining = random_head((6, 9), 32, 96)
+def test_bias_equals_the_samplers_logit_post_processing(head_backend):
+    """A -inf bias at the mask id and -penalty at EOS score like logits post-processed in place."""
+    hidden, weight, _, remaining = random_head((6, 9), 32, 96)
     bias = torch.zeros(96)
     bias[95] = NEG_INF
     bias[1] = -0.5
@@ -170,10 +169,11 @@ def test_one_vocabulary_chunk_is_bitwise_the_logits_path():
     logits = F.linear(hidden, weight)
     logits[..., 95] = NEG_INF
     logits[..., 1] -= 0.5
-    with use_backend("reference"):
-        got = lm_head_entropy(hidden, weight, bias, remaining, cost=cost, variant="info_gain")
-        want = lookahead_objective(logits, remaining, cost)
-    assert torch.equal(got.objective, want[0]) and torch.equal(got.h_next, want[1])
+    on = [t.to(head_backend) for t in (hidden, weight, bias, remaining, cost)]
+    got = lm_head_entropy(*on[:4], cost=on[4], variant="info_gain")
+    want = lookahead_objective(logits, remaining, cost)
+    torch.testing.assert_close(got.objective.cpu(), want[0], atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(got.h_next.cpu(), want[1], atol=1e-5, rtol=1e-6)
 
 
 def test_zero_positions(head_backend):
