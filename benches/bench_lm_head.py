@@ -17,8 +17,8 @@ fraction of the dense bf16 peak.
     python benches/bench_lm_head.py --small             # CPU: D and V shrunk 16x, memory projected
 
 On the CPU (``--small``) the head is shrunk by ``--shrink`` in D and V. Peak memory is measured at
-two vocabulary sizes and fitted as ``a + b * V``; the JSON holds that fit projected to the full V
-(with ``a`` scaled by the D ratio) next to the measured values.
+(V, D), (2V, D) and (V, 2D) and fitted as ``a + b * V + c * D``; the JSON holds that fit at the full
+V and D next to the measured values (in the measured dtype, float32 on the CPU).
 """
 from __future__ import annotations
 
@@ -70,17 +70,19 @@ def runners(hidden, weight, keep, cost):
 
 
 def memory_fit(rows, positions, dim, vocab, keep_fraction, dtype, device):
-    """Peak extra bytes of both paths at ``vocab`` and ``2 * vocab``: ``{path: (a, b)}`` with
-    peak = a + b * V."""
+    """Peak extra bytes of both paths at (V, D), (2V, D) and (V, 2D), fitted per path as
+    ``a + b * V + c * D``. Returns ``({path: (a, b, c)}, (fused, materialised) peaks at (V, D))``."""
     peaks = {}
-    for v in (vocab, 2 * vocab):
-        fused, materialised = runners(*make_inputs(rows, positions, dim, v, keep_fraction, dtype, device))
-        peaks[v] = (peak_extra_memory(fused, device), peak_extra_memory(materialised, device))
+    for v, d in ((vocab, dim), (2 * vocab, dim), (vocab, 2 * dim)):
+        fused, materialised = runners(*make_inputs(rows, positions, d, v, keep_fraction, dtype, device))
+        peaks[v, d] = (peak_extra_memory(fused, device), peak_extra_memory(materialised, device))
     fit = {}
     for i, name in enumerate(("fused", "materialised")):
-        b = (peaks[2 * vocab][i] - peaks[vocab][i]) / vocab
-        fit[name] = (peaks[vocab][i] - b * vocab, b)
-    return fit, peaks[vocab]
+        base = peaks[vocab, dim][i]
+        b = (peaks[2 * vocab, dim][i] - base) / vocab
+        c = (peaks[vocab, 2 * dim][i] - base) / dim
+        fit[name] = (base - b * vocab - c * dim, b, c)
+    return fit, peaks[vocab, dim]
 
 
 def main() -> None:
@@ -125,9 +127,8 @@ def main() -> None:
                         row.update(fused_tflops=tflops / 1e12, peak_fraction=tflops / peak if peak else None)
                     else:
                         fit, (m_fused, m_mat) = memory_fit(rows, positions, dim, vocab, keep_fraction, dtype, device)
-                        scale = full_dim / dim
-                        row.update({f"projected_{name}_MiB": (a * scale + b * full_vocab) / 2**20
-                                    for name, (a, b) in fit.items()})
+                        row.update({f"projected_{name}_MiB": (a + b * full_vocab + c * full_dim) / 2**20
+                                    for name, (a, b, c) in fit.items()})
                         row["projected_memory_ratio"] = (row["projected_materialised_MiB"]
                                                          / row["projected_fused_MiB"])
                         row["projected_at"] = {"D": full_dim, "V": full_vocab}
