@@ -157,3 +157,18 @@ def test_interpreted_kernel_gives_the_same_trajectory(models, fused_calls, trito
     assert kernel_calls
     assert torch.equal(reference.sequences, kernel.sequences)
     assert _decisions(reference.trace) == _decisions(kernel.trace)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_fused_lookahead_on_cuda_keeps_the_trajectory(tmp_path, cache):
+    """On a GPU the fused lookahead runs the Triton kernel; float32 tiny model, same winners."""
+    model = infogain.models.load(write_tiny_checkpoint("llada", tmp_path / "llada", vocab_size=4096,
+                                                       embedding_size=4096, mask_token_id=4095), device="cuda")[0]
+    sampler = InfoGainSampler(model)
+    settings = dict(SETTINGS, cache=cache, seed=0, record=True)
+    fused = sampler.generate(RAGGED_PROMPTS, **settings)
+    plain = sampler.generate(RAGGED_PROMPTS, fused_head=False, **settings)
+    assert fused.stats.tokens["lookahead"] > 0
+    assert torch.equal(fused.sequences, plain.sequences)
+    assert _decisions(fused.trace) == _decisions(plain.trace)
