@@ -30,26 +30,13 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median_time, peak_extra_memory, pick_device, print_table, write_results  # noqa: E402
+from _common import (median_time, peak_bf16_flops, peak_extra_memory, pick_device, print_table,  # noqa: E402
+                     write_results)
 
 from infogain_kernels import lm_head_entropy, lookahead_objective  # noqa: E402
 
 HEADS = {"llada-8b": (4096, 126464), "dream-7b": (3584, 152064)}
 POSITIONS = ((8, 32), (8, 256), (64, 32))
-# Dense bf16 tensor-core peak (flop/s) from the vendors' data sheets.
-_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def peak_bf16_flops(device: torch.device):
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, value in _PEAK_BF16.items():
-        if key in name:
-            return value
-    return None
-
-
 def make_inputs(rows, positions, dim, vocab, keep_fraction, dtype, device, seed=0):
     generator = torch.Generator(device="cpu").manual_seed(seed)
     hidden = torch.randn(rows, positions, dim, generator=generator).to(device=device, dtype=dtype)

@@ -9,19 +9,10 @@ import infogain.models
 import infogain.samplers.sampler as sampler_module
 from infogain.samplers import InfoGainSampler
 from infogain.samplers.sampler import _Run
+from test_samplers_cache import PROMPTS as RAGGED_PROMPTS  # ragged: lengths 5, 1, 3
+from test_samplers_cache import SETTINGS, models  # noqa: F401  (the tiny LLaDA / Dream / SDAR fixture)
 from test_samplers_helpers import single_thread  # noqa: F401  (autouse fixture)
 from tiny_checkpoints import write_tiny_checkpoint
-
-SETTINGS = dict(gen_length=8, steps=4, block_length=4, candidate_number=4, position_temperature=0.5,
-                threshold=0.9)
-RAGGED_PROMPTS = [[2, 3, 4, 5, 6], [7], [8, 9, 10]]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny")
-    return {arch: infogain.models.load(write_tiny_checkpoint(arch, root / arch))[0]
-            for arch in ("llada", "dream", "sdar")}
 
 
 @pytest.fixture
