@@ -280,18 +280,24 @@ def _raise_on_bad_values(hidden, weight, bias, entropy, cost) -> None:
 
 # ----------------------------------------------------------------------------- Triton path
 
+# From this many positions on, 128-row tiles (see tile_config).
+_WIDE_TILE_ROWS = 1024
+
+
 def tile_config(dtype: torch.dtype, n_rows: int) -> dict:
     """Tile shape and launch parameters of the main kernel for ``n_rows`` positions of ``dtype``.
 
-    64 x 128 logits per tile over 8 warps is 32 float32 accumulators per thread, which leaves room
-    for the online-statistics epilogue and a 4-stage pipeline of 32-wide K tiles within 128
-    registers on sm_90 (about 100) and sm_80 (122); 128-row tiles, or 64-wide K tiles on sm_80,
-    need more. float32 uses exact (IEEE) products, which keep their operands in registers: 64 x 64
-    tiles. ``n_rows`` is in the signature so that a shape-dependent choice stays in this one place.
+    Every 16-bit tile keeps 32 float32 accumulators per thread, which leaves room for the
+    online-statistics epilogue and a 4-stage pipeline of 32-wide K tiles within 128 registers on
+    sm_90 and sm_80 (64-wide K tiles, or 64 accumulators per thread, need 170 and more). Many
+    positions get 128 x 128 tiles over 16 warps: twice the tensor-core work per operand byte
+    of the 64 x 128 tiles over 8 warps that few positions (less padding in the last row tile) get.
+    float32 uses exact (IEEE) products, which keep their operands in registers: 64 x 64 tiles.
     """
-    del n_rows  # one tile shape fits every row count within the register budget
     if dtype == torch.float32:
         return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 2}
+    if n_rows >= _WIDE_TILE_ROWS:
+        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 16, "num_stages": 4}
     return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4}
 
 

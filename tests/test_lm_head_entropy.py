@@ -330,3 +330,13 @@ def test_kernel_vocabulary_splits(triton_interpreted, splits):
     on = [t.to(triton_interpreted) for t in (hidden, weight, bias, mask)]
     got = head_module._launch(*on, config=SMALL_TILES, splits=splits).view(3, 7).cpu()
     assert_entropy_matches(got, hidden, weight, bias, mask)
+
+
+@pytest.mark.parametrize("dtype,n_rows", [(torch.float32, 50), (torch.float16, 60), (torch.float16, 1100)])
+def test_kernel_at_the_launcher_tile_configs(triton_interpreted, dtype, n_rows):
+    """The launcher's own tiles (64 / 128-row, float32 and 16-bit), interpreted on small shapes."""
+    hidden, weight, bias, mask = random_head((n_rows,), 40, 300, dtype=dtype, keep_fraction=0.7)
+    on = [t.to(triton_interpreted) for t in (hidden, weight, bias, mask)]
+    with use_backend("triton"):
+        got = lm_head_entropy(*on).entropy.cpu()
+    assert_entropy_matches(got, hidden, weight, bias, mask, atol=1e-4 if dtype != torch.float32 else 2e-5)
