@@ -178,7 +178,8 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     Args:
         hidden: [..., D] float32, bfloat16 or float16, any strides (e.g. a model's final hidden
             states, aligned so that ``hidden[p] @ weight.T`` are the logits of position p).
-        weight: [V, D], the LM head, same dtype and device as ``hidden``.
+        weight: [V, D], the LM head, same dtype and device as ``hidden`` (the CUDA kernel reads rows
+            with unit stride along D: a weight without it, e.g. a transposed view, is copied first).
         bias: optional [V] float32, bfloat16 or float16, added in float32 after the logits are
             rounded to ``hidden``'s dtype (see the module docstring). ``-inf`` suppresses a token.
         mask: optional bool, shape ``hidden.shape[:-1]``. Positions where it is False are not
