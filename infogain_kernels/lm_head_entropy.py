@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import call_op, capturing_cuda_graph, device_guard, use_triton
+from ._backend import call_op, device_guard, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import FLOAT_DTYPES, check_bool, check_mask, check_same_device, check_tensor
 from .lookahead_objective import VARIANTS, objective_reference
@@ -207,8 +207,9 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
     Raises:
         TypeError / ValueError naming the argument for bad dtypes, ranks, shapes, devices, an
         unknown variant or a missing cost; with ``check_values=True``, ValueError for NaN / all
-        -inf logits at a kept position or a non-finite cost (skipped while a CUDA graph is being
-        captured; ``torch.ops.infogain.lm_head_entropy`` never checks).
+        -inf logits at a kept position or a non-finite cost (skipped under ``torch.compile`` and
+        other tracers and while a CUDA graph is being captured; ``torch.ops.infogain.lm_head_entropy``
+        never checks).
 
     CUDA tensors run the Triton kernel, CPU tensors chunked torch matmuls; ``INFOGAIN_BACKEND`` /
     ``use_backend`` force one.
@@ -250,7 +251,7 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         cost = cost.to(torch.float32)
     entropy, objective, h_next = call_op(torch.ops.infogain.lm_head_entropy, _lm_head_entropy_impl,
                                          hidden, weight, bias, mask, cost, variant)
-    if check_values and not capturing_cuda_graph(entropy.device):
+    if check_values and value_checks_enabled(entropy):
         _raise_on_bad_values(hidden, weight, bias, entropy, cost)
     if variant is None:
         return HeadEntropy(entropy, None, None)
