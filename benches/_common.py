@@ -50,14 +50,27 @@ def device_slug(device: torch.device) -> str:
     return "cuda"
 
 
-def peak_bandwidth(device: torch.device) -> Optional[float]:
+# Dense bf16 tensor-core peak (flop/s), from the vendors' data sheets.
+_PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def _by_gpu_name(device: torch.device, table: Dict[str, float]) -> Optional[float]:
+    """The first entry of ``table`` whose key is part of the CUDA device's name (None on CPU / unknown)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    for key, value in _PEAK_BANDWIDTH.items():
+    for key, value in table.items():
         if key in name:
             return value
     return None
+
+
+def peak_bandwidth(device: torch.device) -> Optional[float]:
+    return _by_gpu_name(device, _PEAK_BANDWIDTH)
+
+
+def peak_bf16_flops(device: torch.device) -> Optional[float]:
+    return _by_gpu_name(device, _PEAK_BF16_FLOPS)
 
 
 def synchronize(device: torch.device) -> None:

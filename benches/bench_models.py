@@ -11,6 +11,13 @@ extra memory.
     python benches/bench_models.py --random-weights llada-8b      # CUDA, bf16, full size
     python benches/bench_models.py --small                        # all three, CPU-sized
 
+Each row also scores the N candidates as the sampler's lookahead does, both ways: "logits"
+(``forward_window`` logits ``[N, W, V]``, then ``lookahead_objective``) and "fused"
+(``window_hidden_states``, then ``lm_head_entropy``, plus the winner's block logits recomputed
+from its hidden states), with their peak extra memory and time. With ``--small`` the step is also
+measured with the vocabulary doubled, and the JSON holds the per-vocabulary-entry slope of each
+path's peak and the peak projected to the full model's vocabulary (at the small hidden size).
+
 All configurations of one run (each architecture's cache modes: dual and
 prefix, or SDAR's block_causal) are written to one results file.
 """
@@ -28,6 +35,7 @@ from _common import (  # noqa: E402
     write_results)
 
 import infogain.models as models  # noqa: E402
+from infogain_kernels import lm_head_entropy, lookahead_objective  # noqa: E402
 
 
 ARCHITECTURES = ("llada-8b", "dream-7b", "sdar-8b")
@@ -55,12 +63,45 @@ def expand_cache(cache: models.KVCache, n: int) -> models.KVCache:
                           attention_mask=rep(cache.attention_mask), mode=cache.mode)
 
 
+def lookahead_scoring(model, windows, start, cache, mode, cache_rows, block: int):
+    """The two ways to score lookahead candidates: ``{"logits": fn, "fused": fn}``.
+
+    H_next covers the block and, in prefix mode, everything after it (as the sampler); half of
+    those positions are still masked. Both return the objective and the winner's block logits.
+    """
+    width = windows.shape[1]
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    remaining = (torch.rand(windows.shape[0], width, generator=gen) < 0.5).to(windows.device)
+    cost = torch.rand(windows.shape[0], generator=gen).to(windows.device)
+    kwargs = dict(start=start, cache=cache, mode=mode, cache_rows=cache_rows)
+
+    def logits():
+        next_logits = model.forward_window(windows, **kwargs)
+        objective, _ = lookahead_objective(next_logits, remaining, cost, check_values=False)
+        return objective, next_logits[0, :block]
+
+    def fused():
+        hidden = model.window_hidden_states(windows, **kwargs)
+        head = lm_head_entropy(hidden, model.lm_head_weight, mask=remaining, cost=cost, variant="info_gain",
+                               check_values=False)
+        return head.objective, model.logits_from_hidden(hidden[0, :block])
+
+    return {"logits": logits, "fused": fused}
+
+
 def bench_model(name: str, args, device: torch.device) -> "tuple[list, dict]":
     """Rows (one per cache mode of the architecture) and the config used, for one model."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     config = small_config(name) if args.small else models.preset_config(name)
     torch.manual_seed(0)
     model = models.build(config, dtype=dtype, device=device)
+    wide = None
+    if args.small:   # the same model with twice the vocabulary: the slope of the lookahead's peak in V
+        wide_config = dict(config)
+        vocab_key = "embedding_size" if "embedding_size" in config else "vocab_size"
+        wide_config.update({vocab_key: 2 * config[vocab_key], "vocab_size": 2 * config["vocab_size"]})
+        wide = models.build(wide_config, dtype=dtype, device=device)
+    full_vocab = models.preset_config(name).get("embedding_size") or models.preset_config(name)["vocab_size"]
     block_causal = model.config.block_causal
     T, W, N = args.length or (256 if args.small else 512), args.block, args.candidates
     start = T - 4 * W                       # three blocks after the current one
@@ -90,6 +131,23 @@ def bench_model(name: str, args, device: torch.device) -> "tuple[list, dict]":
             t_copy = median_time(copy, device, repeats=args.repeats)
             m_shared = peak_extra_memory(shared, device)
             m_copy = peak_extra_memory(copy, device)
+            scoring = lookahead_scoring(model, windows, start, cache, mode, cache_rows, W)
+            torch.testing.assert_close(scoring["fused"]()[0], scoring["logits"]()[0], atol=1e-2, rtol=1e-2)
+            head = {}
+            for path, fn in scoring.items():
+                head[f"lookahead_{path}_ms"] = median_time(fn, device, repeats=args.repeats) * 1e3
+                head[f"lookahead_{path}_MiB"] = peak_extra_memory(fn, device) / 2**20
+            head["head_memory_ratio"] = head["lookahead_logits_MiB"] / head["lookahead_fused_MiB"]
+            if wide is not None:
+                _, wide_cache = wide.prefill(ids, None, mode=mode, start=start, **seg)
+                vocab = model.config.vocab_size
+                for path, fn in lookahead_scoring(wide, windows, start, wide_cache, mode, cache_rows, W).items():
+                    slope = (peak_extra_memory(fn, device) / 2**20 - head[f"lookahead_{path}_MiB"]) / vocab
+                    head[f"lookahead_{path}_MiB_per_vocab"] = slope
+                    head[f"projected_lookahead_{path}_MiB"] = head[f"lookahead_{path}_MiB"] + slope * (full_vocab - vocab)
+                head["projected_head_memory_ratio"] = (head["projected_lookahead_logits_MiB"]
+                                                       / head["projected_lookahead_fused_MiB"])
+                del wide_cache
             rows.append({
                 "model": name + ("-small" if args.small else ""), "mode": mode, "T": T, "block": W,
                 "window": width, "candidates": N, "dtype": str(dtype).replace("torch.", ""),
@@ -97,6 +155,7 @@ def bench_model(name: str, args, device: torch.device) -> "tuple[list, dict]":
                 "shared_extra_MiB": m_shared / 2**20 if m_shared is not None else None,
                 "copy_extra_MiB": m_copy / 2**20 if m_copy is not None else None,
                 "memory_ratio": (m_copy / m_shared) if m_shared and m_copy is not None else None,
+                **head,
             })
             del cache
     del model
@@ -125,10 +184,19 @@ def main() -> None:
             torch.cuda.empty_cache()
     print_table(rows, ["model", "mode", "window", "candidates", "shared_ms", "copy_ms", "speedup",
                        "shared_extra_MiB", "copy_extra_MiB", "memory_ratio"])
+    print_table(rows, ["model", "mode", "window", "candidates", "lookahead_logits_ms", "lookahead_fused_ms",
+                       "lookahead_logits_MiB", "lookahead_fused_MiB", "head_memory_ratio",
+                       "projected_lookahead_logits_MiB", "projected_lookahead_fused_MiB",
+                       "projected_head_memory_ratio"])
     path = write_results(output_path(args, "models", device), "models", device, rows, configs=configs,
                          shared="candidates read one cache row through cascade attention "
                                 "(shared-cache and own-window attention merged by log-sum-exp)",
-                         baseline="KV cache expanded N times (contiguous copies) then a batch-N window forward")
+                         baseline="KV cache expanded N times (contiguous copies) then a batch-N window forward",
+                         lookahead_fused="window_hidden_states + lm_head_entropy + winner block logits from its "
+                                         "hidden states",
+                         lookahead_logits="forward_window logits [N, W, V] + lookahead_objective",
+                         projection="with --small: peak + (MiB per vocabulary entry, measured with the vocabulary "
+                                    "doubled) x (full vocabulary - small vocabulary), at the small hidden size")
     print(f"wrote {path}")
 
 

@@ -9,6 +9,7 @@ from ._backend import use_backend
 from .gumbel_sample import gumbel_sample
 from .gumbel_topk import gumbel_topk
 from .kv_block_replace import kv_block_replace
+from .lm_head_entropy import lm_head_entropy
 from .lookahead_objective import lookahead_objective
 from .sample_logprob import sample_logprob
 from .token_stats import token_stats
@@ -20,6 +21,7 @@ __all__ = [
     "gumbel_sample",
     "gumbel_topk",
     "kv_block_replace",
+    "lm_head_entropy",
     "lookahead_objective",
     "sample_logprob",
     "token_stats",

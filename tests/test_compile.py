@@ -63,6 +63,10 @@ OPS = [
            _with_nan_row, lambda out: bool(torch.isnan(out[0][0]))),
     OpCase("topk_logprobs", lambda x: igk.topk_logprobs(x, 3), lambda: (_logits(3, 17),)),
     OpCase("sample_logprob", lambda x: igk.sample_logprob(x), lambda: (_logits(3, 17),)),
+    OpCase("lm_head_entropy", lambda h, w, m, c: igk.lm_head_entropy(h, w, None, m, cost=c, variant="info_gain"),
+           lambda: (_logits(2, 4, 8), _logits(17, 8, seed=1),
+                    torch.tensor([[True, False, True, True], [False, True, True, False]]), torch.tensor([0.5, 1.5])),
+           _with_nan_row, lambda out: bool(torch.isnan(out.entropy[0, 0]) and torch.isnan(out.objective[0]))),
     OpCase("kv_block_replace", _kv_block_replace, lambda: (torch.zeros(2, 2, 8, 4), _logits(2, 2, 3, 4)),
            mutates_first=True),
 ]

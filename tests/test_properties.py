@@ -362,6 +362,31 @@ def _check_kv_block_replace(caches, blocks, dst_start, src_start, src_rows, leng
         assert torch.equal(got, expected)
 
 
+def _draw_lm_head_entropy(data):
+    hidden = _logits(data, max_vocab=9, neg_inf=False)          # [..., D]
+    vocab = data.draw(st.integers(1, 33), label="V")
+    seed = data.draw(st.integers(0, 2 ** 31 - 1), label="weight_seed")
+    weight = (torch.randn(vocab, hidden.shape[-1], generator=torch.Generator().manual_seed(seed)) * 0.5).to(hidden.dtype)
+    bias = _values(data, (vocab,)) if data.draw(st.booleans(), label="bias_given") else None
+    return dict(hidden=hidden, weight=weight, bias=bias, mask=_mask(data, hidden.shape[:-1]))
+
+
+def _check_lm_head_entropy(hidden, weight, bias, mask):
+    # The definition: float64 entropy of the model's own logits (the matmul in hidden's dtype) plus the bias.
+    logits = torch.nn.functional.linear(hidden, weight).double()
+    if bias is not None:
+        logits = logits + bias.double()
+    rows = logits.reshape(-1, weight.shape[0])
+    read = mask.reshape(-1) if mask is not None else torch.ones(rows.shape[0], dtype=torch.bool)
+    if _has_unreadable_row(rows, read):
+        with pytest.raises(ValueError, match="-inf"):
+            igk.lm_head_entropy(hidden, weight, bias, mask)
+        return
+    got = igk.lm_head_entropy(hidden, weight, bias, mask).entropy
+    assert got.shape == hidden.shape[:-1] and got.dtype == torch.float32
+    _close(got.reshape(-1), torch.where(read, _entropy64(rows), 0.0))
+
+
 OPS = [
     OpProperty("token_stats", _draw_token_stats, _check_token_stats),
     OpProperty("gumbel_sample", _draw_gumbel_sample, _check_gumbel_sample),
@@ -370,6 +395,7 @@ OPS = [
     OpProperty("topk_logprobs", _draw_topk_logprobs, _check_topk_logprobs),
     OpProperty("sample_logprob", _draw_sample_logprob, _check_sample_logprob),
     OpProperty("kv_block_replace", _draw_kv_block_replace, _check_kv_block_replace),
+    OpProperty("lm_head_entropy", _draw_lm_head_entropy, _check_lm_head_entropy),
 ]
 
 

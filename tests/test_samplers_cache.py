@@ -40,7 +40,8 @@ def test_cache_batch_equals_single_runs_through_the_lookahead(models, arch, cach
 def test_lookahead_is_one_batch_sharing_the_cache(models, cache, monkeypatch):
     model = models["llada"]
     calls = []
-    original = model.forward_window
+    # Every window forward goes through the hidden states (the fused lookahead stops there).
+    original = model.window_hidden_states
 
     def spy(window_ids, *, start, cache, mode, attention_mask=None, cache_rows=None, write=False):
         # The sampler passes cache rows as a host tuple (no read-back); a tensor is accepted too.
@@ -49,7 +50,7 @@ def test_lookahead_is_one_batch_sharing_the_cache(models, cache, monkeypatch):
         return original(window_ids, start=start, cache=cache, mode=mode, attention_mask=attention_mask,
                         cache_rows=cache_rows, write=write)
 
-    monkeypatch.setattr(model, "forward_window", spy)
+    monkeypatch.setattr(model, "window_hidden_states", spy)
     result = InfoGainSampler(model).generate(PROMPTS, **SETTINGS, cache=cache, seed=0)
     lookahead_calls = [c for c in calls if len(c[1]) > 0 and len(c[1]) != len(set(c[1]))]
     assert lookahead_calls, "expected a lookahead batch holding several candidates of a row"

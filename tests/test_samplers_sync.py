@@ -205,33 +205,38 @@ def test_an_extra_read_in_a_step_is_detected(models, monkeypatch):
     assert all(n == 2 for n in per_step), per_step
 
 
-def test_nan_logits_raise_after_the_step_read_back(models, monkeypatch):
+# Window forwards are poisoned at the hidden states, which the logits (forward_window) and the fused
+# lookahead (lm_head_entropy on the hidden states) both go through.
+
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_nan_logits_raise_after_the_step_read_back(models, monkeypatch, fused_head):
     model = models["llada"]
-    original = model.forward_window
+    original = model.window_hidden_states
 
     def poisoned(*args, **kwargs):
-        logits = original(*args, **kwargs)
-        logits[..., 5] = float("nan")
-        return logits
+        hidden = original(*args, **kwargs)
+        hidden[..., 5] = float("nan")
+        return hidden
 
-    monkeypatch.setattr(model, "forward_window", poisoned)
+    monkeypatch.setattr(model, "window_hidden_states", poisoned)
     with pytest.raises(ValueError, match=r"NaN / all -inf logits .*block 0 step"):
-        make_sampler("info_gain", model).generate(PROMPTS, **SETTINGS, cache="dual")
+        make_sampler("info_gain", model).generate(PROMPTS, **SETTINGS, cache="dual", fused_head=fused_head)
 
 
-def test_nan_only_in_lookahead_logits_raises(models, monkeypatch):
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_nan_only_in_lookahead_logits_raises(models, monkeypatch, fused_head):
     model = models["llada"]
-    original = model.forward_window
+    original = model.window_hidden_states
 
     def poisoned(window_ids, **kwargs):
-        logits = original(window_ids, **kwargs)
+        hidden = original(window_ids, **kwargs)
         if window_ids.shape[0] > 2:        # a lookahead batch (several candidates per row)
-            logits[..., 5] = float("nan")
-        return logits
+            hidden[..., 5] = float("nan")
+        return hidden
 
-    monkeypatch.setattr(model, "forward_window", poisoned)
+    monkeypatch.setattr(model, "window_hidden_states", poisoned)
     with pytest.raises(ValueError, match=r"NaN / all -inf logits in the lookahead forward of block 0"):
-        make_sampler("info_gain", model).generate(PROMPTS, **SETTINGS, cache="prefix")
+        make_sampler("info_gain", model).generate(PROMPTS, **SETTINGS, cache="prefix", fused_head=fused_head)
 
 
 @pytest.mark.gpu

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -154,10 +155,23 @@ class DiffusionLM(nn.Module):
         """
         raise NotImplementedError
 
-    # Reachable so that a fused LM-head + entropy op can skip the logits.
+    # The hidden-state forwards, so that a fused LM head + entropy (``lm_head_entropy``) can skip
+    # the logits: ``forward(...) == logits_from_hidden(hidden_states(...))`` and
+    # ``forward_window(...) == logits_from_hidden(window_hidden_states(...))``, the hidden states
+    # aligned to positions as the logits are (Dream's shift applied). The samplers' lookahead uses
+    # them when a subclass implements them and keeps the plain head below.
     def hidden_states(self, *args, **kwargs) -> torch.Tensor:  # pragma: no cover - optional
+        raise NotImplementedError
+
+    def window_hidden_states(self, *args, **kwargs) -> torch.Tensor:  # pragma: no cover - optional
+        """Same arguments as :meth:`forward_window`; returns ``[R, W, hidden]``."""
         raise NotImplementedError
 
     @property
     def lm_head_weight(self) -> torch.Tensor:  # pragma: no cover - optional
+        """``[V, hidden]``."""
         raise NotImplementedError
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head: ``hidden @ lm_head_weight.T`` in the model's dtype."""
+        return F.linear(hidden, self.lm_head_weight)

@@ -270,9 +270,6 @@ class Transformer(DiffusionLM):
         """``[V, hidden]``: ``logits = hidden_states @ lm_head_weight.T``."""
         return self.embed.weight if self.spec.tie_embeddings else self.lm_head.weight
 
-    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.lm_head_weight)
-
     # -- the stack ----------------------------------------------------------------
     def _run(self, ids, positions, mask, past_fn=None, fresh_key_index=None, collect=False):
         """Run the stack; returns (final-normed hidden ``[G, L, hidden]``, per-layer fresh (k, v) or None)."""

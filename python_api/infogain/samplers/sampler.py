@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from infogain_kernels import gumbel_sample, lookahead_objective, token_stats
+from infogain_kernels import gumbel_sample, lm_head_entropy, lookahead_objective, token_stats
 
 from .._device import host_ints_to_device
 from ..stats import COMMIT_KINDS, KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, RunStats, StatsRecorder
@@ -48,6 +48,7 @@ class GenerateOptions:
     gamma: float = 0.01
     record: bool = False
     on_block: Optional[Callable[[int, torch.Tensor], None]] = None
+    fused_head: bool = True
 
     def validate(self) -> "GenerateOptions":
         for name in ("gen_length", "steps", "block_length", "candidate_number"):
@@ -79,7 +80,8 @@ class GenerateOptions:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise TypeError(f"seed must be an int or None, got {type(self.seed).__name__}")
-        for name in ("parallel_bypass", "stop_at_eos", "lookahead_eos_fill", "chat", "progress", "record"):
+        for name in ("parallel_bypass", "stop_at_eos", "lookahead_eos_fill", "chat", "progress", "record",
+                     "fused_head"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {type(getattr(self, name)).__name__}")
         if self.on_block is not None and not callable(self.on_block):
@@ -117,6 +119,20 @@ def _config_value(obj, name):
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
     return value
+
+
+def _exposes_hidden_states(model, mode: str) -> bool:
+    """Whether the lookahead of ``mode`` can run on ``model``'s hidden states: an
+    ``infogain.models`` DiffusionLM that implements the hidden-state forward the mode uses and
+    the LM head weight, and keeps the plain head ``logits = hidden @ lm_head_weight.T``."""
+    from ..models.base import DiffusionLM
+
+    if not isinstance(model, DiffusionLM):
+        return False
+    model_type = type(model)
+    implemented = ("hidden_states" if mode == "none" else "window_hidden_states", "lm_head_weight")
+    return (all(getattr(model_type, name) is not getattr(DiffusionLM, name) for name in implemented)
+            and model_type.logits_from_hidden is DiffusionLM.logits_from_hidden)
 
 
 def _masks_after_first_eos(ids: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
@@ -308,6 +324,13 @@ class DiffusionSampler:
                 result); None draws from torch's default generator.
             progress: show a tqdm progress bar over blocks.
             gamma: entropy bound of the "eb" sampler.
+            fused_head: score lookahead candidates from the model's hidden states with
+                ``infogain_kernels.lm_head_entropy`` (no lookahead logits [R, W, V] are ever
+                allocated; the winner's block logits are recomputed from its hidden states)
+                when the model exposes them (an ``infogain.models`` DiffusionLM); False, or
+                any other model, forwards the candidates to logits. The entropies are those
+                of the same post-processed logits, so trajectories are identical (up to
+                float rounding of near ties in half precision).
             record: return a per-step ``trace`` (costs extra host synchronisation;
                 for tests and debugging).
             on_block: called as ``on_block(block, tokens)`` after each block is
@@ -468,6 +491,9 @@ class _Run:
         self.accepts_check_values: Dict[str, bool] = {}
         # Device flag of the last lookahead's non-finite objective, read with the next step.
         self.lookahead_bad: Optional[torch.Tensor] = None
+        # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
+        self.fused_head = opts.fused_head and _exposes_hidden_states(self.model, mode)
+        self.head_bias: Optional[torch.Tensor] = None   # [V] float32, built at the first fused lookahead
 
     def _model_kwargs(self, method_name: str) -> dict:
         """``check_values=False`` for every call after the first, when the model's method accepts it."""
@@ -500,22 +526,40 @@ class _Run:
         return logits
 
 
-    def _full_forward(self, ids, rows: Optional[torch.Tensor]):
-        """Full forward of ``ids``, the canvas rows ``rows`` (device index; None = all rows)."""
+    def _head_bias(self, vocab_size: int) -> torch.Tensor:
+        """[V] float32 bias for ``lm_head_entropy`` that equals :meth:`_logits`' post-processing:
+        -inf at the mask id, ``-eos_penalty`` at the penalised ids."""
+        if self.head_bias is None:
+            bias = torch.zeros(vocab_size, dtype=torch.float32, device=self.device)
+            if self.mask_id < vocab_size:
+                bias[self.mask_id] = float("-inf")
+            if self.opts.eos_penalty:
+                for token in self.penalized_ids:
+                    bias[token] -= self.opts.eos_penalty
+            self.head_bias = bias
+        return self.head_bias
+
+    def _full_forward(self, ids, rows: Optional[torch.Tensor], hidden: bool = False):
+        """Full forward of ``ids``, the canvas rows ``rows`` (device index; None = all rows): the
+        post-processed logits, or with ``hidden`` the model's aligned final hidden states."""
         attention = self.model_attention
         if attention is not None and rows is not None:
             attention = attention[rows]
         kwargs = {"attention_mask": attention}
         if self.sampler.block_causal:
             kwargs.update(gen_start=self.gen_start, block_length=self.length)
+        if hidden:
+            return self.model.hidden_states(ids, **kwargs, **self._model_kwargs("hidden_states"))
         return self._logits(self.model(ids, **kwargs, **self._model_kwargs("forward")))
 
-    def _window_forward(self, window_ids, start, cache_rows):
-        """Window forward; ``cache_rows`` is a host tuple of ints (the model lays out the groups
-        on the host, no read-back)."""
-        return self._logits(self.model.forward_window(
+    def _window_forward(self, window_ids, start, cache_rows, hidden: bool = False):
+        """Window forward (logits, or with ``hidden`` the aligned hidden states); ``cache_rows`` is a
+        host tuple of ints (the model lays out the groups on the host, no read-back)."""
+        method = "window_hidden_states" if hidden else "forward_window"
+        output = getattr(self.model, method)(
             window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.model_attention,
-            cache_rows=tuple(cache_rows), **self._model_kwargs("forward_window")))
+            cache_rows=tuple(cache_rows), **self._model_kwargs(method))
+        return output if hidden else self._logits(output)
 
     def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
         if self.block_logits is None:
@@ -713,17 +757,23 @@ class _Run:
             fill_from = self.gen_start if self.mode == "none" else 0
             region = window[:, fill_from:]
             region.masked_fill_(_masks_after_first_eos(region, self.mask_id, self.eos_id), self.eos_id)
+        # With the fused head, the forward stops at the hidden states (no [R, W, V] logits).
         if self.mode == "none":
-            next_logits = self._full_forward(window, row_index)
+            next_out = self._full_forward(window, row_index, hidden=self.fused_head)
         else:
-            next_logits = self._window_forward(window, start, cache_rows)
+            next_out = self._window_forward(window, start, cache_rows, hidden=self.fused_head)
         self.recorder.count_lookahead(cache_rows)
         # H_next window: everything from the block on, except for block-causal models (the block only).
         h_end = offset + self.length if (self.sampler.block_causal or self.mode == "dual") else window.shape[1]
         remaining = window[:, offset:h_end] == self.mask_id
         cost = candidates.cost[cand_index, row_index] if self.opts.variant == "info_gain" else None
-        objective, h_next = lookahead_objective(next_logits[:, offset:h_end], remaining, cost,
-                                                variant=self.opts.variant, check_values=False)
+        if self.fused_head:
+            weight = self.model.lm_head_weight
+            _, objective, h_next = lm_head_entropy(next_out[:, offset:h_end], weight, self._head_bias(weight.shape[0]),
+                                                   remaining, cost=cost, variant=self.opts.variant, check_values=False)
+        else:
+            objective, h_next = lookahead_objective(next_out[:, offset:h_end], remaining, cost,
+                                                    variant=self.opts.variant, check_values=False)
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_bad = ~torch.isfinite(objective).all()
         scores = torch.full((num_candidates, self.batch), float("-inf"), device=self.device)
@@ -732,7 +782,11 @@ class _Run:
         slot[cand_index, row_index] = torch.arange(len(pairs), device=self.device)
         best = scores.argmax(dim=0)[rows]
         winner = slot[best, rows]
-        self._store_block_logits(rows, next_logits[winner, offset:offset + self.length])
+        winner_out = next_out[winner, offset:offset + self.length]
+        if self.fused_head:
+            # The winners' block logits: one [rows * L, D] x [D, V] product.
+            winner_out = self._logits(self.model.logits_from_hidden(winner_out))
+        self._store_block_logits(rows, winner_out)
         return {"rows": rows, "commit": cand_commit[winner], "tokens": cand_block[winner], "best": best,
                 "pairs": pairs, "objective": objective, "h_next": h_next, "cand_commit": cand_commit,
                 "cand_block": cand_block}
