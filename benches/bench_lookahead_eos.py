@@ -20,7 +20,6 @@ Runs at ``--threads`` CPU threads (default 1). Prints a table; writes JSON to ``
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import device_slug, environment, pick_device, print_table  # noqa: E402
+from _common import add_output_arguments, output_path, pick_device, print_table, write_results  # noqa: E402
 
 from infogain import models  # noqa: E402
 from infogain.demo import DEMO_SETTINGS, TASK_TEMPERATURE, toy_model_path  # noqa: E402
@@ -66,7 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (problems and sampling)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=None, help="JSON path (default ./lookahead-eos-<device>.json)")
+    add_output_arguments(parser, "lookahead-eos")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -91,12 +90,9 @@ def main(argv=None) -> int:
                 print(f"{task.name} {name} eos_fill={fill}: accuracy {mean['accuracy']:.3f}", flush=True)
     print()
     print_table(rows, COLUMNS)
-    path = args.out or f"lookahead-eos-{device_slug(device)}.json"
-    with open(path, "w") as f:
-        json.dump({"benchmark": "lookahead_eos", "environment": environment(device), "threads": args.threads,
-                   "num_samples": args.num_samples, "seeds": args.seeds, "settings": DEMO_SETTINGS,
-                   "rows": rows}, f, indent=2)
-        f.write("\n")
+    path = write_results(output_path(args, "lookahead-eos", device), "lookahead_eos", device, rows,
+                         threads=args.threads, num_samples=args.num_samples, seeds=args.seeds,
+                         settings=DEMO_SETTINGS)
     print(f"wrote {path}")
     return 0
 
