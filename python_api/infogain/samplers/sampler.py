@@ -581,7 +581,8 @@ class _Run:
             torch.zeros_like(has_masks)
         state = StepState(logits=logits, masked=masked, quota=quota, active=has_masks & ~fill, entropy=entropy,
                           top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
-                          token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator)
+                          token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator,
+                          may_lookahead=not (last and self.strategy.scheduled))
         decision: StepDecision = self.strategy.decide(state)
         kind = torch.where(fill, KIND_FILL, decision.kind)
         commit = torch.where(fill[:, None], masked, decision.commit)

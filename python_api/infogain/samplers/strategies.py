@@ -42,6 +42,8 @@ class StepState:
         options: the run's :class:`GenerateOptions`.
         max_quota: an upper bound of ``quota`` (host int).
         generator: the run's ``torch.Generator`` (or None).
+        may_lookahead: False when the driver knows on the host that no row can reach the
+            lookahead this step (the block's last step fills every row): no candidates then.
     """
 
     logits: torch.Tensor
@@ -57,6 +59,7 @@ class StepState:
     options: "object"
     max_quota: int
     generator: Optional[torch.Generator]
+    may_lookahead: bool = True
 
 
 @dataclass
@@ -233,7 +236,7 @@ class InfoGainStrategy(Strategy):
 
         rest = has_quota & ~bypass_rows
         num_candidates = opts.candidate_number
-        trivial = opts.position_temperature <= 0 or num_candidates <= 1
+        trivial = opts.position_temperature <= 0 or num_candidates <= 1 or not state.may_lookahead
         greedy_commit = top_k_mask(state.token_probs[0], masked, quota) & rest[:, None]
 
         commit = bypass_commit | greedy_commit
@@ -251,10 +254,12 @@ class InfoGainStrategy(Strategy):
         opts = state.options
         num_candidates, batch, length = state.tokens.shape
         # One call for all rows whatever their quota: gumbel_topk lists positions in decreasing
-        # (perturbed) score, so the first quota[b] entries of row b are its top-quota[b].
+        # (perturbed) score, so the first quota[b] entries of row b are its top-quota[b]. Rows that
+        # bypass or fill have no valid position: the op selects nothing for them, and their
+        # candidates are all empty (and never kept).
         k_bound = state.max_quota
         scores = state.token_probs.reshape(num_candidates * batch, length)
-        valid = masked.repeat(num_candidates, 1)
+        valid = (masked & lookahead_rows[:, None]).repeat(num_candidates, 1)
         # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
         # which the driver detects in its one read-back per step.
         positions = gumbel_topk(scores, min(k_bound, length), 2, opts.position_temperature,
