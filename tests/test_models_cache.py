@@ -281,3 +281,39 @@ def test_window_rejects_bad_arguments(llada):
     _, dual = llada.prefill(ids, None, mode="dual", start=10)
     with pytest.raises(ValueError, match="dual mode"):
         llada.forward_window(ids[:, 10:], start=12, cache=dual, mode="dual")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("wanted", ["prefix", "dual"])
+def test_attention_choices_give_the_same_logits(tiny, wanted, monkeypatch):
+    """Candidate batches by cascade attention (forced: threshold 0) and by one stacked
+    block-diagonal attention (forced: threshold above any cache), and ordinary rows
+    (one per cache row, a subset in any order) by the plain window forward, all equal."""
+    from infogain.models import attention
+
+    arch, model, _, _ = tiny
+    mode = mode_of(arch, wanted)
+    ids = canvas(B=3, seed=5)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[0, :2] = False
+    start = GEN_START + BLOCK
+    W = T - start if mode == "prefix" else BLOCK
+    _, cache = model.prefill(ids, mask, mode=mode, start=start, **seg_kwargs(arch))
+    cache_rows = (1, 0, 1, 1, 0)
+    windows = ids[list(cache_rows), start:start + W].clone()
+    windows[:, 0] = torch.randint(0, 90, (5,), generator=torch.Generator().manual_seed(12))
+    results = {}
+    for name, threshold in (("cascade", 0), ("stacked", 1 << 30)):
+        monkeypatch.setitem(attention.CASCADE_MIN_SHARED_KEYS, "cpu", threshold)
+        results[name] = model.forward_window(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
+    torch.testing.assert_close(results["stacked"], results["cascade"], atol=ATOL, rtol=1e-4)
+    # Ordinary rows: rows 2 and 0 of the batch, one window each, against the per-row forwards.
+    subset = model.forward_window(ids[[2, 0], start:start + W], start=start, cache=cache, mode=mode,
+                                  cache_rows=(2, 0))
+    every = model.forward_window(ids[:, start:start + W], start=start, cache=cache, mode=mode)
+    for r, row in enumerate((2, 0)):
+        alone = model.forward_window(ids[row:row + 1, start:start + W], start=start, cache=row_cache(cache, row),
+                                     mode=mode)
+        real = mask[row, start:start + W]
+        torch.testing.assert_close(subset[r][real], alone[0][real], atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(every[row][real], alone[0][real], atol=ATOL, rtol=1e-4)

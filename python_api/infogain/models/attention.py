@@ -14,6 +14,13 @@ part) and each its own freshly computed window keys (the own part). The shared
 part is attended once per cache row with all candidates' queries stacked into
 one long query sequence, so the cache is read once and never copied per
 candidate; the own part is a small batched [W x W] attention per candidate.
+
+Cascade attention pays two attention calls and a float32 merge per layer, which
+only the savings on a large shared cache repay. Below
+:data:`CASCADE_MIN_SHARED_KEYS` shared keys, :func:`stacked_attention` runs ONE
+attention per cache row: all candidates' queries over [shared keys | every
+candidate's own keys] with a block-diagonal mask (each candidate sees only its
+own window). :func:`use_cascade` makes the choice.
 """
 from __future__ import annotations
 
@@ -165,7 +172,69 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
     return torch.lerp(out_b.float(), out_a.float(), weight_a[..., None])
 
 
-# ----------------------------------------------------------------------------- cascade
+# ----------------------------------------------------------------------------- cascade or stacked
+
+# Shared keys from which cascade attention beats one stacked block-diagonal attention, per device
+# type. Measured with benches/bench_attention.py at 1 CPU thread, 8 candidates, fp32, cache rows of
+# one prompt: H=4, D=32 (the toy model) and H=8, D=64 (the 52M LLaDA-architecture model), windows
+# of W=8 and W=32 queries. Cascade's time per layer is about flat in S below a few hundred keys (two
+# kernel calls plus the merge), stacked attention grows with S but starts lower; the crossover lay
+# at S ~ 512-1024 (W=32) and > 1024 (W=8). The threshold takes the lower end, so cascade is used
+# where it surely pays. CUDA keeps the cascade from 256 keys on (kernel launches, not FLOPs,
+# dominate small attentions there); not measured in this project yet.
+CASCADE_MIN_SHARED_KEYS = {"cpu": 512, "cuda": 256}
+
+
+def use_cascade(shared_keys: int, device: torch.device) -> bool:
+    """Whether a candidate batch reading ``shared_keys`` cached keys per cache row should use
+    :func:`cascade_attention` (True) or :func:`stacked_attention` (False)."""
+    return shared_keys >= CASCADE_MIN_SHARED_KEYS.get(device.type, CASCADE_MIN_SHARED_KEYS["cuda"])
+
+
+def stacked_mask(shared_key_mask: Optional[torch.Tensor], own_key_mask: Optional[torch.Tensor], *, groups: int,
+                 per_group: int, queries: int, shared_keys: int, own_keys: int, device) -> torch.Tensor:
+    """The bool mask ``[G, 1, n*L, S + n*W]`` (True = attend) of :func:`stacked_attention`.
+
+    Query ``i`` of a group belongs to candidate ``i // L``; it sees the allowed shared keys
+    (``shared_key_mask [G, S]``, None = all) and the allowed own keys of its candidate only
+    (``own_key_mask [G*n, W]``, None = all): the own part is block-diagonal. A query left without
+    any key (a padding query) attends to everything instead, so no softmax row is empty; its
+    output is never read.
+    """
+    G, n, L, S, W = groups, per_group, queries, shared_keys, own_keys
+    own = (torch.arange(n * L, device=device)[:, None] // L) == (torch.arange(n * W, device=device)[None, :] // W)
+    own = own.expand(G, 1, n * L, n * W)
+    if own_key_mask is not None:
+        own = own & own_key_mask.reshape(G, 1, 1, n * W)
+    if shared_key_mask is None:
+        shared = torch.ones(G, 1, n * L, S, dtype=torch.bool, device=device)
+    else:
+        shared = shared_key_mask[:, None, None, :].expand(G, 1, n * L, S)
+    mask = torch.cat([shared, own], dim=3)
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+def stacked_attention(q: torch.Tensor, shared_k: torch.Tensor, shared_v: torch.Tensor, own_k: torch.Tensor,
+                      own_v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`cascade_attention`'s result by one attention per group (no LSE merge).
+
+    ``q [R = G*n, H, L, D]``, ``shared_k/v [G, H_kv, S, D]``, ``own_k/v [R, H_kv, W, D]`` as in
+    :func:`cascade_attention`; ``mask`` from :func:`stacked_mask`. A group's n candidates become one
+    query sequence ``[n*L]`` over the keys ``[shared | own of candidate 0 | ... | own of n-1]``.
+    Inputs are trusted (internal to the models). Returns ``[R, H, L, D]`` in q's dtype.
+    """
+    R, H, L, D = q.shape
+    G, H_kv, S, _ = shared_k.shape
+    n, W = R // G, own_k.shape[2]
+
+    def stack(t, length, heads):   # [G*n, heads, length, D] -> [G, heads, n*length, D]
+        return t.reshape(G, n, heads, length, D).transpose(1, 2).reshape(G, heads, n * length, D)
+
+    keys = torch.cat([shared_k, stack(own_k, W, H_kv)], dim=2)
+    values = torch.cat([shared_v, stack(own_v, W, H_kv)], dim=2)
+    out = attend(stack(q, L, H), keys, values, mask)
+    return out.reshape(G, H, n, L, D).transpose(1, 2).reshape(R, H, L, D)
+
 
 def _check_key_mask(name: str, mask, shape, device) -> None:
     if mask is None:

@@ -466,11 +466,11 @@ class _Run:
         return self._logits(self.model(ids, **kwargs, **self._model_kwargs("forward")))
 
     def _window_forward(self, window_ids, start, cache_rows):
-        """Window forward; ``cache_rows`` is a host tuple of ints (the model lays out the groups
-        on the host, no read-back)."""
+        """Window forward; ``cache_rows`` is a host list of ints (the model lays out the groups
+        on the host, no read-back), or None for one window row per cache row, in order."""
         return self._logits(self.model.forward_window(
             window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.model_attention,
-            cache_rows=tuple(cache_rows), **self._model_kwargs("forward_window")))
+            cache_rows=None if cache_rows is None else tuple(cache_rows), **self._model_kwargs("forward_window")))
 
     def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
         if self.block_logits is None:
@@ -499,10 +499,14 @@ class _Run:
         index = host_ints_to_device(rows, self.device)
         if self.mode == "none":
             logits = self._full_forward(self.canvas[index], index)[:, start:end]
-        elif self.mode == "prefix":
-            logits = self._window_forward(self.canvas[index, start:], start, rows)[:, :self.length]
-        else:  # dual and block_causal forward the block only
-            logits = self._window_forward(self.canvas[index, start:end], start, rows)
+        else:
+            # All rows: one plain window forward, row r against cache row r (a subset: the
+            # plain forward over those cache rows, see forward_window).
+            cache_rows = None if len(rows) == self.batch else rows
+            if self.mode == "prefix":
+                logits = self._window_forward(self.canvas[index, start:], start, cache_rows)[:, :self.length]
+            else:  # dual and block_causal forward the block only
+                logits = self._window_forward(self.canvas[index, start:end], start, cache_rows)
         self.recorder.count_forward(rows)
         self._store_block_logits(index if len(rows) < self.batch else None, logits)
 
