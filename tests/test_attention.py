@@ -222,8 +222,9 @@ def test_stacked_attention_matches_plain_attention(shape, masked):
     torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=1e-5)
 
 
-def test_cascade_only_from_the_measured_shared_cache_size():
+def test_cascade_only_from_the_measured_sizes():
     cpu = torch.device("cpu")
-    threshold = attention.CASCADE_MIN_SHARED_KEYS["cpu"]
-    assert not attention.use_cascade(threshold - 1, cpu)
-    assert attention.use_cascade(threshold, cpu)
+    shared, own = attention.CASCADE_MIN_SHARED_KEYS["cpu"], attention.STACKED_MAX_OWN_KEYS["cpu"]
+    assert not attention.use_cascade(shared - 1, own, cpu)
+    assert attention.use_cascade(shared, own, cpu)
+    assert attention.use_cascade(shared - 1, own + 1, cpu)

@@ -305,6 +305,7 @@ def test_attention_choices_give_the_same_logits(tiny, wanted, monkeypatch):
     results = {}
     for name, threshold in (("cascade", 0), ("stacked", 1 << 30)):
         monkeypatch.setitem(attention.CASCADE_MIN_SHARED_KEYS, "cpu", threshold)
+        monkeypatch.setitem(attention.STACKED_MAX_OWN_KEYS, "cpu", threshold)
         results[name] = model.forward_window(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
     torch.testing.assert_close(results["stacked"], results["cascade"], atol=ATOL, rtol=1e-4)
     # Ordinary rows: rows 2 and 0 of the batch, one window each, against the per-row forwards.

@@ -15,12 +15,13 @@ part is attended once per cache row with all candidates' queries stacked into
 one long query sequence, so the cache is read once and never copied per
 candidate; the own part is a small batched [W x W] attention per candidate.
 
-Cascade attention pays two attention calls and a float32 merge per layer, which
-only the savings on a large shared cache repay. Below
-:data:`CASCADE_MIN_SHARED_KEYS` shared keys, :func:`stacked_attention` runs ONE
-attention per cache row: all candidates' queries over [shared keys | every
-candidate's own keys] with a block-diagonal mask (each candidate sees only its
-own window). :func:`use_cascade` makes the choice.
+Cascade attention pays two attention calls and a float32 merge per layer. For
+short windows on a small shared cache (below :data:`CASCADE_MIN_SHARED_KEYS`
+shared keys and :data:`STACKED_MAX_OWN_KEYS` window keys), :func:`stacked_attention`
+runs ONE attention per cache row instead: all candidates' queries over [shared
+keys | every candidate's own keys] with a block-diagonal mask (each candidate
+sees only its own window). :func:`use_cascade` makes the choice (measured; see
+the constants).
 """
 from __future__ import annotations
 
@@ -174,21 +175,27 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
 
 # ----------------------------------------------------------------------------- cascade or stacked
 
-# Shared keys from which cascade attention beats one stacked block-diagonal attention, per device
-# type. Measured with benches/bench_attention.py at 1 CPU thread, 8 candidates, fp32, cache rows of
-# one prompt: H=4, D=32 (the toy model) and H=8, D=64 (the 52M LLaDA-architecture model), windows
-# of W=8 and W=32 queries. Cascade's time per layer is about flat in S below a few hundred keys (two
-# kernel calls plus the merge), stacked attention grows with S but starts lower; the crossover lay
-# at S ~ 512-1024 (W=32) and > 1024 (W=8). The threshold takes the lower end, so cascade is used
-# where it surely pays. CUDA keeps the cascade from 256 keys on (kernel launches, not FLOPs,
-# dominate small attentions there); not measured in this project yet.
-CASCADE_MIN_SHARED_KEYS = {"cpu": 512, "cuda": 256}
+# When one stacked attention beats the cascade, per device type: fewer than CASCADE_MIN_SHARED_KEYS
+# shared keys AND at most STACKED_MAX_OWN_KEYS window keys in the stacked block-diagonal part (the
+# n candidates' windows together: the mask wastes (n - 1) / n of those scores). Measured with
+# benches/bench_attention.py at 1 CPU thread, fp32, 8 candidates of one cache row (median of 20,
+# on a shared 2-core machine, so +-20%); cascade time / stacked time:
+#   H=4 D=32 (toy),  W=8  (64 own keys):  S=32 0.78, 128 0.89, 256 0.99, 512 1.09, 1024 1.13, 2048 1.32
+#   H=8 D=64 (52M),  W=8  (64 own keys):  S=32 1.11, 128 1.07, 256 1.09, 512 1.01, 1024 3.5
+#   W=32 (256 own keys), both shapes:     cascade 1.2-14x faster at every S from 32 to 2048
+# so the stacked form pays only for short windows on small caches; the cascade's two kernel calls
+# and merge are cheap on CPU once the own part is larger. CUDA keeps the cascade everywhere (its
+# kernels take no block-diagonal mask at full speed; not measured in this project yet).
+CASCADE_MIN_SHARED_KEYS = {"cpu": 512, "cuda": 0}
+STACKED_MAX_OWN_KEYS = {"cpu": 64, "cuda": 0}
 
 
-def use_cascade(shared_keys: int, device: torch.device) -> bool:
-    """Whether a candidate batch reading ``shared_keys`` cached keys per cache row should use
-    :func:`cascade_attention` (True) or :func:`stacked_attention` (False)."""
-    return shared_keys >= CASCADE_MIN_SHARED_KEYS.get(device.type, CASCADE_MIN_SHARED_KEYS["cuda"])
+def use_cascade(shared_keys: int, own_keys: int, device: torch.device) -> bool:
+    """Whether a candidate batch reading ``shared_keys`` cached keys per cache row, with ``own_keys``
+    window keys of all candidates of a cache row together, should use :func:`cascade_attention`
+    (True) or :func:`stacked_attention` (False)."""
+    kind = device.type if device.type in CASCADE_MIN_SHARED_KEYS else "cuda"
+    return shared_keys >= CASCADE_MIN_SHARED_KEYS[kind] or own_keys > STACKED_MAX_OWN_KEYS[kind]
 
 
 def stacked_mask(shared_key_mask: Optional[torch.Tensor], own_key_mask: Optional[torch.Tensor], *, groups: int,

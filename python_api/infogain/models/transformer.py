@@ -21,7 +21,8 @@ one cache row attend to that row's cached keys as one query sequence, each
 candidate to its own fresh window keys, and the two partial attentions are
 merged by their log-sum-exp; work on the window part is ``N * W^2`` per cache
 row, and the fused kernels run without a mask whenever there is no padding), or,
-below :data:`~infogain.models.attention.CASCADE_MIN_SHARED_KEYS` cached keys,
+for short windows on a small cache (the measured thresholds of
+:func:`~infogain.models.attention.use_cascade`),
 :func:`~infogain.models.attention.stacked_attention` (one attention over [cache |
 all candidates' windows] with a block-diagonal mask). Either way the cache is read
 once per distinct cache row per layer, never copied per candidate.
@@ -560,7 +561,7 @@ class Transformer(DiffusionLM):
 
         masks = CascadeMasks(shared=reduced(shared_key_mask, all_real and mode != "dual"),
                              own=reduced(own_key_mask, all_real))
-        if not use_cascade(cached, window_ids.device):
+        if not use_cascade(cached, n * W, window_ids.device):
             masks = StackedMasks(stacked_mask(masks.shared, masks.own, groups=G, per_group=n, queries=ids.shape[1],
                                               shared_keys=cached, own_keys=W, device=window_ids.device))
 
