@@ -20,9 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median_time, pick_device, print_table, write_results  # noqa: E402
+from _common import apply_threads, median_time, pick_device, print_table, write_results  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_api"))
 from infogain import _threads  # noqa: E402
 from infogain.models import attention  # noqa: E402
 
@@ -61,7 +60,7 @@ def main(argv=None) -> None:
     parser.add_argument("--save", action="store_true",
                         help="write benches/results/attention-<device>.json (default: print only)")
     args = parser.parse_args(argv)
-    threads = _threads.apply_threads(args.threads)
+    threads = apply_threads(args.threads)
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
     print(f"attention choice on {device}, {args.dtype}, {threads} thread(s)")

@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import pick_device, print_table, synchronize, write_results  # noqa: E402
+from _common import apply_threads, pick_device, print_table, synchronize, write_results  # noqa: E402
 
 from infogain.eis import ExtendedInferenceSampler  # noqa: E402
 
@@ -97,8 +97,11 @@ def timed(fn, device, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
+    print(f"{apply_threads(args.threads)} torch thread(s)")
     device = pick_device(args.device)
     model = build_model(device, args.quick)
     params = sum(p.numel() for p in model.parameters())

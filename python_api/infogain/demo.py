@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import _threads
 from .tasks import TASKS, CharCodec, get_task
 
 DEMO_SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm")
@@ -65,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", default="none", choices=("none", "prefix", "dual"), help="KV-cache mode")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _threads.add_threads_argument(parser)
     return parser
 
 
@@ -171,6 +173,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     transformers_logging.set_verbosity_error()
     model, tokenizer = models.load(model_path)
     model = model.to(device).eval()
+    try:
+        threads = _threads.apply_threads(args.threads, num_parameters=_threads.model_parameters(model))
+    except ValueError as exc:
+        parser.error(str(exc))
     if tokenizer is None:
         parser.error(f"--model {model_path!r} has no tokenizer; the tasks need one")
     try:
@@ -196,7 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "model": os.path.abspath(model_path), "device": str(device),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads"
         if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
+        "torch": torch.__version__, "threads": threads, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
         "settings": DEMO_SETTINGS, "temperature": {task.name: TASK_TEMPERATURE[task.name] for task in tasks},
         "wall_s": round(wall, 2),
         "gen_lengths": {task.name: task.gen_length for task in tasks}, "rows": rows,
@@ -206,5 +212,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         json.dump(record, fh, indent=2)
     png_path = os.path.join(args.out, "demo.png")
     write_chart(rows, png_path)
-    print(f"\n{len(runs)} runs in {wall:.1f}s on {record['machine']}; wrote {json_path} and {png_path}")
+    print(f"\n{len(runs)} runs in {wall:.1f}s on {record['machine']} ({threads} torch thread"
+          f"{'s' if threads != 1 else ''}); wrote {json_path} and {png_path}")
     return 0
