@@ -97,10 +97,9 @@ def top_k_mask(scores: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> 
     ``scores`` float [B, L]; ``allowed`` bool [B, L]; ``k`` int64 [B]. Rows with fewer
     allowed positions than ``k[b]`` get all of them.
     """
-    ranked = torch.where(allowed, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
-    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    ranked = scores.float().masked_fill(~allowed, float("-inf"))
+    # The rank of each position is the inverse of the sort permutation (few ops: this runs every step).
+    rank = torch.sort(ranked, dim=1, descending=True, stable=True).indices.argsort(dim=1)
     return allowed & (rank < k[:, None])
 
 
@@ -277,7 +276,7 @@ class InfoGainStrategy(Strategy):
                              device=commit.device).tril(diagonal=-1)          # earlier[n, m]: m < n
         duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
         keep = ~duplicate & lookahead_rows[None, :]
-        cost = torch.where(commit, state.entropy[None], torch.zeros_like(state.entropy)[None]).sum(dim=-1)
+        cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)
         return Candidates(commit=commit, tokens=state.tokens, keep=keep, cost=cost)
 
 
