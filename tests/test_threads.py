@@ -5,12 +5,17 @@ import torch
 from infogain import _threads
 
 
-def test_flag_then_environment_then_cores(monkeypatch):
+def test_flag_then_environment_then_free_cores(monkeypatch):
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
     monkeypatch.setattr(_threads, "physical_cores", lambda: 6)
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (1.2, 0.0, 0.0))   # this process only
     assert _threads.choose_threads() == 6
-    assert _threads.choose_threads(num_parameters=_threads.TINY_MODEL_PARAMETERS - 1) == 1
-    assert _threads.choose_threads(num_parameters=_threads.TINY_MODEL_PARAMETERS) == 6
+    assert _threads.choose_threads(num_parameters=_threads.TINY_WORK - 1) == 1
+    assert _threads.choose_threads(num_parameters=1000, tokens_per_forward=_threads.TINY_WORK // 1000) == 6
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (4.0, 0.0, 0.0))   # three other busy cores
+    assert _threads.choose_threads() == 3
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (40.0, 0.0, 0.0))
+    assert _threads.choose_threads() == 1
     monkeypatch.setenv(_threads.ENV_VAR, "3")
     assert _threads.choose_threads(num_parameters=10) == 3   # the environment overrides the tiny-model rule
     assert _threads.choose_threads(2) == 2                   # the flag overrides everything

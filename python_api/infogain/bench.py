@@ -508,13 +508,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (OSError, ValueError) as exc:
         parser.error(str(exc))
     model.eval()
-    try:
-        threads = _threads.apply_threads(args.threads, num_parameters=_threads.model_parameters(model))
-    except ValueError as exc:
-        parser.error(str(exc))
     defaults = _TOY_DEFAULTS if source == "toy" else _FULL_DEFAULTS
     shape = {name: getattr(args, name) if getattr(args, name) is not None else default
              for name, default in defaults.items()}
+    try:
+        # Work per forward: the batch's rows x the canvas (prompt + generation).
+        threads = _threads.apply_threads(
+            args.threads, num_parameters=_threads.model_parameters(model),
+            tokens_per_forward=args.batch_size * (shape["prompt_length"] + shape["gen_length"]))
+    except ValueError as exc:
+        parser.error(str(exc))
     config = model.config
     prompts = random_prompts(args.batch_size, shape["prompt_length"], config.vocab_size,
                              (config.mask_token_id, config.eos_token_id, config.pad_token_id), args.seed, device)

@@ -174,7 +174,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     model, tokenizer = models.load(model_path)
     model = model.to(device).eval()
     try:
-        threads = _threads.apply_threads(args.threads, num_parameters=_threads.model_parameters(model))
+        # One forward covers every prompt of a task: the work per forward is prompts x positions.
+        threads = _threads.apply_threads(args.threads, num_parameters=_threads.model_parameters(model),
+                                         tokens_per_forward=args.num_samples * model.config.max_position_embeddings)
     except ValueError as exc:
         parser.error(str(exc))
     if tokenizer is None:
