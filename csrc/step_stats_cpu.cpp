@@ -45,7 +45,7 @@ using RowPassFn = void (*)(const RowPassArgs&, int64_t, int64_t);
 // such CPU has) unless ATEN_CPU_CAPABILITY=default asks for the baseline build.
 RowPassFn select_kernel() {
   static const RowPassFn kernel = [] {
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#if defined(INFOGAIN_ROWPASS_AVX2)
     const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
     const bool baseline = forced != nullptr && std::string(forced) == "default";
     if (!baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

@@ -2,7 +2,8 @@
 // CPU has them); see step_stats_cpu_kernel.h. The extension is compiled without -mavx2 so that
 // it loads on any x86-64 CPU: this file alone targets AVX2, by pragma, and uses ATen's AVX2
 // vector types under their own CPU_CAPABILITY namespace (as ATen's kernels do).
-#if defined(__x86_64__) || defined(_M_X64)
+#include "step_stats_cpu.h"
+#if defined(INFOGAIN_ROWPASS_AVX2)
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
 #elif defined(__GNUC__)
