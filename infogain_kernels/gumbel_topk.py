@@ -52,8 +52,9 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
             default generator. One seed is drawn per call when noise is needed
             (``num_samples > 1`` and ``temperature > 0``; otherwise the generator
             is not touched), so the same generator state gives the same result on
-            the same device and backend; the CUDA (Triton) and CPU (reference)
-            paths give different, equally distributed draws.
+            the same device and backend; the CUDA (Triton) and CPU paths give
+            different, equally distributed draws (the CPU's native kernel and torch
+            reference give the same ones).
         check_values: when True (default), raise for NaN scores at valid
             positions. That check costs one host synchronisation; pass False to
             fold it into your own read-back (e.g. of ``torch.isnan(scores) &

@@ -89,6 +89,10 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
         synchronisation on the [R] result. It is skipped while a CUDA graph is being captured, and
         ``torch.ops.infogain.lookahead_objective`` never does it; non-finite J / h_next then flag
         the candidates.
+
+    CUDA tensors run the Triton kernels; CPU tensors the native entropy pass of the extension
+    (``torch.ops.infogain._row_entropy_cpu``) and the masked mean in torch, or the torch reference
+    when the extension is not built. ``INFOGAIN_BACKEND`` / ``use_backend`` force one.
     """
     check_logits("next_logits", next_logits)
     check_tensor("next_logits", next_logits, ndim=3)
