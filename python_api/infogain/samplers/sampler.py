@@ -496,19 +496,22 @@ class _Run:
 
     def _forward_rows(self, rows: List[int], start: int) -> None:
         end = start + self.length
-        index = host_ints_to_device(rows, self.device)
+        # All rows (the common case): views of the canvas, no index tensor, no gather.
+        every = len(rows) == self.batch
+        index = None if every else host_ints_to_device(rows, self.device)
+        canvas = self.canvas if every else self.canvas[index]
         if self.mode == "none":
-            logits = self._full_forward(self.canvas[index], index)[:, start:end]
+            logits = self._full_forward(canvas, index)[:, start:end]
         else:
             # All rows: one plain window forward, row r against cache row r (a subset: the
             # plain forward over those cache rows, see forward_window).
-            cache_rows = None if len(rows) == self.batch else rows
+            cache_rows = None if every else rows
             if self.mode == "prefix":
-                logits = self._window_forward(self.canvas[index, start:], start, cache_rows)[:, :self.length]
+                logits = self._window_forward(canvas[:, start:], start, cache_rows)[:, :self.length]
             else:  # dual and block_causal forward the block only
-                logits = self._window_forward(self.canvas[index, start:end], start, cache_rows)
+                logits = self._window_forward(canvas[:, start:end], start, cache_rows)
         self.recorder.count_forward(rows)
-        self._store_block_logits(index if len(rows) < self.batch else None, logits)
+        self._store_block_logits(index, logits)
 
     # -------------------------------------------------------------- decoding
 
