@@ -141,6 +141,7 @@ def environment(device: torch.device) -> Dict[str, object]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
     }
     try:
         import triton
@@ -188,6 +189,19 @@ def print_table(rows: List[Dict[str, object]], columns: List[str]) -> None:
     from infogain._cliutil import format_table
 
     print(format_table(rows, columns))
+
+
+def apply_threads(threads: Optional[int] = None) -> int:
+    """Set torch's CPU threads by the package's policy (``infogain._threads``: ``--threads``, else
+    ``$INFOGAIN_THREADS``, else the physical cores) and return the count; print it with the table
+    (:func:`environment` records it in the JSON)."""
+    try:
+        from infogain import _threads
+    except ImportError:  # run from a checkout without installing: the package sits next to benches/
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_api"))
+        from infogain import _threads
+
+    return _threads.apply_threads(threads)
 
 
 def pick_device(arg: Optional[str] = None) -> torch.device:

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, median_time, peak_bandwidth, pick_device, print_table, output_path,
+    add_output_arguments, apply_threads, median_time, peak_bandwidth, pick_device, print_table, output_path,
     write_results)
 
 import infogain_kernels  # noqa: E402
@@ -66,13 +66,13 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
     parser.add_argument("--quick", action="store_true", help="T = 256 and fewer repeats")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
     add_output_arguments(parser, "kv")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     cache_len = 256 if args.quick else 1024
     start = min(BLOCK_START, cache_len - 2 * BLOCK)
     repeats = 25 if args.quick else 30

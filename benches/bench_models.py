@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, median_time, peak_extra_memory, pick_device, print_table, output_path,
+    add_output_arguments, apply_threads, median_time, peak_extra_memory, pick_device, print_table, output_path,
     write_results)
 
 import infogain.models as models  # noqa: E402
@@ -168,12 +168,15 @@ def main() -> None:
                         help="architectures to run (default: all); their rows go into one results file")
     parser.add_argument("--small", action="store_true", help="shrunken architecture (CPU)")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--length", type=int, default=None, help="canvas length T (512; 256 with --small)")
     parser.add_argument("--repeats", type=int, default=10)
     add_output_arguments(parser, "models")
     args = parser.parse_args()
+    print(f"{apply_threads(args.threads)} torch thread(s)")
 
     device = pick_device(args.device)
     rows, configs = [], {}

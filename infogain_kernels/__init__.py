@@ -1,7 +1,8 @@
 """Fused decoding ops for lookahead samplers of diffusion language models.
 
 One public function per op. CUDA tensors run the Triton kernel (or the CUDA
-extension), CPU tensors the torch reference; ``INFOGAIN_BACKEND`` or
+extension), CPU tensors the native C++ kernel of the extension where the op has
+one (``csrc/``), else the torch reference; ``INFOGAIN_BACKEND`` or
 :func:`use_backend` force a path. Every op is also registered as a
 ``torch.library`` custom op under ``torch.ops.infogain``.
 """

@@ -1,20 +1,23 @@
-"""Which implementation an op runs: the Triton kernel or the torch reference, and how it is called.
+"""Which implementation an op runs: the Triton kernel, the native C++ CPU kernel or the torch
+reference, and how it is called.
 
-Default: CUDA tensors go to Triton, everything else to the reference. The
-environment variable ``INFOGAIN_BACKEND=reference|triton`` forces one path (with
-``TRITON_INTERPRET=1`` the Triton kernels also run on CPU tensors, fp32 only),
-and :func:`use_backend` does the same for a block of code.
+Default: CUDA tensors go to Triton; CPU tensors to the native kernels of the compiled extension
+(``infogain_kernels._C``) where an op has one, else to the reference. The environment variable
+``INFOGAIN_BACKEND=reference|triton|native`` forces one path (with ``TRITON_INTERPRET=1`` the
+Triton kernels also run on CPU tensors, fp32 only), and :func:`use_backend` does the same for a
+block of code.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 
 import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-_VALID = ("auto", "reference", "triton")
+_VALID = ("auto", "reference", "triton", "native")
 _local = threading.local()
 
 
@@ -48,9 +51,31 @@ def use_triton(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cuda" and _triton_available()
 
 
+@functools.lru_cache(maxsize=None)
+def _native_available() -> bool:
+    try:
+        from . import _C  # noqa: F401  (loading the extension registers its ops)
+    except ImportError:
+        return False
+    return all(hasattr(torch.ops.infogain, name) for name in ("_step_stats_cpu", "_row_entropy_cpu", "_gumbel_topk_cpu"))
+
+
+def use_native(tensor: torch.Tensor) -> bool:
+    """True when the op for ``tensor`` should run its native C++ CPU kernel."""
+    name = forced_backend()
+    if name == "native":
+        if tensor.device.type != "cpu":
+            raise RuntimeError(f"INFOGAIN_BACKEND=native runs CPU tensors only, got a tensor on {tensor.device}")
+        if not _native_available():
+            raise RuntimeError("INFOGAIN_BACKEND=native but the extension infogain_kernels._C has no native CPU "
+                               "kernels; rebuild it (python setup.py build_ext --inplace)")
+        return True
+    return name == "auto" and tensor.device.type == "cpu" and _native_available()
+
+
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Force ``"reference"``, ``"triton"`` or ``"auto"`` dispatch inside a ``with`` block."""
+    """Force ``"reference"``, ``"triton"``, ``"native"`` or ``"auto"`` dispatch inside a ``with`` block."""
     if name not in _VALID:
         raise ValueError(f"backend must be one of {_VALID}, got {name!r}")
     previous = getattr(_local, "backend", None)

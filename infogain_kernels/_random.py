@@ -29,6 +29,7 @@ legal token that could then never be drawn) and ``u = 1`` would give
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -49,9 +50,31 @@ def draw_seed(generator, device: torch.device) -> torch.Tensor:
     return torch.randint(0, _SEED_HIGH, (1,), generator=generator, device=device, dtype=torch.int64)
 
 
+_UNUSED_SEEDS = {}
+
+
+def unused_seed(device: torch.device) -> torch.Tensor:
+    """The seed argument of an op call that draws no noise (int64 [1] on ``device``, never read)."""
+    seed = _UNUSED_SEEDS.get(device)
+    if seed is None:
+        seed = _UNUSED_SEEDS[device] = torch.zeros(1, dtype=torch.int64, device=device)
+    return seed
+
+
+_local = threading.local()
+
+
 def seeded_generator(seed: torch.Tensor) -> torch.Generator:
-    """A fresh ``torch.Generator`` on ``seed``'s device, seeded with ``seed`` (int64 tensor [1])."""
-    generator = torch.Generator(device=seed.device)
+    """A ``torch.Generator`` on ``seed``'s device, seeded with ``seed`` (int64 tensor [1]).
+
+    One generator per thread and device is reseeded on every call (creating one costs more than
+    the draws of a small op); the previous caller's draws are finished by then."""
+    generators = getattr(_local, "generators", None)
+    if generators is None:
+        generators = _local.generators = {}
+    generator = generators.get(seed.device)
+    if generator is None:
+        generator = generators[seed.device] = torch.Generator(device=seed.device)
     generator.manual_seed(int(seed.item()))
     return generator
 

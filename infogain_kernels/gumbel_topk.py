@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import _random
-from ._backend import call_op, use_triton, value_checks_enabled
+from ._backend import call_op, use_native, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
                           check_same_device, check_tensor)
@@ -49,10 +49,12 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
         valid: bool ``[B, P]``; only positions where it is True are ever chosen.
             Scores at invalid positions are ignored (whatever their value).
         generator: ``torch.Generator`` on the scores' device type, or None for the
-            default generator. One seed is drawn per call (also when no noise is
-            needed), so the same generator state gives the same result on the
-            same device and backend; the CUDA (Triton) and CPU (reference) paths
-            give different, equally distributed draws.
+            default generator. One seed is drawn per call when noise is needed
+            (``num_samples > 1`` and ``temperature > 0``; otherwise the generator
+            is not touched), so the same generator state gives the same result on
+            the same device and backend; the CUDA (Triton) and CPU paths give
+            different, equally distributed draws (the CPU's native kernel and torch
+            reference give the same ones).
         check_values: when True (default), raise for NaN scores at valid
             positions. That check costs one host synchronisation; pass False to
             fold it into your own read-back (e.g. of ``torch.isnan(scores) &
@@ -74,19 +76,30 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
         valid positions. That data check is skipped under ``torch.compile`` and
         other tracers and while a CUDA graph is being captured, and ``torch.ops.infogain.gumbel_topk`` never does it.
     """
-    check_tensor("scores", scores, dtypes=FLOAT_DTYPES, ndim=2)
+    # Cheap checks first-hand (this op runs every lookahead step on tiny tensors; the shared
+    # helpers are used only to word the error once something is wrong).
+    if not (type(scores) is torch.Tensor and scores.dtype in FLOAT_DTYPES and scores.dim() == 2):
+        check_tensor("scores", scores, dtypes=FLOAT_DTYPES, ndim=2)
     k = check_positive_int("k", k)
     num_samples = check_positive_int("num_samples", num_samples)
     temperature = _random.check_temperature("temperature", temperature)
     if valid is None:
         raise TypeError("valid must be a bool tensor of the scores' shape, got None")
-    check_mask("valid", valid, scores.shape)
-    check_same_device(scores=scores, valid=valid)
-    check_generator("generator", generator, scores.device)
+    if not (type(valid) is torch.Tensor and valid.dtype == torch.bool and valid.shape == scores.shape):
+        check_mask("valid", valid, scores.shape)
+    if valid.device != scores.device:
+        check_same_device(scores=scores, valid=valid)
+    if generator is not None:
+        check_generator("generator", generator, scores.device)
     check_values = check_bool("check_values", check_values)
     if check_values:
         _raise_on_nan_scores(scores, valid)
-    seed = _random.draw_seed(generator, scores.device)
+    # A seed is drawn only when some sample is perturbed; otherwise the result is deterministic and
+    # the generator is left as it is.
+    if num_samples > 1 and temperature > 0:
+        seed = _random.draw_seed(generator, scores.device)
+    else:
+        seed = _random.unused_seed(scores.device)
     return call_op(torch.ops.infogain.gumbel_topk, _gumbel_topk_impl, scores, k, num_samples, temperature, valid, seed)
 
 
@@ -104,6 +117,8 @@ def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
 def _gumbel_topk_impl(scores: torch.Tensor, k: int, num_samples: int, temperature: float,
                     valid: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Custom op behind :func:`gumbel_topk`; ``seed`` is an int64 tensor [1] on the scores' device."""
+    if use_native(scores):  # csrc/gumbel_topk_cpu.cpp: the reference's exact result in one call
+        return torch.ops.infogain._gumbel_topk_cpu(scores, k, num_samples, temperature, valid, seed)
     if use_triton(scores):
         return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
     return _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed)
@@ -120,22 +135,24 @@ def _(scores, k, num_samples, temperature, valid, seed):
 def _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed):
     """The specification, in torch: sort (perturbed) scores, valid positions first, stable on ties."""
     num_rows, num_positions = scores.shape
-    keys = scores.float().expand(num_samples, num_rows, num_positions)
+    keys = scores.float()
     if num_samples > 1 and temperature > 0:
         negated_noise = _random.negated_gumbel_noise((num_samples - 1, num_rows, num_positions),
                                                      _random.seeded_generator(seed))
-        keys = torch.cat([keys[:1], keys[1:] - temperature * negated_noise])
+        keys = torch.cat([keys[None], keys - temperature * negated_noise])
+    else:
+        keys = keys.expand(num_samples, num_rows, num_positions)
     # One stable descending sort on a float64 key that ranks every valid position (a valid -inf
     # becomes -1e300, below any float32 value) above every invalid one (-inf); equal keys keep
     # index order.
-    ranking_key = torch.where(valid, keys.double().clamp(min=-1e300), float("-inf"))
-    order = torch.sort(ranking_key, dim=2, descending=True, stable=True).indices
-    indices = torch.full((num_samples, num_rows, k), PADDING, dtype=torch.int64, device=scores.device)
+    ranking_key = keys.double().clamp_(min=-1e300).masked_fill_(~valid, float("-inf"))
     kept = min(k, num_positions)
-    slot = torch.arange(kept, device=scores.device)
-    num_valid = valid.sum(dim=1)
-    indices[:, :, :kept] = torch.where(slot < num_valid[:, None], order[:, :, :kept], PADDING)
-    return indices
+    order = torch.sort(ranking_key, dim=2, descending=True, stable=True).indices[:, :, :kept].contiguous()
+    # Slots past a row's valid count hold invalid positions: pad them.
+    order.masked_fill_(torch.arange(kept, device=scores.device) >= valid.sum(dim=1, keepdim=True), PADDING)
+    if kept == k:
+        return order
+    return torch.cat([order, order.new_full((num_samples, num_rows, k - kept), PADDING)], dim=2)
 
 
 def _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed):

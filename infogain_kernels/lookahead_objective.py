@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, use_triton, value_checks_enabled
+from ._backend import call_op, use_native, use_triton, value_checks_enabled
 from ._validation import check_bool, check_logits, check_mask, check_same_device, check_tensor
 from .token_stats import raise_on_bad_rows, row_stats_reference
 
@@ -37,6 +37,9 @@ def _lookahead_objective_impl(next_logits: torch.Tensor, remaining: torch.Tensor
     if n_positions == 0:
         h_next = next_logits.new_zeros(n_candidates, dtype=torch.float32)
         return (-h_next if cost is None else -cost - h_next), h_next
+    if use_native(next_logits):
+        entropy = torch.ops.infogain._row_entropy_cpu(next_logits, remaining)
+        return objective_reference(entropy, remaining, cost)
     if use_triton(next_logits):
         from ._entropy_triton import launch_masked_mean, launch_row_stats
 
@@ -87,6 +90,10 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
         while a CUDA graph is being captured, and
         ``torch.ops.infogain.lookahead_objective`` never does it; non-finite J / h_next then flag
         the candidates.
+
+    CUDA tensors run the Triton kernels; CPU tensors the native entropy pass of the extension
+    (``torch.ops.infogain._row_entropy_cpu``) and the masked mean in torch, or the torch reference
+    when the extension is not built. ``INFOGAIN_BACKEND`` / ``use_backend`` force one.
     """
     check_logits("next_logits", next_logits)
     check_tensor("next_logits", next_logits, ndim=3)

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, use_triton, value_checks_enabled
+from ._backend import call_op, use_native, use_triton, value_checks_enabled
 from ._validation import bad_row_problem, check_bool, check_logits, check_mask, check_same_device
 
 # Fill values for positions that the mask skips.
@@ -107,6 +107,8 @@ def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, pr
 def _token_stats_impl(logits: torch.Tensor, mask: Optional[torch.Tensor]
                     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     lead_shape = logits.shape[:-1]
+    if use_native(logits):
+        return torch.ops.infogain._step_stats_cpu(logits, mask, None, 0.0)[:4]
     if use_triton(logits):
         from ._entropy_triton import launch_row_stats
 
@@ -156,7 +158,8 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, ch
         rows then come back with a non-finite entropy (and undefined top-1/top-2 fields).
 
     CUDA tensors run a Triton kernel (one program per row, online max / sum form), CPU tensors the
-    torch reference; ``INFOGAIN_BACKEND`` / ``use_backend`` force one.
+    native C++ kernel (``csrc/step_stats_cpu.cpp``; the torch reference when the extension is not
+    built); ``INFOGAIN_BACKEND`` / ``use_backend`` force one.
     """
     check_logits("logits", logits)
     check_mask("mask", mask, logits.shape[:-1])

@@ -198,3 +198,33 @@ def test_rejects_bad_arguments():
         cascade_attention(q, sk, sv, ok, ov, own_key_mask=torch.ones(6, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="on meta"):
         cascade_attention(q, sk.to("meta"), sv, ok, ov)
+
+
+# ----------------------------------------------------------------------------- stacked (block-diagonal)
+
+@pytest.mark.parametrize("shape", [dict(), dict(H_kv=4), dict(W=3, L=4), dict(G=1, n=1), dict(S=0),
+                                   dict(G=3, n=2, S=20, W=6, L=6)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_stacked_attention_matches_plain_attention(shape, masked):
+    q, sk, sv, ok, ov = make(**shape)
+    G, S = sk.shape[0], sk.shape[2]
+    R, W = ok.shape[0], ok.shape[2]
+    gen = torch.Generator().manual_seed(1)
+    shared_mask = torch.rand(G, S, generator=gen) < 0.7 if masked else None
+    own_mask = torch.rand(R, W, generator=gen) < 0.7 if masked else None
+    if masked:
+        own_mask[:, 0] = True   # every query keeps a key (key-less queries are unspecified here)
+    mask = attention.stacked_mask(shared_mask, own_mask, groups=G, per_group=R // G, queries=q.shape[2],
+                                  shared_keys=S, own_keys=W, device=q.device)
+    got = attention.stacked_attention(q, sk, sv, ok, ov, mask)
+    assert got.shape == q.shape and got.dtype == q.dtype
+    want = plain_attention(q, sk, sv, ok, ov, shared_mask, own_mask)
+    torch.testing.assert_close(got.double(), want, atol=2e-6, rtol=1e-5)
+
+
+def test_cascade_only_from_the_measured_sizes():
+    cpu = torch.device("cpu")
+    shared, own = attention.CASCADE_MIN_SHARED_KEYS["cpu"], attention.STACKED_MAX_OWN_KEYS["cpu"]
+    assert not attention.use_cascade(shared - 1, own, cpu)
+    assert attention.use_cascade(shared, own, cpu)
+    assert attention.use_cascade(shared - 1, own + 1, cpu)

@@ -304,7 +304,17 @@ def test_bench_runs_on_the_shipped_toy_model(tmp_path, capsys):
     assert code == 0, capsys.readouterr()
     record = json.loads(out.read_text())
     assert record["settings"]["model"] == "toy" and record["all_tokens_match"] is True
-    assert [(r["sampler"], r["cache"]) for r in record["rows"]] == [("lookum", "prefix")]
+    assert record["settings"]["threads"] == 1   # the thread policy: 1 for a tiny model
+    # The toy model runs the settings where the lookahead runs too, and reports the steps of each kind.
+    assert [(r["setting"], r["sampler"], r["cache"]) for r in record["rows"]] == [
+        ("bench", "lookum", "prefix"), ("threshold-1", "lookum", "prefix"), ("demo", "lookum", "prefix")]
+    by_setting = {r["setting"]: r for r in record["rows"]}
+    assert by_setting["threshold-1"]["steps_bypass"] == 0 and by_setting["threshold-1"]["lookahead_steps"] > 0
+    for row in record["rows"]:
+        if row["lookahead_steps"] and row["plain_steps"]:
+            assert row["lookahead_premium"] > 0
+        else:
+            assert row["lookahead_premium"] is None
 
 
 @pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")

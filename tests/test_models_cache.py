@@ -144,17 +144,24 @@ def test_dual_write_replaces_the_block():
     assert torch.equal(cache.token_ids, new)
 
 
+def prefilled_canvas(tiny, wanted, *, seed, padded_row, padding):
+    """A 3-row canvas (row ``padded_row`` left padded by ``padding``) prefilled for the window
+    after the second block; returns ``(model, mode, ids, mask, start, W, cache)``."""
+    arch, model, _, _ = tiny
+    mode = mode_of(arch, wanted)
+    ids = canvas(B=3, seed=seed)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[padded_row, :padding] = False
+    start = GEN_START + BLOCK
+    W = T - start if mode == "prefix" else BLOCK
+    _, cache = model.prefill(ids, mask, mode=mode, start=start, **seg_kwargs(tiny[0]))
+    return model, mode, ids, mask, start, W, cache
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("wanted", ["prefix", "dual"])
 def test_packed_candidates_equal_separate_forwards(tiny, wanted):
-    arch, model, _, _ = tiny
-    mode = mode_of(arch, wanted)
-    ids = canvas(B=3, seed=2)
-    mask = torch.ones_like(ids, dtype=torch.bool)
-    mask[2, :3] = False
-    start = GEN_START + BLOCK
-    W = T - start if mode == "prefix" else BLOCK
-    _, cache = model.prefill(ids, mask, mode=mode, start=start, **seg_kwargs(arch))
+    model, mode, ids, mask, start, W, cache = prefilled_canvas(tiny, wanted, seed=2, padded_row=2, padding=3)
     # 3 candidates of row 2, 2 of row 0, none of row 1, interleaved
     cache_rows = torch.tensor([2, 0, 2, 0, 2])
     gen = torch.Generator().manual_seed(9)
@@ -284,3 +291,33 @@ def test_window_rejects_bad_arguments(llada):
     _, dual = llada.prefill(ids, None, mode="dual", start=10)
     with pytest.raises(ValueError, match="dual mode"):
         llada.forward_window(ids[:, 10:], start=12, cache=dual, mode="dual")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("wanted", ["prefix", "dual"])
+def test_attention_choices_give_the_same_logits(tiny, wanted, monkeypatch):
+    """Candidate batches by cascade attention (forced: threshold 0) and by one stacked
+    block-diagonal attention (forced: threshold above any cache), and ordinary rows
+    (one per cache row, a subset in any order) by the plain window forward, all equal."""
+    from infogain.models import attention
+
+    model, mode, ids, mask, start, W, cache = prefilled_canvas(tiny, wanted, seed=5, padded_row=0, padding=2)
+    cache_rows = (1, 0, 1, 1, 0)
+    windows = ids[list(cache_rows), start:start + W].clone()
+    windows[:, 0] = torch.randint(0, 90, (5,), generator=torch.Generator().manual_seed(12))
+    results = {}
+    for name, threshold in (("cascade", 0), ("stacked", 1 << 30)):
+        monkeypatch.setitem(attention.CASCADE_MIN_SHARED_KEYS, "cpu", threshold)
+        monkeypatch.setitem(attention.STACKED_MAX_OWN_KEYS, "cpu", threshold)
+        results[name] = model.forward_window(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
+    torch.testing.assert_close(results["stacked"], results["cascade"], atol=ATOL, rtol=1e-4)
+    # Ordinary rows: rows 2 and 0 of the batch, one window each, against the per-row forwards.
+    subset = model.forward_window(ids[[2, 0], start:start + W], start=start, cache=cache, mode=mode,
+                                  cache_rows=(2, 0))
+    every = model.forward_window(ids[:, start:start + W], start=start, cache=cache, mode=mode)
+    for r, row in enumerate((2, 0)):
+        alone = model.forward_window(ids[row:row + 1, start:start + W], start=start, cache=row_cache(cache, row),
+                                     mode=mode)
+        real = mask[row, start:start + W]
+        torch.testing.assert_close(subset[r][real], alone[0][real], atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close(every[row][real], alone[0][real], atol=ATOL, rtol=1e-4)

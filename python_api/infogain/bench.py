@@ -1,10 +1,14 @@
 """End-to-end benchmark: ``python -m infogain bench``.
 
-For every sampler x cache mode it runs the project's sampler and, in the same
-process and on the same prompts, the naive implementation of the same algorithm
-(:mod:`infogain.naive`: per-candidate cache copies, unfused float32 ops, host
-syncs), and reports tokens/s of both, their ratio, NFE, bypass rate and the
-sampler overhead (fraction of wall time spent outside model forwards).
+For every decoding setting x sampler x cache mode it runs the project's sampler
+and, in the same process and on the same prompts, the naive implementation of
+the same algorithm (:mod:`infogain.naive`: per-candidate cache copies, unfused
+float32 ops, host syncs), and reports tokens/s of both, their ratio, NFE, bypass
+rate, the steps of each kind, the lookahead premium (mean wall time of a step
+that runs the lookahead / that of a plain window step, same run) and the sampler
+overhead (fraction of wall time spent outside model forwards). The settings
+(``--settings``, :data:`SETTINGS`) include ones where the lookahead really runs:
+threshold 1.0 and the demo's settings.
 
 Model sources (exactly one):
 
@@ -26,7 +30,11 @@ Timing: each configuration runs once untimed (warm-up; its sequences are the
 ones compared), then ``--repeats`` timed runs of the fast and the naive
 implementation, interleaved; the median is reported. The sampler overhead comes
 from a separate *profiled* run in which every model forward is timed between
-device synchronisations; the main timings never carry that instrumentation.
+device synchronisations; the main timings never carry that instrumentation The steps of each
+kind and the lookahead premium come from one more run with every step timed.
+The CPU thread count follows ``infogain._threads`` (``--threads``,
+``$INFOGAIN_THREADS``, physical cores, 1 for the toy model); it is printed and
+recorded in the settings.
 
 Output: a table on stdout and a JSON record with the same layout as the scripts
 in ``benches/`` (``benchmark``, ``environment``, ``rows`` and the run's
@@ -52,6 +60,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import _threads
 from ._cliutil import HelpFormatter, format_table, make_output_dir, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
@@ -64,8 +73,15 @@ _TOY_DEFAULTS = {"prompt_length": 16, "gen_length": 32, "steps": 32, "block_leng
 _FULL_DEFAULTS = {"prompt_length": 64, "gen_length": 256, "steps": 256, "block_length": 32}
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_TABLE_COLUMNS = ["sampler", "cache", "fast_tok_s", "naive_tok_s", "speedup", "nfe", "naive_nfe",
-                  "bypass_rate", "overhead", "tokens_match"]
+_TABLE_COLUMNS = ["setting", "sampler", "cache", "fast_tok_s", "naive_tok_s", "speedup", "nfe", "naive_nfe",
+                  "bypass_rate", "steps", "lookahead_steps", "lookahead_premium", "overhead", "tokens_match"]
+
+# Decoding settings a run covers (--settings). "bench": the command's --threshold / --candidates /
+# --position-temperature; "threshold-1": the same with threshold 1.0, so no position bypasses and
+# every step that does not fill runs the lookahead; "demo": the demo's sampler settings, one block
+# decoded one token per step (steps = block_length = gen_length), as `infogain demo` decodes.
+SETTINGS = ("bench", "threshold-1", "demo")
+_TOY_SETTINGS = "bench,threshold-1,demo"
 
 
 def _bench_common():
@@ -107,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--position-temperature", type=float, default=0.2, help="position_temperature")
     parser.add_argument("--threshold", type=float, default=0.8, help="bypass threshold")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call")
+    parser.add_argument("--settings", default=None,
+                        help=f"comma-separated, from {', '.join(SETTINGS)} (default: all three for the toy model, "
+                             f"bench otherwise); see SETTINGS in infogain/bench.py")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
     parser.add_argument("--seed", type=int, default=0, help="seeds the prompts and the samplers")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline (speed of the fast path only)")
@@ -118,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="JSON output path (default: ./e2e-<device>.json in the working directory)")
     where.add_argument("--update-results", action="store_true",
                        help="write the source checkout's tracked benches/results/e2e-<device>.json")
+    _threads.add_threads_argument(parser)
     return parser
 
 
@@ -150,6 +170,10 @@ def _check_args(args) -> None:
     unknown = [c for c in args.cache_modes if c not in CACHE_MODES]
     if unknown:
         raise ValueError(f"--cache: unknown mode(s) {unknown}; choose from {list(CACHE_MODES)}")
+    if args.settings is not None:
+        unknown = [s for s in split_list("--settings", args.settings) if s not in SETTINGS]
+        if unknown:
+            raise ValueError(f"--settings: unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
 
 
 def _resolve_dtype(arg: Optional[str], device: torch.device) -> torch.dtype:
@@ -282,6 +306,73 @@ def compare_sequences(fast: torch.Tensor, naive: torch.Tensor) -> Optional[str]:
             f"fast {int(fast[row, col])} vs naive {int(naive[row, col])}")
 
 
+def setting_kwargs(setting: str, base: Dict[str, object]) -> Dict[str, object]:
+    """The generate options of ``setting`` (see :data:`SETTINGS`) built on the command's ``base``."""
+    if setting == "threshold-1":
+        return dict(base, threshold=1.0)
+    if setting == "demo":
+        from .demo import DEMO_SETTINGS
+
+        return dict(base, **DEMO_SETTINGS, steps=base["gen_length"], block_length=base["gen_length"])
+    return dict(base)
+
+
+def step_profile(fn) -> Dict[str, object]:
+    """Run ``fn`` (a fast-sampler generate) with every decoding step timed; returns the steps of each
+    kind and the lookahead premium.
+
+    A step is the driver's loop iteration: the fresh forward of the rows that need one, then
+    ``_step`` (decision, commits and, for lookahead rows, the candidates' batched forward). Steps
+    are counted per row by the kind of their commit (``steps_<kind>``). ``lookahead_premium`` is
+    the mean wall time of a step that ran the lookahead divided by that of a plain window step (a
+    fresh forward and no lookahead), both from this one run (None when the run has no step of one of
+    the two kinds: at threshold 1.0 every non-fill step looks ahead and reuses the winner's logits).
+    """
+    from .samplers.sampler import _Run
+    from .stats import COMMIT_KINDS, KIND_LOOKAHEAD
+
+    counts = {kind: 0 for kind in ("none",) + COMMIT_KINDS}
+    lookahead_s, plain_s = [], []
+    pending = {"forward_s": 0.0}
+    original_forward, original_step = _Run._forward_rows, _Run._step
+
+    def forward_rows(self, *args, **kwargs):
+        begin = time.perf_counter()
+        try:
+            return original_forward(self, *args, **kwargs)
+        finally:
+            pending["forward_s"] += time.perf_counter() - begin
+
+    def step(self, *args, **kwargs):
+        begin = time.perf_counter()
+        kinds, masks_left = original_step(self, *args, **kwargs)
+        elapsed = time.perf_counter() - begin + pending["forward_s"]
+        forwarded = pending["forward_s"] > 0
+        pending["forward_s"] = 0.0
+        for kind in kinds:
+            counts["none" if kind == 0 else COMMIT_KINDS[kind - 1]] += 1
+        if KIND_LOOKAHEAD in kinds:
+            lookahead_s.append(elapsed)
+        elif forwarded:
+            plain_s.append(elapsed)
+        return kinds, masks_left
+
+    _Run._forward_rows, _Run._step = forward_rows, step
+    try:
+        fn()
+    finally:
+        _Run._forward_rows, _Run._step = original_forward, original_step
+    result: Dict[str, object] = {f"steps_{kind}": n for kind, n in counts.items()}
+    result["steps"] = len(lookahead_s) + len(plain_s)
+    result["lookahead_steps"] = len(lookahead_s)
+    result["plain_steps"] = len(plain_s)
+    result["lookahead_step_ms"] = statistics.mean(lookahead_s) * 1e3 if lookahead_s else None
+    result["plain_step_ms"] = statistics.mean(plain_s) * 1e3 if plain_s else None
+    result["lookahead_premium"] = (statistics.mean(lookahead_s) / statistics.mean(plain_s)
+                                   if lookahead_s and plain_s else None)
+    return result
+
+
 def _median(values: List[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
@@ -341,6 +432,7 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
         row["profiled_wall_s"] = profile["wall_s"]
         row["profiled_forward_s"] = profile["forward_s"]
         row["profiled_forward_calls"] = profile["forward_calls"]
+        row.update(step_profile(fast_call))
         if naive_call is not None:
             row["naive_wall_s"] = _median(naive_times)
             row["naive_tok_s"] = generated / row["naive_wall_s"]
@@ -412,6 +504,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     defaults = _TOY_DEFAULTS if source == "toy" else _FULL_DEFAULTS
     shape = {name: getattr(args, name) if getattr(args, name) is not None else default
              for name, default in defaults.items()}
+    try:
+        # Work per forward: the batch's rows x the canvas (prompt + generation).
+        threads = _threads.apply_threads(
+            args.threads, num_parameters=_threads.model_parameters(model),
+            tokens_per_forward=args.batch_size * (shape["prompt_length"] + shape["gen_length"]))
+    except ValueError as exc:
+        parser.error(str(exc))
     config = model.config
     prompts = random_prompts(args.batch_size, shape["prompt_length"], config.vocab_size,
                              (config.mask_token_id, config.eos_token_id, config.pad_token_id), args.seed, device)
@@ -420,28 +519,34 @@ def main(argv: Optional[List[str]] = None) -> int:
         "candidate_number": args.candidates, "position_temperature": args.position_temperature,
         "threshold": args.threshold, "temperature": 0.0, "seed": args.seed,
     }
-    settings = {"model": source, "dtype": str(dtype).replace("torch.", ""), "batch_size": args.batch_size,
+    settings = {"model": source, "dtype": str(dtype).replace("torch.", ""), "threads": threads,
+                "batch_size": args.batch_size,
                 "prompt_length": shape["prompt_length"], "repeats": args.repeats,
                 **{k: v for k, v in generate_kwargs.items()}}
-    print(f"e2e bench on {device} ({settings['dtype']}): {source}, batch {args.batch_size}, prompt "
+    print(f"e2e bench on {device} ({settings['dtype']}, {threads} torch thread{'s' if threads != 1 else ''}): "
+          f"{source}, batch {args.batch_size}, prompt "
           f"{shape['prompt_length']}, gen {shape['gen_length']}, steps {shape['steps']}, block "
           f"{shape['block_length']}, {args.candidates} candidates", flush=True)
 
+    setting_names = split_list("--settings", args.settings or (_TOY_SETTINGS if source == "toy" else "bench"))
+    settings["settings"] = {name: setting_kwargs(name, generate_kwargs) for name in setting_names}
     rows = []
     with torch.inference_mode():
-        for sampler_name in args.sampler_names:
-            for cache in args.cache_modes:
-                row = bench_configuration(model, tokenizer, prompts, sampler_name, cache, generate_kwargs,
-                                          repeats=args.repeats, run_naive=not args.no_naive, device=device)
-                rows.append(row)
-                print(f"  {sampler_name:>10} / {cache:<6} done"
-                      + (f"  ERROR {row['error']}" if "error" in row else ""), flush=True)
+        for setting in setting_names:
+            for sampler_name in args.sampler_names:
+                for cache in args.cache_modes:
+                    row = bench_configuration(model, tokenizer, prompts, sampler_name, cache,
+                                              setting_kwargs(setting, generate_kwargs), repeats=args.repeats,
+                                              run_naive=not args.no_naive, device=device)
+                    rows.append({"setting": setting, **row})
+                    print(f"  {setting:>11} / {sampler_name:>10} / {cache:<6} done"
+                          + (f"  ERROR {row['error']}" if "error" in row else ""), flush=True)
 
     print(format_table(rows, _TABLE_COLUMNS))
     failures = [r for r in rows if "error" in r or r.get("tokens_match") is False]
     for row in failures:
         reason = row.get("error") or f"TOKENS DIFFER from the naive implementation: {row.get('mismatch')}"
-        print(f"!!! {row['sampler']} / {row['cache']}: {reason}", file=sys.stderr)
+        print(f"!!! {row['setting']} / {row['sampler']} / {row['cache']}: {reason}", file=sys.stderr)
     if failures:
         print("no results written: a configuration failed", file=sys.stderr)
         return 2

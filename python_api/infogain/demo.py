@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from . import _threads
 from ._cliutil import HelpFormatter, make_output_dir, parse_device, split_list
 from .tasks import TASKS, CharCodec, get_task
 
@@ -65,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", default="none", choices=("none", "prefix", "dual"), help="KV-cache mode")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _threads.add_threads_argument(parser)
     return parser
 
 
@@ -163,6 +165,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     model, tokenizer = models.load(model_path)
     model = model.to(device).eval()
+    try:
+        # One forward covers every prompt of a task: the work per forward is prompts x positions.
+        threads = _threads.apply_threads(args.threads, num_parameters=_threads.model_parameters(model),
+                                         tokens_per_forward=args.num_samples * model.config.max_position_embeddings)
+    except ValueError as exc:
+        parser.error(str(exc))
     if tokenizer is None:
         parser.error(f"--model {model_path!r} has no tokenizer; the tasks need one")
     try:
@@ -188,7 +196,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The threads torch computed with, not the core count.
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
         if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
+        "torch": torch.__version__, "threads": threads, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
         "settings": DEMO_SETTINGS, "temperature": {task.name: TASK_TEMPERATURE[task.name] for task in tasks},
         "wall_s": round(wall, 2),
         "gen_lengths": {task.name: task.gen_length for task in tasks}, "rows": rows,
@@ -198,5 +206,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         json.dump(record, fh, indent=2)
     png_path = os.path.join(args.out, "demo.png")
     write_chart(rows, png_path)
-    print(f"\n{len(runs)} runs in {wall:.1f}s on {record['machine']}; wrote {json_path} and {png_path}")
+    print(f"\n{len(runs)} runs in {wall:.1f}s on {record['machine']} ({threads} torch thread"
+          f"{'s' if threads != 1 else ''}); wrote {json_path} and {png_path}")
     return 0

@@ -358,7 +358,8 @@ class NaiveInfoGainSampler:
         device = canvas.device
         trivial = run.position_temperature <= 0 or run.candidate_number <= 1
         # The fast sampler draws the step's tokens with one gumbel_sample call (arg-max at temperature 0;
-        # the call still advances the generator) and, unless trivial, ranks positions with one gumbel_topk.
+        # the call still advances the generator) and, unless trivial or the block's last step, ranks
+        # positions with one gumbel_topk.
         _random.draw_seed(run.generator, device)
         topk_state = run.generator.get_state()
         kinds, masks_left, lookahead = [_NONE] * batch, [0] * batch, {}
@@ -392,7 +393,7 @@ class NaiveInfoGainSampler:
                     continue
             self._commit(run, b, chosen, top_token, entropy_now, kinds[b])
             block_logits[b] = None
-        if not trivial:
+        if not trivial and not last:  # the fast sampler builds no candidates on a block's last step
             run.generator.set_state(topk_state)
             _random.draw_seed(run.generator, device)
         for b in range(batch):

@@ -14,6 +14,14 @@ part) and each its own freshly computed window keys (the own part). The shared
 part is attended once per cache row with all candidates' queries stacked into
 one long query sequence, so the cache is read once and never copied per
 candidate; the own part is a small batched [W x W] attention per candidate.
+
+Cascade attention pays two attention calls and a float32 merge per layer. For
+short windows on a small shared cache (below :data:`CASCADE_MIN_SHARED_KEYS`
+shared keys and :data:`STACKED_MAX_OWN_KEYS` window keys), :func:`stacked_attention`
+runs ONE attention per cache row instead: all candidates' queries over [shared
+keys | every candidate's own keys] with a block-diagonal mask (each candidate
+sees only its own window). :func:`use_cascade` makes the choice (measured; see
+the constants).
 """
 from __future__ import annotations
 
@@ -165,7 +173,75 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
     return torch.lerp(out_b.float(), out_a.float(), weight_a[..., None])
 
 
-# ----------------------------------------------------------------------------- cascade
+# ----------------------------------------------------------------------------- cascade or stacked
+
+# When one stacked attention beats the cascade, per device type: fewer than CASCADE_MIN_SHARED_KEYS
+# shared keys AND at most STACKED_MAX_OWN_KEYS window keys in the stacked block-diagonal part (the
+# n candidates' windows together: the mask wastes (n - 1) / n of those scores). Measured with
+# benches/bench_attention.py at 1 CPU thread, fp32, 8 candidates of one cache row (median of 20,
+# on a shared 2-core machine, so +-20%); cascade time / stacked time:
+#   H=4 D=32 (toy),  W=8  (64 own keys):  S=32 0.78, 128 0.89, 256 0.99, 512 1.09, 1024 1.13, 2048 1.32
+#   H=8 D=64 (52M),  W=8  (64 own keys):  S=32 1.11, 128 1.07, 256 1.09, 512 1.01, 1024 3.5
+#   W=32 (256 own keys), both shapes:     cascade 1.2-14x faster at every S from 32 to 2048
+# so the stacked form pays only for short windows on small caches; the cascade's two kernel calls
+# and merge are cheap on CPU once the own part is larger. CUDA keeps the cascade everywhere (its
+# kernels take no block-diagonal mask at full speed; not measured in this project yet).
+CASCADE_MIN_SHARED_KEYS = {"cpu": 512, "cuda": 0}
+STACKED_MAX_OWN_KEYS = {"cpu": 64, "cuda": 0}
+
+
+def use_cascade(shared_keys: int, own_keys: int, device: torch.device) -> bool:
+    """Whether a candidate batch reading ``shared_keys`` cached keys per cache row, with ``own_keys``
+    window keys of all candidates of a cache row together, should use :func:`cascade_attention`
+    (True) or :func:`stacked_attention` (False)."""
+    kind = device.type if device.type in CASCADE_MIN_SHARED_KEYS else "cuda"
+    return shared_keys >= CASCADE_MIN_SHARED_KEYS[kind] or own_keys > STACKED_MAX_OWN_KEYS[kind]
+
+
+def stacked_mask(shared_key_mask: Optional[torch.Tensor], own_key_mask: Optional[torch.Tensor], *, groups: int,
+                 per_group: int, queries: int, shared_keys: int, own_keys: int, device) -> torch.Tensor:
+    """The bool mask ``[G, 1, n*L, S + n*W]`` (True = attend) of :func:`stacked_attention`.
+
+    Query ``i`` of a group belongs to candidate ``i // L``; it sees the allowed shared keys
+    (``shared_key_mask [G, S]``, None = all) and the allowed own keys of its candidate only
+    (``own_key_mask [G*n, W]``, None = all): the own part is block-diagonal. A query left without
+    any key (a padding query) attends to everything instead, so no softmax row is empty; its
+    output is never read.
+    """
+    G, n, L, S, W = groups, per_group, queries, shared_keys, own_keys
+    own = (torch.arange(n * L, device=device)[:, None] // L) == (torch.arange(n * W, device=device)[None, :] // W)
+    own = own.expand(G, 1, n * L, n * W)
+    if own_key_mask is not None:
+        own = own & own_key_mask.reshape(G, 1, 1, n * W)
+    if shared_key_mask is None:
+        shared = torch.ones(G, 1, n * L, S, dtype=torch.bool, device=device)
+    else:
+        shared = shared_key_mask[:, None, None, :].expand(G, 1, n * L, S)
+    mask = torch.cat([shared, own], dim=3)
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+def stacked_attention(q: torch.Tensor, shared_k: torch.Tensor, shared_v: torch.Tensor, own_k: torch.Tensor,
+                      own_v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """:func:`cascade_attention`'s result by one attention per group (no LSE merge).
+
+    ``q [R = G*n, H, L, D]``, ``shared_k/v [G, H_kv, S, D]``, ``own_k/v [R, H_kv, W, D]`` as in
+    :func:`cascade_attention`; ``mask`` from :func:`stacked_mask`. A group's n candidates become one
+    query sequence ``[n*L]`` over the keys ``[shared | own of candidate 0 | ... | own of n-1]``.
+    Inputs are trusted (internal to the models). Returns ``[R, H, L, D]`` in q's dtype.
+    """
+    R, H, L, D = q.shape
+    G, H_kv, S, _ = shared_k.shape
+    n, W = R // G, own_k.shape[2]
+
+    def stack(t, length, heads):   # [G*n, heads, length, D] -> [G, heads, n*length, D]
+        return t.reshape(G, n, heads, length, D).transpose(1, 2).reshape(G, heads, n * length, D)
+
+    keys = torch.cat([shared_k, stack(own_k, W, H_kv)], dim=2)
+    values = torch.cat([shared_v, stack(own_v, W, H_kv)], dim=2)
+    out = attend(stack(q, L, H), keys, values, mask)
+    return out.reshape(G, H, n, L, D).transpose(1, 2).reshape(R, H, L, D)
+
 
 def _check_key_mask(name: str, mask, shape, device) -> None:
     if mask is None:

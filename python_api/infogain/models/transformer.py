@@ -11,15 +11,21 @@ Attention goes through :mod:`infogain.models.attention`. Full forwards and
 plain window forwards use ``scaled_dot_product_attention`` with a boolean mask
 (True = attend) built once per call and shared by all layers.
 
-Candidate lookahead (:meth:`Transformer.forward_window` with ``cache_rows``):
-the window rows are grouped by the cache row they read, and every layer runs
-:func:`~infogain.models.attention.cascade_attention`: all candidates' queries of
-one cache row attend to that row's cached keys as one query sequence (the cache
-is read once per distinct cache row per layer, never copied per candidate),
-each candidate attends to its own fresh window keys, and the two partial
-attentions are merged by their log-sum-exp. Work on the window part is
-``N * W^2`` per cache row, and the fused kernels run without a mask whenever
-there is no padding to mask.
+Window forwards with ``cache_rows`` (:meth:`Transformer.forward_window`): the
+window rows are grouped by the cache row they read. With one window row per
+cache row (ordinary rows, e.g. a subset of the batch) it is the plain window
+forward over the gathered cache rows. Candidate lookahead (several rows per
+cache row) runs, in every layer, either
+:func:`~infogain.models.attention.cascade_attention` (all candidates' queries of
+one cache row attend to that row's cached keys as one query sequence, each
+candidate to its own fresh window keys, and the two partial attentions are
+merged by their log-sum-exp; work on the window part is ``N * W^2`` per cache
+row, and the fused kernels run without a mask whenever there is no padding), or,
+for short windows on a small cache (the measured thresholds of
+:func:`~infogain.models.attention.use_cascade`),
+:func:`~infogain.models.attention.stacked_attention` (one attention over [cache |
+all candidates' windows] with a block-diagonal mask). Either way the cache is read
+once per distinct cache row per layer, never copied per candidate.
 """
 from __future__ import annotations
 
@@ -34,7 +40,7 @@ from infogain_kernels import kv_block_replace
 from infogain_kernels._validation import check_bool
 
 from .._device import host_ints_to_device
-from .attention import attend, cascade_attention
+from .attention import attend, cascade_attention, stacked_attention, stacked_mask, use_cascade
 from .base import DiffusionLM, KVCache, ModelConfig
 
 MODES = ("prefix", "dual", "block_causal")
@@ -95,6 +101,15 @@ class CascadeMasks:
 
     shared: Optional[torch.Tensor]   # [G, S] bool, True = attend; None = all
     own: Optional[torch.Tensor]      # [G * n, W] bool over the fresh window keys; None = all
+
+
+@dataclass(frozen=True)
+class StackedMasks:
+    """The block-diagonal mask ``[G, 1, n*L, S + n*W]`` of a candidate window forward that runs
+    :func:`~infogain.models.attention.stacked_attention` (layers' ``past`` as for
+    :class:`CascadeMasks`)."""
+
+    mask: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,8 @@ class Attention(nn.Module):
             k, v = k.index_select(2, fresh_key_index), v.index_select(2, fresh_key_index)
         if isinstance(mask, CascadeMasks):
             out = cascade_attention(q, past[0], past[1], k, v, shared_key_mask=mask.shared, own_key_mask=mask.own)
+        elif isinstance(mask, StackedMasks):
+            out = stacked_attention(q, past[0], past[1], k, v, mask.mask)
         else:
             keys, values = k, v
             if past is not None:
@@ -446,7 +463,16 @@ class Transformer(DiffusionLM):
         extra = 1 if (self.spec.shift_logits and start > 0) else 0
         cached = cache.length if mode != "dual" else cache.keys[0].shape[2]
         if layout is None:
-            hidden = self._window_rows(window_ids, start, extra, cached, cache, mode, attention_mask, write)
+            hidden = self._window_rows(window_ids, start, extra, cached, cache, mode, attention_mask, write,
+                                       all_real)
+        elif layout.slots_per_group == 1:
+            # Ordinary rows, one per cache row: the plain forward over those cache rows (in the
+            # layout's ascending order), no candidate machinery.
+            ordered = torch.empty_like(window_ids)
+            ordered[layout.slot_of_row] = window_ids
+            rows = None if layout.every_cache_row else layout.groups
+            hidden = self._window_rows(ordered, start, extra, cached, cache, mode, attention_mask, False,
+                                       all_real, canvas_rows=rows)[layout.slot_of_row]
         else:
             hidden = self._window_candidates(window_ids, layout, start, extra, cached, cache, mode, attention_mask,
                                              all_real, check_values)
@@ -469,22 +495,33 @@ class Transformer(DiffusionLM):
         ids = torch.cat([prev[:, None], window_ids], dim=1)
         return ids, torch.arange(extra, ids.shape[1], device=window_ids.device)
 
-    def _window_rows(self, window_ids, start, extra, cached, cache, mode, attention_mask, write):
-        """Window row r against cache row r: keys ``[cache[0, cached) | fresh window]``, one mask."""
+    def _window_rows(self, window_ids, start, extra, cached, cache, mode, attention_mask, write, all_real,
+                     canvas_rows=None):
+        """Window row r against cache row r (``canvas_rows[r]`` when given: a long tensor of cache
+        rows): keys ``[cache[0, cached) | fresh window]``, one mask (none when nothing is masked)."""
         R, W = window_ids.shape
-        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, slice(None))
+        if canvas_rows is not None:
+            attention_mask = attention_mask[canvas_rows]
+        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache,
+                                                    slice(None) if canvas_rows is None else canvas_rows)
         Lq = ids.shape[1]
         positions = position_ids(attention_mask)[:, start - extra:start + W]
-        cache_ok = attention_mask[:, :cached].clone()
-        if mode == "dual":
-            cache_ok[:, start:start + W] = False   # the window's fresh keys replace them
-        window_ok = attention_mask[:, start:start + W]
-        mask = torch.cat([cache_ok[:, None, :].expand(R, Lq, cached),
-                          window_ok[:, None, :].expand(R, Lq, W)], dim=2)[:, None]
-        mask = _no_empty_rows(mask)
+        if all_real and mode != "dual":
+            mask = None   # known on the host: no padding, and no cached key is replaced
+        else:
+            cache_ok = attention_mask[:, :cached].clone()
+            if mode == "dual":
+                cache_ok[:, start:start + W] = False   # the window's fresh keys replace them
+            window_ok = attention_mask[:, start:start + W]
+            mask = torch.cat([cache_ok[:, None, :].expand(R, Lq, cached),
+                              window_ok[:, None, :].expand(R, Lq, W)], dim=2)[:, None]
+            mask = _no_empty_rows(mask)
 
         def past(i):
-            return cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
+            k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
+            if canvas_rows is not None:
+                k, v = k.index_select(0, canvas_rows), v.index_select(0, canvas_rows)
+            return k, v
 
         hidden, fresh = self._run(ids, positions, mask, past, fresh_key_index, collect=write)
         if write:
@@ -521,6 +558,9 @@ class Transformer(DiffusionLM):
 
         masks = CascadeMasks(shared=reduced(shared_key_mask, all_real and mode != "dual"),
                              own=reduced(own_key_mask, all_real))
+        if not use_cascade(cached, n * W, window_ids.device):
+            masks = StackedMasks(stacked_mask(masks.shared, masks.own, groups=G, per_group=n, queries=ids.shape[1],
+                                              shared_keys=cached, own_keys=W, device=window_ids.device))
 
         def past(i):
             k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]

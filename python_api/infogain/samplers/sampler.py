@@ -554,11 +554,12 @@ class _Run:
 
     def _window_forward(self, window_ids, start, cache_rows, hidden: bool = False):
         """Window forward (logits, or with ``hidden`` the aligned hidden states); ``cache_rows`` is a
-        host tuple of ints (the model lays out the groups on the host, no read-back)."""
+        host list of ints (the model lays out the groups on the host, no read-back), or None for one
+        window row per cache row, in order."""
         method = "window_hidden_states" if hidden else "forward_window"
         output = getattr(self.model, method)(
             window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.model_attention,
-            cache_rows=tuple(cache_rows), **self._model_kwargs(method))
+            cache_rows=None if cache_rows is None else tuple(cache_rows), **self._model_kwargs(method))
         return output if hidden else self._logits(output)
 
     def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
@@ -585,15 +586,22 @@ class _Run:
 
     def _forward_rows(self, rows: List[int], start: int) -> None:
         end = start + self.length
-        index = host_ints_to_device(rows, self.device)
+        # All rows (the common case): views of the canvas, no index tensor, no gather.
+        every = len(rows) == self.batch
+        index = None if every else host_ints_to_device(rows, self.device)
+        canvas = self.canvas if every else self.canvas[index]
         if self.mode == "none":
-            logits = self._full_forward(self.canvas[index], index)[:, start:end]
-        elif self.mode == "prefix":
-            logits = self._window_forward(self.canvas[index, start:], start, rows)[:, :self.length]
-        else:  # dual and block_causal forward the block only
-            logits = self._window_forward(self.canvas[index, start:end], start, rows)
+            logits = self._full_forward(canvas, index)[:, start:end]
+        else:
+            # All rows: one plain window forward, row r against cache row r (a subset: the
+            # plain forward over those cache rows, see forward_window).
+            cache_rows = None if every else rows
+            if self.mode == "prefix":
+                logits = self._window_forward(canvas[:, start:], start, cache_rows)[:, :self.length]
+            else:  # dual and block_causal forward the block only
+                logits = self._window_forward(canvas[:, start:end], start, cache_rows)
         self.recorder.count_forward(rows)
-        self._store_block_logits(index if len(rows) < self.batch else None, logits)
+        self._store_block_logits(index, logits)
 
     # -------------------------------------------------------------- decoding
 
@@ -672,7 +680,8 @@ class _Run:
             torch.zeros_like(has_masks)
         state = StepState(logits=logits, masked=masked, quota=quota, active=has_masks & ~fill, entropy=entropy,
                           top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
-                          token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator)
+                          token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator,
+                          may_lookahead=not (last and self.strategy.scheduled))
         decision: StepDecision = self.strategy.decide(state)
         kind = torch.where(fill, KIND_FILL, decision.kind)
         commit = torch.where(fill[:, None], masked, decision.commit)

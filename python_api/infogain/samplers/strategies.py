@@ -42,6 +42,8 @@ class StepState:
         options: the run's :class:`GenerateOptions`.
         max_quota: an upper bound of ``quota`` (host int).
         generator: the run's ``torch.Generator`` (or None).
+        may_lookahead: False when the driver knows on the host that no row can reach the
+            lookahead this step (the block's last step fills every row): no candidates then.
     """
 
     logits: torch.Tensor
@@ -57,6 +59,7 @@ class StepState:
     options: "object"
     max_quota: int
     generator: Optional[torch.Generator]
+    may_lookahead: bool = True
 
 
 @dataclass
@@ -94,10 +97,9 @@ def top_k_mask(scores: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> 
     ``scores`` float [B, L]; ``allowed`` bool [B, L]; ``k`` int64 [B]. Rows with fewer
     allowed positions than ``k[b]`` get all of them.
     """
-    ranked = torch.where(allowed, scores.float(), torch.full_like(scores, float("-inf"), dtype=torch.float32))
-    order = torch.sort(ranked, dim=1, descending=True, stable=True).indices
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    ranked = scores.float().masked_fill(~allowed, float("-inf"))
+    # The rank of each position is the inverse of the sort permutation (few ops: this runs every step).
+    rank = torch.sort(ranked, dim=1, descending=True, stable=True).indices.argsort(dim=1)
     return allowed & (rank < k[:, None])
 
 
@@ -233,7 +235,7 @@ class InfoGainStrategy(Strategy):
 
         rest = has_quota & ~bypass_rows
         num_candidates = opts.candidate_number
-        trivial = opts.position_temperature <= 0 or num_candidates <= 1
+        trivial = opts.position_temperature <= 0 or num_candidates <= 1 or not state.may_lookahead
         greedy_commit = top_k_mask(state.token_probs[0], masked, quota) & rest[:, None]
 
         commit = bypass_commit | greedy_commit
@@ -251,10 +253,12 @@ class InfoGainStrategy(Strategy):
         opts = state.options
         num_candidates, batch, length = state.tokens.shape
         # One call for all rows whatever their quota: gumbel_topk lists positions in decreasing
-        # (perturbed) score, so the first quota[b] entries of row b are its top-quota[b].
+        # (perturbed) score, so the first quota[b] entries of row b are its top-quota[b]. Rows that
+        # bypass or fill have no valid position: the op selects nothing for them, and their
+        # candidates are all empty (and never kept).
         k_bound = state.max_quota
         scores = state.token_probs.reshape(num_candidates * batch, length)
-        valid = masked.repeat(num_candidates, 1)
+        valid = (masked & lookahead_rows[:, None]).repeat(num_candidates, 1)
         # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
         # which the driver detects in its one read-back per step.
         positions = gumbel_topk(scores, min(k_bound, length), 2, opts.position_temperature,
@@ -272,7 +276,7 @@ class InfoGainStrategy(Strategy):
                              device=commit.device).tril(diagonal=-1)          # earlier[n, m]: m < n
         duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
         keep = ~duplicate & lookahead_rows[None, :]
-        cost = torch.where(commit, state.entropy[None], torch.zeros_like(state.entropy)[None]).sum(dim=-1)
+        cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)
         return Candidates(commit=commit, tokens=state.tokens, keep=keep, cost=cost)
 
 

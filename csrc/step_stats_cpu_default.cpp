@@ -1,0 +1,3 @@
+// The CPU row pass built for the baseline ISA (any x86-64 / aarch64 CPU); see step_stats_cpu_kernel.h.
+#define INFOGAIN_ROWPASS_ENTRY row_pass_default
+#include "step_stats_cpu_kernel.h"

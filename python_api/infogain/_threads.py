@@ -1,0 +1,107 @@
+"""CPU thread policy of the demo, the CLI and the benchmarks: one place decides, every timing says.
+
+torch's default intra-op thread count is the number of logical CPUs. On a small or busy machine
+that is the worst choice for this workload: a decoding step is many small ops, each parallel region
+costs a synchronisation of every thread, and hyper-threads share one core's vector units. Measured
+on a 2-core machine with another job running, the ops ran up to 6x slower at 2 threads than at 1.
+
+The policy (:func:`choose_threads`): the ``--threads`` flag, else the ``INFOGAIN_THREADS``
+environment variable, else 1 for tiny work (a forward of fewer than :data:`TINY_WORK` parameters x
+tokens: its matrix products take microseconds and threading only adds synchronisation; the shipped
+toy model decoding one prompt), else the physical cores available to this process that the last
+minute's load average leaves free (at least 1): on a busy machine extra threads wait on each other
+(measured here: the demo's sudoku runs took 3.7 s at 1 thread and 38 s at 2 with another job
+running). The library itself never changes the thread count; the entry points call
+:func:`apply_threads` and print and record the result.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Optional
+
+import torch
+
+ENV_VAR = "INFOGAIN_THREADS"
+# Parameters x tokens of one forward below which one thread is best: the toy model (0.66M
+# parameters) decoding one prompt (~24 tokens per forward) is far below it; 100 demo prompts of
+# ~40 tokens are far above.
+TINY_WORK = 50_000_000
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-thread siblings count once)."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as fh:
+                cores.add(fh.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def _positive_int(name: str, value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+    if number < 1 or str(number) != str(value).strip():
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return number
+
+
+def free_cores() -> int:
+    """Physical cores the machine's load leaves free, at least 1.
+
+    One unit of the last minute's load average is taken to be this process (or the run just before
+    it, which the one-minute average still remembers); the rest is other work, whose cores are not
+    free."""
+    cores = physical_cores()
+    try:
+        others = max(0, int(round(os.getloadavg()[0])) - 1)
+    except (AttributeError, OSError):  # no load average on this platform
+        others = 0
+    return max(1, cores - others)
+
+
+def choose_threads(threads: Optional[int] = None, *, num_parameters: Optional[int] = None,
+                   tokens_per_forward: int = 1) -> int:
+    """The thread count to use: ``threads`` if given, else ``$INFOGAIN_THREADS``, else 1 when
+    ``num_parameters * tokens_per_forward`` is below :data:`TINY_WORK`, else :func:`free_cores`."""
+    if threads is not None:
+        return _positive_int("--threads", threads)
+    env = os.environ.get(ENV_VAR, "").strip()
+    if env:
+        return _positive_int(ENV_VAR, env)
+    if num_parameters is not None and num_parameters * max(1, tokens_per_forward) < TINY_WORK:
+        return 1
+    return free_cores()
+
+
+def apply_threads(threads: Optional[int] = None, *, num_parameters: Optional[int] = None,
+                  tokens_per_forward: int = 1) -> int:
+    """:func:`choose_threads`, then ``torch.set_num_threads``; returns the count now in effect."""
+    count = choose_threads(threads, num_parameters=num_parameters, tokens_per_forward=tokens_per_forward)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return torch.get_num_threads()
+
+
+def model_parameters(model) -> Optional[int]:
+    """Parameter count of a torch module (None for anything else)."""
+    try:
+        return sum(p.numel() for p in model.parameters())
+    except (AttributeError, TypeError):
+        return None
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--threads N`` (default None: the policy above) to ``parser``."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help=f"CPU threads for torch (default: ${ENV_VAR}, else 1 for tiny work such as the "
+                             f"toy model on one prompt, else the physical cores the machine's load leaves free)")

@@ -1,0 +1,44 @@
+"""The CPU thread policy of the demo, the CLI and the benchmarks (infogain._threads)."""
+import pytest
+import torch
+
+from infogain import _threads
+
+
+def test_flag_then_environment_then_free_cores(monkeypatch):
+    monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+    monkeypatch.setattr(_threads, "physical_cores", lambda: 6)
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (1.2, 0.0, 0.0))   # this process only
+    assert _threads.choose_threads() == 6
+    assert _threads.choose_threads(num_parameters=_threads.TINY_WORK - 1) == 1
+    assert _threads.choose_threads(num_parameters=1000, tokens_per_forward=_threads.TINY_WORK // 1000) == 6
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (4.0, 0.0, 0.0))   # three other busy cores
+    assert _threads.choose_threads() == 3
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (40.0, 0.0, 0.0))
+    assert _threads.choose_threads() == 1
+    monkeypatch.setenv(_threads.ENV_VAR, "3")
+    assert _threads.choose_threads(num_parameters=10) == 3   # the environment overrides the tiny-model rule
+    assert _threads.choose_threads(2) == 2                   # the flag overrides everything
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_bad_values_name_their_source(monkeypatch, value):
+    monkeypatch.setenv(_threads.ENV_VAR, value)
+    with pytest.raises(ValueError, match=_threads.ENV_VAR):
+        _threads.choose_threads()
+    with pytest.raises(ValueError, match="--threads"):
+        _threads.choose_threads(0)
+
+
+def test_apply_sets_torch_threads(monkeypatch):
+    monkeypatch.delenv(_threads.ENV_VAR, raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert _threads.apply_threads(2) == 2 and torch.get_num_threads() == 2
+        assert _threads.apply_threads(num_parameters=1000) == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_physical_cores_is_positive():
+    assert 1 <= _threads.physical_cores() <= (torch.multiprocessing.cpu_count() or 1)
