@@ -20,7 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import apply_threads, median_time, pick_device, print_table, write_results  # noqa: E402
+from _common import (add_output_arguments, apply_threads, median_time, output_path, pick_device,  # noqa: E402
+                     print_table, write_results)
 
 from infogain import _threads  # noqa: E402
 from infogain.models import attention  # noqa: E402
@@ -57,8 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--candidates", type=int, default=8)
     _threads.add_threads_argument(parser)
-    parser.add_argument("--save", action="store_true",
-                        help="write benches/results/attention-<device>.json (default: print only)")
+    add_output_arguments(parser, "attention")
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
     device = pick_device(args.device)
@@ -81,8 +81,8 @@ def main(argv=None) -> None:
                       f"{min(paying) if paying else 'never (measured range)'}")
     print(f"current thresholds: CASCADE_MIN_SHARED_KEYS={attention.CASCADE_MIN_SHARED_KEYS}, "
           f"STACKED_MAX_OWN_KEYS={attention.STACKED_MAX_OWN_KEYS}")
-    if args.save:
-        print("wrote", write_results("attention", device, rows, dtype=args.dtype, torch_threads=threads))
+    print("wrote", write_results(output_path(args, "attention", device), "attention", device, rows,
+                                 dtype=args.dtype, torch_threads=threads))
 
 
 if __name__ == "__main__":

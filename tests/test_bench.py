@@ -357,7 +357,7 @@ def test_bench_writes_to_the_working_directory_and_never_to_tracked_results(tiny
     assert bench.main(argv + ["--gen-length", "4"]) == 0
     out = capsys.readouterr().out
     assert os.listdir(tmp_path) == ["e2e-cpu.json"]  # no ./benches/results/ created
-    header = next(line for line in out.splitlines() if line.startswith("sampler"))
+    header = next(line for line in out.splitlines() if line.startswith("setting"))
     assert header.split() == bench._TABLE_COLUMNS and "=" not in out.split(header)[1]
     assert _tree_snapshot(results) == before
 
