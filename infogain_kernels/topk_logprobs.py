@@ -1,11 +1,11 @@
 """Top-k log-probabilities under temperature + top-p (nucleus) filtering, sort-free.
 
 The distribution. For a row of logits ``x`` (float32 accumulation for every
-input dtype) and temperature ``T`` let ``s = x / T`` (``T = 0`` scores with
-``s = x``, i.e. the untempered model distribution, see below) and
-``p = softmax(s)``. The top-p *nucleus* is defined without sorting:
+input dtype) and temperature ``T`` let ``s = x / T`` (IEEE division; ``T = 0``
+scores with ``s = x``, see below) and ``p = softmax(s)``. The top-p *nucleus*
+is defined without sorting:
 
-    token i is in the nucleus  <=>  sum of p_j over tokens with s_j > s_i  <  top_p
+    token i is in the nucleus  <=>  P(s_j > s_i)  <  top_p
 
 i.e. a token is kept when the mass of the strictly more probable tokens has
 not yet reached ``top_p``. This is the usual "smallest prefix of the sorted
@@ -14,7 +14,15 @@ kept token are all kept (the set is independent of how ties would be sorted).
 ``top_p = 1`` keeps every token. The filtered distribution is ``p`` restricted
 to the nucleus and renormalised; tokens outside it have log-probability
 ``-inf``. Equivalently the nucleus is ``{i : s_i >= tau}`` for one threshold
-``tau``, which is what the kernels search for.
+``tau``, which is what both implementations search for.
+
+Mass arithmetic. For ``top_p < 1`` the masses that decide the nucleus are
+counted in fixed point: ``q_i = floor(p_i * 2**40)`` (``p_i`` computed in
+float32 as ``exp(s_i - lse)``) summed in int64. Integer sums are exact in any
+order, so the threshold does not depend on how a backend splits the row, and
+the top-k shortcut, the radix search and the sampler all see the same totals.
+A token with ``p_i < 2**-40`` is never in a ``top_p < 1`` nucleus (it could
+only be when ``top_p`` is within about ``V * 2**-40`` of 1).
 
 ``temperature = 0`` means "deterministic": :func:`topk_logprobs` ranks by the
 logits (same order as any T > 0) and reports log-probabilities of the
@@ -26,46 +34,86 @@ untempered filtered log-probability.
 Ordering. Tokens are ranked by ``s`` descending, ties by lower token id. The
 rank uses one int64 key per token, ``(order-preserving int32 image of s) << 32 |
 (2**32 - 1 - id)``, so "the k largest keys" is a total order and the Triton and
-reference paths return the same ids.
+reference paths return the same ids. ``s`` comes from a correctly rounded
+division (``tl.math.div_rn`` in the kernels), so on a GPU the ranking is the
+reference's bit for bit, near-ties included.
 
-Reads of the vocabulary per row (the row is never sorted):
+Reads of the vocabulary per row (the row is never sorted, there is no bisection):
 
-* pass 1 (always): online log-sum-exp and the running top-k keys;
-* if ``top_p < 1`` and the nucleus boundary falls inside the top-k, the
-  threshold and the nucleus mass come from the k kept tokens: no more reads;
-* otherwise the threshold is found by bisection over the 32-bit ordered image
-  of ``s``; each step is one read (mass above the pivot, nearest token values
-  on either side) and the bracket snaps to actual token values, so at most 32
-  extra reads, usually far fewer.
+1. one read: log-sum-exp and the top-k keys (a two-level select: each split of
+   the row keeps its own top-k, a combine step merges them);
+2. ``top_p < 1``: when the nucleus boundary falls inside the top-k, the
+   threshold and the nucleus mass come from the k kept tokens, no more reads;
+3. otherwise a radix select finds ``tau``: 4 passes over the 32-bit ordered
+   image of ``s``, 8 bits each. A pass builds the histogram (fixed-point mass
+   and count per 256 bins) of the tokens that share the digits found so far;
+   walking it from the top bin gives the next digit (the lowest non-empty bin
+   whose mass above is still ``< top_p``). After 4 passes the threshold is an
+   exact token value and its tie group's mass is known. The Triton passes only
+   look at tokens that can be in the nucleus (``s >= lse + log((1 - top_p) / V)
+   - 1``, a bound on ``tau`` when ``1 - top_p >= 1e-3``), which keeps the
+   histograms small for peaked rows.
+4. sampling (:mod:`infogain_kernels.sample_logprob`): one more read for each
+   split's nucleus mass, then the draw reads one split of the row.
+
+So a row is read 1 time (``top_p = 1`` or a nucleus inside the top-k), at most
+5 times otherwise, plus 1 + 1/splits when sampling. Alternatives considered:
+bisection over the ordered image (what this module did before) costs up to 32
+reads; a sort costs ``log V`` passes and a [V] workspace; a single-pass
+histogram on raw values cannot give an exact threshold.
+
+Split-vocabulary parallelism (Triton). EIS runs 1 to 8 rows (``sample_logprob``
+B*K rows), far fewer than a GPU's SMs, so every pass splits each row into
+``splits`` chunks, one program each (:func:`_launch_config`: about one program
+per SM in total, chunks of at least 4 blocks of 1024). Programs write partial
+states (max and normaliser, top-k keys, histograms, nucleus masses) and the last
+program of a row to finish (an acquire-release counter per row and pass) does
+the combine, in the same launch: 1 launch for ``top_p = 1``, 5 for the radix
+search, 1 more for a draw, plus one memset of the workspace. Row starts come
+from strides; with unit column stride and 16-byte alignment proved by the host,
+``tl.multiple_of`` / ``tl.max_constancy`` hints make the loads 16-byte vectors.
 
 Registered as ``torch.ops.infogain.topk_logprobs``. The helpers here
-(``nucleus_reference``, ``nucleus_triton``, ``raise_on_invalid_rows``) are also
-the engine of :mod:`infogain_kernels.sample_logprob`.
+(``run_nucleus``, ``raise_on_invalid_rows``) are also the engine of
+:mod:`infogain_kernels.sample_logprob`.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
 import torch
 
 from . import _random
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, capturing_cuda_graph, device_guard, use_triton
 from ._random import triton
 from ._validation import check_logits, check_positive_int
 
-# The Triton kernel unrolls its running top-k merge k times; above this k the
+# The Triton kernels unroll the running top-k merge k times; above this k the
 # op runs the torch path on every device.
 TRITON_MAX_K = 64
+# The Triton path packs a count (< 2**21) above the 42-bit fixed-point mass of each histogram bin.
+TRITON_MAX_VOCAB = (1 << 21) - 1
 # Reference work-space budget: [rows, chunk] tiles never exceed this many elements.
 _REFERENCE_TILE_ELEMENTS = 1 << 20
-_TRITON_BLOCK_V = 1024
 
 _LOW_BITS = 1 << 32
-# Order-preserving int32 image of -inf; the bisection starts just below it.
+# Order-preserving int32 image of -inf.
 _ORDERED_NEG_INF = -2139095041
 # Key smaller than every real key (real keys are >= _ORDERED_NEG_INF << 32).
 _KEY_NONE = -2147483647 * _LOW_BITS
+
+# Fixed-point mass: q = floor(p * 2**40); histogram bins add (1 << 42) per token for the count.
+_MASS_BITS = 40
+_MASS_ONE = 1 << _MASS_BITS
+_COUNT_SHIFT = 42
+_RADIX_BITS = 8
+_RADIX_BINS = 1 << _RADIX_BITS
+_RADIX_DIGITS = 32 // _RADIX_BITS
+# The Triton passes skip tokens below lse + log((1 - top_p) / V) - 1 only when 1 - top_p is at least
+# this: the bound on tau then holds with a wide margin for float32 rounding of lse.
+_CANDIDATE_FILTER_MIN_TAIL = 1e-3
 
 
 def check_top_p(name: str, value) -> float:
@@ -132,15 +180,17 @@ def _(logits, k, temperature, top_p):
 
 def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
                 seed: Optional[torch.Tensor]):
-    """Dispatch to the Triton kernel or the torch reference.
+    """Dispatch to the Triton kernels or the torch reference.
 
     Returns ``(ids [B,k], logprobs [B,k], token [B], token_logprob [B], lse [B])``;
-    ``token``/``token_logprob`` are the Gumbel-max draw from the filtered
+    ``token``/``token_logprob`` are an inverse-CDF draw from the filtered
     distribution when ``seed`` (int64 tensor [1]) is given, else the top-1.
     ``lse`` is the log-sum-exp of the whole scaled row, non-finite for an invalid row.
     """
-    if logits.shape[0] > 0 and k <= TRITON_MAX_K and use_triton(logits):
-        return nucleus_triton(logits, k, temperature, top_p, seed)
+    if (logits.shape[0] > 0 and k <= TRITON_MAX_K and logits.shape[1] <= TRITON_MAX_VOCAB
+            and use_triton(logits)):
+        with device_guard(logits):
+            return nucleus_triton(logits, k, temperature, top_p, seed)
     return nucleus_reference(logits, k, temperature, top_p, seed)
 
 
@@ -164,6 +214,11 @@ def raise_on_invalid_rows(logits: torch.Tensor, lse: torch.Tensor) -> None:
     raise ValueError(f"logits row {row_index} {problem}")
 
 
+def _mass_threshold(top_p: float) -> int:
+    """Smallest fixed-point mass that is not ``< top_p`` (``q < result`` <=> ``q / 2**40 < top_p``)."""
+    return math.ceil(top_p * _MASS_ONE)
+
+
 # ----------------------------------------------------------------------------- reference
 
 
@@ -185,6 +240,11 @@ def _ids_of_keys(keys: torch.Tensor) -> torch.Tensor:
     return (_LOW_BITS - 1) - (keys & (_LOW_BITS - 1))
 
 
+def _fixed_mass(s: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """``floor(exp(s - lse) * 2**40)`` as int64 (0 for -inf scores); ``lse`` broadcasts against ``s``."""
+    return (torch.exp(s - lse) * float(_MASS_ONE)).to(torch.int64)
+
+
 def nucleus_reference(logits, k, temperature, top_p, seed):
     """The specification, in torch; chunked over the vocabulary (see the module docstring)."""
     num_rows, vocab = logits.shape
@@ -196,7 +256,7 @@ def nucleus_reference(logits, k, temperature, top_p, seed):
             stop = min(start + chunk, vocab)
             yield start, _scale(logits[:, start:stop], temperature)
 
-    # Pass 1: online log-sum-exp and the running top-k keys.
+    # Read 1: online log-sum-exp and the running top-k keys.
     running_max = torch.full((num_rows,), -math.inf, device=device)
     running_sum = torch.zeros(num_rows, device=device)
     has_nan = torch.zeros(num_rows, dtype=torch.bool, device=device)
@@ -211,108 +271,212 @@ def nucleus_reference(logits, k, temperature, top_p, seed):
         merged = torch.cat([best, _rank_keys(s, ids)], dim=1)
         best = merged.topk(k, dim=1).values  # keys are unique, so this order is total
     lse = running_max + torch.log(running_sum)
-    lse = torch.where(has_nan | (running_max == -math.inf), torch.full_like(lse, math.nan), lse)
+    valid = ~has_nan & (running_max > -math.inf) & torch.isfinite(lse)
+    lse = torch.where(valid, lse, torch.full_like(lse, math.nan))
+    lse_or_zero = torch.where(valid, lse, torch.zeros_like(lse))
 
     top_ids = _ids_of_keys(best)
     top_s = _scale(logits.gather(1, top_ids), temperature)
-    top_p_mass = torch.exp(top_s - lse[:, None])
     top_order = ordered_int(top_s)
     if top_p >= 1.0:
         threshold = torch.full((num_rows,), _ORDERED_NEG_INF, dtype=torch.int64, device=device)
-        nucleus_mass = torch.ones(num_rows, device=device)
+        nucleus_q = torch.full((num_rows,), _MASS_ONE, dtype=torch.int64, device=device)
     else:
         # Mass of strictly more probable tokens, for each kept token (all of them are among the kept).
-        above = ((top_order[:, None, :] > top_order[:, :, None]) * top_p_mass[:, None, :]).sum(dim=2)
-        in_nucleus = above < top_p
+        top_q = _fixed_mass(top_s, lse_or_zero[:, None])
+        above = ((top_order[:, None, :] > top_order[:, :, None]) * top_q[:, None, :]).sum(dim=2)
+        in_nucleus = (above < _mass_threshold(top_p)) & (top_q > 0)
         threshold = torch.where(in_nucleus, top_order, torch.iinfo(torch.int64).max).min(dim=1).values
-        nucleus_mass = (top_p_mass * in_nucleus).sum(dim=1)
-        search = in_nucleus[:, -1] & torch.isfinite(lse)
+        nucleus_q = (top_q * in_nucleus).sum(dim=1)
+        search = in_nucleus[:, -1] & valid  # the nucleus may reach past the k kept tokens
         if bool(search.any()):
-            t, m = _bisect_threshold(chunks, top_order[:, -1], search, lse, top_p)
+            t, q = _radix_threshold(chunks, lse_or_zero, search, top_p)
             threshold = torch.where(search, t, threshold)
-            nucleus_mass = torch.where(search, m, nucleus_mass)
-    lse_nucleus = lse + torch.log(nucleus_mass)
+            nucleus_q = torch.where(search, q, nucleus_q)
+    lse_nucleus = lse + torch.log(nucleus_q.double() / _MASS_ONE).float()
     top_logprobs = torch.where(top_order >= threshold[:, None], top_s - lse_nucleus[:, None],
                                torch.full_like(top_s, -math.inf))
 
     if seed is None:
-        token, token_logprob = top_ids[:, 0], top_logprobs[:, 0]
-    else:
-        generator = _random.seeded_generator(seed)
-        best_key = torch.full((num_rows,), -math.inf, device=device)
-        token = torch.zeros(num_rows, dtype=torch.int64, device=device)
-        token_s = torch.full((num_rows,), -math.inf, device=device)
-        for start, s in chunks():
-            key = s + _random.gumbel_noise(s.shape, generator)
-            key = torch.where(ordered_int(s) >= threshold[:, None], key, torch.full_like(key, -math.inf))
-            chunk_key, chunk_arg = key.max(dim=1)
-            better = chunk_key > best_key
-            best_key = torch.where(better, chunk_key, best_key)
-            token = torch.where(better, chunk_arg + start, token)
-            token_s = torch.where(better, s.gather(1, chunk_arg[:, None]).squeeze(1), token_s)
-        token_logprob = token_s - lse_nucleus
+        return top_ids, top_logprobs, top_ids[:, 0], top_logprobs[:, 0], lse
+    token = _draw_reference(chunks, lse_or_zero, threshold, seed)
+    token_logprob = _scale(logits.gather(1, token[:, None]).squeeze(1), temperature) - lse_nucleus
     return top_ids, top_logprobs, token, token_logprob, lse
 
 
-def _bisect_threshold(chunks, known_in, search, lse, top_p):
-    """Smallest ordered value ``tau`` with mass(s > tau) < top_p, and the nucleus mass mass(s >= tau).
+def _radix_threshold(chunks, lse, search, top_p):
+    """Radix select of the nucleus threshold (module docstring, read 3) on the rows where ``search``.
 
-    ``known_in``: ordered value of a token known to be in the nucleus (upper end of the bracket);
-    rows where ``search`` is False start with an empty bracket and are not searched.
-    Invariant: mass(> lo) >= top_p (lo_mass) and mass(> hi) < top_p, hi a token value.
+    Returns ``(tau, nucleus_q)``: the ordered value of the lowest nucleus token and the fixed-point
+    mass of the tokens ``>= tau`` (meaningless on the other rows).
     """
     num_rows = lse.shape[0]
     device = lse.device
-    lo = torch.full((num_rows,), _ORDERED_NEG_INF - 1, dtype=torch.int64, device=device)
-    hi = torch.where(search, known_in, lo + 1)
-    lo_mass = torch.ones(num_rows, device=device)
-    big = torch.iinfo(torch.int64).max
-    while True:
-        active = hi - lo > 1
-        if not bool(active.any()):
-            return hi, lo_mass
-        pivot = lo + (hi - lo) // 2
-        mass = torch.zeros(num_rows, device=device)
-        below_max = torch.full((num_rows,), -big, dtype=torch.int64, device=device)
-        above_min = torch.full((num_rows,), big, dtype=torch.int64, device=device)
+    limit = _mass_threshold(top_p)
+    bins = torch.arange(_RADIX_BINS, device=device)
+    prefix = torch.zeros(num_rows, dtype=torch.int64, device=device)  # digits found so far
+    above = torch.zeros(num_rows, dtype=torch.int64, device=device)  # mass above the tokens sharing them
+    for digit in range(_RADIX_DIGITS):
+        shift = 32 - _RADIX_BITS * (digit + 1)
+        mass = torch.zeros(num_rows, _RADIX_BINS, dtype=torch.int64, device=device)
+        count = torch.zeros_like(mass)
         for _, s in chunks():
-            order = ordered_int(s)
-            above = order > pivot[:, None]
-            mass += torch.where(above, torch.exp(s - lse[:, None]), torch.zeros_like(s)).sum(dim=1)
-            below_max = torch.maximum(below_max, torch.where(above, -big, order).max(dim=1).values)
-            above_min = torch.minimum(above_min, torch.where(above, order, big).min(dim=1).values)
-        inside = mass < top_p
-        # No token lies in (below_max, pivot] or (pivot, above_min): snap the bracket to token values.
-        hi = torch.where(active & inside, below_max, hi)
-        lo = torch.where(active & ~inside, above_min - 1, lo)
-        lo_mass = torch.where(active & ~inside, mass, lo_mass)
+            q = _fixed_mass(s, lse[:, None])
+            key = ordered_int(s) + (1 << 31)  # unsigned 32-bit image
+            member = search[:, None] & (q > 0) & ((key >> (shift + _RADIX_BITS)) == prefix[:, None])
+            digit_bin = (key >> shift) & (_RADIX_BINS - 1)
+            mass.scatter_add_(1, digit_bin, q * member)
+            count.scatter_add_(1, digit_bin, member.long())
+        mass_above_bin = above[:, None] + mass.sum(dim=1, keepdim=True) - mass.cumsum(dim=1)
+        fits = (count > 0) & (mass_above_bin < limit)
+        chosen = torch.where(fits, bins, _RADIX_BINS).min(dim=1).values.clamp(max=_RADIX_BINS - 1)
+        prefix = prefix * _RADIX_BINS + chosen
+        above = mass_above_bin.gather(1, chosen[:, None]).squeeze(1)
+    return prefix - (1 << 31), above + mass.gather(1, chosen[:, None]).squeeze(1)
 
 
-# ----------------------------------------------------------------------------- Triton
+def _draw_reference(chunks, lse, threshold, seed):
+    """Inverse-CDF draw over the nucleus in token order, on the integer masses (one read)."""
+    generator = _random.seeded_generator(seed)
+    num_rows = lse.shape[0]
+    device = lse.device
+
+    def nucleus_masses(s):
+        q = _fixed_mass(s, lse[:, None])
+        return torch.where(ordered_int(s) >= threshold[:, None], q, torch.zeros_like(q))
+
+    total = torch.zeros(num_rows, dtype=torch.int64, device=device)
+    for _, s in chunks():
+        total += nucleus_masses(s).sum(dim=1)
+    bits = torch.randint(0, 1 << 62, (num_rows,), generator=generator, device=device, dtype=torch.int64)
+    target = bits % total.clamp(min=1)  # the draw is the token whose CDF interval holds target
+    token = torch.full((num_rows,), -1, dtype=torch.int64, device=device)
+    passed = torch.zeros(num_rows, dtype=torch.int64, device=device)
+    for start, s in chunks():
+        cdf = passed[:, None] + nucleus_masses(s).cumsum(dim=1)
+        hit = (cdf > target[:, None]).int().argmax(dim=1)  # first True (0 if none)
+        found = (token < 0) & (cdf[:, -1] > target)
+        token = torch.where(found, start + hit, token)
+        passed = cdf[:, -1]
+    return token.clamp(min=0)
+
+
+# ----------------------------------------------------------------------------- Triton launch
+
+
+# Programs per row pass: about one per SM in total (each holds its partial state in registers).
+_BLOCK_V = 1024
+_MIN_BLOCKS_PER_SPLIT = 4
+_NUM_WARPS = 4
+# Splits the interpreter uses for the SM count (CPU tensors).
+_INTERPRETER_SM_COUNT = 4
+# Test knob: force this many splits per row (None: chosen from the shape and the SM count).
+_FORCE_SPLITS: Optional[int] = None
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _launch_config(num_rows: int, vocab: int, sm_count: int, splits: Optional[int] = None):
+    """``(splits, chunk, block_v)``: each row is cut into ``splits`` chunks of ``chunk`` columns
+    (a multiple of ``block_v``, the columns one loop iteration covers), one program each."""
+    if splits is None:
+        splits = max(1, min(-(-sm_count // num_rows), -(-vocab // (_BLOCK_V * _MIN_BLOCKS_PER_SPLIT))))
+    per_split = -(-vocab // max(1, splits))
+    block_v = min(_BLOCK_V, max(16, _random.next_power_of_2(per_split)))
+    chunk = -(-per_split // block_v) * block_v
+    return -(-vocab // chunk), chunk, block_v
+
+
+def _vector_width(logits: torch.Tensor, chunk: int) -> int:
+    """Elements per 16-byte load when the host can prove every chunk start is 16-byte aligned, else 1."""
+    width = 16 // logits.element_size()
+    rows, vocab = logits.shape
+    aligned = (logits.stride(1) == 1 and logits.data_ptr() % 16 == 0 and vocab % width == 0
+               and chunk % width == 0 and (rows == 1 or (logits.stride(0) * logits.element_size()) % 16 == 0))
+    return width if aligned else 1
 
 
 def nucleus_triton(logits, k, temperature, top_p, seed):
     num_rows, vocab = logits.shape
     device = logits.device
+    sm_count = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else _INTERPRETER_SM_COUNT
+    splits, chunk, block_v = _launch_config(num_rows, vocab, sm_count, _FORCE_SPLITS)
+    kp = max(2, _random.next_power_of_2(k))
+    use_top_p = top_p < 1.0
+    sample = seed is not None
+
     ids = torch.empty((num_rows, k), dtype=torch.int64, device=device)
     logprobs = torch.empty((num_rows, k), dtype=torch.float32, device=device)
     token = torch.empty(num_rows, dtype=torch.int64, device=device)
     token_logprob = torch.empty(num_rows, dtype=torch.float32, device=device)
     lse = torch.empty(num_rows, dtype=torch.float32, device=device)
-    block_v = min(_TRITON_BLOCK_V, max(16, _random.next_power_of_2(vocab)))
-    seed_arg = seed if seed is not None else lse  # unused pointer when not sampling
-    _nucleus_kernel[(num_rows,)](
-        logits, logits.stride(0), logits.stride(1), vocab,
-        temperature if temperature > 0 else 1.0, top_p, seed_arg,
-        ids, logprobs, token, token_logprob, lse,
-        K=k, KP=max(2, _random.next_power_of_2(k)), BLOCK_V=block_v,
-        USE_TOP_P=top_p < 1.0, SAMPLE=seed is not None,
-    )
+    # Per-split partial states, then per-row state: threshold, nucleus mass, radix prefix / mass above,
+    # search flag.
+    part_max = torch.empty((num_rows, splits), dtype=torch.float32, device=device)
+    part_sum = torch.empty((num_rows, splits), dtype=torch.float32, device=device)
+    part_nan = torch.empty((num_rows, splits), dtype=torch.int32, device=device)
+    part_keys = torch.empty((num_rows, splits, kp), dtype=torch.int64, device=device)
+    row_state = torch.empty((5, num_rows), dtype=torch.int64, device=device)
+    # One memset: an arrival counter per (pass, row) and, for the radix search, the histograms.
+    passes = 1 + (_RADIX_DIGITS if use_top_p else 0) + (1 if sample else 0)
+    hist_size = _RADIX_DIGITS * num_rows * splits * _RADIX_BINS if use_top_p else 0
+    zeroed = torch.zeros(passes * num_rows + hist_size, dtype=torch.int64, device=device)
+    counters, hist = zeroed[:passes * num_rows], zeroed[passes * num_rows:]
+
+    scale = temperature if temperature > 0 else 1.0
+    limit = _mass_threshold(top_p)
+    tail = 1.0 - top_p
+    log_tail = math.log(tail / vocab) - 1.0 if tail >= _CANDIDATE_FILTER_MIN_TAIL else -math.inf
+    common = dict(BLOCK_V=block_v, VEC=_vector_width(logits, chunk), CONTIG=logits.stride(1) == 1,
+                  SCALE=scale != 1.0, num_warps=_NUM_WARPS)
+    grid = (num_rows, splits)
+    _partials_kernel[grid](
+        logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, limit,
+        part_max, part_sum, part_nan, part_keys, counters, ids, logprobs, token, token_logprob, lse, row_state,
+        K=k, KP=kp, USE_TOP_P=use_top_p, GREEDY=not sample, **common)
+    for digit in range(_RADIX_DIGITS if use_top_p else 0):
+        _radix_pass_kernel[grid](
+            logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, limit, log_tail,
+            hist[digit * num_rows * splits * _RADIX_BINS:], counters[(1 + digit) * num_rows:],
+            ids, logprobs, token, token_logprob, lse, row_state,
+            K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1, GREEDY=not sample, **common)
+    if sample:
+        _draw_kernel[grid](
+            logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, seed,
+            part_keys, counters[(passes - 1) * num_rows:], token, token_logprob, lse, row_state, **common)
     return ids, logprobs, token, token_logprob, lse
+
+
+# Rows of row_state.
+_THRESHOLD, _NUCLEUS_Q, _PREFIX, _ABOVE, _SEARCH = range(5)
+
+
+# ----------------------------------------------------------------------------- Triton kernels
 
 
 if triton is not None:
     import triton.language as tl
+
+    _NONE_KEY: tl.constexpr = tl.constexpr(_KEY_NONE)
+    _NEG_INF_ORDER: tl.constexpr = tl.constexpr(_ORDERED_NEG_INF)
+    _ONE: tl.constexpr = tl.constexpr(float(_MASS_ONE))
+    _COUNT_ONE: tl.constexpr = tl.constexpr(1 << _COUNT_SHIFT)
+    _MASS_MASK: tl.constexpr = tl.constexpr((1 << _COUNT_SHIFT) - 1)
+    _BINS: tl.constexpr = tl.constexpr(_RADIX_BINS)
+    _ST_THRESHOLD: tl.constexpr = tl.constexpr(_THRESHOLD)
+    _ST_NUCLEUS_Q: tl.constexpr = tl.constexpr(_NUCLEUS_Q)
+    _ST_PREFIX: tl.constexpr = tl.constexpr(_PREFIX)
+    _ST_ABOVE: tl.constexpr = tl.constexpr(_ABOVE)
+    _ST_SEARCH: tl.constexpr = tl.constexpr(_SEARCH)
+    _SPLIT_TILE: tl.constexpr = tl.constexpr(128)
+
+    @triton.jit
+    def _int64_zero():
+        return tl.sum(tl.zeros([2], tl.int64), 0)
 
     @triton.jit
     def _ordered(s):
@@ -320,136 +484,352 @@ if triton is not None:
         return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
 
     @triton.jit
-    def _nucleus_kernel(x_ptr, stride_b, stride_v, vocab, temperature, top_p, seed_ptr,
-                        ids_ptr, logprobs_ptr, token_ptr, token_logprob_ptr, lse_ptr,
-                        K: tl.constexpr, KP: tl.constexpr, BLOCK_V: tl.constexpr,
-                        USE_TOP_P: tl.constexpr, SAMPLE: tl.constexpr):
-        # One program per row; the algorithm is nucleus_reference's, read for read.
-        row = tl.program_id(0)
-        row_ptr = x_ptr + row.to(tl.int64) * stride_b
-        slots = tl.arange(0, KP)
-        lanes = tl.arange(0, BLOCK_V)
-        if SAMPLE:
-            seed = tl.load(seed_ptr)
+    def _scaled(x, scale, SCALE: tl.constexpr):
+        # Correctly rounded, as torch divides: the ranking must not depend on div.full's last bits.
+        x = x.to(tl.float32)
+        if SCALE:
+            x = tl.math.div_rn(x, scale)
+        return x
 
-        # Pass 1: per-lane online log-sum-exp, running top-k keys and (top_p == 1) Gumbel-max.
+    @triton.jit
+    def _fixed(s, lse):
+        return (tl.exp(s - lse) * _ONE).to(tl.int64)
+
+    @triton.jit
+    def _row_pointer(x_ptr, stride_b, VEC: tl.constexpr):
+        row_ptr = x_ptr + tl.program_id(0).to(tl.int64) * stride_b
+        if VEC > 1:
+            row_ptr = tl.multiple_of(row_ptr, 16)  # host-proved: 16-byte aligned row start
+        return row_ptr
+
+    @triton.jit
+    def _load_block(row_ptr, start, end, stride_v, scale, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
+                    CONTIG: tl.constexpr, SCALE: tl.constexpr):
+        """Scaled scores of columns [start, start + BLOCK_V) (-inf past ``end``), their ids and validity."""
+        start = tl.multiple_of(start, BLOCK_V)
+        cols = start + tl.arange(0, BLOCK_V)
+        valid = cols < end
+        if VEC > 1:
+            valid = tl.max_constancy(valid, VEC)  # end is a multiple of VEC: masks come in whole vectors
+        if CONTIG:
+            ptrs = row_ptr + cols
+        else:
+            ptrs = row_ptr + cols.to(tl.int64) * stride_v
+        x = tl.load(ptrs, mask=valid, other=-float("inf"))
+        return _scaled(x, scale, SCALE), cols, valid
+
+    @triton.jit
+    def _split_bounds(vocab, chunk, VEC: tl.constexpr):
+        start = tl.program_id(1) * chunk
+        end = tl.minimum(start + chunk, vocab)
+        if VEC > 1:
+            end = tl.multiple_of(end, VEC)
+        return start, end
+
+    @triton.jit
+    def _last_to_arrive(counter_ptr, num_splits):
+        """True in the last program of this row to reach this point in this launch. The barrier and
+        the acquire-release counter make every program's earlier stores visible to that program."""
+        tl.debug_barrier()
+        arrived = tl.atomic_add(counter_ptr + tl.program_id(0), 1, sem="acq_rel", scope="gpu")
+        return arrived == num_splits - 1
+
+    @triton.jit
+    def _merge_topk(best, kth, keys, K: tl.constexpr, KP: tl.constexpr):
+        """Running top-K of int64 keys: ``best`` [KP] (descending, _NONE_KEY padded), ``kth`` its K-th."""
+        if tl.max(keys, 0) > kth:
+            slots = tl.arange(0, KP)
+            merged = tl.full([KP], _NONE_KEY, tl.int64)
+            for j in tl.static_range(K):
+                top = tl.maximum(tl.max(keys, 0), tl.max(best, 0))
+                merged = tl.where(slots == j, top, merged)
+                keys = tl.where(keys == top, _NONE_KEY, keys)
+                best = tl.where(best == top, _NONE_KEY, best)
+            best = merged
+            kth = tl.sum(tl.where(slots == K - 1, best, 0), 0)
+        return best, kth
+
+    @triton.jit
+    def _write_outputs(row, row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
+                       token_ptr, token_logprob_ptr, K: tl.constexpr, KP: tl.constexpr,
+                       SCALE: tl.constexpr, GREEDY: tl.constexpr):
+        """Filtered log-probabilities of the row's top-K ids (and the greedy token) once the nucleus is known."""
+        slots = tl.arange(0, KP)
+        in_k = slots < K
+        top_ids = tl.load(ids_ptr + row * K + slots, mask=in_k, other=0)
+        top_s = _scaled(tl.load(row_ptr + top_ids * stride_v, mask=in_k, other=-float("inf")), scale, SCALE)
+        lse_nucleus = lse + tl.log(nucleus_q.to(tl.float32) / _ONE)
+        top_logprobs = tl.where(_ordered(top_s) >= threshold, top_s - lse_nucleus, -float("inf"))
+        tl.store(logprobs_ptr + row * K + slots, top_logprobs, mask=in_k)
+        if GREEDY:
+            tl.store(token_ptr + row, tl.sum(tl.where(slots == 0, top_ids, 0), 0))
+            tl.store(token_logprob_ptr + row, tl.sum(tl.where(slots == 0, top_logprobs, 0.0), 0))
+
+    @triton.jit
+    def _partials_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, limit,
+                         part_max_ptr, part_sum_ptr, part_nan_ptr, part_keys_ptr, counter_ptr,
+                         ids_ptr, logprobs_ptr, token_ptr, token_logprob_ptr, lse_ptr, state_ptr,
+                         K: tl.constexpr, KP: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
+                         CONTIG: tl.constexpr, SCALE: tl.constexpr, USE_TOP_P: tl.constexpr,
+                         GREEDY: tl.constexpr):
+        # Read 1 of one split: per-lane online log-sum-exp and the split's top-K keys. The last program
+        # of the row merges the splits (lse, top-K) and settles the nucleus when it lies in the top-K.
+        row = tl.program_id(0)
+        split = tl.program_id(1)
+        num_rows = tl.num_programs(0)
+        row_ptr = _row_pointer(x_ptr, stride_b, VEC)
+        start, end = _split_bounds(vocab, chunk, VEC)
         lane_max = tl.full([BLOCK_V], -float("inf"), tl.float32)
         lane_sum = tl.zeros([BLOCK_V], tl.float32)
-        nan_count = 0
-        best = tl.full([KP], -2147483647 * 4294967296, tl.int64)
+        nan_count = tl.zeros([BLOCK_V], tl.int32)
+        best = tl.full([KP], _NONE_KEY, tl.int64)
         kth = tl.min(best, 0)
-        gumbel_best = tl.full([BLOCK_V], -float("inf"), tl.float32)
-        gumbel_token = tl.zeros([BLOCK_V], tl.int32)
-        for start in range(0, vocab, BLOCK_V):
-            cols = start + lanes
-            valid = cols < vocab
-            s = tl.load(row_ptr + cols.to(tl.int64) * stride_v, mask=valid, other=-float("inf")).to(tl.float32)
-            s = s / temperature
-            nan_count += tl.sum((s != s).to(tl.int32), 0)
+        for block in range(start, end, BLOCK_V):
+            s, cols, valid = _load_block(row_ptr, block, end, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
+            nan_count += (s != s).to(tl.int32)
             new_max = tl.maximum(lane_max, s)
             shift = tl.where(new_max == -float("inf"), 0.0, new_max)
             lane_sum = lane_sum * tl.exp(lane_max - shift) + tl.exp(s - shift)
             lane_max = new_max
-            keys = tl.where(valid, _ordered(s) * 4294967296 + (4294967295 - cols.to(tl.int64)),
-                            -2147483647 * 4294967296)
-            if tl.max(keys, 0) > kth:
-                merged = tl.full([KP], -2147483647 * 4294967296, tl.int64)
-                for j in tl.static_range(K):
-                    top = tl.maximum(tl.max(keys, 0), tl.max(best, 0))
-                    merged = tl.where(slots == j, top, merged)
-                    keys = tl.where(keys == top, -2147483647 * 4294967296, keys)
-                    best = tl.where(best == top, -2147483647 * 4294967296, best)
-                best = merged
-                kth = tl.sum(tl.where(slots == K - 1, best, 0), 0)
-            if SAMPLE and not USE_TOP_P:
-                noise = _random.gumbel_noise_philox(seed, cols, tl.zeros([BLOCK_V], tl.int32) + row,
-                                                    tl.zeros([BLOCK_V], tl.int32))
-                gumbel_key = s + noise
-                better = gumbel_key > gumbel_best
-                gumbel_best = tl.where(better, gumbel_key, gumbel_best)
-                gumbel_token = tl.where(better, cols, gumbel_token)
-        row_max = tl.max(lane_max, 0)
-        shift = tl.where(row_max == -float("inf"), 0.0, row_max)
-        lse = shift + tl.log(tl.sum(lane_sum * tl.exp(lane_max - shift), 0))
-        lse = tl.where((nan_count > 0) | (row_max == -float("inf")), float("nan"), lse)
-
-        in_k = slots < K
-        top_ids = tl.where(in_k, 4294967295 - (best & 4294967295), 0)
-        top_s = tl.load(row_ptr + top_ids * stride_v, mask=in_k, other=-float("inf")).to(tl.float32) / temperature
-        top_mass = tl.where(in_k, tl.exp(top_s - lse), 0.0)
-        top_order = _ordered(top_s)
-        threshold = tl.min(top_order, 0) * 0 - 2139095041
-        nucleus_mass = tl.sum(top_mass, 0) * 0.0 + 1.0
-        search = False
-        if USE_TOP_P:
-            above = tl.sum(tl.where(top_order[None, :] > top_order[:, None], top_mass[None, :], 0.0), 1)
-            in_nucleus = (above < top_p) & in_k
-            threshold = tl.min(tl.where(in_nucleus, top_order, 9223372036854775807), 0)
-            nucleus_mass = tl.sum(tl.where(in_nucleus, top_mass, 0.0), 0)
-            last_in = tl.sum((in_nucleus & (slots == K - 1)).to(tl.int32), 0) > 0
-            search = last_in & (lse == lse) & (lse != float("inf"))
-            if search:
-                lo = threshold * 0 + (-2139095041 - 1)
-                hi = threshold
-                lo_mass = nucleus_mass * 0.0 + 1.0
-                while hi - lo > 1:
-                    pivot = lo + (hi - lo) // 2
-                    mass = tl.zeros([BLOCK_V], tl.float32)
-                    below_max = tl.full([BLOCK_V], -9223372036854775807, tl.int64)
-                    above_min = tl.full([BLOCK_V], 9223372036854775807, tl.int64)
-                    for start in range(0, vocab, BLOCK_V):
-                        cols = start + lanes
-                        valid = cols < vocab
-                        s = tl.load(row_ptr + cols.to(tl.int64) * stride_v, mask=valid,
-                                    other=-float("inf")).to(tl.float32) / temperature
-                        order = _ordered(s)
-                        is_above = (order > pivot) & valid
-                        mass += tl.where(is_above, tl.exp(s - lse), 0.0)
-                        below_max = tl.maximum(below_max, tl.where(valid & ~is_above, order, -9223372036854775807))
-                        above_min = tl.minimum(above_min, tl.where(is_above, order, 9223372036854775807))
-                    pivot_mass = tl.sum(mass, 0)
-                    if pivot_mass < top_p:
-                        hi = tl.max(below_max, 0)
-                    else:
-                        lo = tl.min(above_min, 0) - 1
-                        lo_mass = pivot_mass
-                threshold = hi
-                nucleus_mass = lo_mass
-        lse_nucleus = lse + tl.log(nucleus_mass)
-        top_logprobs = tl.where(top_order >= threshold, top_s - lse_nucleus, -float("inf"))
-        out = row.to(tl.int64) * K + slots
-        tl.store(ids_ptr + out, top_ids, mask=in_k)
-        tl.store(logprobs_ptr + out, top_logprobs, mask=in_k)
-
-        if SAMPLE:
+            keys = tl.where(valid, _ordered(s) * 4294967296 + (4294967295 - cols.to(tl.int64)), _NONE_KEY)
+            best, kth = _merge_topk(best, kth, keys, K, KP)
+        split_max = tl.max(lane_max, 0)
+        shift = tl.where(split_max == -float("inf"), 0.0, split_max)
+        part = row * num_splits + split
+        tl.store(part_max_ptr + part, split_max)
+        tl.store(part_sum_ptr + part, tl.sum(lane_sum * tl.exp(lane_max - shift), 0))
+        tl.store(part_nan_ptr + part, tl.sum(nan_count, 0))
+        slots = tl.arange(0, KP)
+        tl.store(part_keys_ptr + part * KP + slots, best)
+        if _last_to_arrive(counter_ptr, num_splits):
+            # Combine: log-sum-exp of the split partials.
+            tiles = tl.arange(0, _SPLIT_TILE)
+            row_max = -float("inf")
+            bad = 0
+            for t in range(0, num_splits, _SPLIT_TILE):
+                m = tl.load(part_max_ptr + row * num_splits + t + tiles, mask=t + tiles < num_splits,
+                            other=-float("inf"))
+                row_max = tl.maximum(row_max, tl.max(m, 0))
+                bad += tl.sum(tl.load(part_nan_ptr + row * num_splits + t + tiles,
+                                      mask=t + tiles < num_splits, other=0), 0)
+            shift = tl.where(row_max == -float("inf"), 0.0, row_max)
+            total = 0.0
+            for t in range(0, num_splits, _SPLIT_TILE):
+                inside = t + tiles < num_splits
+                m = tl.load(part_max_ptr + row * num_splits + t + tiles, mask=inside, other=-float("inf"))
+                z = tl.load(part_sum_ptr + row * num_splits + t + tiles, mask=inside, other=0.0)
+                total += tl.sum(z * tl.exp(m - shift), 0)
+            lse = shift + tl.log(total)
+            usable = (bad == 0) & (row_max != -float("inf")) & (lse == lse) & (tl.abs(lse) != float("inf"))
+            lse = tl.where(usable, lse, float("nan"))
+            tl.store(lse_ptr + row, lse)
+            # Combine: top-K of the splits' top-K keys.
+            lanes = tl.arange(0, BLOCK_V)
+            best = tl.full([KP], _NONE_KEY, tl.int64)
+            kth = tl.min(best, 0)
+            for t in range(0, num_splits * KP, BLOCK_V):
+                keys = tl.load(part_keys_ptr + row * num_splits * KP + t + lanes,
+                               mask=t + lanes < num_splits * KP, other=_NONE_KEY)
+                best, kth = _merge_topk(best, kth, keys, K, KP)
+            in_k = slots < K
+            top_ids = tl.where(in_k, 4294967295 - (best & 4294967295), 0)
+            tl.store(ids_ptr + row * K + slots, top_ids, mask=in_k)
+            threshold = _int64_zero() + _NEG_INF_ORDER
+            nucleus_q = _int64_zero() + (1 << 40)
+            search = 0
             if USE_TOP_P:
-                if search:
-                    # The nucleus reaches past the top-k: one more read for the Gumbel-max.
-                    for start in range(0, vocab, BLOCK_V):
-                        cols = start + lanes
-                        valid = cols < vocab
-                        s = tl.load(row_ptr + cols.to(tl.int64) * stride_v, mask=valid,
-                                    other=-float("inf")).to(tl.float32) / temperature
-                        noise = _random.gumbel_noise_philox(seed, cols, tl.zeros([BLOCK_V], tl.int32) + row,
-                                                            tl.zeros([BLOCK_V], tl.int32))
-                        gumbel_key = tl.where(valid & (_ordered(s) >= threshold), s + noise, -float("inf"))
-                        better = gumbel_key > gumbel_best
-                        gumbel_best = tl.where(better, gumbel_key, gumbel_best)
-                        gumbel_token = tl.where(better, cols, gumbel_token)
+                # The nucleus within the top-K: mass strictly above each kept token (all of it is kept).
+                top_order = best >> 32
+                top_s = tl.where(in_k, (top_order ^ tl.where(top_order < 0, 0x7FFFFFFF, 0)).to(tl.int32)
+                                 .to(tl.float32, bitcast=True), -float("inf"))
+                top_q = tl.where(in_k & usable, _fixed(top_s, tl.where(usable, lse, 0.0)), 0)
+                above = tl.sum(tl.where(top_order[None, :] > top_order[:, None], top_q[None, :], 0), 1)
+                in_nucleus = (above < limit) & (top_q > 0) & in_k
+                threshold = tl.min(tl.where(in_nucleus, top_order, 9223372036854775807), 0)
+                nucleus_q = tl.sum(tl.where(in_nucleus, top_q, 0), 0)
+                last_in = tl.sum((in_nucleus & (slots == K - 1)).to(tl.int32), 0) > 0
+                search = (last_in & usable).to(tl.int32)
+            tl.store(state_ptr + _ST_THRESHOLD * num_rows + row, threshold)
+            tl.store(state_ptr + _ST_NUCLEUS_Q * num_rows + row, nucleus_q)
+            tl.store(state_ptr + _ST_PREFIX * num_rows + row, 0)
+            tl.store(state_ptr + _ST_ABOVE * num_rows + row, 0)
+            tl.store(state_ptr + _ST_SEARCH * num_rows + row, search.to(tl.int64))
+            if search == 0:
+                _write_outputs(row, row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
+                               token_ptr, token_logprob_ptr, K, KP, SCALE, GREEDY)
+
+    @triton.jit
+    def _radix_pass_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, limit, log_tail,
+                           hist_ptr, counter_ptr, ids_ptr, logprobs_ptr, token_ptr, token_logprob_ptr, lse_ptr,
+                           state_ptr, K: tl.constexpr, KP: tl.constexpr, DIGIT: tl.constexpr,
+                           LAST: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr, CONTIG: tl.constexpr,
+                           SCALE: tl.constexpr, GREEDY: tl.constexpr):
+        # One digit of the radix select: this split's histogram of fixed-point mass and count over the
+        # 256 values of digit DIGIT, among the tokens whose higher digits equal the prefix found so far.
+        # The last program of the row sums the splits' histograms and picks the digit.
+        row = tl.program_id(0)
+        split = tl.program_id(1)
+        num_rows = tl.num_programs(0)
+        if tl.load(state_ptr + _ST_SEARCH * num_rows + row) != 0:
+            row_ptr = _row_pointer(x_ptr, stride_b, VEC)
+            start, end = _split_bounds(vocab, chunk, VEC)
+            lse = tl.load(lse_ptr + row)
+            prefix = tl.load(state_ptr + _ST_PREFIX * num_rows + row)
+            low = lse + log_tail  # tokens below cannot be in the nucleus (module docstring)
+            shift: tl.constexpr = 24 - 8 * DIGIT
+            split_hist = hist_ptr + (row * num_splits + split) * _BINS
+            for block in range(start, end, BLOCK_V):
+                s, cols, valid = _load_block(row_ptr, block, end, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
+                q = _fixed(s, lse)
+                key = _ordered(s) + 2147483648
+                member = valid & (q > 0) & (s >= low)
+                if DIGIT > 0:
+                    member = member & ((key >> (shift + 8)) == prefix)
+                tl.atomic_add(split_hist + ((key >> shift) & 255), q + _COUNT_ONE, mask=member, sem="relaxed")
+            if _last_to_arrive(counter_ptr, num_splits):
+                bins = tl.arange(0, _BINS)
+                packed = tl.zeros([_BINS], tl.int64)
+                for j in range(0, num_splits):
+                    packed += tl.load(hist_ptr + (row * num_splits + j) * _BINS + bins)
+                count = packed >> 42
+                mass = packed & _MASS_MASK
+                above = tl.load(state_ptr + _ST_ABOVE * num_rows + row)
+                mass_above_bin = above + tl.sum(mass, 0) - tl.cumsum(mass, 0)
+                fits = (count > 0) & (mass_above_bin < limit)
+                chosen = tl.minimum(tl.min(tl.where(fits, bins, _BINS), 0), _BINS - 1)
+                above = tl.sum(tl.where(bins == chosen, mass_above_bin, 0), 0)
+                prefix = prefix * 256 + chosen
+                if LAST:
+                    threshold = prefix - 2147483648
+                    nucleus_q = above + tl.sum(tl.where(bins == chosen, mass, 0), 0)
+                    tl.store(state_ptr + _ST_THRESHOLD * num_rows + row, threshold)
+                    tl.store(state_ptr + _ST_NUCLEUS_Q * num_rows + row, nucleus_q)
+                    _write_outputs(row, row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr,
+                                   logprobs_ptr, token_ptr, token_logprob_ptr, K, KP, SCALE, GREEDY)
                 else:
-                    # The whole nucleus is among the top-k: same noise values, read only at those ids.
-                    noise = _random.gumbel_noise_philox(seed, top_ids.to(tl.int32), tl.zeros([KP], tl.int32) + row,
-                                                        tl.zeros([KP], tl.int32))
-                    slot_key = tl.where(in_k & (top_order >= threshold), top_s + noise, -float("inf"))
-                    pick = tl.argmax(slot_key, 0, tie_break_left=True)
-                    gumbel_best = tl.where(lanes == 0, tl.max(slot_key, 0), -float("inf"))
-                    gumbel_token = tl.where(lanes == 0, tl.sum(tl.where(slots == pick, top_ids, 0), 0).to(tl.int32), 0)
-            lane = tl.argmax(gumbel_best, 0, tie_break_left=True)
-            token = tl.sum(tl.where(lanes == lane, gumbel_token, 0), 0).to(tl.int64)
-            token_s = tl.load(row_ptr + token * stride_v).to(tl.float32) / temperature
+                    tl.store(state_ptr + _ST_PREFIX * num_rows + row, prefix)
+                    tl.store(state_ptr + _ST_ABOVE * num_rows + row, above)
+
+    @triton.jit
+    def _draw_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, seed_ptr, part_ptr, counter_ptr,
+                     token_ptr, token_logprob_ptr, lse_ptr, state_ptr, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
+                     CONTIG: tl.constexpr, SCALE: tl.constexpr):
+        # Inverse-CDF draw over the nucleus on the fixed-point masses: each split writes its nucleus mass;
+        # the last program of the row picks the split holding the target, then the token inside it.
+        row = tl.program_id(0)
+        split = tl.program_id(1)
+        num_rows = tl.num_programs(0)
+        row_ptr = _row_pointer(x_ptr, stride_b, VEC)
+        start, end = _split_bounds(vocab, chunk, VEC)
+        lse = tl.load(lse_ptr + row)
+        lse = tl.where(lse == lse, lse, 0.0)
+        threshold = tl.load(state_ptr + _ST_THRESHOLD * num_rows + row)
+        acc = tl.zeros([BLOCK_V], tl.int64)
+        for block in range(start, end, BLOCK_V):
+            s, cols, valid = _load_block(row_ptr, block, end, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
+            acc += tl.where(valid & (_ordered(s) >= threshold), _fixed(s, lse), 0)
+        tl.store(part_ptr + row * num_splits + split, tl.sum(acc, 0))
+        if _last_to_arrive(counter_ptr, num_splits):
+            tiles = tl.arange(0, _SPLIT_TILE)
+            total = _int64_zero()
+            for t in range(0, num_splits, _SPLIT_TILE):
+                total += tl.sum(tl.load(part_ptr + row * num_splits + t + tiles, mask=t + tiles < num_splits,
+                                        other=0), 0)
+            pair = tl.arange(0, 2)
+            r0, r1, _, _ = tl.random.philox(tl.load(seed_ptr), pair * 0 + row, pair * 0, pair * 0, pair * 0)
+            bits = ((r0 & 0x7FFFFFFF).to(tl.int64) << 32) | r1.to(tl.int64)
+            bits = tl.sum(tl.where(pair == 0, bits, 0), 0)
+            target = bits % tl.maximum(total, 1)
+            # The split whose CDF interval holds target (the last non-empty one if rounding left none).
+            passed = _int64_zero()
+            chosen = -1
+            chosen_base = _int64_zero()
+            for t in range(0, num_splits, _SPLIT_TILE):
+                mass = tl.load(part_ptr + row * num_splits + t + tiles, mask=t + tiles < num_splits, other=0)
+                cdf = passed + tl.cumsum(mass, 0)
+                first = tl.min(tl.where(cdf > target, t + tiles, 2147483647), 0)
+                hit = (chosen < 0) & (first < 2147483647)
+                chosen_base = tl.where(hit, tl.sum(tl.where(t + tiles == first, cdf - mass, 0), 0), chosen_base)
+                chosen = tl.where(hit, first, chosen)
+                passed = passed + tl.sum(mass, 0)
+            # The token in that split whose CDF interval holds target.
+            chosen = tl.maximum(chosen, 0)
+            block_start = chosen * chunk
+            block_end = tl.minimum(block_start + chunk, vocab)
+            if VEC > 1:
+                block_end = tl.multiple_of(block_end, VEC)
+            token = -1
+            last_member = block_start
+            cum = chosen_base
+            for block in range(block_start, block_end, BLOCK_V):
+                s, cols, valid = _load_block(row_ptr, block, block_end, stride_v, scale, BLOCK_V, VEC, CONTIG,
+                                             SCALE)
+                q = tl.where(valid & (_ordered(s) >= threshold), _fixed(s, lse), 0)
+                cdf = cum + tl.cumsum(q, 0)
+                first = tl.min(tl.where(cdf > target, cols, 2147483647), 0)
+                token = tl.where((token < 0) & (first < 2147483647), first, token)
+                last_member = tl.maximum(last_member, tl.max(tl.where(q > 0, cols, -1), 0))
+                cum = cum + tl.sum(q, 0)
+            token = tl.where(token < 0, last_member, token).to(tl.int64)
+            token_s = _scaled(tl.load(row_ptr + token * stride_v), scale, SCALE)
+            nucleus_q = tl.load(state_ptr + _ST_NUCLEUS_Q * num_rows + row)
             tl.store(token_ptr + row, token)
-            tl.store(token_logprob_ptr + row, token_s - lse_nucleus)
-        else:
-            tl.store(token_ptr + row, tl.sum(tl.where(slots == 0, top_ids, 0), 0))
-            tl.store(token_logprob_ptr + row, tl.sum(tl.where(slots == 0, top_logprobs, 0.0), 0))
-        tl.store(lse_ptr + row, lse)
+            tl.store(token_logprob_ptr + row, token_s - (lse + tl.log(nucleus_q.to(tl.float32) / _ONE)))
+
+
+def aot_configs():
+    """Launch configurations of :func:`nucleus_triton` as EIS calls it, for the compile lane.
+
+    ``topk_logprobs`` with the EIS default top_k = 5 on 1 and 4 rows; ``sample_logprob`` (k = 1)
+    on 5 and 20 rows (B * K rollout rows); bf16 / fp16 / fp32 at the LLaDA, Dream and SDAR
+    vocabulary widths, 132 SMs (H100). Each radix digit is a separate configuration.
+    """
+    if triton is None:
+        return []
+    import itertools
+
+    dtypes = {"bf16": 2, "fp16": 2, "fp32": 4}
+    vocabs = (126464, 151936, 152064)
+    calls = [("topk_logprobs", 5, 1), ("topk_logprobs", 5, 4), ("sample_logprob", 1, 5),
+             ("sample_logprob", 1, 20)]
+    configs = []
+    for (dtype, size), vocab, (op, k, rows) in itertools.product(dtypes.items(), vocabs, calls):
+        splits, chunk, block_v = _launch_config(rows, vocab, 132)
+        vec = 16 // size if vocab % (16 // size) == 0 and chunk % (16 // size) == 0 else 1
+        kp = max(2, _random.next_power_of_2(k))
+        common_sig = {"x_ptr": "*" + dtype, "stride_b": "i32", "stride_v": "i32", "vocab": "i32", "chunk": "i32",
+                      "num_splits": "i32", "scale": "fp32"}
+        common_const = dict(BLOCK_V=block_v, VEC=vec, CONTIG=True, SCALE=True)
+        name = f"{op} {dtype} V={vocab} rows={rows} k={k} splits={splits}"
+        out_sig = {"ids_ptr": "*i64", "logprobs_ptr": "*fp32", "token_ptr": "*i64", "token_logprob_ptr": "*fp32",
+                   "lse_ptr": "*fp32", "state_ptr": "*i64"}
+        for use_top_p in (False, True):
+            consts = dict(common_const, K=k, KP=kp, USE_TOP_P=use_top_p, GREEDY=op == "topk_logprobs")
+            sig = dict(common_sig, limit="i64", part_max_ptr="*fp32", part_sum_ptr="*fp32", part_nan_ptr="*i32",
+                       part_keys_ptr="*i64", counter_ptr="*i64", **out_sig)
+            configs.append(_aot_dict(f"nucleus partials {name} top_p<1={int(use_top_p)}", _partials_kernel,
+                                     sig, consts, block_v))
+        for digit in range(_RADIX_DIGITS):
+            consts = dict(common_const, K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1,
+                          GREEDY=op == "topk_logprobs")
+            sig = dict(common_sig, limit="i64", log_tail="fp32", hist_ptr="*i64", counter_ptr="*i64", **out_sig)
+            configs.append(_aot_dict(f"nucleus radix digit {digit} {name}", _radix_pass_kernel, sig, consts,
+                                     block_v))
+        if op == "sample_logprob":
+            sig = dict(common_sig, seed_ptr="*i64", part_ptr="*i64", counter_ptr="*i64", token_ptr="*i64",
+                       token_logprob_ptr="*fp32", lse_ptr="*fp32", state_ptr="*i64")
+            configs.append(_aot_dict(f"nucleus draw {name}", _draw_kernel, sig, common_const, block_v))
+    return configs
+
+
+def _aot_dict(name, kernel, signature, constexprs, block_v):
+    """One registry entry (format: see the ahead-of-time compile lane); arguments in kernel order."""
+    import inspect
+
+    params = list(inspect.signature(kernel.fn).parameters)
+    full = {p: signature.get(p, "constexpr") for p in params}
+    missing = [p for p in params if full[p] == "constexpr" and p not in constexprs]
+    if missing:
+        raise ValueError(f"{name}: no type or value for {missing}")
+    return dict(name=name, kernel=kernel, signature=full, constexprs={p: constexprs[p] for p in params if p in constexprs},
+                num_warps=_NUM_WARPS, num_stages=3, elements_per_iteration=block_v)
