@@ -496,34 +496,41 @@ if triton is not None:
         return (tl.exp(s - lse) * _ONE).to(tl.int64)
 
     @triton.jit
-    def _row_pointer(x_ptr, stride_b, VEC: tl.constexpr):
-        row_ptr = x_ptr + tl.program_id(0).to(tl.int64) * stride_b
-        if VEC > 1:
-            row_ptr = tl.multiple_of(row_ptr, 16)  # host-proved: 16-byte aligned row start
-        return row_ptr
+    def _row_pointer(x_ptr, stride_b):
+        return x_ptr + tl.program_id(0).to(tl.int64) * stride_b
 
     @triton.jit
-    def _load_block(row_ptr, start, end, stride_v, scale, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
-                    CONTIG: tl.constexpr, SCALE: tl.constexpr):
-        """Scaled scores of columns [start, start + BLOCK_V) (-inf past ``end``), their ids and validity."""
-        start = tl.multiple_of(start, BLOCK_V)
-        cols = start + tl.arange(0, BLOCK_V)
-        valid = cols < end
-        if VEC > 1:
-            valid = tl.max_constancy(valid, VEC)  # end is a multiple of VEC: masks come in whole vectors
+    def _split_span(row_ptr, stride_v, start, end, VEC: tl.constexpr, CONTIG: tl.constexpr):
+        """Pointer to column ``start`` of the row and the number of columns up to ``end``."""
         if CONTIG:
-            ptrs = row_ptr + cols
+            split_ptr = row_ptr + start
         else:
-            ptrs = row_ptr + cols.to(tl.int64) * stride_v
+            split_ptr = row_ptr + start.to(tl.int64) * stride_v
+        if VEC > 1:
+            # Host-proved: 16-byte aligned. (The hint must sit on an op result, not a loop variable.)
+            split_ptr = tl.multiple_of(split_ptr, 16)
+        return split_ptr, end - start
+
+    @triton.jit
+    def _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
+                    CONTIG: tl.constexpr, SCALE: tl.constexpr):
+        """Scaled scores of the span's columns [offset, offset + BLOCK_V) (-inf from ``length`` on),
+        their offsets in the span and their validity."""
+        cols = offset + tl.arange(0, BLOCK_V)
+        valid = cols < length
+        if VEC > 1:
+            valid = tl.max_constancy(valid, VEC)  # length is a multiple of VEC: masks come in whole vectors
+        if CONTIG:
+            ptrs = split_ptr + cols
+        else:
+            ptrs = split_ptr + cols.to(tl.int64) * stride_v
         x = tl.load(ptrs, mask=valid, other=-float("inf"))
         return _scaled(x, scale, SCALE), cols, valid
 
     @triton.jit
-    def _split_bounds(vocab, chunk, VEC: tl.constexpr):
+    def _split_bounds(vocab, chunk):
         start = tl.program_id(1) * chunk
         end = tl.minimum(start + chunk, vocab)
-        if VEC > 1:
-            end = tl.multiple_of(end, VEC)
         return start, end
 
     @triton.jit
@@ -577,15 +584,17 @@ if triton is not None:
         row = tl.program_id(0)
         split = tl.program_id(1)
         num_rows = tl.num_programs(0)
-        row_ptr = _row_pointer(x_ptr, stride_b, VEC)
-        start, end = _split_bounds(vocab, chunk, VEC)
+        row_ptr = _row_pointer(x_ptr, stride_b)
+        start, end = _split_bounds(vocab, chunk)
+        split_ptr, length = _split_span(row_ptr, stride_v, start, end, VEC, CONTIG)
         lane_max = tl.full([BLOCK_V], -float("inf"), tl.float32)
         lane_sum = tl.zeros([BLOCK_V], tl.float32)
         nan_count = tl.zeros([BLOCK_V], tl.int32)
         best = tl.full([KP], _NONE_KEY, tl.int64)
         kth = tl.min(best, 0)
-        for block in range(start, end, BLOCK_V):
-            s, cols, valid = _load_block(row_ptr, block, end, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
+        for offset in range(0, length, BLOCK_V):
+            s, cols, valid = _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
+            cols += start
             nan_count += (s != s).to(tl.int32)
             new_max = tl.maximum(lane_max, s)
             shift = tl.where(new_max == -float("inf"), 0.0, new_max)
@@ -671,15 +680,16 @@ if triton is not None:
         split = tl.program_id(1)
         num_rows = tl.num_programs(0)
         if tl.load(state_ptr + _ST_SEARCH * num_rows + row) != 0:
-            row_ptr = _row_pointer(x_ptr, stride_b, VEC)
-            start, end = _split_bounds(vocab, chunk, VEC)
+            row_ptr = _row_pointer(x_ptr, stride_b)
+            start, end = _split_bounds(vocab, chunk)
+            split_ptr, length = _split_span(row_ptr, stride_v, start, end, VEC, CONTIG)
             lse = tl.load(lse_ptr + row)
             prefix = tl.load(state_ptr + _ST_PREFIX * num_rows + row)
             low = lse + log_tail  # tokens below cannot be in the nucleus (module docstring)
             shift: tl.constexpr = 24 - 8 * DIGIT
             split_hist = hist_ptr + (row * num_splits + split) * _BINS
-            for block in range(start, end, BLOCK_V):
-                s, cols, valid = _load_block(row_ptr, block, end, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
+            for offset in range(0, length, BLOCK_V):
+                s, _, valid = _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
                 q = _fixed(s, lse)
                 key = _ordered(s) + 2147483648
                 member = valid & (q > 0) & (s >= low)
@@ -719,14 +729,15 @@ if triton is not None:
         row = tl.program_id(0)
         split = tl.program_id(1)
         num_rows = tl.num_programs(0)
-        row_ptr = _row_pointer(x_ptr, stride_b, VEC)
-        start, end = _split_bounds(vocab, chunk, VEC)
+        row_ptr = _row_pointer(x_ptr, stride_b)
+        start, end = _split_bounds(vocab, chunk)
+        split_ptr, length = _split_span(row_ptr, stride_v, start, end, VEC, CONTIG)
         lse = tl.load(lse_ptr + row)
         lse = tl.where(lse == lse, lse, 0.0)
         threshold = tl.load(state_ptr + _ST_THRESHOLD * num_rows + row)
         acc = tl.zeros([BLOCK_V], tl.int64)
-        for block in range(start, end, BLOCK_V):
-            s, cols, valid = _load_block(row_ptr, block, end, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
+        for offset in range(0, length, BLOCK_V):
+            s, _, valid = _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
             acc += tl.where(valid & (_ordered(s) >= threshold), _fixed(s, lse), 0)
         tl.store(part_ptr + row * num_splits + split, tl.sum(acc, 0))
         if _last_to_arrive(counter_ptr, num_splits):
@@ -753,17 +764,16 @@ if triton is not None:
                 chosen = tl.where(hit, first, chosen)
                 passed = passed + tl.sum(mass, 0)
             # The token in that split whose CDF interval holds target.
-            chosen = tl.maximum(chosen, 0)
-            block_start = chosen * chunk
-            block_end = tl.minimum(block_start + chunk, vocab)
-            if VEC > 1:
-                block_end = tl.multiple_of(block_end, VEC)
+            chosen_start = tl.maximum(chosen, 0) * chunk
+            chosen_ptr, chosen_length = _split_span(row_ptr, stride_v, chosen_start,
+                                                    tl.minimum(chosen_start + chunk, vocab), VEC, CONTIG)
             token = -1
-            last_member = block_start
+            last_member = chosen_start
             cum = chosen_base
-            for block in range(block_start, block_end, BLOCK_V):
-                s, cols, valid = _load_block(row_ptr, block, block_end, stride_v, scale, BLOCK_V, VEC, CONTIG,
-                                             SCALE)
+            for offset in range(0, chosen_length, BLOCK_V):
+                s, cols, valid = _load_block(chosen_ptr, offset, chosen_length, stride_v, scale, BLOCK_V, VEC,
+                                             CONTIG, SCALE)
+                cols += chosen_start
                 q = tl.where(valid & (_ordered(s) >= threshold), _fixed(s, lse), 0)
                 cdf = cum + tl.cumsum(q, 0)
                 first = tl.min(tl.where(cdf > target, cols, 2147483647), 0)
