@@ -4,13 +4,13 @@ The filtered distribution (temperature, sort-free top-p nucleus, ``T = 0``) is
 the one defined in :mod:`infogain_kernels.topk_logprobs`; this op shares its
 engine. ``mode="sample"`` draws by inverse CDF over the nucleus in token-id
 order: with the fixed-point masses ``q_i`` of the nucleus tokens (total ``Q``)
-and one uniform random integer ``r`` of 62 or more bits per row, the draw is the token whose
-CDF interval ``[sum_{j<i} q_j, sum_{j<=i} q_j)`` holds ``r mod Q``. That is an
-exact sample of the distribution ``q_i / Q``, which differs from the float
-one only by the 2**-40 quantisation of each mass (tokens with ``p < 2**-40``
-are never drawn). ``mode="greedy"`` or ``temperature = 0`` returns the arg-max
-token (lowest id among equal maxima). No random work per vocabulary entry: one
-random number per row.
+and one uniform 53-bit fraction ``u`` per row, the draw is the token whose CDF
+interval ``[sum_{j<i} q_j, sum_{j<=i} q_j)`` holds ``floor(u * Q)``. That is an
+exact sample of the distribution ``q_i / Q`` up to the 2**-53 resolution of
+``u``; it differs from the float distribution only by the 2**-40 quantisation
+of each mass (tokens with ``p < 2**-40`` are never drawn). ``mode="greedy"``
+or ``temperature = 0`` returns the arg-max token (lowest id among equal
+maxima). No random work per vocabulary entry: one random number per row.
 
 Reads of the vocabulary per row: the nucleus reads of
 :mod:`infogain_kernels.topk_logprobs` (one when ``top_p = 1`` or the nucleus

@@ -348,8 +348,10 @@ def _draw_reference(chunks, lse, threshold, seed):
     total = torch.zeros(num_rows, dtype=torch.int64, device=device)
     for _, s in chunks():
         total += nucleus_masses(s).sum(dim=1)
-    bits = torch.randint(0, 1 << 62, (num_rows,), generator=generator, device=device, dtype=torch.int64)
-    target = bits % total.clamp(min=1)  # the draw is the token whose CDF interval holds target
+    # A uniform fraction of 53 bits scales the total (so a target moves little when the total does).
+    bits = torch.randint(0, 1 << 53, (num_rows,), generator=generator, device=device, dtype=torch.int64)
+    target = torch.minimum((bits.double() * 2.0 ** -53 * total.double()).long(), total - 1)
+    # The draw is the token whose CDF interval holds target.
     token = torch.full((num_rows,), -1, dtype=torch.int64, device=device)
     passed = torch.zeros(num_rows, dtype=torch.int64, device=device)
     for start, s in chunks():
@@ -473,10 +475,6 @@ if triton is not None:
     _ST_ABOVE: tl.constexpr = tl.constexpr(_ABOVE)
     _ST_SEARCH: tl.constexpr = tl.constexpr(_SEARCH)
     _SPLIT_TILE: tl.constexpr = tl.constexpr(128)
-
-    @triton.jit
-    def _int64_zero():
-        return tl.sum(tl.zeros([2], tl.int64), 0)
 
     @triton.jit
     def _ordered(s):
@@ -614,20 +612,17 @@ if triton is not None:
             # Combine: log-sum-exp of the split partials.
             tiles = tl.arange(0, _SPLIT_TILE)
             row_max = -float("inf")
-            bad = 0
-            for t in range(0, num_splits, _SPLIT_TILE):
-                m = tl.load(part_max_ptr + row * num_splits + t + tiles, mask=t + tiles < num_splits,
-                            other=-float("inf"))
-                row_max = tl.maximum(row_max, tl.max(m, 0))
-                bad += tl.sum(tl.load(part_nan_ptr + row * num_splits + t + tiles,
-                                      mask=t + tiles < num_splits, other=0), 0)
-            shift = tl.where(row_max == -float("inf"), 0.0, row_max)
             total = 0.0
+            bad = 0
             for t in range(0, num_splits, _SPLIT_TILE):
                 inside = t + tiles < num_splits
                 m = tl.load(part_max_ptr + row * num_splits + t + tiles, mask=inside, other=-float("inf"))
                 z = tl.load(part_sum_ptr + row * num_splits + t + tiles, mask=inside, other=0.0)
-                total += tl.sum(z * tl.exp(m - shift), 0)
+                bad += tl.sum(tl.load(part_nan_ptr + row * num_splits + t + tiles, mask=inside, other=0), 0)
+                new_max = tl.maximum(row_max, tl.max(m, 0))
+                shift = tl.where(new_max == -float("inf"), 0.0, new_max)
+                total = total * tl.exp(row_max - shift) + tl.sum(z * tl.exp(m - shift), 0)
+                row_max = new_max
             lse = shift + tl.log(total)
             usable = (bad == 0) & (row_max != -float("inf")) & (lse == lse) & (tl.abs(lse) != float("inf"))
             lse = tl.where(usable, lse, float("nan"))
@@ -643,8 +638,8 @@ if triton is not None:
             in_k = slots < K
             top_ids = tl.where(in_k, 4294967295 - (best & 4294967295), 0)
             tl.store(ids_ptr + row * K + slots, top_ids, mask=in_k)
-            threshold = _int64_zero() + _NEG_INF_ORDER
-            nucleus_q = _int64_zero() + (1 << 40)
+            threshold = tl.cast(_NEG_INF_ORDER, tl.int64)
+            nucleus_q = tl.cast(1 << 40, tl.int64)
             search = 0
             if USE_TOP_P:
                 # The nucleus within the top-K: mass strictly above each kept token (all of it is kept).
@@ -742,19 +737,19 @@ if triton is not None:
         tl.store(part_ptr + row * num_splits + split, tl.sum(acc, 0))
         if _last_to_arrive(counter_ptr, num_splits):
             tiles = tl.arange(0, _SPLIT_TILE)
-            total = _int64_zero()
+            total = tl.cast(0, tl.int64)
             for t in range(0, num_splits, _SPLIT_TILE):
                 total += tl.sum(tl.load(part_ptr + row * num_splits + t + tiles, mask=t + tiles < num_splits,
                                         other=0), 0)
             pair = tl.arange(0, 2)
             r0, r1, _, _ = tl.random.philox(tl.load(seed_ptr), pair * 0 + row, pair * 0, pair * 0, pair * 0)
-            bits = ((r0 & 0x7FFFFFFF).to(tl.int64) << 32) | r1.to(tl.int64)
+            bits = ((r0 & 0x1FFFFF).to(tl.int64) << 32) | r1.to(tl.int64)  # 53 random bits
             bits = tl.sum(tl.where(pair == 0, bits, 0), 0)
-            target = bits % tl.maximum(total, 1)
+            target = tl.minimum((bits.to(tl.float64) * 2.0 ** -53 * total.to(tl.float64)).to(tl.int64), total - 1)
             # The split whose CDF interval holds target (the last non-empty one if rounding left none).
-            passed = _int64_zero()
+            passed = tl.cast(0, tl.int64)
             chosen = -1
-            chosen_base = _int64_zero()
+            chosen_base = tl.cast(0, tl.int64)
             for t in range(0, num_splits, _SPLIT_TILE):
                 mass = tl.load(part_ptr + row * num_splits + t + tiles, mask=t + tiles < num_splits, other=0)
                 cdf = passed + tl.cumsum(mass, 0)
