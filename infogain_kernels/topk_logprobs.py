@@ -90,8 +90,8 @@ from ._backend import call_op, capturing_cuda_graph, device_guard, use_triton
 from ._random import triton
 from ._validation import check_logits, check_positive_int
 
-# The Triton kernels unroll the running top-k merge k times; above this k the
-# op runs the torch path on every device.
+# The Triton kernels' running top-k moves [k, k] tiles; above this k the op runs the torch
+# path on every device.
 TRITON_MAX_K = 64
 # The Triton path packs a count (< 2**21) above the 42-bit fixed-point mass of each histogram bin.
 TRITON_MAX_VOCAB = (1 << 21) - 1
@@ -541,17 +541,21 @@ if triton is not None:
 
     @triton.jit
     def _merge_topk(best, kth, keys, K: tl.constexpr, KP: tl.constexpr):
-        """Running top-K of int64 keys: ``best`` [KP] (descending, _NONE_KEY padded), ``kth`` its K-th."""
-        if tl.max(keys, 0) > kth:
-            slots = tl.arange(0, KP)
-            merged = tl.full([KP], _NONE_KEY, tl.int64)
-            for j in tl.static_range(K):
-                top = tl.maximum(tl.max(keys, 0), tl.max(best, 0))
-                merged = tl.where(slots == j, top, merged)
-                keys = tl.where(keys == top, _NONE_KEY, keys)
-                best = tl.where(best == top, _NONE_KEY, best)
-            best = merged
+        """Running top-K of int64 keys: ``best`` [KP] (descending, _NONE_KEY padded), ``kth`` its K-th.
+
+        Only keys above the running K-th are inserted, largest first, one block reduction each: the
+        first block costs K reductions, later blocks usually one (the check)."""
+        slots = tl.arange(0, KP)
+        top = tl.max(keys, 0)
+        while top > kth:
+            # best is sorted: top goes after the keys larger than it, the smaller ones move down a slot.
+            position = tl.sum((best > top).to(tl.int32), 0)
+            shifted = tl.sum(tl.where(slots[None, :] == slots[:, None] - 1, best[None, :], 0), 1)
+            best = tl.where(slots < position, best, tl.where(slots == position, top, shifted))
+            best = tl.where(slots < K, best, _NONE_KEY)
             kth = tl.sum(tl.where(slots == K - 1, best, 0), 0)
+            keys = tl.where(keys == top, _NONE_KEY, keys)
+            top = tl.max(keys, 0)
         return best, kth
 
     @triton.jit
