@@ -401,6 +401,12 @@ def _vector_width(logits: torch.Tensor, chunk: int) -> int:
     return width if aligned else 1
 
 
+def _scatter_layout(constants: dict) -> dict:
+    """Constants of the radix pass: scalar loads. Its histogram scatter needs one element per thread;
+    with 16-byte loads Triton would redo the division and exp in a second layout (twice the work)."""
+    return dict(constants, VEC=1)
+
+
 def nucleus_triton(logits, k, temperature, top_p, seed):
     num_rows, vocab = logits.shape
     device = logits.device
@@ -445,7 +451,8 @@ def nucleus_triton(logits, k, temperature, top_p, seed):
             logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, limit, log_tail,
             hist[digit * num_rows * splits * _RADIX_BINS:], counters[(1 + digit) * num_rows:],
             ids, logprobs, token, token_logprob, lse, row_state,
-            K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1, GREEDY=not sample, **common)
+            K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1, GREEDY=not sample,
+            **_scatter_layout(common))
     if sample:
         _draw_kernel[grid](
             logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, seed,
@@ -689,12 +696,15 @@ if triton is not None:
             split_hist = hist_ptr + (row * num_splits + split) * _BINS
             for offset in range(0, length, BLOCK_V):
                 s, _, valid = _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
-                q = _fixed(s, lse)
-                key = _ordered(s) + 2147483648
-                member = valid & (q > 0) & (s >= low)
+                scaled_mass = tl.exp(s - lse) * _ONE  # _fixed(s, lse) before the truncation
+                # Unsigned order-preserving image of s (= _ordered(s) + 2**31), in 32-bit arithmetic.
+                bits = s.to(tl.uint32, bitcast=True)
+                key = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
+                member = (scaled_mass >= 1.0) & (s >= low)  # q > 0 (padding lanes hold -inf: q = 0)
                 if DIGIT > 0:
-                    member = member & ((key >> (shift + 8)) == prefix)
-                tl.atomic_add(split_hist + ((key >> shift) & 255), q + _COUNT_ONE, mask=member, sem="relaxed")
+                    member = member & ((key >> (shift + 8)) == prefix.to(tl.uint32))
+                tl.atomic_add(split_hist + ((key >> shift) & 255), scaled_mass.to(tl.int64) + _COUNT_ONE,
+                              mask=member, sem="relaxed")
             if _last_to_arrive(counter_ptr, num_splits):
                 bins = tl.arange(0, _BINS)
                 packed = tl.zeros([_BINS], tl.int64)
@@ -819,7 +829,7 @@ def aot_configs():
             configs.append(_aot_dict(f"nucleus partials {name} top_p<1={int(use_top_p)}", _partials_kernel,
                                      sig, consts, block_v))
         for digit in range(_RADIX_DIGITS):
-            consts = dict(common_const, K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1,
+            consts = dict(_scatter_layout(common_const), K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1,
                           GREEDY=op == "topk_logprobs")
             sig = dict(common_sig, limit="i64", log_tail="fp32", hist_ptr="*i64", counter_ptr="*i64", **out_sig)
             configs.append(_aot_dict(f"nucleus radix digit {digit} {name}", _radix_pass_kernel, sig, consts,
