@@ -374,6 +374,7 @@ _NUM_WARPS = 4
 _INTERPRETER_SM_COUNT = 4
 # Test knob: force this many splits per row (None: chosen from the shape and the SM count).
 _FORCE_SPLITS: Optional[int] = None
+_LOG2E = 1.4426950408889634
 
 
 @functools.lru_cache(maxsize=None)
@@ -401,9 +402,22 @@ def _vector_width(logits: torch.Tensor, chunk: int) -> int:
     return width if aligned else 1
 
 
+def _key_constants(dtype: torch.dtype, scale: float) -> dict:
+    """How the kernels rank tokens, by logits dtype.
+
+    The rank of a token is its ``s = x / T``. For 16-bit logits ``x -> x / T`` is strictly increasing
+    (their 8 / 11-bit significands are far coarser than float32's), so ranking by ``x`` gives the same
+    order and the same ties, without a division per element; and the float32 image of a 16-bit value
+    has its low 16 (bf16) / 13 (fp16) bits zero, so the radix search needs only 2 / 3 digits.
+    Float32 logits rank by ``s`` itself, correctly rounded (4 digits).
+    """
+    digits = {torch.bfloat16: 2, torch.float16: 3}.get(dtype, _RADIX_DIGITS)
+    return dict(KEY_SCALED=dtype == torch.float32 and scale != 1.0, DIGITS=digits)
+
+
 def _scatter_layout(constants: dict) -> dict:
     """Constants of the radix pass: scalar loads. Its histogram scatter needs one element per thread;
-    with 16-byte loads Triton would redo the division and exp in a second layout (twice the work)."""
+    with 16-byte loads Triton would redo the element math in a second layout (twice the work)."""
     return dict(constants, VEC=1)
 
 
@@ -414,7 +428,9 @@ def nucleus_triton(logits, k, temperature, top_p, seed):
         if device.type == "cuda" else _INTERPRETER_SM_COUNT
     splits, chunk, block_v = _launch_config(num_rows, vocab, sm_count, _FORCE_SPLITS)
     kp = max(2, _random.next_power_of_2(k))
-    use_top_p = top_p < 1.0
+    scale = temperature if temperature > 0 else 1.0
+    keys = _key_constants(logits.dtype, scale)
+    digits = keys["DIGITS"] if top_p < 1.0 else 0
     sample = seed is not None
 
     ids = torch.empty((num_rows, k), dtype=torch.int64, device=device)
@@ -422,41 +438,36 @@ def nucleus_triton(logits, k, temperature, top_p, seed):
     token = torch.empty(num_rows, dtype=torch.int64, device=device)
     token_logprob = torch.empty(num_rows, dtype=torch.float32, device=device)
     lse = torch.empty(num_rows, dtype=torch.float32, device=device)
-    # Per-split partial states, then per-row state: threshold, nucleus mass, radix prefix / mass above,
-    # search flag.
+    # Per-split partial states (the draw reuses part_keys for its split masses), then per-row state.
     part_max = torch.empty((num_rows, splits), dtype=torch.float32, device=device)
     part_sum = torch.empty((num_rows, splits), dtype=torch.float32, device=device)
     part_nan = torch.empty((num_rows, splits), dtype=torch.int32, device=device)
     part_keys = torch.empty((num_rows, splits, kp), dtype=torch.int64, device=device)
     row_state = torch.empty((5, num_rows), dtype=torch.int64, device=device)
-    # One memset: an arrival counter per (pass, row) and, for the radix search, the histograms.
-    passes = 1 + (_RADIX_DIGITS if use_top_p else 0) + (1 if sample else 0)
-    hist_size = _RADIX_DIGITS * num_rows * splits * _RADIX_BINS if use_top_p else 0
+    # One memset: an arrival counter per (pass, row) and the radix histograms.
+    passes = 1 + digits + (1 if sample else 0)
+    hist_size = digits * num_rows * splits * _RADIX_BINS
     zeroed = torch.zeros(passes * num_rows + hist_size, dtype=torch.int64, device=device)
     counters, hist = zeroed[:passes * num_rows], zeroed[passes * num_rows:]
 
-    scale = temperature if temperature > 0 else 1.0
     limit = _mass_threshold(top_p)
     tail = 1.0 - top_p
     log_tail = math.log(tail / vocab) - 1.0 if tail >= _CANDIDATE_FILTER_MIN_TAIL else -math.inf
     common = dict(BLOCK_V=block_v, VEC=_vector_width(logits, chunk), CONTIG=logits.stride(1) == 1,
-                  SCALE=scale != 1.0, num_warps=_NUM_WARPS)
+                  KEY_SCALED=keys["KEY_SCALED"], num_warps=_NUM_WARPS)
+    row_args = (logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, _LOG2E / scale)
     grid = (num_rows, splits)
     _partials_kernel[grid](
-        logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, limit,
-        part_max, part_sum, part_nan, part_keys, counters, ids, logprobs, token, token_logprob, lse, row_state,
-        K=k, KP=kp, USE_TOP_P=use_top_p, GREEDY=not sample, **common)
-    for digit in range(_RADIX_DIGITS if use_top_p else 0):
+        *row_args, limit, part_max, part_sum, part_nan, part_keys, counters, ids, logprobs, token, token_logprob,
+        lse, row_state, K=k, KP=kp, USE_TOP_P=top_p < 1.0, GREEDY=not sample, **common)
+    for digit in range(digits):
         _radix_pass_kernel[grid](
-            logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, limit, log_tail,
-            hist[digit * num_rows * splits * _RADIX_BINS:], counters[(1 + digit) * num_rows:],
-            ids, logprobs, token, token_logprob, lse, row_state,
-            K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1, GREEDY=not sample,
-            **_scatter_layout(common))
+            *row_args, limit, log_tail, hist[digit * num_rows * splits * _RADIX_BINS:],
+            counters[(1 + digit) * num_rows:], ids, logprobs, token, token_logprob, lse, row_state,
+            K=k, KP=kp, DIGIT=digit, DIGITS=digits, GREEDY=not sample, **_scatter_layout(common))
     if sample:
-        _draw_kernel[grid](
-            logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, seed,
-            part_keys, counters[(passes - 1) * num_rows:], token, token_logprob, lse, row_state, **common)
+        _draw_kernel[grid](*row_args, seed, part_keys, counters[(passes - 1) * num_rows:], token, token_logprob,
+                           lse, row_state, **common)
     return ids, logprobs, token, token_logprob, lse
 
 
@@ -465,6 +476,11 @@ _THRESHOLD, _NUCLEUS_Q, _PREFIX, _ABOVE, _SEARCH = range(5)
 
 
 # ----------------------------------------------------------------------------- Triton kernels
+#
+# Shared arguments: the row (x_ptr, stride_b, stride_v), its split (vocab, chunk, num_splits), the
+# temperature ``scale`` (1 for T = 0) and ``rate = log2(e) / scale``. Masses are computed in the
+# base-2 domain, ``p = exp2(x * rate - lse * log2(e))``, one FMA and one exp2 per element, the same
+# expression in every kernel so that the integer masses agree between passes.
 
 
 if triton is not None:
@@ -476,6 +492,7 @@ if triton is not None:
     _COUNT_ONE: tl.constexpr = tl.constexpr(1 << _COUNT_SHIFT)
     _MASS_MASK: tl.constexpr = tl.constexpr((1 << _COUNT_SHIFT) - 1)
     _BINS: tl.constexpr = tl.constexpr(_RADIX_BINS)
+    _LOG2E_C: tl.constexpr = tl.constexpr(_LOG2E)
     _ST_THRESHOLD: tl.constexpr = tl.constexpr(_THRESHOLD)
     _ST_NUCLEUS_Q: tl.constexpr = tl.constexpr(_NUCLEUS_Q)
     _ST_PREFIX: tl.constexpr = tl.constexpr(_PREFIX)
@@ -489,24 +506,29 @@ if triton is not None:
         return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
 
     @triton.jit
-    def _scaled(x, scale, SCALE: tl.constexpr):
-        # Correctly rounded, as torch divides: the ranking must not depend on div.full's last bits.
-        x = x.to(tl.float32)
-        if SCALE:
+    def _rank_value(x, scale, KEY_SCALED: tl.constexpr):
+        """The float whose order ranks the tokens (see _key_constants)."""
+        if KEY_SCALED:
+            # Correctly rounded, as torch divides: the ranking must not depend on div.full's last bits.
             x = tl.math.div_rn(x, scale)
         return x
 
     @triton.jit
-    def _fixed(s, lse):
-        return (tl.exp(s - lse) * _ONE).to(tl.int64)
+    def _scaled_mass(x, rate, lse):
+        """p * 2**40 (float), p = exp(x / T - lse)."""
+        return tl.exp2(x * rate - lse * _LOG2E_C) * _ONE
 
     @triton.jit
-    def _row_pointer(x_ptr, stride_b):
-        return x_ptr + tl.program_id(0).to(tl.int64) * stride_b
+    def _split_span(x_ptr, stride_b, stride_v, vocab, chunk, VEC: tl.constexpr, CONTIG: tl.constexpr):
+        """Pointers to this program's row and to the first column of its split, the split's first
+        column and its length."""
+        row_ptr = x_ptr + tl.program_id(0).to(tl.int64) * stride_b
+        start = tl.program_id(1) * chunk
+        split_ptr, length = _span(row_ptr, stride_v, start, tl.minimum(start + chunk, vocab), VEC, CONTIG)
+        return row_ptr, split_ptr, start, length
 
     @triton.jit
-    def _split_span(row_ptr, stride_v, start, end, VEC: tl.constexpr, CONTIG: tl.constexpr):
-        """Pointer to column ``start`` of the row and the number of columns up to ``end``."""
+    def _span(row_ptr, stride_v, start, end, VEC: tl.constexpr, CONTIG: tl.constexpr):
         if CONTIG:
             split_ptr = row_ptr + start
         else:
@@ -517,9 +539,9 @@ if triton is not None:
         return split_ptr, end - start
 
     @triton.jit
-    def _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
-                    CONTIG: tl.constexpr, SCALE: tl.constexpr):
-        """Scaled scores of the span's columns [offset, offset + BLOCK_V) (-inf from ``length`` on),
+    def _load_block(split_ptr, offset, length, stride_v, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
+                    CONTIG: tl.constexpr):
+        """float32 logits of the span's columns [offset, offset + BLOCK_V) (-inf from ``length`` on),
         their offsets in the span and their validity."""
         cols = offset + tl.arange(0, BLOCK_V)
         valid = cols < length
@@ -529,14 +551,7 @@ if triton is not None:
             ptrs = split_ptr + cols
         else:
             ptrs = split_ptr + cols.to(tl.int64) * stride_v
-        x = tl.load(ptrs, mask=valid, other=-float("inf"))
-        return _scaled(x, scale, SCALE), cols, valid
-
-    @triton.jit
-    def _split_bounds(vocab, chunk):
-        start = tl.program_id(1) * chunk
-        end = tl.minimum(start + chunk, vocab)
-        return start, end
+        return tl.load(ptrs, mask=valid, other=-float("inf")).to(tl.float32), cols, valid
 
     @triton.jit
     def _last_to_arrive(counter_ptr, num_splits):
@@ -566,61 +581,68 @@ if triton is not None:
         return best, kth
 
     @triton.jit
-    def _write_outputs(row, row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
-                       token_ptr, token_logprob_ptr, K: tl.constexpr, KP: tl.constexpr,
-                       SCALE: tl.constexpr, GREEDY: tl.constexpr):
-        """Filtered log-probabilities of the row's top-K ids (and the greedy token) once the nucleus is known."""
+    def _top_logits(row_ptr, stride_v, ids_ptr, K: tl.constexpr, KP: tl.constexpr):
+        """The row's top-K ids (0 in the padding slots) and their float32 logits (-inf there)."""
         slots = tl.arange(0, KP)
         in_k = slots < K
-        top_ids = tl.load(ids_ptr + row * K + slots, mask=in_k, other=0)
-        top_s = _scaled(tl.load(row_ptr + top_ids * stride_v, mask=in_k, other=-float("inf")), scale, SCALE)
+        top_ids = tl.load(ids_ptr + tl.program_id(0) * K + slots, mask=in_k, other=0)
+        return top_ids, tl.load(row_ptr + top_ids * stride_v, mask=in_k, other=-float("inf")).to(tl.float32)
+
+    @triton.jit
+    def _write_outputs(row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
+                       token_ptr, token_logprob_ptr, K: tl.constexpr, KP: tl.constexpr,
+                       KEY_SCALED: tl.constexpr, GREEDY: tl.constexpr):
+        """Filtered log-probabilities of the row's top-K ids (and the greedy token) once the nucleus is known."""
+        row = tl.program_id(0)
+        slots = tl.arange(0, KP)
+        top_ids, top_x = _top_logits(row_ptr, stride_v, ids_ptr, K, KP)
         lse_nucleus = lse + tl.log(nucleus_q.to(tl.float32) / _ONE)
-        top_logprobs = tl.where(_ordered(top_s) >= threshold, top_s - lse_nucleus, -float("inf"))
-        tl.store(logprobs_ptr + row * K + slots, top_logprobs, mask=in_k)
+        top_logprobs = tl.where(_ordered(_rank_value(top_x, scale, KEY_SCALED)) >= threshold,
+                                tl.math.div_rn(top_x, scale) - lse_nucleus, -float("inf"))
+        tl.store(logprobs_ptr + row * K + slots, top_logprobs, mask=slots < K)
         if GREEDY:
             tl.store(token_ptr + row, tl.sum(tl.where(slots == 0, top_ids, 0), 0))
             tl.store(token_logprob_ptr + row, tl.sum(tl.where(slots == 0, top_logprobs, 0.0), 0))
 
     @triton.jit
-    def _partials_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, limit,
+    def _partials_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, rate, limit,
                          part_max_ptr, part_sum_ptr, part_nan_ptr, part_keys_ptr, counter_ptr,
                          ids_ptr, logprobs_ptr, token_ptr, token_logprob_ptr, lse_ptr, state_ptr,
                          K: tl.constexpr, KP: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
-                         CONTIG: tl.constexpr, SCALE: tl.constexpr, USE_TOP_P: tl.constexpr,
+                         CONTIG: tl.constexpr, KEY_SCALED: tl.constexpr, USE_TOP_P: tl.constexpr,
                          GREEDY: tl.constexpr):
-        # Read 1 of one split: per-lane online log-sum-exp and the split's top-K keys. The last program
-        # of the row merges the splits (lse, top-K) and settles the nucleus when it lies in the top-K.
+        # Read 1 of one split: per-lane online log-sum-exp (base 2) and the split's top-K keys. The last
+        # program of the row merges the splits (lse, top-K) and settles the nucleus when it lies in the top-K.
         row = tl.program_id(0)
         split = tl.program_id(1)
         num_rows = tl.num_programs(0)
-        row_ptr = _row_pointer(x_ptr, stride_b)
-        start, end = _split_bounds(vocab, chunk)
-        split_ptr, length = _split_span(row_ptr, stride_v, start, end, VEC, CONTIG)
+        row_ptr, split_ptr, start, length = _split_span(x_ptr, stride_b, stride_v, vocab, chunk, VEC, CONTIG)
         lane_max = tl.full([BLOCK_V], -float("inf"), tl.float32)
         lane_sum = tl.zeros([BLOCK_V], tl.float32)
         nan_count = tl.zeros([BLOCK_V], tl.int32)
         best = tl.full([KP], _NONE_KEY, tl.int64)
         kth = tl.min(best, 0)
         for offset in range(0, length, BLOCK_V):
-            s, cols, valid = _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
-            cols += start
-            nan_count += (s != s).to(tl.int32)
-            new_max = tl.maximum(lane_max, s)
+            x, cols, valid = _load_block(split_ptr, offset, length, stride_v, BLOCK_V, VEC, CONTIG)
+            t = x * rate
+            nan_count += (x != x).to(tl.int32)
+            new_max = tl.maximum(lane_max, t)
             shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-            lane_sum = lane_sum * tl.exp(lane_max - shift) + tl.exp(s - shift)
+            lane_sum = lane_sum * tl.exp2(lane_max - shift) + tl.exp2(t - shift)
             lane_max = new_max
-            keys = tl.where(valid, _ordered(s) * 4294967296 + (4294967295 - cols.to(tl.int64)), _NONE_KEY)
+            keys = tl.where(valid, _ordered(_rank_value(x, scale, KEY_SCALED)) * 4294967296
+                            + (4294967295 - (start + cols).to(tl.int64)), _NONE_KEY)
             best, kth = _merge_topk(best, kth, keys, K, KP)
         split_max = tl.max(lane_max, 0)
         shift = tl.where(split_max == -float("inf"), 0.0, split_max)
         part = row * num_splits + split
         tl.store(part_max_ptr + part, split_max)
-        tl.store(part_sum_ptr + part, tl.sum(lane_sum * tl.exp(lane_max - shift), 0))
+        tl.store(part_sum_ptr + part, tl.sum(lane_sum * tl.exp2(lane_max - shift), 0))
         tl.store(part_nan_ptr + part, tl.sum(nan_count, 0))
         slots = tl.arange(0, KP)
         tl.store(part_keys_ptr + part * KP + slots, best)
         if _last_to_arrive(counter_ptr, num_splits):
-            # Combine: log-sum-exp of the split partials.
+            # Combine: log-sum-exp of the split partials (base 2), then in natural units of s.
             tiles = tl.arange(0, _SPLIT_TILE)
             row_max = -float("inf")
             total = 0.0
@@ -632,9 +654,9 @@ if triton is not None:
                 bad += tl.sum(tl.load(part_nan_ptr + row * num_splits + t + tiles, mask=inside, other=0), 0)
                 new_max = tl.maximum(row_max, tl.max(m, 0))
                 shift = tl.where(new_max == -float("inf"), 0.0, new_max)
-                total = total * tl.exp(row_max - shift) + tl.sum(z * tl.exp(m - shift), 0)
+                total = total * tl.exp2(row_max - shift) + tl.sum(z * tl.exp2(m - shift), 0)
                 row_max = new_max
-            lse = shift + tl.log(total)
+            lse = (shift + tl.log2(total)) / _LOG2E_C
             usable = (bad == 0) & (row_max != -float("inf")) & (lse == lse) & (tl.abs(lse) != float("inf"))
             lse = tl.where(usable, lse, float("nan"))
             tl.store(lse_ptr + row, lse)
@@ -647,17 +669,16 @@ if triton is not None:
                                mask=t + lanes < num_splits * KP, other=_NONE_KEY)
                 best, kth = _merge_topk(best, kth, keys, K, KP)
             in_k = slots < K
-            top_ids = tl.where(in_k, 4294967295 - (best & 4294967295), 0)
-            tl.store(ids_ptr + row * K + slots, top_ids, mask=in_k)
+            tl.store(ids_ptr + row * K + slots, tl.where(in_k, 4294967295 - (best & 4294967295), 0), mask=in_k)
             threshold = tl.cast(_NEG_INF_ORDER, tl.int64)
             nucleus_q = tl.cast(1 << 40, tl.int64)
             search = 0
             if USE_TOP_P:
                 # The nucleus within the top-K: mass strictly above each kept token (all of it is kept).
+                top_ids, top_x = _top_logits(row_ptr, stride_v, ids_ptr, K, KP)
                 top_order = best >> 32
-                top_s = tl.where(in_k, (top_order ^ tl.where(top_order < 0, 0x7FFFFFFF, 0)).to(tl.int32)
-                                 .to(tl.float32, bitcast=True), -float("inf"))
-                top_q = tl.where(in_k & usable, _fixed(top_s, tl.where(usable, lse, 0.0)), 0)
+                top_q = tl.where(in_k & usable, _scaled_mass(top_x, rate, tl.where(usable, lse, 0.0)), 0.0)
+                top_q = top_q.to(tl.int64)
                 above = tl.sum(tl.where(top_order[None, :] > top_order[:, None], top_q[None, :], 0), 1)
                 in_nucleus = (above < limit) & (top_q > 0) & in_k
                 threshold = tl.min(tl.where(in_nucleus, top_order, 9223372036854775807), 0)
@@ -670,37 +691,37 @@ if triton is not None:
             tl.store(state_ptr + _ST_ABOVE * num_rows + row, 0)
             tl.store(state_ptr + _ST_SEARCH * num_rows + row, search.to(tl.int64))
             if search == 0:
-                _write_outputs(row, row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
-                               token_ptr, token_logprob_ptr, K, KP, SCALE, GREEDY)
+                _write_outputs(row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
+                               token_ptr, token_logprob_ptr, K, KP, KEY_SCALED, GREEDY)
 
     @triton.jit
-    def _radix_pass_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, limit, log_tail,
+    def _radix_pass_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, rate, limit, log_tail,
                            hist_ptr, counter_ptr, ids_ptr, logprobs_ptr, token_ptr, token_logprob_ptr, lse_ptr,
                            state_ptr, K: tl.constexpr, KP: tl.constexpr, DIGIT: tl.constexpr,
-                           LAST: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr, CONTIG: tl.constexpr,
-                           SCALE: tl.constexpr, GREEDY: tl.constexpr):
+                           DIGITS: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr, CONTIG: tl.constexpr,
+                           KEY_SCALED: tl.constexpr, GREEDY: tl.constexpr):
         # One digit of the radix select: this split's histogram of fixed-point mass and count over the
         # 256 values of digit DIGIT, among the tokens whose higher digits equal the prefix found so far.
-        # The last program of the row sums the splits' histograms and picks the digit.
+        # The last program of the row sums the splits' histograms and picks the digit; after DIGITS
+        # digits (the rest are zero for every token, see _key_constants) the threshold is known.
         row = tl.program_id(0)
         split = tl.program_id(1)
         num_rows = tl.num_programs(0)
         if tl.load(state_ptr + _ST_SEARCH * num_rows + row) != 0:
-            row_ptr = _row_pointer(x_ptr, stride_b)
-            start, end = _split_bounds(vocab, chunk)
-            split_ptr, length = _split_span(row_ptr, stride_v, start, end, VEC, CONTIG)
+            row_ptr, split_ptr, split_start, length = _split_span(x_ptr, stride_b, stride_v, vocab, chunk, VEC, CONTIG)
             lse = tl.load(lse_ptr + row)
             prefix = tl.load(state_ptr + _ST_PREFIX * num_rows + row)
             low = lse + log_tail  # tokens below cannot be in the nucleus (module docstring)
             shift: tl.constexpr = 24 - 8 * DIGIT
             split_hist = hist_ptr + (row * num_splits + split) * _BINS
             for offset in range(0, length, BLOCK_V):
-                s, _, valid = _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
-                scaled_mass = tl.exp(s - lse) * _ONE  # _fixed(s, lse) before the truncation
-                # Unsigned order-preserving image of s (= _ordered(s) + 2**31), in 32-bit arithmetic.
-                bits = s.to(tl.uint32, bitcast=True)
+                x, block_cols, block_valid = _load_block(split_ptr, offset, length, stride_v, BLOCK_V, VEC, CONTIG)
+                scaled_mass = _scaled_mass(x, rate, lse)
+                # Unsigned order-preserving image of the rank value (= _ordered + 2**31), in 32 bits.
+                bits = _rank_value(x, scale, KEY_SCALED).to(tl.uint32, bitcast=True)
                 key = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
-                member = (scaled_mass >= 1.0) & (s >= low)  # q > 0 (padding lanes hold -inf: q = 0)
+                # q > 0 (padding holds -inf: q = 0) and not below the nucleus bound.
+                member = (scaled_mass >= 1.0) & (x * rate >= low * _LOG2E_C)
                 if DIGIT > 0:
                     member = member & ((key >> (shift + 8)) == prefix.to(tl.uint32))
                 tl.atomic_add(split_hist + ((key >> shift) & 255), scaled_mass.to(tl.int64) + _COUNT_ONE,
@@ -718,36 +739,35 @@ if triton is not None:
                 chosen = tl.minimum(tl.min(tl.where(fits, bins, _BINS), 0), _BINS - 1)
                 above = tl.sum(tl.where(bins == chosen, mass_above_bin, 0), 0)
                 prefix = prefix * 256 + chosen
-                if LAST:
-                    threshold = prefix - 2147483648
+                if DIGIT == DIGITS - 1:
+                    threshold = (prefix << (32 - 8 * DIGITS)) - 2147483648
                     nucleus_q = above + tl.sum(tl.where(bins == chosen, mass, 0), 0)
                     tl.store(state_ptr + _ST_THRESHOLD * num_rows + row, threshold)
                     tl.store(state_ptr + _ST_NUCLEUS_Q * num_rows + row, nucleus_q)
-                    _write_outputs(row, row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr,
-                                   logprobs_ptr, token_ptr, token_logprob_ptr, K, KP, SCALE, GREEDY)
+                    _write_outputs(row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr,
+                                   logprobs_ptr, token_ptr, token_logprob_ptr, K, KP, KEY_SCALED, GREEDY)
                 else:
                     tl.store(state_ptr + _ST_PREFIX * num_rows + row, prefix)
                     tl.store(state_ptr + _ST_ABOVE * num_rows + row, above)
 
     @triton.jit
-    def _draw_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, seed_ptr, part_ptr, counter_ptr,
-                     token_ptr, token_logprob_ptr, lse_ptr, state_ptr, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
-                     CONTIG: tl.constexpr, SCALE: tl.constexpr):
+    def _draw_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, rate, seed_ptr, part_ptr,
+                     counter_ptr, token_ptr, token_logprob_ptr, lse_ptr, state_ptr, BLOCK_V: tl.constexpr,
+                     VEC: tl.constexpr, CONTIG: tl.constexpr, KEY_SCALED: tl.constexpr):
         # Inverse-CDF draw over the nucleus on the fixed-point masses: each split writes its nucleus mass;
         # the last program of the row picks the split holding the target, then the token inside it.
         row = tl.program_id(0)
         split = tl.program_id(1)
         num_rows = tl.num_programs(0)
-        row_ptr = _row_pointer(x_ptr, stride_b)
-        start, end = _split_bounds(vocab, chunk)
-        split_ptr, length = _split_span(row_ptr, stride_v, start, end, VEC, CONTIG)
+        row_ptr, split_ptr, split_start, length = _split_span(x_ptr, stride_b, stride_v, vocab, chunk, VEC, CONTIG)
         lse = tl.load(lse_ptr + row)
         lse = tl.where(lse == lse, lse, 0.0)
         threshold = tl.load(state_ptr + _ST_THRESHOLD * num_rows + row)
         acc = tl.zeros([BLOCK_V], tl.int64)
         for offset in range(0, length, BLOCK_V):
-            s, _, valid = _load_block(split_ptr, offset, length, stride_v, scale, BLOCK_V, VEC, CONTIG, SCALE)
-            acc += tl.where(valid & (_ordered(s) >= threshold), _fixed(s, lse), 0)
+            x, block_cols, block_valid = _load_block(split_ptr, offset, length, stride_v, BLOCK_V, VEC, CONTIG)
+            in_nucleus = _ordered(_rank_value(x, scale, KEY_SCALED)) >= threshold
+            acc += tl.where(in_nucleus, _scaled_mass(x, rate, lse).to(tl.int64), 0)
         tl.store(part_ptr + row * num_splits + split, tl.sum(acc, 0))
         if _last_to_arrive(counter_ptr, num_splits):
             tiles = tl.arange(0, _SPLIT_TILE)
@@ -756,11 +776,11 @@ if triton is not None:
                 total += tl.sum(tl.load(part_ptr + row * num_splits + t + tiles, mask=t + tiles < num_splits,
                                         other=0), 0)
             pair = tl.arange(0, 2)
-            r0, r1, _, _ = tl.random.philox(tl.load(seed_ptr), pair * 0 + row, pair * 0, pair * 0, pair * 0)
+            r0, r1, r2, r3 = tl.random.philox(tl.load(seed_ptr), pair * 0 + row, pair * 0, pair * 0, pair * 0)
             bits = ((r0 & 0x1FFFFF).to(tl.int64) << 32) | r1.to(tl.int64)  # 53 random bits
             bits = tl.sum(tl.where(pair == 0, bits, 0), 0)
             target = tl.minimum((bits.to(tl.float64) * 2.0 ** -53 * total.to(tl.float64)).to(tl.int64), total - 1)
-            # The split whose CDF interval holds target (the last non-empty one if rounding left none).
+            # The split whose CDF interval holds target.
             passed = tl.cast(0, tl.int64)
             chosen = -1
             chosen_base = tl.cast(0, tl.int64)
@@ -772,72 +792,81 @@ if triton is not None:
                 chosen_base = tl.where(hit, tl.sum(tl.where(t + tiles == first, cdf - mass, 0), 0), chosen_base)
                 chosen = tl.where(hit, first, chosen)
                 passed = passed + tl.sum(mass, 0)
-            # The token in that split whose CDF interval holds target.
+            # The token in that split whose CDF interval holds target (the last nucleus token of the
+            # split if the two passes' masses disagree by rounding).
             chosen_start = tl.maximum(chosen, 0) * chunk
-            chosen_ptr, chosen_length = _split_span(row_ptr, stride_v, chosen_start,
-                                                    tl.minimum(chosen_start + chunk, vocab), VEC, CONTIG)
+            chosen_ptr, chosen_length = _span(row_ptr, stride_v, chosen_start, tl.minimum(chosen_start + chunk, vocab),
+                                              VEC, CONTIG)
             token = -1
             last_member = chosen_start
             cum = chosen_base
             for offset in range(0, chosen_length, BLOCK_V):
-                s, cols, valid = _load_block(chosen_ptr, offset, chosen_length, stride_v, scale, BLOCK_V, VEC,
-                                             CONTIG, SCALE)
+                x, cols, block_valid = _load_block(chosen_ptr, offset, chosen_length, stride_v, BLOCK_V, VEC, CONTIG)
                 cols += chosen_start
-                q = tl.where(valid & (_ordered(s) >= threshold), _fixed(s, lse), 0)
+                in_nucleus = _ordered(_rank_value(x, scale, KEY_SCALED)) >= threshold
+                q = tl.where(in_nucleus, _scaled_mass(x, rate, lse).to(tl.int64), 0)
                 cdf = cum + tl.cumsum(q, 0)
                 first = tl.min(tl.where(cdf > target, cols, 2147483647), 0)
                 token = tl.where((token < 0) & (first < 2147483647), first, token)
                 last_member = tl.maximum(last_member, tl.max(tl.where(q > 0, cols, -1), 0))
                 cum = cum + tl.sum(q, 0)
             token = tl.where(token < 0, last_member, token).to(tl.int64)
-            token_s = _scaled(tl.load(row_ptr + token * stride_v), scale, SCALE)
+            token_x = tl.load(row_ptr + token * stride_v).to(tl.float32)
             nucleus_q = tl.load(state_ptr + _ST_NUCLEUS_Q * num_rows + row)
             tl.store(token_ptr + row, token)
-            tl.store(token_logprob_ptr + row, token_s - (lse + tl.log(nucleus_q.to(tl.float32) / _ONE)))
+            tl.store(token_logprob_ptr + row,
+                     tl.math.div_rn(token_x, scale) - (lse + tl.log(nucleus_q.to(tl.float32) / _ONE)))
 
 
 def aot_configs():
     """Launch configurations of :func:`nucleus_triton` as EIS calls it, for the compile lane.
 
-    ``topk_logprobs`` with the EIS default top_k = 5 on 1 and 4 rows; ``sample_logprob`` (k = 1)
-    on 5 and 20 rows (B * K rollout rows); bf16 / fp16 / fp32 at the LLaDA, Dream and SDAR
-    vocabulary widths, 132 SMs (H100). Each radix digit is a separate configuration.
+    ``topk_logprobs`` with the EIS default top_k = 5 on 1 and 4 rows; ``sample_logprob`` (k = 8, the
+    nucleus probe, at top_p < 1; k = 1 at top_p = 1) on 5 and 20 rows (B * K rollout rows); bf16 /
+    fp16 / fp32 at the LLaDA, Dream and SDAR vocabulary widths, 132 SMs (H100), temperature 0.7.
+    Each radix digit is a separate configuration.
     """
     if triton is None:
         return []
     import itertools
 
-    dtypes = {"bf16": 2, "fp16": 2, "fp32": 4}
-    vocabs = (126464, 151936, 152064)
-    calls = [("topk_logprobs", 5, 1), ("topk_logprobs", 5, 4), ("sample_logprob", 1, 5),
-             ("sample_logprob", 1, 20)]
+    from .sample_logprob import _NUCLEUS_PROBE_K
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    calls = [("topk_logprobs", 5, 1, False), ("topk_logprobs", 5, 1, True), ("topk_logprobs", 5, 4, True),
+             ("sample_logprob", 1, 5, False), ("sample_logprob", _NUCLEUS_PROBE_K, 5, True),
+             ("sample_logprob", _NUCLEUS_PROBE_K, 20, True)]
     configs = []
-    for (dtype, size), vocab, (op, k, rows) in itertools.product(dtypes.items(), vocabs, calls):
+    for (dtype_name, dtype), vocab, (op, k, rows, use_top_p) in itertools.product(
+            dtypes.items(), (126464, 151936, 152064), calls):
         splits, chunk, block_v = _launch_config(rows, vocab, 132)
-        vec = 16 // size if vocab % (16 // size) == 0 and chunk % (16 // size) == 0 else 1
+        width = 16 // dtype.itemsize
+        keys = _key_constants(dtype, 0.7)
+        common = dict(BLOCK_V=block_v, VEC=width if vocab % width == 0 and chunk % width == 0 else 1, CONTIG=True,
+                      KEY_SCALED=keys["KEY_SCALED"])
         kp = max(2, _random.next_power_of_2(k))
-        common_sig = {"x_ptr": "*" + dtype, "stride_b": "i32", "stride_v": "i32", "vocab": "i32", "chunk": "i32",
-                      "num_splits": "i32", "scale": "fp32"}
-        common_const = dict(BLOCK_V=block_v, VEC=vec, CONTIG=True, SCALE=True)
-        name = f"{op} {dtype} V={vocab} rows={rows} k={k} splits={splits}"
+        sample = op == "sample_logprob"
+        name = f"{op} {dtype_name} V={vocab} rows={rows} k={k} top_p<1={int(use_top_p)} splits={splits}"
+        row_sig = {"x_ptr": "*" + dtype_name, "stride_b": "i32", "stride_v": "i32", "vocab": "i32", "chunk": "i32",
+                   "num_splits": "i32", "scale": "fp32", "rate": "fp32"}
         out_sig = {"ids_ptr": "*i64", "logprobs_ptr": "*fp32", "token_ptr": "*i64", "token_logprob_ptr": "*fp32",
                    "lse_ptr": "*fp32", "state_ptr": "*i64"}
-        for use_top_p in (False, True):
-            consts = dict(common_const, K=k, KP=kp, USE_TOP_P=use_top_p, GREEDY=op == "topk_logprobs")
-            sig = dict(common_sig, limit="i64", part_max_ptr="*fp32", part_sum_ptr="*fp32", part_nan_ptr="*i32",
-                       part_keys_ptr="*i64", counter_ptr="*i64", **out_sig)
-            configs.append(_aot_dict(f"nucleus partials {name} top_p<1={int(use_top_p)}", _partials_kernel,
-                                     sig, consts, block_v))
-        for digit in range(_RADIX_DIGITS):
-            consts = dict(_scatter_layout(common_const), K=k, KP=kp, DIGIT=digit, LAST=digit == _RADIX_DIGITS - 1,
-                          GREEDY=op == "topk_logprobs")
-            sig = dict(common_sig, limit="i64", log_tail="fp32", hist_ptr="*i64", counter_ptr="*i64", **out_sig)
-            configs.append(_aot_dict(f"nucleus radix digit {digit} {name}", _radix_pass_kernel, sig, consts,
-                                     block_v))
-        if op == "sample_logprob":
-            sig = dict(common_sig, seed_ptr="*i64", part_ptr="*i64", counter_ptr="*i64", token_ptr="*i64",
-                       token_logprob_ptr="*fp32", lse_ptr="*fp32", state_ptr="*i64")
-            configs.append(_aot_dict(f"nucleus draw {name}", _draw_kernel, sig, common_const, block_v))
+        configs.append(_aot_dict(
+            f"nucleus partials {name}", _partials_kernel,
+            dict(row_sig, limit="i64", part_max_ptr="*fp32", part_sum_ptr="*fp32", part_nan_ptr="*i32",
+                 part_keys_ptr="*i64", counter_ptr="*i64", **out_sig),
+            dict(common, K=k, KP=kp, USE_TOP_P=use_top_p, GREEDY=not sample), block_v))
+        digits = keys["DIGITS"] if use_top_p else 0
+        for digit in range(digits):
+            configs.append(_aot_dict(
+                f"nucleus radix digit {digit}/{digits} {name}", _radix_pass_kernel,
+                dict(row_sig, limit="i64", log_tail="fp32", hist_ptr="*i64", counter_ptr="*i64", **out_sig),
+                dict(_scatter_layout(common), K=k, KP=kp, DIGIT=digit, DIGITS=digits, GREEDY=not sample), block_v))
+        if sample:
+            configs.append(_aot_dict(
+                f"nucleus draw {name}", _draw_kernel,
+                dict(row_sig, seed_ptr="*i64", part_ptr="*i64", counter_ptr="*i64", token_ptr="*i64",
+                     token_logprob_ptr="*fp32", lse_ptr="*fp32", state_ptr="*i64"), common, block_v))
     return configs
 
 
@@ -850,5 +879,6 @@ def _aot_dict(name, kernel, signature, constexprs, block_v):
     missing = [p for p in params if full[p] == "constexpr" and p not in constexprs]
     if missing:
         raise ValueError(f"{name}: no type or value for {missing}")
-    return dict(name=name, kernel=kernel, signature=full, constexprs={p: constexprs[p] for p in params if p in constexprs},
+    return dict(name=name, kernel=kernel, signature=full,
+                constexprs={p: constexprs[p] for p in params if p in constexprs},
                 num_warps=_NUM_WARPS, num_stages=3, elements_per_iteration=block_v)
