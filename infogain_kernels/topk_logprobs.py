@@ -34,33 +34,39 @@ untempered filtered log-probability.
 Ordering. Tokens are ranked by ``s`` descending, ties by lower token id. The
 rank uses one int64 key per token, ``(order-preserving int32 image of s) << 32 |
 (2**32 - 1 - id)``, so "the k largest keys" is a total order and the Triton and
-reference paths return the same ids. ``s`` comes from a correctly rounded
-division (``tl.math.div_rn`` in the kernels), so on a GPU the ranking is the
-reference's bit for bit, near-ties included.
+reference paths return the same ids. On a GPU the ranking is the reference's
+bit for bit, near-ties included: float32 logits are divided with
+``tl.math.div_rn`` (correctly rounded, as torch divides), and 16-bit logits are
+ranked by ``x`` itself, which orders them exactly as ``x / T`` does (their 8 /
+11-bit significands are far coarser than float32's, so the division is strictly
+increasing on them and creates no ties) at no division per element.
 
 Reads of the vocabulary per row (the row is never sorted, there is no bisection):
 
 1. one read: log-sum-exp and the top-k keys (a two-level select: each split of
-   the row keeps its own top-k, a combine step merges them);
+   the row keeps its own top-k, inserting only keys above its running k-th; a
+   combine step merges the splits' lists);
 2. ``top_p < 1``: when the nucleus boundary falls inside the top-k, the
    threshold and the nucleus mass come from the k kept tokens, no more reads;
-3. otherwise a radix select finds ``tau``: 4 passes over the 32-bit ordered
-   image of ``s``, 8 bits each. A pass builds the histogram (fixed-point mass
-   and count per 256 bins) of the tokens that share the digits found so far;
-   walking it from the top bin gives the next digit (the lowest non-empty bin
-   whose mass above is still ``< top_p``). After 4 passes the threshold is an
-   exact token value and its tie group's mass is known. The Triton passes only
-   look at tokens that can be in the nucleus (``s >= lse + log((1 - top_p) / V)
-   - 1``, a bound on ``tau`` when ``1 - top_p >= 1e-3``), which keeps the
-   histograms small for peaked rows.
+3. otherwise a radix select finds ``tau``: one pass per 8-bit digit of the
+   32-bit ordered image of the rank value. A pass builds the histogram
+   (fixed-point mass and count in each of 256 bins) of the tokens that share
+   the digits found so far; walking it from the top bin gives the next digit
+   (the lowest non-empty bin whose mass above is still ``< top_p``). After the
+   last digit the threshold is an exact token value and its tie group's mass is
+   known. 4 digits for float32; the Triton path needs 2 for bf16 and 3 for fp16
+   logits (the float32 image of a 16-bit value has its low 16 / 13 bits zero).
+   The Triton passes only look at tokens that can be in the nucleus
+   (``s >= lse + log((1 - top_p) / V) - 1``, a bound on ``tau`` when
+   ``1 - top_p >= 1e-3``), which keeps the histograms small for peaked rows.
 4. sampling (:mod:`infogain_kernels.sample_logprob`): one more read for each
    split's nucleus mass, then the draw reads one split of the row.
 
-So a row is read 1 time (``top_p = 1`` or a nucleus inside the top-k), at most
-5 times otherwise, plus 1 + 1/splits when sampling. Alternatives considered:
-bisection over the ordered image (what this module did before) costs up to 32
-reads; a sort costs ``log V`` passes and a [V] workspace; a single-pass
-histogram on raw values cannot give an exact threshold.
+So a row is read once (``top_p = 1`` or a nucleus inside the top-k), otherwise
+3 times (bf16), 4 (fp16) or 5 (float32), plus 1 + 1/splits when sampling.
+Alternatives considered: bisection over the ordered image (what this module did
+before) costs up to 32 reads; a sort costs ``log V`` passes and a [V]
+workspace; one histogram on raw values cannot give an exact threshold.
 
 Split-vocabulary parallelism (Triton). EIS runs 1 to 8 rows (``sample_logprob``
 B*K rows), far fewer than a GPU's SMs, so every pass splits each row into
@@ -68,10 +74,14 @@ B*K rows), far fewer than a GPU's SMs, so every pass splits each row into
 per SM in total, chunks of at least 4 blocks of 1024). Programs write partial
 states (max and normaliser, top-k keys, histograms, nucleus masses) and the last
 program of a row to finish (an acquire-release counter per row and pass) does
-the combine, in the same launch: 1 launch for ``top_p = 1``, 5 for the radix
-search, 1 more for a draw, plus one memset of the workspace. Row starts come
-from strides; with unit column stride and 16-byte alignment proved by the host,
-``tl.multiple_of`` / ``tl.max_constancy`` hints make the loads 16-byte vectors.
+the combine, in the same launch: 1 launch for ``top_p = 1``, one per radix
+digit, 1 more for a draw, plus one memset of the workspace. The launch count is
+fixed by the arguments (rows that need no search return at once), so a step
+can be captured in a CUDA graph. Row starts come from strides; with unit
+column stride and 16-byte alignment proved by the host, ``tl.multiple_of`` /
+``tl.max_constancy`` hints make the loads 16-byte vectors (the radix pass
+keeps one element per thread, the layout of its histogram scatter). Masses are
+computed as ``exp2(x * log2(e) / T - lse * log2(e))``: one FMA and one exp2.
 
 Registered as ``torch.ops.infogain.topk_logprobs``. The helpers here
 (``run_nucleus``, ``raise_on_invalid_rows``) are also the engine of

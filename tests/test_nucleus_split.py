@@ -1,6 +1,6 @@
 """The split-vocabulary nucleus kernels behind topk_logprobs / sample_logprob.
 
-Interpreter lane (CPU, fp32, small V): the Triton path with rows split across several programs and
+Interpreter lane (CPU, small V): the Triton path with rows split across several programs and
 unsplit (the private knob ``_FORCE_SPLITS``) against the torch reference; the radix select at its
 corners (thresholds that differ only in the last bits, ties, -inf, top_p at both ends); draws that
 do not depend on how a row is split; chi-square frequencies of split draws.
@@ -79,6 +79,24 @@ def test_split_and_unsplit_match_reference(triton_interpreted, splits, vocab, te
     torch.testing.assert_close(lp, spec.gather(1, ids).float(), atol=2e-5, rtol=1e-5)
     assert torch.equal(token, ids[:, 0])
     torch.testing.assert_close(token_lp, lp[:, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_logits_rank_without_division(triton_interpreted, monkeypatch, dtype):
+    # 16-bit logits rank by x (same order and ties as x / T) and search 2 (bf16) / 3 (fp16) radix digits.
+    monkeypatch.setattr(nucleus_module, "_FORCE_SPLITS", 3)
+    logits = (torch.randn(2, 999, generator=torch.Generator().manual_seed(4)) * 2.0).to(dtype)
+    logits[0, ::7] = -math.inf
+    logits[1, 100:140] = logits[1, 7]  # a tie group
+    for temperature, top_p in ((0.7, 0.9), (1.3, 0.5)):
+        with use_backend("triton"):
+            ids, lp = topk_logprobs(logits, 6, temperature=temperature, top_p=top_p)
+            token, token_lp = sample_logprob(logits, mode="sample", temperature=temperature, top_p=top_p,
+                                             generator=torch.Generator().manual_seed(1))
+        spec, _ = spec_logprobs(logits.float(), temperature, top_p)
+        assert torch.equal(ids, expected_ids(logits, temperature, 6))
+        torch.testing.assert_close(lp, spec.gather(1, ids).float(), atol=2e-5, rtol=1e-5)
+        torch.testing.assert_close(token_lp, spec.gather(1, token[:, None]).squeeze(1).float(), atol=2e-5, rtol=1e-5)
 
 
 def test_radix_select_resolves_the_last_bits(triton_interpreted, splits):
