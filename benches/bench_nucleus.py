@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import median_time, peak_bandwidth, pick_device, print_table, write_results  # noqa: E402
+from bench_eis import _nucleus_log_softmax  # noqa: E402  (the naive filter of the EIS benchmark)
 
 from infogain_kernels import sample_logprob, topk_logprobs  # noqa: E402
 
@@ -34,15 +35,7 @@ TOP_K = 5
 
 
 def naive_filtered_logprobs(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1:
-        sorted_lp, order = torch.sort(logprobs, dim=-1, descending=True)
-        probs = sorted_lp.exp()
-        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
-        drop = torch.empty_like(drop_sorted).scatter_(-1, order, drop_sorted)
-        kept = logprobs.masked_fill(drop, -float("inf"))
-        logprobs = kept - torch.logsumexp(kept, dim=-1, keepdim=True)
-    return logprobs
+    return _nucleus_log_softmax(logits.float() / temperature, top_p)
 
 
 def naive_topk_logprobs(logits, k, temperature, top_p):

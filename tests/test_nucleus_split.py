@@ -20,25 +20,18 @@ import torch
 from scipy import stats
 
 from infogain_kernels import sample_logprob, topk_logprobs, use_backend
+from test_topk_logprobs import filtered_logprobs  # the float64 full-sort spec
 
 nucleus_module = sys.modules["infogain_kernels.topk_logprobs"]  # the package attribute is the function
 
 NEAR_TIE = 1e-5
 
 
-def spec_logprobs(logits, temperature, top_p):
-    """float64 spec by full sort: log softmax(x/T) renormalised over the nucleus (mass strictly above < top_p);
-    also returns each token's mass strictly above."""
+def mass_above(logits, temperature, ids):
+    """float64 mass of the tokens strictly more probable than each of ``ids`` [B, k]."""
     s = logits.double() / (temperature if temperature > 0 else 1.0)
     p = torch.softmax(s, dim=-1)
-    sorted_s, order = torch.sort(s, dim=-1, descending=True, stable=True)
-    sorted_p = p.gather(-1, order)
-    exclusive = torch.cumsum(sorted_p, dim=-1) - sorted_p
-    first_of_group = torch.searchsorted(-sorted_s.contiguous(), -sorted_s.contiguous(), side="left")
-    above = torch.empty_like(p).scatter_(-1, order, exclusive.gather(-1, first_of_group))
-    keep = above < top_p if top_p < 1 else torch.ones_like(p, dtype=torch.bool)
-    nucleus = (p * keep).sum(-1, keepdim=True)
-    return torch.where(keep, torch.log(p) - torch.log(nucleus), torch.full_like(p, -math.inf)), above
+    return (p[:, None, :] * (s[:, None, :] > s.gather(1, ids)[:, :, None])).sum(-1)
 
 
 def expected_ids(logits, temperature, k):
@@ -75,7 +68,7 @@ def test_split_and_unsplit_match_reference(triton_interpreted, splits, vocab, te
         token, token_lp = sample_logprob(logits, mode="greedy", temperature=temperature, top_p=top_p)
     assert torch.equal(ids, ref_ids) and torch.equal(ids, expected_ids(logits, temperature, k))
     torch.testing.assert_close(lp, ref_lp, atol=2e-5, rtol=1e-5)
-    spec, _ = spec_logprobs(logits, temperature, top_p)
+    spec = filtered_logprobs(logits, temperature, top_p)
     torch.testing.assert_close(lp, spec.gather(1, ids).float(), atol=2e-5, rtol=1e-5)
     assert torch.equal(token, ids[:, 0])
     torch.testing.assert_close(token_lp, lp[:, 0])
@@ -93,7 +86,7 @@ def test_16_bit_logits_rank_without_division(triton_interpreted, monkeypatch, dt
             ids, lp = topk_logprobs(logits, 6, temperature=temperature, top_p=top_p)
             token, token_lp = sample_logprob(logits, mode="sample", temperature=temperature, top_p=top_p,
                                              generator=torch.Generator().manual_seed(1))
-        spec, _ = spec_logprobs(logits.float(), temperature, top_p)
+        spec = filtered_logprobs(logits.float(), temperature, top_p)
         assert torch.equal(ids, expected_ids(logits, temperature, 6))
         torch.testing.assert_close(lp, spec.gather(1, ids).float(), atol=2e-5, rtol=1e-5)
         torch.testing.assert_close(token_lp, spec.gather(1, token[:, None]).squeeze(1).float(), atol=2e-5, rtol=1e-5)
@@ -110,7 +103,7 @@ def test_radix_select_resolves_the_last_bits(triton_interpreted, splits):
         for backend in ("reference", "triton"):
             with use_backend(backend):
                 ids, lp = topk_logprobs(logits, 4, top_p=top_p)
-            spec, _ = spec_logprobs(logits, 1.0, top_p)
+            spec = filtered_logprobs(logits, 1.0, top_p)
             torch.testing.assert_close(lp, spec.gather(1, ids).float(), atol=2e-5, rtol=1e-5)
 
 
@@ -144,7 +137,7 @@ def test_draws_do_not_depend_on_the_split(triton_interpreted, monkeypatch, top_p
     for token, logprob in draws[1:]:
         assert torch.equal(token, draws[0][0])
         torch.testing.assert_close(logprob, draws[0][1])
-    spec, _ = spec_logprobs(logits, 0.9, top_p)
+    spec = filtered_logprobs(logits, 0.9, top_p)
     torch.testing.assert_close(draws[0][1], spec.gather(1, draws[0][0][:, None]).squeeze(1).float(),
                                atol=2e-5, rtol=1e-5)
 
@@ -162,7 +155,7 @@ def test_split_draw_frequencies_chi_square(triton_interpreted, monkeypatch):
     assert (token % 4 == 0).all()
     token = token // 4
     base = base[None]
-    spec, _ = spec_logprobs(base, 0.8, 0.85)
+    spec = filtered_logprobs(base, 0.8, 0.85)
     support = torch.isfinite(spec[0]).numpy()
     counts = np.bincount(token.numpy(), minlength=base.shape[1])
     assert counts[~support].sum() == 0, "a token outside the nucleus was drawn"
@@ -199,10 +192,10 @@ def test_aot_configs_cover_every_kernel():
 
 
 def assert_matches_spec_up_to_near_ties(logits, ids, lp, temperature, top_p):
-    spec, above = spec_logprobs(logits.float(), temperature, top_p)
+    spec = filtered_logprobs(logits.float(), temperature, top_p)
     assert torch.equal(ids, expected_ids(logits, temperature, ids.shape[1]))
     want = spec.gather(1, ids).float()
-    near = (above.gather(1, ids) - top_p).abs() < NEAR_TIE
+    near = (mass_above(logits.float(), temperature, ids) - top_p).abs() < NEAR_TIE
     assert torch.equal(torch.isfinite(lp) | near, torch.isfinite(want) | near)
     both = torch.isfinite(lp) & torch.isfinite(want)
     torch.testing.assert_close(lp[both], want[both], atol=1e-4, rtol=1e-4)
@@ -222,7 +215,7 @@ def test_cuda_tempered_ranking_and_nucleus(dtype, vocab, rows, top_p):
     assert_matches_spec_up_to_near_ties(logits, ids.cpu(), lp.cpu(), 0.7, top_p)
     token, token_lp = sample_logprob(logits.cuda(), mode="sample", temperature=0.7, top_p=top_p,
                                      generator=torch.Generator("cuda").manual_seed(3))
-    spec, _ = spec_logprobs(logits.float(), 0.7, top_p)
+    spec = filtered_logprobs(logits.float(), 0.7, top_p)
     want = spec.gather(1, token.cpu()[:, None]).squeeze(1).float()
     assert torch.isfinite(want).all(), "a token outside the nucleus was drawn"
     torch.testing.assert_close(token_lp.cpu(), want, atol=1e-4, rtol=1e-4)
@@ -236,7 +229,7 @@ def test_cuda_draw_frequencies_chi_square():
     draws = 20000
     token, _ = sample_logprob(logits.cuda().expand(draws, -1), mode="sample", temperature=0.7, top_p=0.9,
                               generator=torch.Generator("cuda").manual_seed(1))
-    spec, _ = spec_logprobs(base[None], 0.7, 0.9)
+    spec = filtered_logprobs(base[None], 0.7, 0.9)
     counts = np.bincount(token.cpu().numpy() - 150000, minlength=8)
     support = torch.isfinite(spec[0]).numpy()
     assert counts[~support].sum() == 0 and counts.sum() == draws
