@@ -591,21 +591,18 @@ if triton is not None:
         return best, kth
 
     @triton.jit
-    def _top_logits(row_ptr, stride_v, ids_ptr, K: tl.constexpr, KP: tl.constexpr):
-        """The row's top-K ids (0 in the padding slots) and their float32 logits (-inf there)."""
-        slots = tl.arange(0, KP)
-        in_k = slots < K
-        top_ids = tl.load(ids_ptr + tl.program_id(0) * K + slots, mask=in_k, other=0)
-        return top_ids, tl.load(row_ptr + top_ids * stride_v, mask=in_k, other=-float("inf")).to(tl.float32)
+    def _top_logits(row_ptr, stride_v, top_ids, K: tl.constexpr, KP: tl.constexpr):
+        """float32 logits of the row's top-K ids [KP] (-inf in the padding slots)."""
+        in_k = tl.arange(0, KP) < K
+        return tl.load(row_ptr + top_ids * stride_v, mask=in_k, other=-float("inf")).to(tl.float32)
 
     @triton.jit
-    def _write_outputs(row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
-                       token_ptr, token_logprob_ptr, K: tl.constexpr, KP: tl.constexpr,
-                       KEY_SCALED: tl.constexpr, GREEDY: tl.constexpr):
+    def _write_outputs(top_ids, top_x, scale, threshold, nucleus_q, lse, logprobs_ptr, token_ptr,
+                       token_logprob_ptr, K: tl.constexpr, KP: tl.constexpr, KEY_SCALED: tl.constexpr,
+                       GREEDY: tl.constexpr):
         """Filtered log-probabilities of the row's top-K ids (and the greedy token) once the nucleus is known."""
         row = tl.program_id(0)
         slots = tl.arange(0, KP)
-        top_ids, top_x = _top_logits(row_ptr, stride_v, ids_ptr, K, KP)
         lse_nucleus = lse + tl.log(nucleus_q.to(tl.float32) / _ONE)
         top_logprobs = tl.where(_ordered(_rank_value(top_x, scale, KEY_SCALED)) >= threshold,
                                 tl.math.div_rn(top_x, scale) - lse_nucleus, -float("inf"))
@@ -679,13 +676,15 @@ if triton is not None:
                                mask=t + lanes < num_splits * KP, other=_NONE_KEY)
                 best, kth = _merge_topk(best, kth, keys, K, KP)
             in_k = slots < K
-            tl.store(ids_ptr + row * K + slots, tl.where(in_k, 4294967295 - (best & 4294967295), 0), mask=in_k)
+            # (Later steps use these registers: a reload of ids_ptr could race with other threads' stores.)
+            top_ids = tl.where(in_k, 4294967295 - (best & 4294967295), 0)
+            top_x = _top_logits(row_ptr, stride_v, top_ids, K, KP)
+            tl.store(ids_ptr + row * K + slots, top_ids, mask=in_k)
             threshold = tl.cast(_NEG_INF_ORDER, tl.int64)
             nucleus_q = tl.cast(1 << 40, tl.int64)
             search = 0
             if USE_TOP_P:
                 # The nucleus within the top-K: mass strictly above each kept token (all of it is kept).
-                top_ids, top_x = _top_logits(row_ptr, stride_v, ids_ptr, K, KP)
                 top_order = best >> 32
                 top_q = tl.where(in_k & usable, _scaled_mass(top_x, rate, tl.where(usable, lse, 0.0)), 0.0)
                 top_q = top_q.to(tl.int64)
@@ -701,8 +700,8 @@ if triton is not None:
             tl.store(state_ptr + _ST_ABOVE * num_rows + row, 0)
             tl.store(state_ptr + _ST_SEARCH * num_rows + row, search.to(tl.int64))
             if search == 0:
-                _write_outputs(row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr, logprobs_ptr,
-                               token_ptr, token_logprob_ptr, K, KP, KEY_SCALED, GREEDY)
+                _write_outputs(top_ids, top_x, scale, threshold, nucleus_q, lse, logprobs_ptr, token_ptr,
+                               token_logprob_ptr, K, KP, KEY_SCALED, GREEDY)
 
     @triton.jit
     def _radix_pass_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, rate, limit, log_tail,
@@ -754,8 +753,11 @@ if triton is not None:
                     nucleus_q = above + tl.sum(tl.where(bins == chosen, mass, 0), 0)
                     tl.store(state_ptr + _ST_THRESHOLD * num_rows + row, threshold)
                     tl.store(state_ptr + _ST_NUCLEUS_Q * num_rows + row, nucleus_q)
-                    _write_outputs(row_ptr, stride_v, scale, threshold, nucleus_q, lse, ids_ptr,
-                                   logprobs_ptr, token_ptr, token_logprob_ptr, K, KP, KEY_SCALED, GREEDY)
+                    # ids_ptr was written by the partials launch.
+                    top_ids = tl.load(ids_ptr + row * K + tl.arange(0, KP), mask=tl.arange(0, KP) < K, other=0)
+                    _write_outputs(top_ids, _top_logits(row_ptr, stride_v, top_ids, K, KP), scale, threshold,
+                                   nucleus_q, lse, logprobs_ptr, token_ptr, token_logprob_ptr, K, KP, KEY_SCALED,
+                                   GREEDY)
                 else:
                     tl.store(state_ptr + _ST_PREFIX * num_rows + row, prefix)
                     tl.store(state_ptr + _ST_ABOVE * num_rows + row, above)
