@@ -266,13 +266,12 @@ def nucleus_reference(logits, k, temperature, top_p, seed):
             stop = min(start + chunk, vocab)
             yield start, _scale(logits[:, start:stop], temperature)
 
-    # Read 1: online log-sum-exp and the running top-k keys.
+    # Read 1: online log-sum-exp and the running top-k keys. (NaN and +inf propagate into a
+    # non-finite lse, as does an all -inf row: that is how invalid rows are reported.)
     running_max = torch.full((num_rows,), -math.inf, device=device)
     running_sum = torch.zeros(num_rows, device=device)
-    has_nan = torch.zeros(num_rows, dtype=torch.bool, device=device)
     best = torch.full((num_rows, k), _KEY_NONE, dtype=torch.int64, device=device)
     for start, s in chunks():
-        has_nan |= torch.isnan(s).any(dim=1)
         new_max = torch.maximum(running_max, s.max(dim=1).values)
         shift = torch.where(new_max == -math.inf, torch.zeros_like(new_max), new_max)
         running_sum = running_sum * torch.exp(running_max - shift) + torch.exp(s - shift[:, None]).sum(dim=1)
@@ -281,7 +280,7 @@ def nucleus_reference(logits, k, temperature, top_p, seed):
         merged = torch.cat([best, _rank_keys(s, ids)], dim=1)
         best = merged.topk(k, dim=1).values  # keys are unique, so this order is total
     lse = running_max + torch.log(running_sum)
-    valid = ~has_nan & (running_max > -math.inf) & torch.isfinite(lse)
+    valid = torch.isfinite(lse)
     lse = torch.where(valid, lse, torch.full_like(lse, math.nan))
     lse_or_zero = torch.where(valid, lse, torch.zeros_like(lse))
 
