@@ -142,6 +142,7 @@ def test_draws_do_not_depend_on_the_split(triton_interpreted, monkeypatch, top_p
                                atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_split_draw_frequencies_chi_square(triton_interpreted, monkeypatch):
     # Few draws (the interpreter runs every program in Python); the reference lane tests 20000.
     monkeypatch.setattr(nucleus_module, "_FORCE_SPLITS", 2)
