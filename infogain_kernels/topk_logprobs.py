@@ -237,8 +237,8 @@ def _scale(x: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def ordered_int(s: torch.Tensor) -> torch.Tensor:
-    """Order-preserving map of float32 values to int64 (``a < b`` <=> image(a) < image(b), -0 < +0)."""
-    bits = s.contiguous().view(torch.int32)
+    """Order-preserving map of float32 values to int64 (``a < b`` <=> image(a) < image(b); -0 and +0 map to one value)."""
+    bits = (s + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0 into +0: they are equal scores
     return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
 
 
@@ -511,7 +511,7 @@ if triton is not None:
 
     @triton.jit
     def _ordered(s):
-        bits = s.to(tl.int32, bitcast=True)
+        bits = (s + 0.0).to(tl.int32, bitcast=True)  # -0 -> +0, as in ordered_int
         return tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
 
     @triton.jit
@@ -726,7 +726,7 @@ if triton is not None:
                 x, block_cols, block_valid = _load_block(split_ptr, offset, length, stride_v, BLOCK_V, VEC, CONTIG)
                 scaled_mass = _scaled_mass(x, rate, lse)
                 # Unsigned order-preserving image of the rank value (= _ordered + 2**31), in 32 bits.
-                bits = _rank_value(x, scale, KEY_SCALED).to(tl.uint32, bitcast=True)
+                bits = (_rank_value(x, scale, KEY_SCALED) + 0.0).to(tl.uint32, bitcast=True)  # -0 -> +0
                 key = tl.where((bits >> 31) != 0, ~bits, bits | 0x80000000)
                 # q > 0 (padding holds -inf: q = 0) and not below the nucleus bound.
                 member = (scaled_mass >= 1.0) & (x * rate >= low * _LOG2E_C)
