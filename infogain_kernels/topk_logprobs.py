@@ -239,7 +239,7 @@ def _scale(x: torch.Tensor, temperature: float) -> torch.Tensor:
 def ordered_int(s: torch.Tensor) -> torch.Tensor:
     """Order-preserving map of float32 values to int64 (``a < b`` <=> image(a) < image(b); -0 and +0 map to one value)."""
     bits = (s + 0.0).contiguous().view(torch.int32)  # + 0.0 turns -0 into +0: they are equal scores
-    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
+    return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(torch.int64)  # negatives: flip all but the sign bit
 
 
 def _rank_keys(s: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -248,6 +248,17 @@ def _rank_keys(s: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 def _ids_of_keys(keys: torch.Tensor) -> torch.Tensor:
     return (_LOW_BITS - 1) - (keys & (_LOW_BITS - 1))
+
+
+def _chunk_top_keys(s: torch.Tensor, start: int, k: int) -> torch.Tensor:
+    """Rank keys [rows, min(k, width)] of the best tokens of a chunk whose first column is ``start``."""
+    values, ids = s.topk(min(k, s.shape[1]), dim=1)
+    kth = values[:, -1:]
+    if bool(((s == kth).sum(dim=1) == (values == kth).sum(dim=1)).all()):
+        # No tie straddles the k-th place, so topk's set is the answer (the keys order it).
+        return _rank_keys(values, ids + start)
+    ids = torch.arange(start, start + s.shape[1], device=s.device).expand_as(s)
+    return _rank_keys(s, ids).topk(min(k, s.shape[1]), dim=1).values
 
 
 def _fixed_mass(s: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
@@ -276,8 +287,7 @@ def nucleus_reference(logits, k, temperature, top_p, seed):
         shift = torch.where(new_max == -math.inf, torch.zeros_like(new_max), new_max)
         running_sum = running_sum * torch.exp(running_max - shift) + torch.exp(s - shift[:, None]).sum(dim=1)
         running_max = new_max
-        ids = torch.arange(start, start + s.shape[1], device=device).expand_as(s)
-        merged = torch.cat([best, _rank_keys(s, ids)], dim=1)
+        merged = torch.cat([best, _chunk_top_keys(s, start, k)], dim=1)
         best = merged.topk(k, dim=1).values  # keys are unique, so this order is total
     lse = running_max + torch.log(running_sum)
     valid = torch.isfinite(lse)
