@@ -460,7 +460,6 @@ def nucleus_triton(logits, k, temperature, top_p, seed):
     # Per-split partial states (the draw reuses part_keys for its split masses), then per-row state.
     part_max = torch.empty((num_rows, splits), dtype=torch.float32, device=device)
     part_sum = torch.empty((num_rows, splits), dtype=torch.float32, device=device)
-    part_nan = torch.empty((num_rows, splits), dtype=torch.int32, device=device)
     part_keys = torch.empty((num_rows, splits, kp), dtype=torch.int64, device=device)
     row_state = torch.empty((5, num_rows), dtype=torch.int64, device=device)
     # One memset: an arrival counter per (pass, row) and the radix histograms.
@@ -477,7 +476,7 @@ def nucleus_triton(logits, k, temperature, top_p, seed):
     row_args = (logits, logits.stride(0), logits.stride(1), vocab, chunk, splits, scale, _LOG2E / scale)
     grid = (num_rows, splits)
     _partials_kernel[grid](
-        *row_args, limit, part_max, part_sum, part_nan, part_keys, counters, ids, logprobs, token, token_logprob,
+        *row_args, limit, part_max, part_sum, part_keys, counters, ids, logprobs, token, token_logprob,
         lse, row_state, K=k, KP=kp, USE_TOP_P=top_p < 1.0, GREEDY=not sample, **common)
     for digit in range(digits):
         _radix_pass_kernel[grid](
@@ -614,7 +613,7 @@ if triton is not None:
         slots = tl.arange(0, KP)
         lse_nucleus = lse + tl.log(nucleus_q.to(tl.float32) / _ONE)
         top_logprobs = tl.where(_ordered(_rank_value(top_x, scale, KEY_SCALED)) >= threshold,
-                                tl.math.div_rn(top_x, scale) - lse_nucleus, -float("inf"))
+                                top_x / scale - lse_nucleus, -float("inf"))  # a value, not a ranking
         tl.store(logprobs_ptr + row * K + slots, top_logprobs, mask=slots < K)
         if GREEDY:
             tl.store(token_ptr + row, tl.sum(tl.where(slots == 0, top_ids, 0), 0))
@@ -622,7 +621,7 @@ if triton is not None:
 
     @triton.jit
     def _partials_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, rate, limit,
-                         part_max_ptr, part_sum_ptr, part_nan_ptr, part_keys_ptr, counter_ptr,
+                         part_max_ptr, part_sum_ptr, part_keys_ptr, counter_ptr,
                          ids_ptr, logprobs_ptr, token_ptr, token_logprob_ptr, lse_ptr, state_ptr,
                          K: tl.constexpr, KP: tl.constexpr, BLOCK_V: tl.constexpr, VEC: tl.constexpr,
                          CONTIG: tl.constexpr, KEY_SCALED: tl.constexpr, USE_TOP_P: tl.constexpr,
@@ -635,13 +634,11 @@ if triton is not None:
         row_ptr, split_ptr, start, length = _split_span(x_ptr, stride_b, stride_v, vocab, chunk, VEC, CONTIG)
         lane_max = tl.full([BLOCK_V], -float("inf"), tl.float32)
         lane_sum = tl.zeros([BLOCK_V], tl.float32)
-        nan_count = tl.zeros([BLOCK_V], tl.int32)
         best = tl.full([KP], _NONE_KEY, tl.int64)
         kth = tl.min(best, 0)
         for offset in range(0, length, BLOCK_V):
             x, cols, valid = _load_block(split_ptr, offset, length, stride_v, BLOCK_V, VEC, CONTIG)
             t = x * rate
-            nan_count += (x != x).to(tl.int32)
             new_max = tl.maximum(lane_max, t)
             shift = tl.where(new_max == -float("inf"), 0.0, new_max)
             lane_sum = lane_sum * tl.exp2(lane_max - shift) + tl.exp2(t - shift)
@@ -654,7 +651,6 @@ if triton is not None:
         part = row * num_splits + split
         tl.store(part_max_ptr + part, split_max)
         tl.store(part_sum_ptr + part, tl.sum(lane_sum * tl.exp2(lane_max - shift), 0))
-        tl.store(part_nan_ptr + part, tl.sum(nan_count, 0))
         slots = tl.arange(0, KP)
         tl.store(part_keys_ptr + part * KP + slots, best)
         if _last_to_arrive(counter_ptr, num_splits):
@@ -662,18 +658,18 @@ if triton is not None:
             tiles = tl.arange(0, _SPLIT_TILE)
             row_max = -float("inf")
             total = 0.0
-            bad = 0
             for t in range(0, num_splits, _SPLIT_TILE):
                 inside = t + tiles < num_splits
                 m = tl.load(part_max_ptr + row * num_splits + t + tiles, mask=inside, other=-float("inf"))
                 z = tl.load(part_sum_ptr + row * num_splits + t + tiles, mask=inside, other=0.0)
-                bad += tl.sum(tl.load(part_nan_ptr + row * num_splits + t + tiles, mask=inside, other=0), 0)
                 new_max = tl.maximum(row_max, tl.max(m, 0))
                 shift = tl.where(new_max == -float("inf"), 0.0, new_max)
                 total = total * tl.exp2(row_max - shift) + tl.sum(z * tl.exp2(m - shift), 0)
                 row_max = new_max
             lse = (shift + tl.log2(total)) / _LOG2E_C
-            usable = (bad == 0) & (row_max != -float("inf")) & (lse == lse) & (tl.abs(lse) != float("inf"))
+            # NaN logits make the lane sums NaN (max.f32 drops NaN, the sum does not), +inf ones make
+            # inf - inf, an all -inf row gives log2(0): each leaves lse non-finite.
+            usable = tl.abs(lse) < float("inf")  # False for NaN too
             lse = tl.where(usable, lse, float("nan"))
             tl.store(lse_ptr + row, lse)
             # Combine: top-K of the splits' top-K keys.
@@ -695,14 +691,14 @@ if triton is not None:
             if USE_TOP_P:
                 # The nucleus within the top-K: mass strictly above each kept token (all of it is kept).
                 top_order = best >> 32
-                top_q = tl.where(in_k & usable, _scaled_mass(top_x, rate, tl.where(usable, lse, 0.0)), 0.0)
+                top_q = tl.where(in_k, _scaled_mass(top_x, rate, tl.where(usable, lse, 0.0)), 0.0)
                 top_q = top_q.to(tl.int64)
                 above = tl.sum(tl.where(top_order[None, :] > top_order[:, None], top_q[None, :], 0), 1)
                 in_nucleus = (above < limit) & (top_q > 0) & in_k
                 threshold = tl.min(tl.where(in_nucleus, top_order, 9223372036854775807), 0)
                 nucleus_q = tl.sum(tl.where(in_nucleus, top_q, 0), 0)
                 last_in = tl.sum((in_nucleus & (slots == K - 1)).to(tl.int32), 0) > 0
-                search = (last_in & usable).to(tl.int32)
+                search = last_in.to(tl.int32) * usable.to(tl.int32)  # an unusable row has no search
             tl.store(state_ptr + _ST_THRESHOLD * num_rows + row, threshold)
             tl.store(state_ptr + _ST_NUCLEUS_Q * num_rows + row, nucleus_q)
             tl.store(state_ptr + _ST_PREFIX * num_rows + row, 0)
@@ -836,7 +832,7 @@ if triton is not None:
             nucleus_q = tl.load(state_ptr + _ST_NUCLEUS_Q * num_rows + row)
             tl.store(token_ptr + row, token)
             tl.store(token_logprob_ptr + row,
-                     tl.math.div_rn(token_x, scale) - (lse + tl.log(nucleus_q.to(tl.float32) / _ONE)))
+                     token_x / scale - (lse + tl.log(nucleus_q.to(tl.float32) / _ONE)))
 
 
 def aot_configs():
@@ -874,7 +870,7 @@ def aot_configs():
                    "lse_ptr": "*fp32", "state_ptr": "*i64"}
         configs.append(_aot_dict(
             f"nucleus partials {name}", _partials_kernel,
-            dict(row_sig, limit="i64", part_max_ptr="*fp32", part_sum_ptr="*fp32", part_nan_ptr="*i32",
+            dict(row_sig, limit="i64", part_max_ptr="*fp32", part_sum_ptr="*fp32",
                  part_keys_ptr="*i64", counter_ptr="*i64", **out_sig),
             dict(common, K=k, KP=kp, USE_TOP_P=use_top_p, GREEDY=not sample), block_v))
         digits = keys["DIGITS"] if use_top_p else 0
