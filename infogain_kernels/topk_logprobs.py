@@ -18,9 +18,10 @@ to the nucleus and renormalised; tokens outside it have log-probability
 
 Mass arithmetic. For ``top_p < 1`` the masses that decide the nucleus are
 counted in fixed point: ``q_i = floor(p_i * 2**40)`` (``p_i`` computed in
-float32 as ``exp(s_i - lse)``) summed in int64. Integer sums are exact in any
-order, so the threshold does not depend on how a backend splits the row, and
-the top-k shortcut, the radix search and the sampler all see the same totals.
+float32: ``exp(s_i - lse)`` in torch, ``exp2(x_i * log2(e) / T - lse *
+log2(e))`` in the kernels) summed in int64. Integer sums are exact in any
+order, so within one backend the top-k shortcut, the radix search and the
+sampler see the same totals whatever the order of the work.
 A token with ``p_i < 2**-40`` is never in a ``top_p < 1`` nucleus (it could
 only be when ``top_p`` is within about ``V * 2**-40`` of 1).
 
