@@ -12,9 +12,10 @@ achieved bandwidth (logit bytes / time) and its fraction of the device's peak HB
 CPU they run the torch reference path.
 
     python benches/bench_nucleus.py [--quick] [--device cuda|cpu] [--dtype bfloat16|float16|float32]
-                                    [--threads N]
+                                    [--threads N] [--out PATH | --update-results]
 
-Writes benches/results/nucleus-<device>.json.
+Writes nucleus-<device>.json in the working directory (``--update-results``: the tracked
+benches/results/nucleus-<device>.json).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import median_time, peak_bandwidth, pick_device, print_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    add_output_arguments, median_time, output_path, peak_bandwidth, pick_device, print_table, write_results)
 from bench_eis import _nucleus_log_softmax  # noqa: E402  (the naive filter of the EIS benchmark)
 
 from infogain_kernels import sample_logprob, topk_logprobs  # noqa: E402
@@ -55,6 +57,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_output_arguments(parser, "nucleus")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -93,7 +96,7 @@ def main(argv=None) -> None:
         ["fraction_of_peak_bw"] if peak else [])
     print_table(rows, columns)
     path = write_results(
-        "nucleus", device, rows,
+        output_path(args, "nucleus", device), "nucleus", device, rows,
         fused_path="triton (split-vocabulary)" if device.type == "cuda" else "torch reference",
         logits_dtype=args.dtype, temperature=TEMPERATURE, top_k=TOP_K, quick=args.quick,
         torch_threads=torch.get_num_threads(), repeats=repeats,
