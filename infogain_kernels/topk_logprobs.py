@@ -609,7 +609,8 @@ if triton is not None:
     def _write_outputs(top_ids, top_x, scale, threshold, nucleus_q, lse, logprobs_ptr, token_ptr,
                        token_logprob_ptr, K: tl.constexpr, KP: tl.constexpr, KEY_SCALED: tl.constexpr,
                        GREEDY: tl.constexpr):
-        """Filtered log-probabilities of the row's top-K ids (and the greedy token) once the nucleus is known."""
+        """Store (and return) the filtered log-probabilities of the row's top-K ids, and the greedy token,
+        once the nucleus is known."""
         row = tl.program_id(0)
         slots = tl.arange(0, KP)
         lse_nucleus = lse + tl.log(nucleus_q.to(tl.float32) / _ONE)
@@ -619,6 +620,7 @@ if triton is not None:
         if GREEDY:
             tl.store(token_ptr + row, tl.sum(tl.where(slots == 0, top_ids, 0), 0))
             tl.store(token_logprob_ptr + row, tl.sum(tl.where(slots == 0, top_logprobs, 0.0), 0))
+        return top_logprobs
 
     @triton.jit
     def _partials_kernel(x_ptr, stride_b, stride_v, vocab, chunk, num_splits, scale, rate, limit,
