@@ -2,22 +2,27 @@
 
 The filtered distribution (temperature, sort-free top-p nucleus, ``T = 0``) is
 the one defined in :mod:`infogain_kernels.topk_logprobs`; this op shares its
-engine. ``mode="sample"`` draws by Gumbel-max restricted to the nucleus
-(``argmax_{i in nucleus} s_i + g_i``, no softmax, no prefix scan);
-``mode="greedy"`` or ``temperature = 0`` returns the arg-max token (lowest id
-among equal maxima).
+engine. ``mode="sample"`` draws by inverse CDF over the nucleus in token-id
+order: with the fixed-point masses ``q_i`` of the nucleus tokens (total ``Q``)
+and one uniform 53-bit fraction ``u`` per row, the draw is the token whose CDF
+interval ``[sum_{j<i} q_j, sum_{j<=i} q_j)`` holds ``floor(u * Q)``. That is an
+exact sample of the distribution ``q_i / Q`` up to the 2**-53 resolution of
+``u``; it differs from the float distribution only by the 2**-40 quantisation
+of each mass (tokens with ``p < 2**-40`` are never drawn). ``mode="greedy"``
+or ``temperature = 0`` returns the arg-max token (lowest id among equal
+maxima). No random work per vocabulary entry: one random number per row.
 
-Reads of the vocabulary per row: one when ``top_p = 1`` (log-sum-exp and
-Gumbel-max in the same pass), and one when ``top_p < 1`` and the nucleus lies
-within the 16 most probable tokens (the noise is evaluated only at those ids).
-Otherwise the nucleus threshold is found by bisection (at most 32 reads, see
-:mod:`infogain_kernels.topk_logprobs`) plus one read for the Gumbel-max.
+Reads of the vocabulary per row: the nucleus reads of
+:mod:`infogain_kernels.topk_logprobs` (one when ``top_p = 1`` or the nucleus
+lies within the 8 most probable tokens, at most five otherwise), then for a
+draw one read for each split's nucleus mass and one read of the split that
+holds the draw.
 
 Randomness: one seed is drawn from ``generator`` per call (see
 :mod:`infogain_kernels._random`) and passed into the custom op as an int64
-tensor; the Triton path uses counter-based Philox at ``(column, row)``, the
-reference path a generator seeded with it. Same generator state => same draw on
-the same device and backend.
+tensor; the Triton path takes ``r`` from counter-based Philox at ``(row)``,
+the reference path from a generator seeded with it. Same generator state =>
+same draw on the same device and backend.
 
 Registered as ``torch.ops.infogain.sample_logprob``.
 """
@@ -33,9 +38,9 @@ from ._validation import check_generator, check_logits
 from .topk_logprobs import check_top_p, raise_on_invalid_rows, run_nucleus
 
 MODES = ("greedy", "sample")
-# Top-k width kept in pass 1 when sampling with top_p < 1: a nucleus inside it
-# needs no further read of the row.
-_NUCLEUS_PROBE_K = 16
+# Top-k width kept in the first read when sampling with top_p < 1: a nucleus inside it
+# needs no radix search.
+_NUCLEUS_PROBE_K = 8
 
 
 def sample_logprob(logits: torch.Tensor, *, mode: str = "greedy", temperature: float = 1.0,
