@@ -11,6 +11,7 @@ from .gumbel_topk import gumbel_topk
 from .kv_block_replace import kv_block_replace
 from .lookahead_objective import lookahead_objective
 from .sample_logprob import sample_logprob
+from .step_stats import StepStats, step_stats
 from .token_stats import token_stats
 from .topk_logprobs import topk_logprobs
 
@@ -22,6 +23,8 @@ __all__ = [
     "kv_block_replace",
     "lookahead_objective",
     "sample_logprob",
+    "step_stats",
+    "StepStats",
     "token_stats",
     "topk_logprobs",
     "use_backend",

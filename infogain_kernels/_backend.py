@@ -82,3 +82,13 @@ def capturing_cuda_graph(device: torch.device) -> bool:
     data-dependent checks (NaN, all -inf rows) are skipped; see each op's docstring.
     """
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+@contextlib.contextmanager
+def device_guard(tensor: torch.Tensor):
+    """Launch Triton kernels on ``tensor``'s device (the current CUDA device may be another one)."""
+    if tensor.device.type == "cuda":
+        with torch.cuda.device(tensor.device):
+            yield
+    else:
+        yield
