@@ -541,3 +541,87 @@ def launch_masked_mean(entropy: torch.Tensor, keep: torch.Tensor, cost: Optional
             BLOCK_L=triton.next_power_of_2(max(n_positions, 1)),
         )
     return objective, mean
+
+
+# ---- ahead-of-time compile lane --------------------------------------------------------------
+
+_TRITON_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# (name, rows, V): LLaDA and Dream/SDAR vocabularies at the sampler's row counts (8 x 32 and 8 x 256
+# block positions, 64 x 32 lookahead rows) and EIS's single row.
+_AOT_SHAPES = [(f"{model} rows={rows}", rows, vocab)
+               for model, vocab in (("llada", 126464), ("dream", 151936), ("sdar", 152064))
+               for rows in (1, 256, 2048)]
+
+
+def _specialised(kernel, args: Dict[str, object]) -> Tuple[Dict[str, str], Dict[str, object]]:
+    """``(signature, constexprs)`` of a launch of ``kernel`` with ``args`` (every parameter by name), as
+    Triton's JIT specialises it: pointers (type strings) 16-byte aligned, ints equal to 1 constant and
+    ints divisible by 16 marked so, ``tl.constexpr`` parameters as given."""
+    constexpr_params = {p.name for p in kernel.params if p.is_constexpr}
+    signature, constexprs = {}, {}
+    for param in (p.name for p in kernel.params):
+        value = args[param]
+        if param in constexpr_params or (isinstance(value, int) and value == 1):
+            signature[param], constexprs[param] = "constexpr", value
+        elif isinstance(value, str):
+            signature[param] = value + ":16"
+        elif isinstance(value, float):
+            signature[param] = "fp32"
+        else:
+            signature[param] = ("i32" if -2 ** 31 <= value < 2 ** 31 else "i64") + (":16" if value % 16 == 0 else "")
+    return signature, constexprs
+
+
+def aot_configs():
+    """Every launcher configuration of this module's kernels at LLaDA / Dream / SDAR shapes, for the
+    ahead-of-time compile lane (format: see the lane). Produced by :func:`row_pass_config` and
+    :func:`draw_config`, the functions the launchers use, with an SM count of :data:`AOT_SM_COUNT`,
+    for contiguous ``[rows, V]`` logits (row stride V) with a mask."""
+    configs, seen = [], set()
+
+    def add(name, kernel, args, num_warps, elements=None):
+        signature, constexprs = _specialised(kernel, args)
+        key = (kernel.fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), num_warps)
+        if key not in seen:
+            seen.add(key)
+            config = dict(name=name, kernel=kernel, signature=signature, constexprs=constexprs,
+                          num_warps=num_warps, num_stages=3)
+            if elements:
+                config["elements_per_iteration"] = elements
+            configs.append(config)
+
+    for torch_dtype, dtype in _TRITON_DTYPES.items():
+        vector = 16 // torch.tensor([], dtype=torch_dtype).element_size()
+        for shape, rows, vocab in _AOT_SHAPES:
+            cfg = row_pass_config(rows, vocab, AOT_SM_COUNT)
+            splits = cfg["splits"]
+            geometry = dict(n_cols=vocab, split_len=cfg["split_len"], n_splits=splits, size1=1, size2=rows,
+                            stride0=0, stride1=0, stride2=vocab, stride_col=1, inv_temperature=1.0)
+            for what, with_top, tempered in (("step_stats", True, True), ("token_stats", True, False),
+                                             ("lookahead entropy", False, False)):
+                flags = dict(HAS_KEEP=True, WITH_TOP=with_top, TEMPERED=tempered)
+                add(f"row_pass {what} {dtype} V={vocab} {shape} splits={splits}", _row_pass_kernel,
+                    dict(logits_ptr=f"*{dtype}", keep_ptr="*u8", entropy_ptr="*fp32", top1_prob_ptr="*fp32",
+                         top1_id_ptr="*i64", top2_prob_ptr="*fp32", state_ptr="*fp32", bounds_ptr="*fp32",
+                         part_ptr="*fp32", part_col_ptr="*i32", **geometry, **flags, SPLIT=splits > 1,
+                         UNIT_STRIDE=True, ALIGN=vector, BLOCK=cfg["block"]),
+                    cfg["num_warps"], cfg["block"])
+                if splits > 1:
+                    add(f"combine {what} splits={splits}", _combine_kernel,
+                        dict(keep_ptr="*u8", part_ptr="*fp32", part_col_ptr="*i32", entropy_ptr="*fp32",
+                             top1_prob_ptr="*fp32", top1_id_ptr="*i64", top2_prob_ptr="*fp32", state_ptr="*fp32",
+                             bounds_ptr="*fp32", n_cols=vocab, n_splits=splits, inv_temperature=1.0, **flags,
+                             BLOCK_SPLIT=triton.next_power_of_2(splits)), 1)
+            for samples in (8, 16):
+                draw = draw_config(samples, cfg["block"])
+                add(f"draw {dtype} V={vocab} {shape} S={samples} splits={splits}", _draw_kernel,
+                    dict(logits_ptr=f"*{dtype}", keep_ptr="*u8", state_ptr="*fp32", bounds_ptr="*fp32",
+                         uniforms_ptr="*fp32", top1_id_ptr="*i64", tokens_ptr="*i64", probs_ptr="*fp32",
+                         n_samples=samples, **geometry, HAS_KEEP=True, UNIT_STRIDE=True, ALIGN=vector,
+                         BLOCK=draw["block"], BLOCK_S=draw["block_s"]),
+                    draw["num_warps"], draw["block"])
+    for n_positions in (32, 256):
+        add(f"masked_mean L={n_positions}", _masked_mean_objective_kernel,
+            dict(entropy_ptr="*fp32", keep_ptr="*u8", cost_ptr="*fp32", objective_ptr="*fp32", mean_ptr="*fp32",
+                 n_positions=n_positions, HAS_COST=True, BLOCK_L=n_positions), 4)
+    return configs
