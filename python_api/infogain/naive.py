@@ -33,9 +33,9 @@ Randomness: at ``temperature=0`` the tokens are the arg-max, but the positions o
 candidates 1..N-1 are Gumbel-top-k draws. They come from the same public op as in
 the fast sampler (:func:`infogain_kernels.gumbel_topk`, with each row's scores
 at the same index of the same ``[N * B, L]`` layout), and the generator is
-advanced exactly as the fast sampler advances it (one seed per step for the
-token draw, one for the position draw), so the same ``seed`` gives the same
-candidates. ``temperature > 0`` is rejected: replaying the token noise is not
+advanced exactly as the fast sampler advances it (nothing for the tokens at
+temperature 0, one seed per step for the position draw), so the same ``seed``
+gives the same candidates. ``temperature > 0`` is rejected: replaying the token noise is not
 what a baseline is for.
 """
 from __future__ import annotations
@@ -354,9 +354,8 @@ class NaiveInfoGainSampler:
         canvas, batch, start, end = run.canvas, run.canvas.shape[0], run.start, run.end
         device = canvas.device
         trivial = run.position_temperature <= 0 or run.candidate_number <= 1
-        # The fast sampler draws the step's tokens with one gumbel_sample call (arg-max at temperature 0;
-        # the call still advances the generator) and, unless trivial, ranks positions with one gumbel_topk.
-        _random.draw_seed(run.generator, device)
+        # The fast sampler's step_stats draws no random numbers at temperature 0 (the tokens are the
+        # arg-max); unless trivial, it ranks positions with one gumbel_topk call.
         topk_state = run.generator.get_state()
         kinds, masks_left, lookahead = [_NONE] * batch, [0] * batch, {}
         for b in range(batch):
