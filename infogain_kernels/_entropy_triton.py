@@ -91,6 +91,22 @@ def _row_start(row, size1, size2, stride0, stride1, stride2, ALIGN: tl.constexpr
 
 
 @triton.jit
+def _keep_row(keep_ptr, row, HAS_KEEP: tl.constexpr):
+    if HAS_KEEP:
+        return tl.load(keep_ptr + row) != 0
+    return True
+
+
+@triton.jit
+def _this_program(logits_ptr, keep_ptr, size1, size2, stride0, stride1, stride2,
+                  HAS_KEEP: tl.constexpr, ALIGN: tl.constexpr):
+    """``(row, split, row_ptr, keep)`` of a program of a ``[rows, splits]`` grid."""
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + _row_start(row, size1, size2, stride0, stride1, stride2, ALIGN)
+    return row, tl.program_id(1), row_ptr, _keep_row(keep_ptr, row, HAS_KEEP)
+
+
+@triton.jit
 def _load_chunk(row_ptr, cols, n_cols, stride_col, UNIT_STRIDE: tl.constexpr):
     if UNIT_STRIDE:
         ptrs = row_ptr + cols
@@ -133,13 +149,8 @@ def _row_pass_kernel(
     HAS_KEEP: tl.constexpr, WITH_TOP: tl.constexpr, TEMPERED: tl.constexpr, SPLIT: tl.constexpr,
     UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    row_ptr = logits_ptr + _row_start(row, size1, size2, stride0, stride1, stride2, ALIGN)
-    if HAS_KEEP:
-        keep = tl.load(keep_ptr + row) != 0
-    else:
-        keep = True
+    row, split, row_ptr, keep = _this_program(logits_ptr, keep_ptr, size1, size2, stride0, stride1, stride2,
+                                              HAS_KEEP, ALIGN)
     first = split * split_len
     # A skipped row gets an empty loop instead of an early return: no logits are loaded for it.
     stop = tl.where(keep, tl.minimum(first + split_len, n_cols), first)
@@ -212,10 +223,7 @@ def _combine_kernel(
     HAS_KEEP: tl.constexpr, WITH_TOP: tl.constexpr, TEMPERED: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    if HAS_KEEP:
-        keep = tl.load(keep_ptr + row) != 0
-    else:
-        keep = True
+    keep = _keep_row(keep_ptr, row, HAS_KEEP)
     k = tl.arange(0, BLOCK_SPLIT)
     valid = k < n_splits
     part = (row * n_splits + k) * _PART_FIELDS
@@ -272,13 +280,8 @@ def _draw_kernel(
     HAS_KEEP: tl.constexpr, UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr,
     BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    split = tl.program_id(1)
-    row_ptr = logits_ptr + _row_start(row, size1, size2, stride0, stride1, stride2, ALIGN)
-    if HAS_KEEP:
-        keep = tl.load(keep_ptr + row) != 0
-    else:
-        keep = True
+    row, split, row_ptr, keep = _this_program(logits_ptr, keep_ptr, size1, size2, stride0, stride1, stride2,
+                                              HAS_KEEP, ALIGN)
     m = tl.load(state_ptr + row * 3)
     z = tl.load(state_ptr + row * 3 + 1)
     total = tl.load(state_ptr + row * 3 + 2)

@@ -2,12 +2,11 @@
 properties callers rely on, errors. The draws themselves are tested in test_step_stats.py."""
 import math
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 from infogain_kernels import gumbel_sample, step_stats, use_backend
+from test_step_stats import chi_square_p_value
 
 P_VALUE_FLOOR = 1e-3  # fixed seeds: a correct sampler passes deterministically; a wrong one fails by far
 
@@ -31,16 +30,6 @@ def first_argmax(row):
         if value > values[best]:
             best = index
     return best
-
-
-def chi_square_p_value(observed_tokens, expected_probs):
-    """p-value of observed token counts against expected probabilities (cells with zero probability excluded)."""
-    counts = np.bincount(observed_tokens.reshape(-1).cpu().numpy(), minlength=len(expected_probs))
-    expected_probs = np.asarray(expected_probs, dtype=np.float64)
-    support = expected_probs > 0
-    assert counts[~support].sum() == 0, "drew a token of probability zero"
-    expected = expected_probs[support] / expected_probs[support].sum() * counts.sum()
-    return stats.chisquare(counts[support], expected).pvalue
 
 
 # ----------------------------------------------------------------------------- the wrapper
