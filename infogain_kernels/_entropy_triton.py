@@ -8,26 +8,26 @@ Design (memory-bound by construction):
   float32 whatever the logits dtype, the running maximum ``m``, ``z = sum exp(x - m)``,
   ``s = sum exp(x - m) (x - m)`` (rescaled whenever ``m`` rises), so ``H = log z - s / z``; with
   ``WITH_TOP`` per-lane top-1 value/column and top-2 value (element-wise work only, lanes merged
-  once at the end); with ``TEMPERED`` also ``zt = sum exp((x - m) / T)``, sharing the running max.
-  Constexpr flags drop what a caller does not need: the lookahead entropy is the pass without the
-  top and tempered parts.
+  once at the end); with ``TEMPERED`` also, per chunk, its maximum and ``sum exp((x - max) / T)``
+  (the tempered CDF at chunk resolution: 8 bytes per 4096 logits). Constexpr flags drop what a
+  caller does not need: the lookahead entropy is the pass without the top and tempered parts.
 * **Split-K over the vocabulary.** When rows are fewer than a few times the SM count (8 x 32 block
   positions, EIS's 1-4 rows), one program per row leaves most SMs idle. Each row is then split over
   ``splits`` programs (chosen from the row count and the SM count, :func:`row_pass_config`) that
-  write partial states ``(m, z, s, zt, top1, top1 column, top2)``; :func:`_combine_kernel`, one
-  tiny program per row, rescales them to the row max and finishes. With ``splits == 1`` the row
-  program finishes the row itself (no workspace, no second launch).
-* **Draws** (:func:`_draw_kernel`, only when S > 0 and T > 0), by inverse CDF: draw s is the first
-  column whose cumulative tempered weight exceeds ``u_s * Z``. The combine step stores each
-  split's inclusive prefix of the tempered totals, so a split owns the targets in
-  ``[prefix[k-1], prefix[k])`` and scans only its own range, starting from ``prefix[k-1]``. A split
-  that owns no target reads nothing; one that owns targets stops after the chunk holding its last
-  target. Per chunk: one exponential per logit and one ``tl.cumsum``; the S targets live in
-  registers and are compared with the chunk's end in one S-lane vector compare, and only a chunk
-  that holds a target locates it (a count of the cumulative weights <= target, S at most per row).
-  So random work is O(rows * S * BLOCK) at most, independent of V, and the logits are read once at
-  T = 0 or S = 0 (no draw pass) and at most twice otherwise. Sorting the uniforms is not needed:
-  the chunk-ownership test is already a vector compare over all S targets.
+  write partial states ``(m, z, s, top1, top1 column, top2)``; :func:`_combine_kernel`, one tiny
+  program per row, rescales them to the row max and finishes. With ``splits == 1`` and no draws the
+  row program finishes the row itself (no workspace, no second launch).
+* **Draws** (only when S > 0 and T > 0), by inverse CDF: draw s is the first column whose
+  cumulative tempered weight exceeds ``u_s * Z``. The combine step rescales the chunk sums to the
+  row max, takes their prefix sum (``tl.cumsum`` over at most a few dozen chunks) and places each of
+  the S targets ``u_s * Z`` in its chunk, keeping the remainder of the target inside the chunk.
+  :func:`_draw_kernel` (grid ``[rows, S]``) then re-reads only that chunk: one exponential per logit,
+  one ``tl.cumsum``, and the draw is the count of cumulative weights <= the remainder. So the draws
+  re-read at most S chunks per row (fewer when draws share a chunk, which the L2 cache then serves),
+  random work is O(rows * S * BLOCK) whatever V, and the logits are read once at T = 0 or S = 0.
+  Gumbel-max would instead need a random number and two logarithms per (sample, logit); sorting the
+  uniforms is not needed either, as placing S targets among the chunk prefixes is one small
+  ``[S, chunks]`` compare.
 * **Vector loads for every row layout.** The leading dimensions are collapsed on the host to at
   most three (size, stride) pairs and each program computes its row start from them (no loaded
   offsets), so slices such as ``next_logits[:, offset:h_end]`` keep 16-byte loads; when the host
@@ -61,8 +61,8 @@ from ._backend import device_guard
 # exp() of any float32 below this is exactly 0, so shifts can be clamped here without changing
 # any sum, which keeps 0 * -inf = NaN out of the products.
 _EXP_UNDERFLOW = tl.constexpr(-200.0)
-# Partial-state record of one (row, split) in the float32 workspace: m, z, s, zt, top1, top2.
-_PART_FIELDS = tl.constexpr(8)
+# Partial-state record of one (row, split) in the float32 workspace: m, z, s, top1, top2.
+_PART_FIELDS = tl.constexpr(5)
 
 # SM count used when no device is at hand (ahead-of-time compilation, the interpreter): an H100 SXM.
 AOT_SM_COUNT = 132
@@ -72,10 +72,8 @@ _PROGRAMS_PER_SM = 4
 _MIN_CHUNKS_PER_SPLIT = 2
 _MAX_SPLITS = 64
 _ROW_BLOCK = 4096
-# Draw pass: narrower chunks keep the cumulative sums and the last-drawable lanes in registers.
-_DRAW_BLOCK = 2048
 
-# Tests force a configuration here (keys "block", "splits", "draw_block"); never set in production.
+# Tests force a configuration here (keys "block", "splits"); never set in production.
 _FORCE_CONFIG: Dict[str, int] = {}
 
 
@@ -116,9 +114,8 @@ def _load_chunk(row_ptr, cols, n_cols, stride_col, UNIT_STRIDE: tl.constexpr):
 
 
 @triton.jit
-def _finish_row(row, keep, m, z, s, zt, best, best_col, runner_up,
-                entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, state_ptr,
-                WITH_TOP: tl.constexpr, TEMPERED: tl.constexpr):
+def _finish_row(row, keep, m, z, s, best, best_col, runner_up,
+                entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, WITH_TOP: tl.constexpr):
     # z == 0 means every entry was -inf (or the row was skipped); z is NaN when the row held a NaN,
     # and NaN == 0 is False, so the NaN flows into the entropy.
     z_safe = tl.where(z == 0.0, 1.0, z)
@@ -131,19 +128,14 @@ def _finish_row(row, keep, m, z, s, zt, best, best_col, runner_up,
         tl.store(top1_prob_ptr + row, tl.where(keep, top1_prob, 0.0))
         tl.store(top2_prob_ptr + row, tl.where(keep, top2_prob, 0.0))
         tl.store(top1_id_ptr + row, tl.where(keep, best_col.to(tl.int64), -1))
-    if TEMPERED:
-        # What the draw pass needs: the row max, both normalisers.
-        tl.store(state_ptr + row * 3, m)
-        tl.store(state_ptr + row * 3 + 1, z)
-        tl.store(state_ptr + row * 3 + 2, zt)
 
 
 @triton.jit
 def _row_pass_kernel(
     logits_ptr, keep_ptr,
     entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr,
-    state_ptr, bounds_ptr, part_ptr, part_col_ptr,
-    n_cols, split_len, n_splits,
+    part_ptr, part_col_ptr, chunk_ptr,
+    n_cols, split_len, n_splits, n_chunks,
     size1, size2, stride0, stride1, stride2, stride_col,
     inv_temperature,
     HAS_KEEP: tl.constexpr, WITH_TOP: tl.constexpr, TEMPERED: tl.constexpr, SPLIT: tl.constexpr,
@@ -159,7 +151,6 @@ def _row_pass_kernel(
     m = -float("inf")
     z = 0.0
     s = 0.0
-    zt = 0.0
     # Per-lane top-2 tracking needs only element-wise work inside the loop; lanes are merged once
     # at the end. A strict ">" keeps the lowest column among equal maxima, as columns only grow.
     lane_top1 = tl.full([BLOCK], -float("inf"), tl.float32)
@@ -168,7 +159,8 @@ def _row_pass_kernel(
     for start in range(first, stop, BLOCK):
         cols = start + lanes
         x = _load_chunk(row_ptr, cols, n_cols, stride_col, UNIT_STRIDE)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
+        chunk_max = tl.max(x, axis=0)
+        m_new = tl.maximum(m, chunk_max)
         # While every value seen is -inf, shift by 0 so that no -inf - -inf = NaN appears.
         m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
         shifted = x - m_ref
@@ -181,9 +173,14 @@ def _row_pass_kernel(
         # Moving the shift from m to m_ref turns sum e*(x - m) into alpha * (s + (m - m_ref) * z).
         s = alpha * (s + tl.maximum(m - m_ref, _EXP_UNDERFLOW) * z) + tl.sum(e_shifted, axis=0)
         z = z * alpha + tl.sum(e, axis=0)
-        if TEMPERED:
-            zt = zt * tl.exp((m - m_ref) * inv_temperature) + tl.sum(tl.exp(shifted * inv_temperature), axis=0)
         m = m_new
+        if TEMPERED:
+            # The chunk's tempered weight relative to its own max (rescaled to the row max later).
+            chunk_ref = tl.where(chunk_max == -float("inf"), 0.0, chunk_max)
+            chunk_weight = tl.sum(tl.exp((x - chunk_ref) * inv_temperature), axis=0)
+            chunk = (row * n_chunks + start // BLOCK) * 2
+            tl.store(chunk_ptr + chunk, chunk_max)
+            tl.store(chunk_ptr + chunk + 1, chunk_weight)
         if WITH_TOP:
             above_top1 = x > lane_top1
             lane_top2 = tl.where(above_top1, lane_top1, tl.maximum(lane_top2, x))
@@ -204,23 +201,21 @@ def _row_pass_kernel(
         tl.store(part_ptr + part, m)
         tl.store(part_ptr + part + 1, z)
         tl.store(part_ptr + part + 2, s)
-        tl.store(part_ptr + part + 3, zt)
-        tl.store(part_ptr + part + 4, best)
-        tl.store(part_ptr + part + 5, runner_up)
+        tl.store(part_ptr + part + 3, best)
+        tl.store(part_ptr + part + 4, runner_up)
         tl.store(part_col_ptr + row * n_splits + split, best_col)
     else:
-        _finish_row(row, keep, m, z, s, zt, best, best_col, runner_up,
-                    entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, state_ptr, WITH_TOP, TEMPERED)
-        if TEMPERED:
-            tl.store(bounds_ptr + row, float("inf"))  # the one split owns every target
+        _finish_row(row, keep, m, z, s, best, best_col, runner_up,
+                    entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, WITH_TOP)
 
 
 @triton.jit
 def _combine_kernel(
-    keep_ptr, part_ptr, part_col_ptr,
-    entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, state_ptr, bounds_ptr,
-    n_cols, n_splits, inv_temperature,
-    HAS_KEEP: tl.constexpr, WITH_TOP: tl.constexpr, TEMPERED: tl.constexpr, BLOCK_SPLIT: tl.constexpr,
+    keep_ptr, part_ptr, part_col_ptr, chunk_ptr, uniforms_ptr,
+    entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, state_ptr, target_chunk_ptr, target_rest_ptr,
+    n_cols, n_splits, n_chunks, n_samples, inv_temperature,
+    HAS_KEEP: tl.constexpr, WITH_TOP: tl.constexpr, TEMPERED: tl.constexpr,
+    BLOCK_SPLIT: tl.constexpr, BLOCK_CHUNKS: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     keep = _keep_row(keep_ptr, row, HAS_KEEP)
@@ -242,105 +237,74 @@ def _combine_kernel(
     best_col = 0
     runner_up = -float("inf")
     if WITH_TOP:
-        best_k = tl.load(part_ptr + part + 4, mask=valid, other=-float("inf"))
-        runner_up_k = tl.load(part_ptr + part + 5, mask=valid, other=-float("inf"))
+        best_k = tl.load(part_ptr + part + 3, mask=valid, other=-float("inf"))
+        runner_up_k = tl.load(part_ptr + part + 4, mask=valid, other=-float("inf"))
         col_k = tl.load(part_col_ptr + row * n_splits + k, mask=valid, other=n_cols)
         best = tl.max(best_k, axis=0)
         best_col = tl.min(tl.where(best_k == best, col_k, n_cols), axis=0)
         is_best_split = (best_k == best) & (col_k == best_col)
         runner_up = tl.maximum(tl.max(runner_up_k, axis=0),
                                tl.max(tl.where(is_best_split, -float("inf"), best_k), axis=0))
-    zt = 0.0
+    _finish_row(row, keep, m, z, s, best, best_col, runner_up,
+                entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, WITH_TOP)
     if TEMPERED:
-        weight_k = tl.load(part_ptr + part + 3, mask=valid, other=0.0) * tl.exp((m_k - m_ref) * inv_temperature)
-        upto = tl.cumsum(weight_k, axis=0)
-        zt = tl.max(upto, axis=0)  # the last prefix: weights are >= 0
-        # Split k owns the targets in [upto[k-1], upto[k]); the last split with weight also owns
-        # whatever rounding leaves above its prefix, so the splits partition [0, inf).
-        last_with_weight = tl.max(tl.where(weight_k > 0, k, -1), axis=0)
-        tl.store(bounds_ptr + row * n_splits + k, tl.where(k == last_with_weight, float("inf"), upto), mask=valid)
-    _finish_row(row, keep, m, z, s, zt, best, best_col, runner_up,
-                entropy_ptr, top1_prob_ptr, top1_id_ptr, top2_prob_ptr, state_ptr, WITH_TOP, TEMPERED)
-
-
-@triton.jit
-def _store_draw(row_ptr, stride_col, out, token, m, z, tokens_ptr, probs_ptr):
-    # The drawn logit is re-read (one cached load) rather than gathered from the chunk's registers.
-    x = tl.load(row_ptr + token.to(tl.int64) * stride_col).to(tl.float32)
-    tl.store(tokens_ptr + out, token.to(tl.int64))
-    tl.store(probs_ptr + out, tl.math.div_rn(tl.exp(x - m), z))
+        tl.store(state_ptr + row * 2, m)
+        tl.store(state_ptr + row * 2 + 1, z)
+        # The tempered weight of each chunk relative to the row max, and its inclusive prefix.
+        c = tl.arange(0, BLOCK_CHUNKS)
+        chunk = chunk_ptr + (row * n_chunks + c) * 2
+        read = c < tl.where(keep, n_chunks, 0)  # a skipped row wrote no chunk sums
+        chunk_max = tl.load(chunk, mask=read, other=-float("inf"))
+        weight = tl.load(chunk + 1, mask=read, other=0.0) * tl.exp((chunk_max - m_ref) * inv_temperature)
+        upto = tl.cumsum(weight, axis=0)
+        total = tl.max(upto, axis=0)  # the last prefix: weights are >= 0
+        last_with_weight = tl.max(tl.where(weight > 0.0, c, -1), axis=0)
+        # Target u * Z lies in the first chunk whose prefix exceeds it (rounding can leave it past
+        # the last prefix: then the last chunk with weight), at u * Z - prefix[chunk - 1] inside it.
+        samples = tl.arange(0, BLOCK_S)
+        target = tl.load(uniforms_ptr + row * n_samples + samples, mask=samples < n_samples, other=0.0) * total
+        passed = upto[None, :] <= target[:, None]
+        target_chunk = tl.minimum(tl.sum(passed.to(tl.int32), axis=1), last_with_weight)
+        before = tl.sum(tl.where(c[None, :] == target_chunk[:, None] - 1, upto[None, :], 0.0), axis=1)
+        # A skipped row (-1) or a read row with NaN / no drawable token (-2) gets no draw.
+        good = keep & (z > 0.0) & (z < float("inf"))
+        target_chunk = tl.where(good, target_chunk, tl.where(keep, -2, -1))
+        out = row * n_samples + samples
+        tl.store(target_chunk_ptr + out, target_chunk, mask=samples < n_samples)
+        tl.store(target_rest_ptr + out, target - before, mask=samples < n_samples)
 
 
 @triton.jit
 def _draw_kernel(
-    logits_ptr, keep_ptr, state_ptr, bounds_ptr, uniforms_ptr, top1_id_ptr, tokens_ptr, probs_ptr,
-    n_cols, split_len, n_splits, n_samples,
-    size1, size2, stride0, stride1, stride2, stride_col,
-    inv_temperature,
-    HAS_KEEP: tl.constexpr, UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr,
-    BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
+    logits_ptr, state_ptr, target_chunk_ptr, target_rest_ptr, top1_id_ptr, tokens_ptr, probs_ptr,
+    n_cols, n_samples, size1, size2, stride0, stride1, stride2, stride_col, inv_temperature,
+    UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    row, split, row_ptr, keep = _this_program(logits_ptr, keep_ptr, size1, size2, stride0, stride1, stride2,
-                                              HAS_KEEP, ALIGN)
-    m = tl.load(state_ptr + row * 3)
-    z = tl.load(state_ptr + row * 3 + 1)
-    total = tl.load(state_ptr + row * 3 + 2)
-    # z is NaN for a row with NaN and 0 for an all -inf row; neither gets draws.
-    good = keep & (z > 0.0) & (z < float("inf"))
-
-    # The targets this split owns: [lo, hi) of the cumulative tempered weight.
-    bounds = bounds_ptr + row * n_splits + split
-    lo = tl.load(bounds - 1, mask=split > 0, other=0.0)
-    hi = tl.load(bounds)
-    samples = tl.arange(0, BLOCK_S)
-    in_range = samples < n_samples
-    u_row = uniforms_ptr + row * n_samples
-    target = tl.load(u_row + samples, mask=in_range, other=0.0) * total
-    owned = in_range & (target >= lo) & (target < hi) & good
-    last_target = tl.max(tl.where(owned, target, -1.0), axis=0)
-    out_row = row * n_samples
-
-    first = split * split_len
-    stop = tl.minimum(first + split_len, n_cols)
-    lanes = tl.arange(0, BLOCK)
-    lane_last = tl.full([BLOCK], -1, tl.int32)
-    start = first
-    running = lo
-    # Stop after the chunk that holds the last owned target (a split owning none reads nothing).
-    while (start < stop) & (running <= last_target):
-        cols = start + lanes
+    # One program per (row, draw): it re-reads the one chunk that holds the draw.
+    row, sample, row_ptr, _ = _this_program(logits_ptr, logits_ptr, size1, size2, stride0, stride1, stride2,
+                                            False, ALIGN)
+    out = row * n_samples + sample
+    chunk = tl.load(target_chunk_ptr + out)
+    token = -1
+    prob = tl.where(chunk == -2, float("nan"), 0.0)
+    if chunk >= 0:
+        m = tl.load(state_ptr + row * 2)
+        z = tl.load(state_ptr + row * 2 + 1)
+        cols = chunk * BLOCK + tl.arange(0, BLOCK)
         x = _load_chunk(row_ptr, cols, n_cols, stride_col, UNIT_STRIDE)
         w = tl.exp((x - m) * inv_temperature)
-        upto = running + tl.cumsum(w, axis=0)
-        end = tl.max(upto, axis=0)  # the last cumulative weight (they never decrease)
-        hit = owned & (target >= running) & (target < end)
-        if tl.max(hit.to(tl.int32), axis=0) > 0:
-            for sample in range(n_samples):
-                t = tl.load(u_row + sample) * total
-                if (t >= lo) & (t < hi) & (t >= running) & (t < end):
-                    # The first column whose cumulative weight exceeds t.
-                    token = start + tl.sum((upto <= t).to(tl.int32), axis=0)
-                    _store_draw(row_ptr, stride_col, out_row + sample, token, m, z, tokens_ptr, probs_ptr)
-        lane_last = tl.where(w > 0.0, cols, lane_last)
-        running = end
-        start += BLOCK
-
-    # Targets that rounding left above the split's final sum: the last column with weight.
-    leftover = owned & (target >= running)
-    if tl.max(leftover.to(tl.int32), axis=0) > 0:
-        fallback = tl.max(lane_last, axis=0)
-        if fallback < 0:
-            fallback = tl.load(top1_id_ptr + row).to(tl.int32)
-        for sample in range(n_samples):
-            t = tl.load(u_row + sample) * total
-            if (t >= lo) & (t < hi) & (t >= running):
-                _store_draw(row_ptr, stride_col, out_row + sample, fallback, m, z, tokens_ptr, probs_ptr)
-    # Rows without draws: split 0 writes their fill values (-1, and NaN for a read bad row).
-    fill = in_range & ((split == 0) & (good == 0))
-    fill = fill != 0
-    tl.store(tokens_ptr + out_row + samples, tl.full([BLOCK_S], -1, tl.int64), mask=fill)
-    tl.store(probs_ptr + out_row + samples, tl.full([BLOCK_S], 0.0, tl.float32) + tl.where(keep, float("nan"), 0.0),
-             mask=fill)
+        # The first column whose cumulative weight exceeds the rest of the target; if rounding
+        # leaves none, the chunk's last column with weight (the row's arg-max if even that is
+        # missing, which only float32 underflow differences between the passes could cause).
+        index = tl.sum((tl.cumsum(w, axis=0) <= tl.load(target_rest_ptr + out)).to(tl.int32), axis=0)
+        last_with_weight = tl.max(tl.where(w > 0.0, tl.arange(0, BLOCK), -1), axis=0)
+        index = tl.minimum(index, last_with_weight)
+        token = tl.where(index >= 0, chunk * BLOCK + index, tl.load(top1_id_ptr + row).to(tl.int32))
+        # The drawn logit is re-read (one cached load) rather than gathered across the chunk's lanes.
+        x_token = tl.load(row_ptr + token.to(tl.int64) * stride_col).to(tl.float32)
+        prob = tl.math.div_rn(tl.exp(x_token - m), z)
+    tl.store(tokens_ptr + out, token.to(tl.int64))
+    tl.store(probs_ptr + out, prob)
 
 
 @triton.jit
@@ -404,11 +368,10 @@ def row_pass_config(n_rows: int, n_cols: int, sms: int) -> Dict[str, int]:
             "split_len": split_len}
 
 
-def draw_config(n_samples: int, row_block: int) -> Dict[str, int]:
-    """Chunk width, warps and sample lanes of the draw pass. The width divides the row pass's
-    ``row_block`` (both powers of two), so chunks never cross a split's end."""
-    block = min(_FORCE_CONFIG.get("draw_block") or _DRAW_BLOCK, row_block)
-    return {"block": block, "num_warps": _num_warps(block), "block_s": triton.next_power_of_2(max(n_samples, 1))}
+def combine_config(splits: int, n_chunks: int, n_samples: int) -> Dict[str, int]:
+    """Lanes of the combine (and target-placing) kernel: splits, chunks and draws of one row."""
+    return {"block_split": triton.next_power_of_2(splits), "block_chunks": triton.next_power_of_2(n_chunks),
+            "block_s": triton.next_power_of_2(max(n_samples, 1)), "num_warps": 1 if n_samples == 0 else 2}
 
 
 def _row_geometry(logits: torch.Tensor):
@@ -438,13 +401,17 @@ def _alignment(logits: torch.Tensor, geometry) -> int:
     return vector
 
 
-def _launch_row_pass(logits, keep, *, with_top: bool, inv_temperature: Optional[float]):
-    """Run the row pass (and the combine when split). Returns the flat outputs and the draw pass's
-    inputs: ``(entropy, top1_prob, top1_id, top2_prob, state, bounds, geometry, cfg)``."""
+def _launch_row_pass(logits, keep, *, with_top: bool, uniforms: Optional[torch.Tensor] = None,
+                     inv_temperature: float = 0.0):
+    """Run the row pass and, when split or drawing, the combine. With ``uniforms`` [rows, S] the
+    combine also places the draws' targets. Returns ``(entropy, top1_prob, top1_id, top2_prob)``
+    (flat; the top fields None unless ``with_top``) and, for the draw kernel, ``(state,
+    target_chunk, target_rest, logits, geometry, cfg)``."""
     n_cols = logits.shape[-1]
     n_rows = logits.numel() // n_cols
     device = logits.device
-    tempered = inv_temperature is not None
+    tempered = uniforms is not None
+    n_samples = uniforms.shape[-1] if tempered else 0
     entropy = torch.empty(n_rows, dtype=torch.float32, device=device)
     top1_prob = top1_id = top2_prob = None
     if with_top:
@@ -457,36 +424,47 @@ def _launch_row_pass(logits, keep, *, with_top: bool, inv_temperature: Optional[
         geometry = _row_geometry(logits)
     cfg = row_pass_config(n_rows, n_cols, sm_count(device))
     splits = cfg["splits"]
-    state = torch.empty((n_rows, 3), dtype=torch.float32, device=device) if tempered else entropy
-    bounds = torch.empty((n_rows, splits), dtype=torch.float32, device=device) if tempered else entropy
-    result = (entropy, top1_prob, top1_id, top2_prob, state, bounds, logits, geometry, cfg)
+    n_chunks = triton.cdiv(n_cols, cfg["block"])
+    state = target_chunk = target_rest = None
+    if tempered:
+        state = torch.empty((n_rows, 2), dtype=torch.float32, device=device)
+        target_chunk = torch.empty((n_rows, n_samples), dtype=torch.int32, device=device)
+        target_rest = torch.empty((n_rows, n_samples), dtype=torch.float32, device=device)
+    stats = (entropy, top1_prob, top1_id, top2_prob)
+    draw_inputs = (state, target_chunk, target_rest, logits, geometry, cfg)
     if n_rows == 0:
-        return result
+        return stats, draw_inputs
     keep_flat = keep.reshape(-1).contiguous().view(torch.uint8) if keep is not None else entropy
-    split = splits > 1
-    part = torch.empty(n_rows * splits * 8, dtype=torch.float32, device=device) if split else entropy
+    # Drawing needs the combine step (it places the targets), so it always writes partial states.
+    split = splits > 1 or tempered
+    part = torch.empty(n_rows * splits * 5, dtype=torch.float32, device=device) if split else entropy
     part_col = torch.empty(n_rows * splits, dtype=torch.int32, device=device) if split else entropy
+    chunks = torch.empty(n_rows * n_chunks * 2, dtype=torch.float32, device=device) if tempered else entropy
     outputs = (entropy, top1_prob if with_top else entropy, top1_id if with_top else entropy,
                top2_prob if with_top else entropy)
     flags = dict(HAS_KEEP=keep is not None, WITH_TOP=with_top, TEMPERED=tempered)
     with device_guard(logits):
         _row_pass_kernel[(n_rows, splits)](
-            logits, keep_flat, *outputs, state, bounds, part, part_col,
-            n_cols, cfg["split_len"], splits, *geometry, logits.stride(-1), inv_temperature or 0.0,
+            logits, keep_flat, *outputs, part, part_col, chunks,
+            n_cols, cfg["split_len"], splits, n_chunks, *geometry, logits.stride(-1), inv_temperature,
             SPLIT=split, UNIT_STRIDE=logits.stride(-1) == 1, ALIGN=_alignment(logits, geometry), BLOCK=cfg["block"],
             num_warps=cfg["num_warps"], **flags)
         if split:
+            combine = combine_config(splits, n_chunks, n_samples)
             _combine_kernel[(n_rows,)](
-                keep_flat, part, part_col, *outputs, state, bounds, n_cols, splits, inv_temperature or 0.0,
-                BLOCK_SPLIT=triton.next_power_of_2(splits), num_warps=1, **flags)
-    return result
+                keep_flat, part, part_col, chunks, uniforms if tempered else entropy, *outputs,
+                state if tempered else entropy, target_chunk if tempered else entropy,
+                target_rest if tempered else entropy, n_cols, splits, n_chunks, n_samples, inv_temperature,
+                BLOCK_SPLIT=combine["block_split"], BLOCK_CHUNKS=combine["block_chunks"],
+                BLOCK_S=combine["block_s"], num_warps=combine["num_warps"], **flags)
+    return stats, draw_inputs
 
 
 def launch_row_stats(logits: torch.Tensor, keep: Optional[torch.Tensor], *, with_top: bool):
     """Row pass over ``logits`` [..., V] (any strides, fp32/bf16/fp16); ``keep``: bool with shape
     ``logits.shape[:-1]`` or None. Returns flat float32 ``entropy`` [rows] and, when ``with_top``,
     float32 ``top1_prob``, int64 ``top1_id``, float32 ``top2_prob`` [rows] (else None)."""
-    return _launch_row_pass(logits, keep, with_top=with_top, inv_temperature=None)[:4]
+    return _launch_row_pass(logits, keep, with_top=with_top)[0]
 
 
 def _inverse_temperature(temperature: float) -> float:
@@ -499,29 +477,26 @@ def launch_step_stats(logits: torch.Tensor, keep: Optional[torch.Tensor], unifor
     """The op of :func:`infogain_kernels.step_stats` on Triton; returns the six flat outputs
     (``[rows]`` statistics, ``[rows, S]`` draws)."""
     n_samples = uniforms.shape[-1] if uniforms is not None else 0
-    sampling = n_samples > 0 and temperature > 0
-    inv_temperature = _inverse_temperature(temperature) if sampling else None
-    (entropy, top1_prob, top1_id, top2_prob, state, bounds, logits, geometry,
-     cfg) = _launch_row_pass(logits, keep, with_top=True, inv_temperature=inv_temperature)
-    n_rows = entropy.shape[0]
-    if not sampling:
+    if n_samples == 0 or temperature == 0:
+        entropy, top1_prob, top1_id, top2_prob = _launch_row_pass(logits, keep, with_top=True)[0]
         # T = 0: every draw is the arg-max (no random numbers were drawn).
         return (entropy, top1_prob, top1_id, top2_prob, top1_id[:, None].repeat(1, n_samples),
                 top1_prob[:, None].repeat(1, n_samples))
+    inv_temperature = _inverse_temperature(temperature)
+    uniforms = uniforms.contiguous()
+    stats, (state, target_chunk, target_rest, logits, geometry, cfg) = _launch_row_pass(
+        logits, keep, with_top=True, uniforms=uniforms, inv_temperature=inv_temperature)
+    n_rows = stats[0].shape[0]
     tokens = torch.empty((n_rows, n_samples), dtype=torch.int64, device=logits.device)
     token_probs = torch.empty((n_rows, n_samples), dtype=torch.float32, device=logits.device)
-    if n_rows == 0:
-        return entropy, top1_prob, top1_id, top2_prob, tokens, token_probs
-    draw = draw_config(n_samples, cfg["block"])
-    keep_flat = keep.reshape(-1).contiguous().view(torch.uint8) if keep is not None else entropy
-    with device_guard(logits):
-        _draw_kernel[(n_rows, cfg["splits"])](
-            logits, keep_flat, state, bounds, uniforms.contiguous(), top1_id, tokens, token_probs,
-            logits.shape[-1], cfg["split_len"], cfg["splits"], n_samples, *geometry, logits.stride(-1),
-            inv_temperature, HAS_KEEP=keep is not None, UNIT_STRIDE=logits.stride(-1) == 1,
-            ALIGN=_alignment(logits, geometry), BLOCK=draw["block"], BLOCK_S=draw["block_s"],
-            num_warps=draw["num_warps"])
-    return entropy, top1_prob, top1_id, top2_prob, tokens, token_probs
+    if n_rows:
+        with device_guard(logits):
+            _draw_kernel[(n_rows, n_samples)](
+                logits, state, target_chunk, target_rest, stats[2], tokens, token_probs,
+                logits.shape[-1], n_samples, *geometry, logits.stride(-1), inv_temperature,
+                UNIT_STRIDE=logits.stride(-1) == 1, ALIGN=_alignment(logits, geometry), BLOCK=cfg["block"],
+                num_warps=cfg["num_warps"])
+    return (*stats, tokens, token_probs)
 
 
 def launch_masked_mean(entropy: torch.Tensor, keep: torch.Tensor, cost: Optional[torch.Tensor]):
@@ -578,7 +553,7 @@ def _specialised(kernel, args: Dict[str, object]) -> Tuple[Dict[str, str], Dict[
 def aot_configs():
     """Every launcher configuration of this module's kernels at LLaDA / Dream / SDAR shapes, for the
     ahead-of-time compile lane (format: see the lane). Produced by :func:`row_pass_config` and
-    :func:`draw_config`, the functions the launchers use, with an SM count of :data:`AOT_SM_COUNT`,
+    :func:`combine_config`, the functions the launchers use, with an SM count of :data:`AOT_SM_COUNT`,
     for contiguous ``[rows, V]`` logits (row stride V) with a mask."""
     configs, seen = [], set()
 
@@ -597,32 +572,35 @@ def aot_configs():
         vector = 16 // torch.tensor([], dtype=torch_dtype).element_size()
         for shape, rows, vocab in _AOT_SHAPES:
             cfg = row_pass_config(rows, vocab, AOT_SM_COUNT)
-            splits = cfg["splits"]
-            geometry = dict(n_cols=vocab, split_len=cfg["split_len"], n_splits=splits, size1=1, size2=rows,
-                            stride0=0, stride1=0, stride2=vocab, stride_col=1, inv_temperature=1.0)
-            for what, with_top, tempered in (("step_stats", True, True), ("token_stats", True, False),
-                                             ("lookahead entropy", False, False)):
+            splits, n_chunks = cfg["splits"], triton.cdiv(vocab, cfg["block"])
+            geometry = dict(n_cols=vocab, size1=1, size2=rows, stride0=0, stride1=0, stride2=vocab, stride_col=1,
+                            inv_temperature=1.0)
+            for what, with_top, samples in (("step_stats S=8", True, 8), ("token_stats", True, 0),
+                                            ("lookahead entropy", False, 0)):
+                tempered = samples > 0
                 flags = dict(HAS_KEEP=True, WITH_TOP=with_top, TEMPERED=tempered)
+                split = splits > 1 or tempered
                 add(f"row_pass {what} {dtype} V={vocab} {shape} splits={splits}", _row_pass_kernel,
                     dict(logits_ptr=f"*{dtype}", keep_ptr="*u8", entropy_ptr="*fp32", top1_prob_ptr="*fp32",
-                         top1_id_ptr="*i64", top2_prob_ptr="*fp32", state_ptr="*fp32", bounds_ptr="*fp32",
-                         part_ptr="*fp32", part_col_ptr="*i32", **geometry, **flags, SPLIT=splits > 1,
-                         UNIT_STRIDE=True, ALIGN=vector, BLOCK=cfg["block"]),
+                         top1_id_ptr="*i64", top2_prob_ptr="*fp32", part_ptr="*fp32", part_col_ptr="*i32",
+                         chunk_ptr="*fp32", split_len=cfg["split_len"], n_splits=splits, n_chunks=n_chunks,
+                         **geometry, **flags, SPLIT=split, UNIT_STRIDE=True, ALIGN=vector, BLOCK=cfg["block"]),
                     cfg["num_warps"], cfg["block"])
-                if splits > 1:
-                    add(f"combine {what} splits={splits}", _combine_kernel,
-                        dict(keep_ptr="*u8", part_ptr="*fp32", part_col_ptr="*i32", entropy_ptr="*fp32",
-                             top1_prob_ptr="*fp32", top1_id_ptr="*i64", top2_prob_ptr="*fp32", state_ptr="*fp32",
-                             bounds_ptr="*fp32", n_cols=vocab, n_splits=splits, inv_temperature=1.0, **flags,
-                             BLOCK_SPLIT=triton.next_power_of_2(splits)), 1)
-            for samples in (8, 16):
-                draw = draw_config(samples, cfg["block"])
-                add(f"draw {dtype} V={vocab} {shape} S={samples} splits={splits}", _draw_kernel,
-                    dict(logits_ptr=f"*{dtype}", keep_ptr="*u8", state_ptr="*fp32", bounds_ptr="*fp32",
-                         uniforms_ptr="*fp32", top1_id_ptr="*i64", tokens_ptr="*i64", probs_ptr="*fp32",
-                         n_samples=samples, **geometry, HAS_KEEP=True, UNIT_STRIDE=True, ALIGN=vector,
-                         BLOCK=draw["block"], BLOCK_S=draw["block_s"]),
-                    draw["num_warps"], draw["block"])
+                if split:
+                    combine = combine_config(splits, n_chunks, samples)
+                    add(f"combine {what} V={vocab} splits={splits}", _combine_kernel,
+                        dict(keep_ptr="*u8", part_ptr="*fp32", part_col_ptr="*i32", chunk_ptr="*fp32",
+                             uniforms_ptr="*fp32", entropy_ptr="*fp32", top1_prob_ptr="*fp32", top1_id_ptr="*i64",
+                             top2_prob_ptr="*fp32", state_ptr="*fp32", target_chunk_ptr="*i32",
+                             target_rest_ptr="*fp32", n_cols=vocab, n_splits=splits, n_chunks=n_chunks,
+                             n_samples=max(samples, 8), inv_temperature=1.0, **flags,
+                             BLOCK_SPLIT=combine["block_split"], BLOCK_CHUNKS=combine["block_chunks"],
+                             BLOCK_S=combine["block_s"]), combine["num_warps"])
+            add(f"draw {dtype} V={vocab} {shape}", _draw_kernel,
+                dict(logits_ptr=f"*{dtype}", state_ptr="*fp32", target_chunk_ptr="*i32", target_rest_ptr="*fp32",
+                     top1_id_ptr="*i64", tokens_ptr="*i64", probs_ptr="*fp32", n_samples=8, **geometry,
+                     UNIT_STRIDE=True, ALIGN=vector, BLOCK=cfg["block"]),
+                cfg["num_warps"])
     for n_positions in (32, 256):
         add(f"masked_mean L={n_positions}", _masked_mean_objective_kernel,
             dict(entropy_ptr="*fp32", keep_ptr="*u8", cost_ptr="*fp32", objective_ptr="*fp32", mean_ptr="*fp32",
