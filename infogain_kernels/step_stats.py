@@ -20,9 +20,10 @@ Random stream contract (every backend follows it, so backends agree draw for dra
 
 Why inverse-CDF rather than Gumbel-max: Gumbel-max needs one random number and two logarithms per
 (sample, logit), so its random work grows with ``V * S`` and makes the kernel compute-bound.
-Inverse-CDF needs ``S`` uniforms per row; the vocabulary-wide work is one exponential per logit for
-the tempered normaliser (folded into the statistics pass, which already computes the untempered
-one) and one prefix scan per chunk in a second pass that stops at the last draw. The kernels are in
+Inverse-CDF needs ``S`` uniforms per row. On CUDA the statistics pass also sums the tempered
+weights per 4096-wide chunk (one more exponential per logit, no extra read), a tiny per-row step
+places the ``S`` targets among the chunk prefix sums, and each draw re-reads only its own chunk:
+the logits are read once, plus at most ``S`` chunks per row. The kernels are in
 :mod:`._entropy_triton` (design notes there); the CPU path runs the native kernel
 ``torch.ops.infogain._step_stats_cpu`` when the C++ extension provides it, else the torch reference
 below, which is the specification.
@@ -66,25 +67,27 @@ class StepStats(NamedTuple):
 
 # ---- the torch reference (the specification) ----------------------------------------------------
 
-def _chunk_stats(rows: torch.Tensor, with_top: bool):
+def _chunk_stats(rows: torch.Tensor, with_top: bool, drawn: Optional[torch.Tensor] = None):
     """Row statistics of ``rows`` [n, V] (any float dtype) in float32 (see :func:`step_stats_reference`).
 
-    Returns ``(entropy, top1_prob, top1_id, top2_prob, probs)``; the top fields are None unless
-    ``with_top``; ``probs`` is the float32 softmax (reused for the draws' probabilities)."""
+    Returns ``(entropy, top1_prob, top1_id, top2_prob, drawn_probs)``; the top fields are None unless
+    ``with_top``; ``drawn_probs`` [n, S] are the probabilities of the tokens ``drawn`` [n, S] (None
+    without ``drawn``)."""
     # softmax is max-shifted (exp(x - m) / sum exp(x - m)) and converts to float32 on the fly; entr
     # is -p log p with entr(0) = 0, so -inf logits contribute exactly 0 and no 0 * -inf appears.
     # NaN in a row, or a row of only -inf (0 / 0), makes its probabilities and entropy NaN.
     probs = torch.softmax(rows, dim=-1, dtype=torch.float32)
     entropy = torch.special.entr(probs).sum(-1)
+    drawn_probs = probs.gather(-1, drawn) if drawn is not None else None
     if not with_top:
-        return entropy, None, None, None, probs
+        return entropy, None, None, None, drawn_probs
     # Ranked on the logits (exact in any dtype; argmax returns the first of equal maxima), as the
     # kernel does: probabilities of logits closer than an ulp could round equal.
     top1_id = torch.argmax(rows, dim=-1, keepdim=True)
     top1_prob = probs.gather(-1, top1_id).squeeze(-1)
     # The second-largest probability: the max once one occurrence of the maximum is hidden.
-    top2_prob = probs.scatter(-1, top1_id, 0.0).amax(-1)
-    return entropy, top1_prob, top1_id.squeeze(-1), top2_prob, probs
+    top2_prob = probs.scatter_(-1, top1_id, 0.0).amax(-1)
+    return entropy, top1_prob, top1_id.squeeze(-1), top2_prob, drawn_probs
 
 
 def _chunk_draws(rows: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -152,14 +155,14 @@ def step_stats_reference(logits: torch.Tensor, keep: Optional[torch.Tensor], uni
     token_probs = torch.full((n_rows, n_samples), SKIPPED_PROB, dtype=torch.float32, device=device)
     for chunk, rows in _row_chunks(logits, keep):
         where = slice(None) if chunk is None else chunk
-        stats = _chunk_stats(rows, with_top)
+        drawn = _chunk_draws(rows, uniforms[where], temperature) if sampling else None
+        stats = _chunk_stats(rows, with_top, drawn)
         entropy[where] = stats[0]
         if with_top:
             top1_prob[where], top1_id[where], top2_prob[where] = stats[1:4]
         if sampling:
-            drawn = _chunk_draws(rows, uniforms[where], temperature)
             tokens[where] = drawn
-            token_probs[where] = stats[4].gather(-1, drawn)
+            token_probs[where] = stats[4]
         elif n_samples:
             tokens[where] = stats[2][:, None]
             token_probs[where] = stats[1][:, None]

@@ -397,5 +397,7 @@ def test_gpu_real_widths_match_reference(vocab, dtype, rows):
     differ = tri.top1_id != ref.top1_id
     assert torch.all((ref.top1_prob - ref.top2_prob)[differ] <= 1e-6)
     uniforms = uniforms_of(21, rows, 8, device)
-    assert_draws_follow_contract(logits.float(), 0.9, uniforms, tri.tokens, tri.token_probs, mask)
+    check = slice(0, 64)  # the float64 CDF of every row would take gigabytes on the host
+    assert_draws_follow_contract(logits[check].float(), 0.9, uniforms[check], tri.tokens[check],
+                                 tri.token_probs[check], mask[check])
     assert (tri.tokens != ref.tokens).float().mean() <= 1e-3
