@@ -84,6 +84,29 @@ def capturing_cuda_graph(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
+def value_checks_enabled(tensor: torch.Tensor) -> bool:
+    """Whether an op may run its data-dependent value check (NaN / infinite rows) on ``tensor``,
+    one of its outputs, now.
+
+    That check reads a flag back to the host (one synchronisation), which is impossible or
+    harmful in three situations, where every op skips it and instead reports bad rows in its
+    outputs (each op's docstring says how, e.g. a non-finite entropy):
+
+    * under ``torch.compile`` or ``torch.jit.trace`` (``fullgraph=True`` would fail on the
+      data-dependent branch, and without it the graph would break at every op),
+    * when ``tensor`` is a fake tensor (FakeTensorMode, ``make_fx`` in fake or symbolic mode):
+      it has no values,
+    * while a CUDA graph is being captured on ``tensor``'s device.
+
+    Other dispatch modes (FlopCounterMode, debugging modes) run the check as usual. Every op
+    with a value check calls this one function, so they all behave alike.
+    """
+    from torch._subclasses.fake_tensor import is_fake
+
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or is_fake(tensor)
+                or capturing_cuda_graph(tensor.device))
+
+
 @contextlib.contextmanager
 def device_guard(tensor: torch.Tensor):
     """Launch Triton kernels on ``tensor``'s device (the current CUDA device may be another one)."""

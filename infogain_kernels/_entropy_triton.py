@@ -49,7 +49,6 @@ are used by the ops; they expect inputs already validated by the public function
 from __future__ import annotations
 
 import functools
-import math
 from typing import Dict, Optional, Tuple
 
 import torch

@@ -81,3 +81,16 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
+
+
+def bad_row_problem(row: torch.Tensor) -> str:
+    """Why a logits row has no softmax distribution, as a phrase with the row as subject:
+    "contains NaN", "contains +inf" or "is entirely -inf" ("" when it has one). Error paths only:
+    it reads the row back to the host."""
+    if bool(torch.isnan(row).any()):
+        return "contains NaN"
+    if bool((row == float("inf")).any()):
+        return "contains +inf"
+    if bool((row == float("-inf")).all()):
+        return "is entirely -inf"
+    return ""

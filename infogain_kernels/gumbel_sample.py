@@ -33,8 +33,8 @@ def gumbel_sample(logits: torch.Tensor, num_samples: int, temperature: float, *,
         generator: ``torch.Generator`` on the logits' device type, or None for the default
             generator; at T > 0 the call draws ``torch.rand(n_rows, S)`` from it (see
             :func:`infogain_kernels.step_stats`).
-        check_values: when True (default), raise for a read row that contains NaN or is entirely
-            ``-inf`` (one host synchronisation). With False such a row's outputs are undefined.
+        check_values: when True (default), raise for a read row that contains NaN or +inf or is
+            entirely ``-inf`` (one host synchronisation). With False such a row's outputs are undefined.
 
     Returns:
         ``(tokens, probs)``, both of shape ``[S, *logits.shape[:-1]]`` (a transposed view of

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, use_triton, value_checks_enabled
 from ._validation import check_bool, check_logits, check_mask, check_same_device, check_tensor
 from .step_stats import raise_on_bad_rows, step_stats_reference
 
@@ -82,8 +82,9 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
     Raises:
         TypeError / ValueError naming the argument for bad dtypes, ranks, shapes, devices, an unknown
         variant or a missing cost; with ``check_values=True``, ValueError when a read row contains
-        NaN or is all -inf, or when ``cost`` is not finite. That check costs one host
-        synchronisation on the [R] result. It is skipped while a CUDA graph is being captured, and
+        NaN or +inf or is all -inf, or when ``cost`` is not finite. That check costs one host
+        synchronisation on the [R] result. It is skipped under ``torch.compile`` and other tracers and
+        while a CUDA graph is being captured, and
         ``torch.ops.infogain.lookahead_objective`` never does it; non-finite J / h_next then flag
         the candidates.
     """
@@ -107,7 +108,7 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
         cost = cost.to(torch.float32)
     objective, h_next = call_op(torch.ops.infogain.lookahead_objective, _lookahead_objective_impl,
                                 next_logits, remaining, cost, variant)
-    if check_values and not capturing_cuda_graph(objective.device) and not bool(torch.isfinite(objective).all()):
+    if check_values and value_checks_enabled(objective) and not bool(torch.isfinite(objective).all()):
         _raise_on_non_finite(next_logits, remaining, cost, h_next)
     return objective, h_next
 

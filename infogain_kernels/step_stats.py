@@ -35,9 +35,9 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ._backend import call_op, capturing_cuda_graph, forced_backend, use_triton
+from ._backend import call_op, forced_backend, use_triton, value_checks_enabled
 from ._random import check_temperature
-from ._validation import check_bool, check_generator, check_logits, check_mask, check_same_device
+from ._validation import bad_row_problem, check_bool, check_generator, check_logits, check_mask, check_same_device
 
 try:
     from . import _C  # noqa: F401  (loading the extension registers its ops, if any)
@@ -171,22 +171,19 @@ def step_stats_reference(logits: torch.Tensor, keep: Optional[torch.Tensor], uni
 
 def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, prefix: Tuple[int, ...] = ()) -> None:
     """Raise ValueError naming the first row of ``logits`` whose ``entropy`` (flat, from the row
-    pass) flags a NaN or an all -inf row; ``prefix`` is prepended to the reported position (for a
-    sub-tensor of the caller's argument). This check is the op's one host synchronisation."""
-    if capturing_cuda_graph(entropy.device):
-        return  # a host sync would break the capture; flagged rows keep their non-finite entropy
+    pass) flags a row with NaN or +inf or every entry -inf; ``prefix`` is prepended to the reported
+    position (for a sub-tensor of the caller's argument). This check is the op's one host
+    synchronisation; it does not run where ``_backend.value_checks_enabled`` says so."""
+    if not value_checks_enabled(entropy):
+        return  # flagged rows keep their non-finite entropy
     bad = ~torch.isfinite(entropy)
     if not bool(bad.any()):
         return
     first = int(bad.nonzero()[0, 0])
     lead_shape = logits.shape[:-1]
     position = tuple(int(i) for i in torch.unravel_index(torch.tensor(first), lead_shape)) if lead_shape else ()
-    # Error path only: look at the row itself to say which of the two it is.
-    row = logits[position]
-    position = tuple(prefix) + position
-    if bool(torch.isnan(row).any()):
-        raise ValueError(f"{name} contains NaN in the row at position {position}")
-    raise ValueError(f"{name} has a row with every entry -inf at position {position}")
+    # Error path only: look at the row itself to say what is wrong with it.
+    raise ValueError(f"{name} row at position {tuple(prefix) + position} {bad_row_problem(logits[position])}")
 
 
 # ---- the custom op ------------------------------------------------------------------------------
@@ -261,8 +258,8 @@ def step_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, num
             device=logits.device, dtype=torch.float32)`` (``n_rows = prod(logits.shape[:-1])``, every
             row, masked or not), the random stream contract of the module docstring; otherwise the
             generator is not touched.
-        check_values: when True (default), raise for a read row that contains NaN or has every entry
-            -inf. That check costs one host synchronisation; pass False to fold it into your own
+        check_values: when True (default), raise for a read row that contains NaN or +inf or has every
+            entry -inf. That check costs one host synchronisation; pass False to fold it into your own
             read-back (a bad row is flagged by a non-finite ``entropy``; its other fields are then
             undefined).
 
@@ -277,9 +274,9 @@ def step_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, num
 
     Raises:
         TypeError / ValueError naming the argument for a bad dtype, rank, device, mask shape, sample
-        count, temperature or generator; ValueError when a read row contains NaN or is all -inf
-        (only with ``check_values=True``; skipped while a CUDA graph is being captured, and
-        ``torch.ops.infogain.step_stats`` never does it).
+        count, temperature or generator; ValueError when a read row contains NaN or +inf or is all
+        -inf (only with ``check_values=True``; skipped under ``torch.compile`` and other tracers and
+        while a CUDA graph is being captured, and ``torch.ops.infogain.step_stats`` never does it).
 
     ``torch.ops.infogain.step_stats(logits, mask, uniforms, temperature)`` is the custom op: S is
     ``uniforms.shape[-1]`` (None: S = 0); at T = 0 the uniforms' values are never read.

@@ -21,8 +21,8 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, ch
             in place). ``-inf`` entries are legal (suppressed tokens).
         mask: optional bool tensor of shape ``logits.shape[:-1]``. Positions where it is False are not
             read at all and get the fill values below.
-        check_values: when True (default), raise for a read row that contains NaN or has every
-            entry -inf. That check costs one host synchronisation; pass False to fold it into your
+        check_values: when True (default), raise for a read row that contains NaN or +inf or has
+            every entry -inf. That check costs one host synchronisation; pass False to fold it into your
             own read-back (a bad row is then flagged by a non-finite ``entropy``, e.g. test
             ``~torch.isfinite(entropy).any()`` on the device).
 
@@ -35,8 +35,9 @@ def token_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, ch
 
     Raises:
         TypeError / ValueError naming the argument for a bad dtype, rank, device or mask shape;
-        ValueError when a read row contains NaN or has every entry -inf (only with
-        ``check_values=True``; skipped while a CUDA graph is being captured).
+        ValueError when a read row contains NaN or +inf or has every entry -inf (only with
+        ``check_values=True``; skipped under ``torch.compile`` and other tracers and while a CUDA
+        graph is being captured).
 
     Same as ``step_stats(logits, mask, check_values=check_values)[:4]``.
     """

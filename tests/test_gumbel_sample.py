@@ -111,11 +111,11 @@ def test_bad_arguments_raise_naming_the_argument(kwargs, error, message):
 def test_nan_and_all_minus_inf_rows_raise(temperature):
     logits = torch.randn(3, 9)
     logits[1, 4] = math.nan
-    with pytest.raises(ValueError, match=r"logits contains NaN in the row at position \(1,\)"):
+    with pytest.raises(ValueError, match=r"logits row at position \(1,\) contains NaN"):
         gumbel_sample(logits, 2, temperature)
     logits = torch.randn(2, 3, 9)
     logits[1, 2] = -math.inf
-    with pytest.raises(ValueError, match=r"every entry -inf at position \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"logits row at position \(1, 2\) is entirely -inf"):
         gumbel_sample(logits, 2, temperature)
 
 
@@ -134,3 +134,9 @@ def test_gpu_frequencies_at_llada_width(dtype):
     assert torch.equal(support[remapped], tokens.cpu().reshape(-1))
     expected = torch.softmax(logits[support.cuda()].double().cpu() / 0.8, dim=-1).numpy()
     assert chi_square_p_value(remapped, expected) > P_VALUE_FLOOR
+
+
+def test_one_row_with_a_false_zero_dim_mask_is_skipped():
+    logits = torch.randn(7)
+    tokens, probs = gumbel_sample(logits, 3, 1.0, mask=torch.tensor(False))
+    assert tokens.tolist() == [-1, -1, -1] and probs.tolist() == [0.0, 0.0, 0.0]

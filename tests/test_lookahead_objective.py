@@ -162,7 +162,7 @@ def test_nan_in_remaining_row_raises(backend_device):
     next_logits, remaining, cost = random_inputs(3, 4, 30)
     remaining[2, 1] = True
     next_logits[2, 1, 5] = float("nan")
-    with pytest.raises(ValueError, match=r"next_logits contains NaN .*\(2, 1\)"):
+    with pytest.raises(ValueError, match=r"next_logits row at position \(2, 1\) contains NaN"):
         lookahead_objective(next_logits, remaining, cost)
 
 
@@ -170,7 +170,7 @@ def test_all_neg_inf_remaining_row_raises(backend_device):
     next_logits, remaining, cost = random_inputs(3, 4, 30)
     remaining[0, 3] = True
     next_logits[0, 3] = NEG_INF
-    with pytest.raises(ValueError, match=r"next_logits has a row with every entry -inf .*\(0, 3\)"):
+    with pytest.raises(ValueError, match=r"next_logits row at position \(0, 3\) is entirely -inf"):
         lookahead_objective(next_logits, remaining, cost, variant="lookum")
 
 
@@ -193,7 +193,7 @@ def test_check_values_false_flags_bad_candidates_without_raising(backend_device)
     # A good candidate gets the same value as a checked call on it alone.
     alone = lookahead_objective(next_logits[1:2], remaining[1:2], cost[1:2])
     assert torch.equal(alone[0], objective[1:2]) and torch.equal(alone[1], h_next[1:2])
-    with pytest.raises(ValueError, match=r"every entry -inf .*\(0, 3\)"):
+    with pytest.raises(ValueError, match=r"\(0, 3\) is entirely -inf"):
         lookahead_objective(next_logits, remaining, cost)  # the default still checks
 
 
@@ -301,7 +301,7 @@ def test_cuda_errors():
     next_logits, remaining, cost = random_inputs(2, 3, 1000)
     remaining[1, 2] = True
     next_logits[1, 2] = NEG_INF
-    with pytest.raises(ValueError, match="every entry -inf"):
+    with pytest.raises(ValueError, match="is entirely -inf"):
         lookahead_objective(next_logits.cuda(), remaining.cuda(), cost.cuda())
     with pytest.raises(ValueError, match="remaining is on cpu"):
         lookahead_objective(next_logits.cuda(), remaining, cost.cuda())

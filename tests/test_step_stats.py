@@ -316,11 +316,15 @@ def test_vector_input(backend_device):
 # ----------------------------------------------------------------------------- bad values and errors
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's NaN warnings, in the interpreter
-@pytest.mark.parametrize("bad", ["nan", "all_inf"])
+@pytest.mark.parametrize("bad", ["nan", "+inf", "all_inf"])
 def test_bad_rows_raise_or_are_flagged(backend_device, bad):
     logits = random_logits(3, 40).to(backend_device)
-    logits[1] = float("nan") if bad == "nan" else NEG_INF
-    message = "NaN" if bad == "nan" else "every entry -inf"
+    if bad == "all_inf":
+        logits[1] = NEG_INF
+    else:
+        logits[1, 7] = float(bad)
+    message = {"nan": r"row at position \(1,\) contains NaN", "+inf": r"\(1,\) contains \+inf",
+               "all_inf": r"\(1,\) is entirely -inf"}[bad]
     with pytest.raises(ValueError, match=message):
         step_stats(logits, num_samples=2, temperature=1.0)
     got = step_stats(logits, num_samples=2, temperature=1.0, check_values=False)
