@@ -61,6 +61,16 @@ def use_backend(name: str):
         _local.backend = previous
 
 
+@contextlib.contextmanager
+def device_guard(tensor: torch.Tensor):
+    """Launch Triton kernels on ``tensor``'s device (the current CUDA device may be another one)."""
+    if tensor.device.type == "cuda":
+        with torch.cuda.device(tensor.device):
+            yield
+    else:
+        yield
+
+
 def call_op(op, impl, *args):
     """Run custom op ``op`` (a ``torch.ops.infogain`` overload packet) whose Python body is ``impl``.
 
@@ -105,13 +115,3 @@ def value_checks_enabled(tensor: torch.Tensor) -> bool:
 
     return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or is_fake(tensor)
                 or capturing_cuda_graph(tensor.device))
-
-
-@contextlib.contextmanager
-def device_guard(tensor: torch.Tensor):
-    """Launch Triton kernels on ``tensor``'s device (the current CUDA device may be another one)."""
-    if tensor.device.type == "cuda":
-        with torch.cuda.device(tensor.device):
-            yield
-    else:
-        yield
