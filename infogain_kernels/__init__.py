@@ -24,7 +24,6 @@ __all__ = [
     "lookahead_objective",
     "sample_logprob",
     "step_stats",
-    "StepStats",
     "token_stats",
     "topk_logprobs",
     "use_backend",
