@@ -115,6 +115,8 @@ def _row_chunks(logits: torch.Tensor, keep: Optional[torch.Tensor]):
         yield None, logits.reshape(n_rows, n_cols)
         return
     selected = torch.arange(n_rows, device=logits.device) if keep is None else keep.reshape(-1).nonzero().squeeze(-1)
+    if selected.numel() == 0:
+        return  # (splitting no rows would still yield one empty chunk)
     for chunk in selected.split(rows_per_chunk):
         # One index tensor per leading dimension gathers just these rows, whatever the strides
         # (reshape(-1, V) would copy a non-collapsible tensor whole).

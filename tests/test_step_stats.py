@@ -306,6 +306,15 @@ def test_empty_leading_shape(backend_device):
     assert got.entropy.shape == (0, 3) and got.tokens.shape == (0, 3, 2)
 
 
+def test_zero_dim_mask(backend_device):
+    logits = random_logits(7).to(backend_device)
+    for keep in (False, True):
+        got = step_stats(logits, torch.tensor(keep, device=backend_device), num_samples=3, temperature=1.0,
+                         generator=seeded(22, backend_device))
+        assert got.tokens.shape == (3,)
+        assert torch.all(got.tokens >= 0) if keep else (got.tokens.tolist() == [-1] * 3 and got.entropy == 0)
+
+
 def test_vector_input(backend_device):
     logits = random_logits(40).to(backend_device)
     got = step_stats(logits, num_samples=3, temperature=1.0, generator=seeded(18, backend_device))
