@@ -32,7 +32,8 @@ Design (memory-bound by construction):
   most three (size, stride) pairs and each program computes its row start from them (no loaded
   offsets), so slices such as ``next_logits[:, offset:h_end]`` keep 16-byte loads; when the host
   proved the base pointer and every row stride 16-byte aligned and the vocabulary stride is 1,
-  ``tl.multiple_of`` tells the compiler so.
+  ``tl.multiple_of`` tells the compiler so. The chunk loop is software-pipelined (``tl.range`` with
+  ``num_stages``): the next chunks arrive by 16-byte ``cp.async`` while the current one is reduced.
 * Values that decide a ranking (top-1/top-2 probabilities, token probabilities, entropies) use IEEE
   division (``tl.math.div_rn``) so they do not depend on the GPU's approximate division.
 
@@ -71,8 +72,11 @@ _PROGRAMS_PER_SM = 4
 _MIN_CHUNKS_PER_SPLIT = 2
 _MAX_SPLITS = 64
 _ROW_BLOCK = 4096
+# Chunks in flight per row-pass program: the loop's loads become 16-byte cp.async copies into shared
+# memory (8 KB per bf16 chunk and stage), so the next chunks stream in while one is reduced.
+_ROW_STAGES = 3
 
-# Tests force a configuration here (keys "block", "splits"); never set in production.
+# Tests (and A/B runs) force a configuration here (keys "block", "splits", "stages"); never set in production.
 _FORCE_CONFIG: Dict[str, int] = {}
 
 
@@ -138,7 +142,7 @@ def _row_pass_kernel(
     size1, size2, stride0, stride1, stride2, stride_col,
     inv_temperature,
     HAS_KEEP: tl.constexpr, WITH_TOP: tl.constexpr, TEMPERED: tl.constexpr, SPLIT: tl.constexpr,
-    UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr,
+    UNIT_STRIDE: tl.constexpr, ALIGN: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     row, split, row_ptr, keep = _this_program(logits_ptr, keep_ptr, size1, size2, stride0, stride1, stride2,
                                               HAS_KEEP, ALIGN)
@@ -155,7 +159,7 @@ def _row_pass_kernel(
     lane_top1 = tl.full([BLOCK], -float("inf"), tl.float32)
     lane_top1_col = tl.zeros([BLOCK], tl.int32)
     lane_top2 = tl.full([BLOCK], -float("inf"), tl.float32)
-    for start in range(first, stop, BLOCK):
+    for start in tl.range(first, stop, BLOCK, num_stages=NUM_STAGES):
         cols = start + lanes
         x = _load_chunk(row_ptr, cols, n_cols, stride_col, UNIT_STRIDE)
         chunk_max = tl.max(x, axis=0)
@@ -356,7 +360,8 @@ def row_pass_config(n_rows: int, n_cols: int, sms: int) -> Dict[str, int]:
     4096 columns over 8 warps is 16 values per thread per chunk: two 16-byte loads of bf16, and with
     the three per-lane top-2 arrays still inside 128 registers. Rows are split when they are fewer
     than ``_PROGRAMS_PER_SM`` programs per SM, into as many splits as bring the grid there, each
-    covering at least ``_MIN_CHUNKS_PER_SPLIT`` chunks.
+    covering at least ``_MIN_CHUNKS_PER_SPLIT`` chunks. ``num_stages`` software-pipelines the chunk
+    loop (``tl.range``), which Triton does not do for plain loads by itself.
     """
     block = _FORCE_CONFIG.get("block") or min(triton.next_power_of_2(max(n_cols, 1)), _ROW_BLOCK)
     n_chunks = triton.cdiv(n_cols, block)
@@ -364,7 +369,7 @@ def row_pass_config(n_rows: int, n_cols: int, sms: int) -> Dict[str, int]:
     splits = _FORCE_CONFIG.get("splits") or max(1, min(wanted, n_chunks // _MIN_CHUNKS_PER_SPLIT, _MAX_SPLITS))
     split_len = triton.cdiv(n_chunks, min(splits, n_chunks)) * block
     return {"block": block, "num_warps": _num_warps(block), "splits": triton.cdiv(n_cols, split_len),
-            "split_len": split_len}
+            "split_len": split_len, "num_stages": _FORCE_CONFIG.get("stages") or _ROW_STAGES}
 
 
 def combine_config(splits: int, n_chunks: int, n_samples: int) -> Dict[str, int]:
@@ -447,7 +452,7 @@ def _launch_row_pass(logits, keep, *, with_top: bool, uniforms: Optional[torch.T
             logits, keep_flat, *outputs, part, part_col, chunks,
             n_cols, cfg["split_len"], splits, n_chunks, *geometry, logits.stride(-1), inv_temperature,
             SPLIT=split, UNIT_STRIDE=logits.stride(-1) == 1, ALIGN=_alignment(logits, geometry), BLOCK=cfg["block"],
-            num_warps=cfg["num_warps"], **flags)
+            NUM_STAGES=cfg["num_stages"], num_warps=cfg["num_warps"], **flags)
         if split:
             combine = combine_config(splits, n_chunks, n_samples)
             _combine_kernel[(n_rows,)](
@@ -583,7 +588,8 @@ def aot_configs():
                     dict(logits_ptr=f"*{dtype}", keep_ptr="*u8", entropy_ptr="*fp32", top1_prob_ptr="*fp32",
                          top1_id_ptr="*i64", top2_prob_ptr="*fp32", part_ptr="*fp32", part_col_ptr="*i32",
                          chunk_ptr="*fp32", split_len=cfg["split_len"], n_splits=splits, n_chunks=n_chunks,
-                         **geometry, **flags, SPLIT=split, UNIT_STRIDE=True, ALIGN=vector, BLOCK=cfg["block"]),
+                         **geometry, **flags, SPLIT=split, UNIT_STRIDE=True, ALIGN=vector, BLOCK=cfg["block"],
+                         NUM_STAGES=cfg["num_stages"]),
                     cfg["num_warps"], cfg["block"])
                 if split:
                     combine = combine_config(splits, n_chunks, samples)
