@@ -30,6 +30,7 @@ below, which is the specification.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional, Tuple
 
@@ -190,16 +191,11 @@ def raise_on_bad_rows(name: str, logits: torch.Tensor, entropy: torch.Tensor, pr
 
 # ---- the custom op ------------------------------------------------------------------------------
 
-_native_cpu_op = None
-
-
+@functools.lru_cache(maxsize=None)
 def _native_cpu():
-    """``torch.ops.infogain._step_stats_cpu`` when the C++ extension provides it, else None (cached)."""
-    global _native_cpu_op
-    if _native_cpu_op is None:
-        _native_cpu_op = getattr(torch.ops.infogain, "_step_stats_cpu", False) if hasattr(
-            torch.ops.infogain, "_step_stats_cpu") else False
-    return _native_cpu_op or None
+    """``torch.ops.infogain._step_stats_cpu`` when the C++ extension provides it, else None."""
+    return getattr(torch.ops.infogain, "_step_stats_cpu", None) if hasattr(torch.ops.infogain, "_step_stats_cpu") \
+        else None
 
 
 def _step_stats_impl(logits: torch.Tensor, mask: Optional[torch.Tensor], uniforms: Optional[torch.Tensor],
@@ -207,6 +203,10 @@ def _step_stats_impl(logits: torch.Tensor, mask: Optional[torch.Tensor], uniform
                                                   torch.Tensor, torch.Tensor]:
     lead_shape = logits.shape[:-1]
     n_samples = uniforms.shape[-1] if uniforms is not None else 0
+    if uniforms is not None and (uniforms.shape != (lead_shape.numel(), n_samples) or uniforms.dtype != torch.float32
+                                 or uniforms.device != logits.device):
+        raise ValueError(f"uniforms must be float32 of shape ({lead_shape.numel()}, S) on {logits.device}, got "
+                         f"{str(uniforms.dtype).replace('torch.', '')} {tuple(uniforms.shape)} on {uniforms.device}")
     if use_triton(logits):
         from ._entropy_triton import launch_step_stats
 

@@ -364,6 +364,13 @@ def test_errors_name_the_argument(kwargs, error, message):
         step_stats(logits, **args)
 
 
+def test_custom_op_checks_the_uniforms():
+    logits = random_logits(3, 10)
+    for uniforms in (torch.rand(2, 4), torch.rand(3, 4, dtype=torch.float64), torch.rand(12)):
+        with pytest.raises(ValueError, match="uniforms"):
+            torch.ops.infogain.step_stats(logits, None, uniforms, 1.0)
+
+
 def test_custom_op_opcheck_fake_and_compile():
     logits = random_logits(3, 10)
     mask = torch.tensor([True, False, True])
