@@ -61,6 +61,7 @@ from ._backend import device_guard
 # exp() of any float32 below this is exactly 0, so shifts can be clamped here without changing
 # any sum, which keeps 0 * -inf = NaN out of the products.
 _EXP_UNDERFLOW = tl.constexpr(-200.0)
+_LOG2E = tl.constexpr(1.4426950408889634)
 # Partial-state record of one (row, split) in the float32 workspace: m, z, s, top1, top2.
 _PART_FIELDS = tl.constexpr(5)
 
@@ -151,6 +152,7 @@ def _row_pass_kernel(
     stop = tl.where(keep, tl.minimum(first + split_len, n_cols), first)
 
     lanes = tl.arange(0, BLOCK)
+    tempered_log2 = inv_temperature * _LOG2E
     m = -float("inf")
     z = 0.0
     s = 0.0
@@ -179,8 +181,9 @@ def _row_pass_kernel(
         m = m_new
         if TEMPERED:
             # The chunk's tempered weight relative to its own max (rescaled to the row max later).
-            chunk_ref = tl.where(chunk_max == -float("inf"), 0.0, chunk_max)
-            chunk_weight = tl.sum(tl.exp((x - chunk_ref) * inv_temperature), axis=0)
+            # exp((x - ref) / T) as exp2(x * c - ref * c), c = log2(e) / T: one FMA and one MUFU.EX2 per logit.
+            chunk_ref = tl.where(chunk_max == -float("inf"), 0.0, chunk_max) * tempered_log2
+            chunk_weight = tl.sum(tl.exp2(x * tempered_log2 - chunk_ref), axis=0)
             chunk = (row * n_chunks + start // BLOCK) * 2
             tl.store(chunk_ptr + chunk, chunk_max)
             tl.store(chunk_ptr + chunk + 1, chunk_weight)
