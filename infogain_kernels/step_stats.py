@@ -82,9 +82,10 @@ def _chunk_stats(rows: torch.Tensor, with_top: bool, drawn: Optional[torch.Tenso
     drawn_probs = probs.gather(-1, drawn) if drawn is not None else None
     if not with_top:
         return entropy, None, None, None, drawn_probs
-    # Ranked on the logits (exact in any dtype; argmax returns the first of equal maxima), as the
-    # kernel does: probabilities of logits closer than an ulp could round equal.
-    top1_id = torch.argmax(rows, dim=-1, keepdim=True)
+    # Ranked on the logits (exact in any dtype; max returns the first of equal maxima), as the
+    # kernel does: probabilities of logits closer than an ulp could round equal. (max(dim) rather
+    # than argmax: on CPU it is several times faster for bf16.)
+    top1_id = rows.max(dim=-1, keepdim=True).indices
     top1_prob = probs.gather(-1, top1_id).squeeze(-1)
     # The second-largest probability: the max once one occurrence of the maximum is hidden.
     top2_prob = probs.scatter_(-1, top1_id, 0.0).amax(-1)
