@@ -267,10 +267,13 @@ def _combine_kernel(
         last_with_weight = tl.max(tl.where(weight > 0.0, c, -1), axis=0)
         # Target u * Z lies in the first chunk whose prefix exceeds it (rounding can leave it past
         # the last prefix: then the last chunk with weight), at u * Z - prefix[chunk - 1] inside it.
+        # Requiring weight > 0 keeps a zero-weight chunk out even where the parallel prefix sum is
+        # not exactly monotone.
         samples = tl.arange(0, BLOCK_S)
         target = tl.load(uniforms_ptr + row * n_samples + samples, mask=samples < n_samples, other=0.0) * total
-        passed = upto[None, :] <= target[:, None]
-        target_chunk = tl.minimum(tl.sum(passed.to(tl.int32), axis=1), last_with_weight)
+        above = (upto[None, :] > target[:, None]) & (weight[None, :] > 0.0)
+        target_chunk = tl.min(tl.where(above, c[None, :], BLOCK_CHUNKS), axis=1)
+        target_chunk = tl.where(target_chunk == BLOCK_CHUNKS, last_with_weight, target_chunk)
         before = tl.sum(tl.where(c[None, :] == target_chunk[:, None] - 1, upto[None, :], 0.0), axis=1)
         # A skipped row (-1) or a read row with NaN / no drawable token (-2) gets no draw.
         good = keep & (z > 0.0) & (z < float("inf"))
@@ -299,12 +302,15 @@ def _draw_kernel(
         cols = chunk * BLOCK + tl.arange(0, BLOCK)
         x = _load_chunk(row_ptr, cols, n_cols, stride_col, UNIT_STRIDE)
         w = tl.exp((x - m) * inv_temperature)
-        # The first column whose cumulative weight exceeds the rest of the target; if rounding
-        # leaves none, the chunk's last column with weight (the row's arg-max if even that is
-        # missing, which only float32 underflow differences between the passes could cause).
-        index = tl.sum((tl.cumsum(w, axis=0) <= tl.load(target_rest_ptr + out)).to(tl.int32), axis=0)
-        last_with_weight = tl.max(tl.where(w > 0.0, tl.arange(0, BLOCK), -1), axis=0)
-        index = tl.minimum(index, last_with_weight)
+        # The first column of non-zero weight whose cumulative weight exceeds the rest of the target
+        # (a -inf logit is never drawn, even where the parallel scan is not exactly monotone); if
+        # rounding leaves none, the chunk's last column with weight (the row's arg-max if even that
+        # is missing, which only float32 underflow differences between the passes could cause).
+        lanes = tl.arange(0, BLOCK)
+        above = (tl.cumsum(w, axis=0) > tl.load(target_rest_ptr + out)) & (w > 0.0)
+        index = tl.min(tl.where(above, lanes, BLOCK), axis=0)
+        last_with_weight = tl.max(tl.where(w > 0.0, lanes, -1), axis=0)
+        index = tl.where(index == BLOCK, last_with_weight, index)
         token = tl.where(index >= 0, chunk * BLOCK + index, tl.load(top1_id_ptr + row).to(tl.int32))
         # The drawn logit is re-read (one cached load) rather than gathered across the chunk's lanes.
         x_token = tl.load(row_ptr + token.to(tl.int64) * stride_col).to(tl.float32)
