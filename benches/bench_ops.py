@@ -4,10 +4,13 @@ For each op and shape: median time of the fused op (Triton on CUDA, the torch re
 CPU) and of the naive formulation, measured in the same run; their ratio; the peak extra memory of
 each; on CUDA the achieved bandwidth (bytes the op must read / time) as a fraction of the device's
 peak. Shapes: LLaDA (V = 126464) and Dream (V = 152064) with R = 8 candidates and L = 32 / 256
-block positions. Logits are bf16 (what the models emit) unless ``--dtype`` says otherwise.
+block positions; ``step_stats`` (S = 8 draws at T > 0, and at T = 0) runs on 8 x 32, 8 x 256 and
+64 x 32 rows. Logits are bf16 (what the models emit) unless ``--dtype`` says otherwise. On CPU every
+case runs once per thread count of ``--threads`` (default: torch's default, then 1), and each row
+records its thread count.
 
     python benches/bench_ops.py [--quick] [--device cuda|cpu] [--dtype bfloat16|float32|float16]
-                                [--ops token_stats,...] [--threads N]
+                                [--ops step_stats,token_stats,...] [--threads 0,1]
 
 Writes ./ops-<device>.json (``--out PATH``; ``--update-results`` for the
 tracked benches/results/ops-<device>.json).
@@ -27,8 +30,11 @@ from _common import (  # noqa: E402
     print_table, output_path, write_results)
 
 import infogain_kernels  # noqa: E402
+from infogain_kernels._backend import use_native  # noqa: E402
 
 CANDIDATES = 8
+STEP_SAMPLES = 8
+STEP_ROWS = [(8, 32), (8, 256), (64, 32)]  # [B, L] block positions the step statistics run on
 REMAINING_FRACTION = 0.5  # share of block positions still masked after a candidate (mid-block)
 TEMPERATURE = 0.7
 TOPK_K = 4
@@ -46,6 +52,14 @@ def naive_token_stats(logits):
     entropy = -(probs * probs.clamp(min=1e-10).log()).sum(-1)
     top = probs.topk(2, dim=-1)
     return entropy, top.values[..., 0], top.indices[..., 0], top.values[..., 1]
+
+
+def naive_step_stats(logits, num_samples, temperature):
+    """The reference samplers' step: token statistics, then (T > 0) Gumbel-max draws over [rows, V]."""
+    stats = naive_token_stats(logits)
+    if temperature == 0:
+        return stats
+    return stats, naive_gumbel_sample(logits.reshape(-1, logits.shape[-1]), num_samples, temperature)
 
 
 def naive_lookahead_objective(next_logits, remaining, cost):
@@ -112,6 +126,16 @@ def make_cases(device: torch.device, dtype: torch.dtype, quick: bool) -> List[Di
                      naive=lambda s=scores, v=valid: naive_gumbel_topk(s, TOPK_K, CANDIDATES, TEMPERATURE, v),
                      bytes_read=scores.numel() * scores.element_size()),
             ]
+    for model, vocab in vocabularies:
+        for batch, length in (STEP_ROWS if not quick else [(2, 8)]):
+            logits = (torch.randn(batch, length, vocab, generator=generator) * 4.0).to(dtype).to(device)
+            for temperature in (TEMPERATURE, 0.0):
+                cases.append(dict(
+                    op="step_stats", shape=f"{model} S={STEP_SAMPLES} T={temperature} [{batch}x{length}, V={vocab}]",
+                    fused=lambda x=logits, t=temperature: infogain_kernels.step_stats(
+                        x, num_samples=STEP_SAMPLES, temperature=t, check_values=False),
+                    naive=lambda x=logits, t=temperature: naive_step_stats(x, STEP_SAMPLES, t),
+                    bytes_read=logits.numel() * logits.element_size()))
     return cases
 
 
@@ -148,39 +172,46 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="one small shape (V=32000, L=32), few repeats")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--ops", default="token_stats,lookahead_objective,gumbel_sample,gumbel_topk")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's choice); on an oversubscribed machine 1 gives "
-                             "stable timings")
+    parser.add_argument("--ops", default="step_stats,token_stats,lookahead_objective,gumbel_sample,gumbel_topk")
+    parser.add_argument("--threads", default="0,1",
+                        help="comma-separated torch CPU thread counts to run each CPU case at; 0 = torch's default "
+                             "(on an oversubscribed machine 1 gives stable timings). Ignored on CUDA.")
     add_output_arguments(parser, "ops")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    thread_counts = [int(n) or default_threads for n in args.threads.split(",")]
 
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
+    if device.type == "cuda":
+        thread_counts = [default_threads]
     torch.manual_seed(0)
     repeats = 3 if device.type == "cpu" else (10 if args.quick else 50)
     wanted = set(args.ops.split(","))
     rows, skipped = [], []
-    for case in make_cases(device, dtype, args.quick):
-        if case["op"] not in wanted:
-            continue
-        row = measure(case, device, repeats)
-        if row is None:
-            skipped.append(case["op"])
-            continue
-        rows.append(row)
-        print_table([row], list(row))  # progress, one line per case
+    cases = [case for case in make_cases(device, dtype, args.quick) if case["op"] in wanted]
+    for threads in thread_counts:
+        torch.set_num_threads(threads)
+        for case in cases:
+            row = measure(case, device, repeats)
+            if row is None:
+                skipped.append(case["op"])
+                continue
+            row["threads"] = threads
+            rows.append(row)
+            print_table([row], list(row))  # progress, one line per case
+    torch.set_num_threads(default_threads)
     print()
-    columns = ["op", "shape", "fused_ms", "naive_ms", "speedup", "fused_peak_extra_MB", "naive_peak_extra_MB",
+    columns = ["op", "shape", "threads", "fused_ms", "naive_ms", "speedup", "fused_peak_extra_MB", "naive_peak_extra_MB",
                "memory_ratio", "fused_GBps"] + (["fraction_of_peak_bw"] if peak_bandwidth(device) else [])
     print_table(rows, columns)
-    path = write_results(output_path(args, "ops", device), "ops", device, rows,
-        fused_path="triton" if device.type == "cuda" else "torch reference",
+    path = write_results(
+        output_path(args, "ops", device), "ops", device, rows,
+        fused_path="triton" if device.type == "cuda" else (
+            "native C++ (csrc), else torch reference" if use_native(torch.empty(0)) else "torch reference"),
         logits_dtype=args.dtype,
         quick=args.quick,
-        torch_threads=torch.get_num_threads(),
+        torch_threads=thread_counts,
         candidates=CANDIDATES,
         remaining_fraction=REMAINING_FRACTION,
         temperature=TEMPERATURE,
@@ -188,7 +219,10 @@ def main(argv=None) -> None:
         notes=("naive = float32 softmax, clamp, log, multiply, sum (token_stats adds topk(2); lookahead_objective a "
                "masked mean over all positions); gumbel naive = float64 noise added to float64 logits, argmax per "
                "sample, confidence gathered from a float32 softmax. The fused lookahead_objective reads only the "
-               "remaining rows (bytes_read counts those). gumbel_sample draws S=R samples from one [L, V] block."),
+               "remaining rows (bytes_read counts those). gumbel_sample draws S=R samples from one [L, V] block. "
+               "step_stats: bytes_read is one read of the [B, L, V] logits (at T > 0 the draw pass re-reads at most "
+               "the part of each row up to its last draw); its naive formulation is token_stats' naive plus, at T > 0, "
+               "the gumbel naive over all B*L rows."),
     )
     print(f"\nwrote {path}")
 

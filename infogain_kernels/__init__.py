@@ -13,6 +13,7 @@ from .kv_block_replace import kv_block_replace
 from .lm_head_entropy import lm_head_entropy
 from .lookahead_objective import lookahead_objective
 from .sample_logprob import sample_logprob
+from .step_stats import StepStats, step_stats
 from .token_stats import token_stats
 from .topk_logprobs import topk_logprobs
 
@@ -25,6 +26,7 @@ __all__ = [
     "lm_head_entropy",
     "lookahead_objective",
     "sample_logprob",
+    "step_stats",
     "token_stats",
     "topk_logprobs",
     "use_backend",

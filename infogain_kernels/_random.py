@@ -1,4 +1,6 @@
-"""Randomness shared by the Gumbel ops (:mod:`.gumbel_sample`, :mod:`.gumbel_topk`).
+"""Randomness shared by the Gumbel ops (:mod:`.gumbel_topk`, and EIS's :mod:`.topk_logprobs` /
+:mod:`.sample_logprob`). Token draws of :mod:`.step_stats` do not use it: they take ``torch.rand``
+uniforms directly (inverse CDF; see the random stream contract there).
 
 Design. The public function draws one 63-bit seed from the caller's
 ``torch.Generator`` (or the device's default generator) as a one-element int64

@@ -13,7 +13,7 @@ import torch
 
 from ._backend import call_op, use_native, use_triton, value_checks_enabled
 from ._validation import check_bool, check_logits, check_mask, check_same_device, check_tensor
-from .token_stats import raise_on_bad_rows, row_stats_reference
+from .step_stats import raise_on_bad_rows, step_stats_reference
 
 VARIANTS = ("info_gain", "lookum")
 _COST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -45,7 +45,7 @@ def _lookahead_objective_impl(next_logits: torch.Tensor, remaining: torch.Tensor
 
         entropy = launch_row_stats(next_logits, remaining, with_top=False)[0]
         return launch_masked_mean(entropy.view(n_candidates, n_positions), remaining, cost)
-    entropy = row_stats_reference(next_logits, remaining, with_top=False)[0]
+    entropy = step_stats_reference(next_logits, remaining, None, 0.0, with_top=False)[0]
     return objective_reference(entropy.view(n_candidates, n_positions), remaining, cost)
 
 
@@ -126,7 +126,7 @@ def _raise_on_non_finite(next_logits, remaining, cost, h_next) -> None:
     if len(bad_candidates):
         r = int(bad_candidates[0, 0])
         # Error path only: recompute the candidate's per-position entropies to find the culprit.
-        entropy = row_stats_reference(next_logits[r], remaining[r], with_top=False)[0]
+        entropy = step_stats_reference(next_logits[r], remaining[r], None, 0.0, with_top=False)[0]
         raise_on_bad_rows("next_logits", next_logits[r], entropy, prefix=(r,))
     r = int((~torch.isfinite(cost)).nonzero()[0, 0])
     raise ValueError(f"cost must be finite, got {float(cost[r])} at index {r}")

@@ -146,7 +146,8 @@ class _DummyLM(nn.Module):
 
 
 @pytest.mark.parametrize("kwargs, error, match", [
-    ({"temperature": 0.5}, ValueError, "temperature"),
+    ({"temperature": -0.5}, ValueError, "temperature"),
+    ({"temperature": float("inf")}, ValueError, "temperature"),
     ({"variant": "greedy"}, ValueError, "variant"),
     ({"cache": "paged"}, ValueError, "cache"),
     ({"gen_length": 6, "block_length": 4}, ValueError, "multiple of block_length"),
@@ -243,6 +244,24 @@ def test_naive_equals_fast_sampler_when_candidates_commit_eos(tiny_llada):
             assert any(eos in c["tokens"] for r in fast.trace for row in r["rows"] for c in row.get("candidates", []))
             sequences[fill, cache] = fast.sequences
     assert any(not torch.equal(sequences[False, c], sequences[True, c]) for c in ("none", "dual"))
+
+
+@pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")
+@pytest.mark.parametrize("cache", ["none", "dual"])
+def test_naive_equals_fast_sampler_at_positive_temperature(tiny_llada, cache):
+    """Both follow step_stats' random stream contract: the same uniforms give the same token draws,
+    for x0 and for every candidate."""
+    from infogain.samplers import make_sampler
+
+    model, tokenizer = tiny_llada
+    prompts = _prompts(model)
+    kwargs = dict(SHAPE, cache=cache, seed=7, temperature=0.8)
+    fast = make_sampler("info_gain", model, tokenizer).generate(prompts, **kwargs)
+    naive = NaiveInfoGainSampler(model, tokenizer).generate(prompts, **kwargs)
+    assert bench.compare_sequences(fast.sequences, naive.sequences) is None
+    assert naive.stats["tokens"]["lookahead"] == fast.stats.tokens["lookahead"] > 0
+    greedy = make_sampler("info_gain", model, tokenizer).generate(prompts, **dict(kwargs, temperature=0.0))
+    assert not torch.equal(greedy.sequences, fast.sequences)  # the draws are not the arg-max
 
 
 @pytest.mark.skipif(not _have_samplers(), reason="infogain.samplers is not available yet")

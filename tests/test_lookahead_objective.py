@@ -96,6 +96,24 @@ def test_neg_inf_entries(backend_device):
     assert_objective_matches(got, next_logits, remaining, cost, "info_gain")
 
 
+@pytest.mark.parametrize("config", [{"block": 16, "splits": 1}, {"block": 16, "splits": 5}], ids=["unsplit", "split"])
+def test_triton_split_vocabulary_and_window_slice(triton_interpreted, monkeypatch, config):
+    """The row pass split over the vocabulary (partial states combined per row) on the sampler's
+    lookahead layout: a window slice ``next_logits[:, offset:h_end]`` of a padded canvas."""
+    from infogain_kernels import _entropy_triton
+
+    monkeypatch.setattr(_entropy_triton, "_FORCE_CONFIG", config)
+    canvas, _, cost = random_inputs(3, 9, 157, seed=4)
+    canvas[0, :, :40] = NEG_INF
+    canvas[1, 2, 150] = 50.0
+    next_logits = canvas[:, 2:7]
+    remaining = torch.rand(3, 5, generator=torch.Generator().manual_seed(5)) < 0.7
+    with use_backend("triton"):
+        got = lookahead_objective(next_logits.to(triton_interpreted), remaining.to(triton_interpreted),
+                                  cost.to(triton_interpreted))
+    assert_objective_matches(tuple(t.cpu() for t in got), next_logits, remaining, cost, "info_gain")
+
+
 @pytest.mark.parametrize("view", ["candidate_slice", "position_transpose", "vocab_stride"])
 def test_non_contiguous_views(backend_device, view):
     base, _, _ = random_inputs(6, 6, 90)

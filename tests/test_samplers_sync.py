@@ -192,14 +192,14 @@ def test_an_extra_read_in_a_step_is_detected(models, monkeypatch):
     """The bound can fail: one deliberate ``.item()`` per step breaks it."""
     from infogain.samplers import sampler as sampler_module
 
-    original = sampler_module.token_stats
+    original = sampler_module.step_stats
 
-    def token_stats_with_read(logits, *args, **kwargs):
+    def step_stats_with_read(logits, *args, **kwargs):
         result = original(logits, *args, **kwargs)
         result[0].sum().item()
         return result
 
-    monkeypatch.setattr(sampler_module, "token_stats", token_stats_with_read)
+    monkeypatch.setattr(sampler_module, "step_stats", step_stats_with_read)
     sampler = make_sampler("info_gain", models["llada"])
     counter, per_step, _ = _count_per_step(monkeypatch, sampler, PROMPTS, cache="prefix")
     assert all(n == 2 for n in per_step), per_step

@@ -15,8 +15,8 @@ benchmark measures what the project's sampler gains over them:
   ``compute_entropy``); the dual-cache block forward writes its K/V back although
   nothing reads them (the reference's block replacement).
 
-It commits the SAME tokens as the fast sampler at ``temperature=0`` (the
-benchmark asserts it), so every decision rule follows
+It commits the SAME tokens as the fast sampler (the benchmark asserts it at
+``temperature=0``; the tests also at ``temperature > 0``), so every decision rule follows
 :meth:`infogain.samplers.DiffusionSampler.generate`, not the reference's quirks:
 the step schedule (steps split over blocks, remainder to the first blocks; per
 row quota = masks at block entry split over the block's steps), last-step fill
@@ -30,14 +30,15 @@ block-causal models), the mask token suppressed (-inf) and the EOS/PAD
 ``eos_penalty`` on every forward, and SDAR's exact block-causal cache for
 ``prefix``/``dual``.
 
-Randomness: at ``temperature=0`` the tokens are the arg-max, but the positions of
-candidates 1..N-1 are Gumbel-top-k draws. They come from the same public op as in
-the fast sampler (:func:`infogain_kernels.gumbel_topk`, with each row's scores
-at the same index of the same ``[N * B, L]`` layout), and the generator is
-advanced exactly as the fast sampler advances it (one seed per step for the
-token draw, one for the position draw), so the same ``seed`` gives the same
-candidates. ``temperature > 0`` is rejected: replaying the token noise is not
-what a baseline is for.
+Randomness: at ``temperature=0`` the tokens are the arg-max; at ``temperature > 0``
+candidate n's tokens are draw n of :func:`inverse_cdf_draws`, an independent
+implementation of ``step_stats``' random stream contract on the same uniforms
+(``torch.rand(B * L, N)`` from the run's generator each step). The positions of
+candidates 1..N-1 are Gumbel-top-k draws from the same public op as in the fast
+sampler (:func:`infogain_kernels.gumbel_topk`, with each row's scores at the same
+index of the same ``[N * B, L]`` layout). The generator is advanced exactly as the
+fast sampler advances it (the uniforms at T > 0, then one seed per step for the
+position draw), so the same ``seed`` gives the same tokens and candidates.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -105,6 +106,23 @@ def pad_logits(window_logits: torch.Tensor, total_length: int, start: int) -> to
     return full
 
 
+def inverse_cdf_draws(logits: torch.Tensor, uniforms: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Tokens ``[L, S]`` drawn from ``softmax(logits [L, V] / temperature)`` at ``uniforms [L, S]``.
+
+    Draw s is the first token whose cumulative float32 weight ``exp((x - max) / T)`` exceeds
+    ``u_s`` times the total (counted, not searched), or the last token of non-zero weight when
+    rounding leaves none: ``step_stats``' contract, so the same uniforms give the same tokens.
+    """
+    x = logits.float()
+    weights = torch.exp((x - x.max(dim=-1, keepdim=True).values) / temperature)
+    cumulative = torch.cumsum(weights, dim=-1)
+    targets = uniforms * cumulative[:, -1:]
+    tokens = (cumulative[:, None, :] <= targets[:, :, None]).sum(dim=-1)
+    positions = torch.arange(x.shape[-1], device=x.device)
+    last_drawable = torch.where(weights > 0, positions, -1).max(dim=-1, keepdim=True).values
+    return torch.where(tokens < x.shape[-1], tokens, last_drawable)
+
+
 def _top_k_positions(scores: torch.Tensor, candidates: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` entries of ``candidates`` (positions) with the highest ``scores``; ties to the lower position."""
     order = torch.argsort(scores[candidates], descending=True, stable=True)
@@ -124,6 +142,7 @@ class _Run:
     candidate_number: int
     position_temperature: float
     threshold: float
+    temperature: float
     variant: str
     parallel_bypass: bool
     eos_penalty: float
@@ -205,8 +224,8 @@ class NaiveInfoGainSampler:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         if not position_temperature >= 0 or math.isinf(position_temperature):
             raise ValueError(f"position_temperature must be finite and >= 0, got {position_temperature}")
-        if temperature != 0:
-            raise ValueError(f"the naive sampler supports temperature=0 only, got {temperature}")
+        if not temperature >= 0 or math.isinf(temperature):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if cache not in CACHE_MODES:
@@ -286,7 +305,8 @@ class NaiveInfoGainSampler:
                                    "tokens": {k: 0 for k in (_BYPASS, _LOOKAHEAD, _FILL, _TRIVIAL, "eos_fill")}}
         run = _Run(canvas=canvas, attention=attention, gen_start=gen_start, block_length=block_length,
                    total=total, mode=mode, candidate_number=candidate_number,
-                   position_temperature=position_temperature, threshold=threshold, variant=variant,
+                   position_temperature=position_temperature, threshold=threshold, temperature=temperature,
+                   variant=variant,
                    parallel_bypass=parallel_bypass, eos_penalty=eos_penalty,
                    fill_eos=stop_at_eos and self.eos_id is not None, lookahead_eos_fill=lookahead_eos_fill,
                    generator=generator, stats=stats,
@@ -357,10 +377,12 @@ class NaiveInfoGainSampler:
         canvas, batch, start, end = run.canvas, run.canvas.shape[0], run.start, run.end
         device = canvas.device
         trivial = run.position_temperature <= 0 or run.candidate_number <= 1
-        # The fast sampler draws the step's tokens with one gumbel_sample call (arg-max at temperature 0;
-        # the call still advances the generator) and, unless trivial or the block's last step, ranks
-        # positions with one gumbel_topk.
-        _random.draw_seed(run.generator, device)
+        # The fast sampler's step_stats draws the uniforms of all B * L positions (none at temperature
+        # 0, where the tokens are the arg-max); unless trivial, it then ranks positions with one gumbel_topk.
+        uniforms = None
+        if run.temperature > 0:
+            uniforms = torch.rand(batch * (end - start), max(1, run.candidate_number), generator=run.generator,
+                                  device=device, dtype=torch.float32).view(batch, end - start, -1)
         topk_state = run.generator.get_state()
         kinds, masks_left, lookahead = [_NONE] * batch, [0] * batch, {}
         for b in range(batch):
@@ -372,6 +394,12 @@ class NaiveInfoGainSampler:
             probs = torch.softmax(logits.float(), dim=-1)
             top_prob, top_token = probs.max(dim=-1)
             entropy_now = compute_entropy(logits)
+            # draws[n]: candidate n's tokens [L] (draw 0 = x0), confidences[n] their probabilities.
+            if uniforms is None:
+                draws = top_token[None].expand(max(1, run.candidate_number), -1)
+            else:
+                draws = inverse_cdf_draws(logits, uniforms[b], run.temperature).T
+            confidences = probs.gather(-1, draws.T).T
             k = quotas[b]
             if k >= masked.numel() or last:
                 kinds[b], chosen = _FILL, masked
@@ -383,15 +411,16 @@ class NaiveInfoGainSampler:
                     kinds[b] = _BYPASS
                     chosen = confident if run.parallel_bypass else _top_k_positions(top_prob, confident, k)
                 elif trivial:
-                    kinds[b], chosen = _TRIVIAL, _top_k_positions(top_prob, masked, k)
+                    kinds[b], chosen = _TRIVIAL, _top_k_positions(confidences[0], masked, k)
                 else:
                     run.generator.set_state(topk_state)
-                    actions = self._candidates(run, top_prob, masked, k, b)
+                    actions = self._candidates(run, confidences, masked, k, b)
                     kinds[b] = _LOOKAHEAD
-                    lookahead[b] = (actions, top_token, entropy_now)
+                    lookahead[b] = (actions, draws, entropy_now)
                     masks_left[b] = masked.numel() - k
                     continue
-            self._commit(run, b, chosen, top_token, entropy_now, kinds[b])
+            # The bypass commits the arg-max whatever the temperature; the other kinds x0.
+            self._commit(run, b, chosen, top_token if kinds[b] == _BYPASS else draws[0], entropy_now, kinds[b])
             block_logits[b] = None
         if not trivial and not last:  # the fast sampler builds no candidates on a block's last step
             run.generator.set_state(topk_state)
@@ -402,8 +431,8 @@ class NaiveInfoGainSampler:
                 masks_left[b] = int((canvas[b, start:end] == self.mask_id).sum().item())
         if lookahead:
             run.stats["nfe"] += 1
-            for b, (actions, top_token, entropy_now) in lookahead.items():
-                block_logits[b] = self._lookahead_and_commit(run, b, actions, top_token, entropy_now)
+            for b, (actions, draws, entropy_now) in lookahead.items():
+                block_logits[b] = self._lookahead_and_commit(run, b, actions, draws, entropy_now)
                 self._eos_fill(run, b)
         return masks_left
 
@@ -420,39 +449,40 @@ class NaiveInfoGainSampler:
         run.stats["tokens"][kind] += int(positions.numel())
         run.stats["cumulative_entropy"] += float(entropy_now[positions].sum().item())
 
-    def _candidates(self, run: _Run, confidence: torch.Tensor, masked: torch.Tensor, k: int,
-                    row: int) -> List[torch.Tensor]:
-        """Unique position sets (long ``[k]`` each, first occurrence wins) of row ``row``'s candidates.
+    def _candidates(self, run: _Run, confidences: torch.Tensor, masked: torch.Tensor, k: int,
+                    row: int) -> List[Tuple[int, torch.Tensor]]:
+        """``(candidate index, positions long [k])`` of row ``row``'s candidates with unique position
+        sets (first occurrence wins); candidate n ranks positions by ``confidences[n]`` ``[L]``.
 
         The fast sampler ranks the candidates of all rows in ONE ``gumbel_topk``
         call over ``[N * B, L]`` scores (candidate-major) and a row's noise depends
         on its index in that call, so this row's candidates sit at the same
         indices (the other rows' slots are left invalid).
         """
-        batch, length, count = run.canvas.shape[0], confidence.shape[0], run.candidate_number
-        scores = torch.zeros(count * batch, length, dtype=torch.float32, device=confidence.device)
-        valid = torch.zeros(count * batch, length, dtype=torch.bool, device=confidence.device)
-        scores[row::batch, masked] = confidence[masked]
+        batch, length, count = run.canvas.shape[0], confidences.shape[1], run.candidate_number
+        scores = torch.zeros(count * batch, length, dtype=torch.float32, device=confidences.device)
+        valid = torch.zeros(count * batch, length, dtype=torch.bool, device=confidences.device)
+        scores[row::batch, masked] = confidences[:count, masked]
         valid[row::batch, masked] = True
         samples = gumbel_topk(scores, k, 2, run.position_temperature, valid=valid, generator=run.generator)
         per_candidate = torch.cat([samples[0, row:row + 1], samples[1, batch + row::batch]], dim=0)
         actions, seen = [], set()
-        for positions in per_candidate:
+        for index, positions in enumerate(per_candidate):
             positions = positions[positions >= 0]
             key = tuple(sorted(positions.tolist()))
             if key not in seen:
                 seen.add(key)
-                actions.append(positions)
+                actions.append((index, positions))
         return actions
 
-    def _lookahead_and_commit(self, run: _Run, row: int, actions: List[torch.Tensor], top_token: torch.Tensor,
-                              entropy_now: torch.Tensor) -> torch.Tensor:
+    def _lookahead_and_commit(self, run: _Run, row: int, actions: List[Tuple[int, torch.Tensor]],
+                              draws: torch.Tensor, entropy_now: torch.Tensor) -> torch.Tensor:
         """Forward row ``row``'s candidates with a copied cache, commit the best; returns its block logits."""
         start, end, total = run.start, run.end, run.total
         count = len(actions)
         candidates = run.canvas[row:row + 1].repeat(count, 1)
-        for c, positions in enumerate(actions):
-            candidates[c, start + positions] = top_token[positions]
+        for c, (index, positions) in enumerate(actions):
+            candidates[c, start + positions] = draws[index, positions]
             if run.fill_eos and run.lookahead_eos_fill:
                 self._fill_after_eos(candidates[c], run.gen_start)
         attention = run.attention[row:row + 1].repeat(count, 1)
@@ -467,11 +497,12 @@ class NaiveInfoGainSampler:
         next_entropy = compute_entropy(next_logits)  # [N, T]: the whole padded canvas, as the reference does
         h_end = end if (run.block_causal or run.mode == "dual") else total
         objective = []
-        for c, positions in enumerate(actions):
+        for c, (_, positions) in enumerate(actions):
             still_masked = (candidates[c, start:h_end] == self.mask_id).nonzero().flatten() + start
             h_next = next_entropy[c, still_masked].mean() if still_masked.numel() else torch.zeros(())
             cost = entropy_now[positions].sum() if run.variant == "info_gain" else torch.zeros(())
             objective.append(float((-cost - h_next).item()))
         best = max(range(count), key=lambda c: (objective[c], -c))  # ties: the earlier candidate
-        self._commit(run, row, actions[best], top_token, entropy_now, _LOOKAHEAD)
+        index, positions = actions[best]
+        self._commit(run, row, positions, draws[index], entropy_now, _LOOKAHEAD)
         return next_logits[best, start:end]

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-from infogain_kernels import gumbel_sample, lm_head_entropy, lookahead_objective, token_stats
+from infogain_kernels import lm_head_entropy, lookahead_objective, step_stats
 
 from .._device import host_ints_to_device
 from ..stats import COMMIT_KINDS, KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, RunStats, StatsRecorder
@@ -670,11 +670,12 @@ class _Run:
         block_ids = self.canvas[:, start:end]
         masked = block_ids == self.mask_id
         masked_count = masked.sum(dim=1)
-        entropy, top1_prob, top1_id, top2_prob = token_stats(logits, mask=masked, check_values=False)
+        # One read of the block logits for the statistics and the strategy's token draws (none at T = 0).
+        entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = step_stats(
+            logits, masked, num_samples=self.strategy.num_token_samples(opts), temperature=opts.temperature,
+            generator=self.generator, check_values=False)
         # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
         bad_logits = ~torch.isfinite(entropy).all()
-        tokens, token_probs = gumbel_sample(logits, self.strategy.num_token_samples(opts), opts.temperature,
-                                            mask=masked, generator=self.generator, check_values=False)
         has_masks = masked_count > 0
         fill = has_masks & ((quota >= masked_count) | last) if self.strategy.scheduled else \
             torch.zeros_like(has_masks)

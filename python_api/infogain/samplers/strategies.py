@@ -34,11 +34,15 @@ class StepState:
         active: bool [B], rows the strategy must decide for (masked positions left
             and not filled by the driver's last-step fill this step).
         entropy, top1_prob, top2_prob: float32 [B, L]; top1_id: int64 [B, L]
-            (``token_stats`` of the masked positions; other positions hold fill values).
-        tokens: int64 [S, B, L], S token draws at the sampling temperature
-            (``gumbel_sample``); sample 0 is x0, the tokens every non-lookahead
-            commit uses.
-        token_probs: float32 [S, B, L], the untempered probability of each drawn token.
+            (``step_stats`` of the masked positions; other positions hold fill values).
+        tokens: int64 [B, L, S], S token draws at the sampling temperature
+            (``step_stats``; S = ``Strategy.num_token_samples``, 0 at temperature 0).
+        token_probs: float32 [B, L, S], the untempered probability of each drawn token.
+
+    :meth:`draws` gives N draws per position whatever S: at temperature 0 every draw is
+    the arg-max ``top1_id`` (probability ``top1_prob``). Draw 0 is x0, the tokens every
+    non-lookahead commit uses, and its probability the confidence (:attr:`x0`,
+    :attr:`x0_prob`).
         options: the run's :class:`GenerateOptions`.
         max_quota: an upper bound of ``quota`` (host int).
         generator: the run's ``torch.Generator`` (or None).
@@ -60,6 +64,23 @@ class StepState:
     max_quota: int
     generator: Optional[torch.Generator]
     may_lookahead: bool = True
+
+    def draws(self, count: int):
+        """``(tokens, probs)`` of ``count`` draws per position, [count, B, L] (candidate-major)."""
+        if self.tokens.shape[-1] == 0:  # temperature 0: nothing was drawn, every draw is the arg-max
+            shape = (count, *self.top1_id.shape)
+            return self.top1_id.expand(shape), self.top1_prob.expand(shape)
+        return self.tokens[..., :count].permute(2, 0, 1), self.token_probs[..., :count].permute(2, 0, 1)
+
+    @property
+    def x0(self) -> torch.Tensor:
+        """int64 [B, L]: draw 0 (the arg-max at temperature 0)."""
+        return self.tokens[..., 0] if self.tokens.shape[-1] else self.top1_id
+
+    @property
+    def x0_prob(self) -> torch.Tensor:
+        """float32 [B, L]: the untempered probability of x0 (its confidence)."""
+        return self.token_probs[..., 0] if self.token_probs.shape[-1] else self.top1_prob
 
 
 @dataclass
@@ -112,8 +133,9 @@ class Strategy:
     scheduled = True
 
     def num_token_samples(self, options) -> int:
-        """How many token draws per position the step needs (sample 0 = x0)."""
-        return 1
+        """How many token draws per position the step needs (sample 0 = x0); none at temperature 0,
+        where x0 is the arg-max that the statistics already hold."""
+        return 1 if options.temperature > 0 else 0
 
     def decide(self, state: StepState) -> StepDecision:
         raise NotImplementedError
@@ -139,7 +161,7 @@ class ScoreStrategy(Strategy):
 
     def _scores(self, state: StepState) -> torch.Tensor:
         if self.score == "confidence":
-            return state.token_probs[0]
+            return state.x0_prob
         if self.score == "entropy":
             return -state.entropy
         if self.score == "margin":
@@ -150,7 +172,7 @@ class ScoreStrategy(Strategy):
         allowed = state.masked & state.active[:, None]
         commit = top_k_mask(self._scores(state), allowed, state.quota)
         kind = torch.where(commit.any(dim=1), KIND_HEURISTIC, KIND_NONE)
-        return StepDecision(kind=kind, commit=commit, tokens=state.tokens[0])
+        return StepDecision(kind=kind, commit=commit, tokens=state.x0)
 
 
 class FastDLLMStrategy(Strategy):
@@ -163,11 +185,11 @@ class FastDLLMStrategy(Strategy):
 
     def decide(self, state: StepState) -> StepDecision:
         allowed = state.masked & state.active[:, None]
-        confidence = state.token_probs[0]
+        confidence = state.x0_prob
         best = top_k_mask(confidence, allowed, torch.ones_like(state.quota))
         commit = best | (allowed & (confidence >= state.options.threshold))
         kind = torch.where(commit.any(dim=1), KIND_HEURISTIC, KIND_NONE)
-        return StepDecision(kind=kind, commit=commit, tokens=state.tokens[0])
+        return StepDecision(kind=kind, commit=commit, tokens=state.x0)
 
 
 class EntropyBoundedStrategy(Strategy):
@@ -191,7 +213,7 @@ class EntropyBoundedStrategy(Strategy):
         count = (within_bound & finite).sum(dim=1).clamp(min=1)
         commit = top_k_mask(-state.entropy, allowed, count)
         kind = torch.where(commit.any(dim=1), KIND_HEURISTIC, KIND_NONE)
-        return StepDecision(kind=kind, commit=commit, tokens=state.tokens[0])
+        return StepDecision(kind=kind, commit=commit, tokens=state.x0)
 
 
 class InfoGainStrategy(Strategy):
@@ -205,7 +227,7 @@ class InfoGainStrategy(Strategy):
     2. Trivial path when ``position_temperature <= 0`` or ``candidate_number <= 1``:
        commit candidate 0 (the k most confident positions, tokens x0).
     3. Otherwise N candidates: candidate n has its own token draw x_n (sample n of
-       ``gumbel_sample``; all equal to the arg-max at temperature 0) with
+       ``step_stats``; all equal to the arg-max at temperature 0) with
        confidences c_n = softmax(logits)[x_n]; candidate 0 takes the top-k of c_0,
        candidate n >= 1 the Gumbel-top-k of c_n / position_temperature
        (``gumbel_topk``). Candidates with the position set of an earlier candidate of
@@ -217,7 +239,7 @@ class InfoGainStrategy(Strategy):
     name = "info_gain"
 
     def num_token_samples(self, options) -> int:
-        return max(1, options.candidate_number)
+        return max(1, options.candidate_number) if options.temperature > 0 else 0
 
     def decide(self, state: StepState) -> StepDecision:
         opts = state.options
@@ -236,10 +258,10 @@ class InfoGainStrategy(Strategy):
         rest = has_quota & ~bypass_rows
         num_candidates = opts.candidate_number
         trivial = opts.position_temperature <= 0 or num_candidates <= 1 or not state.may_lookahead
-        greedy_commit = top_k_mask(state.token_probs[0], masked, quota) & rest[:, None]
+        greedy_commit = top_k_mask(state.x0_prob, masked, quota) & rest[:, None]
 
         commit = bypass_commit | greedy_commit
-        tokens = torch.where(bypass_commit, state.top1_id, state.tokens[0])
+        tokens = torch.where(bypass_commit, state.top1_id, state.x0)
         kind = torch.full_like(quota, KIND_NONE)
         kind = torch.where(bypass_rows, KIND_BYPASS, kind)
         if trivial:
@@ -251,13 +273,15 @@ class InfoGainStrategy(Strategy):
 
     def _candidates(self, state: StepState, masked, quota, lookahead_rows) -> Candidates:
         opts = state.options
-        num_candidates, batch, length = state.tokens.shape
+        num_candidates = opts.candidate_number
+        batch, length = state.masked.shape
+        draws, draw_probs = state.draws(num_candidates)
         # One call for all rows whatever their quota: gumbel_topk lists positions in decreasing
         # (perturbed) score, so the first quota[b] entries of row b are its top-quota[b]. Rows that
         # bypass or fill have no valid position: the op selects nothing for them, and their
         # candidates are all empty (and never kept).
         k_bound = state.max_quota
-        scores = state.token_probs.reshape(num_candidates * batch, length)
+        scores = draw_probs.reshape(num_candidates * batch, length)
         valid = (masked & lookahead_rows[:, None]).repeat(num_candidates, 1)
         # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
         # which the driver detects in its one read-back per step.
@@ -277,7 +301,7 @@ class InfoGainStrategy(Strategy):
         duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
         keep = ~duplicate & lookahead_rows[None, :]
         cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)
-        return Candidates(commit=commit, tokens=state.tokens, keep=keep, cost=cost)
+        return Candidates(commit=commit, tokens=draws, keep=keep, cost=cost)
 
 
 def make_strategy(name: str) -> Strategy:
