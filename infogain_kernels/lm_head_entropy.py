@@ -30,7 +30,7 @@ from ._backend import call_op, device_guard, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import FLOAT_DTYPES, check_bool, check_mask, check_same_device, check_tensor
 from .lookahead_objective import VARIANTS, objective_reference
-from .token_stats import SKIPPED_ENTROPY, raise_on_bad_rows
+from .step_stats import SKIPPED_ENTROPY, raise_on_bad_rows
 
 _COST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -336,12 +336,27 @@ def _programs_target(device: torch.device) -> int:
     return 264  # an H100's 132 SMs: the interpreter then exercises the same split logic
 
 
+def _row_layout(hidden: torch.Tensor) -> Tuple[Optional[torch.Tensor], int]:
+    """How the kernel finds row r of ``hidden`` viewed as [rows, D] without copying it:
+    ``(None, row_stride)`` when the leading dimensions collapse into one stride, else
+    ``(row_offsets, 0)`` with each row's start (in elements) computed from the strides."""
+    lead_shape = hidden.shape[:-1]
+    if len(lead_shape) == 0:
+        return None, 0
+    try:
+        return None, hidden.view(-1, hidden.shape[-1]).stride(0)
+    except RuntimeError:
+        pass
+    offsets = torch.zeros((), dtype=torch.int64, device=hidden.device)
+    for size, stride in zip(lead_shape, hidden.stride()[:-1]):
+        offsets = offsets.unsqueeze(-1) + torch.arange(size, device=hidden.device, dtype=torch.int64) * stride
+    return offsets.reshape(-1), 0
+
+
 def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], keep: Optional[torch.Tensor],
             *, config: Optional[dict] = None, splits: Optional[int] = None) -> torch.Tensor:
     """Triton path: flat float32 entropy [rows]. ``config`` / ``splits`` override the tiles and the
     vocabulary split (tests use them to exercise many tiles on small shapes)."""
-    from ._entropy_triton import _row_layout
-
     n_vocab, dim = weight.shape
     n_rows = hidden.shape[:-1].numel()
     device = hidden.device

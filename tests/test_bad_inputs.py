@@ -158,7 +158,7 @@ def _ops_cases():
         ("gumbel_sample/generator", lambda c: igk.gumbel_sample(_logits(2, 11), 2, 1.0, generator=0), TypeError,
          "generator"),
         ("gumbel_sample/+inf", lambda c: igk.gumbel_sample(_with(INF, 0, 0, 0), 2, 1.0), ValueError,
-         r"logits row \(0, 0\) contains \+inf"),
+         r"logits row at position \(0, 0\) contains \+inf"),
         ("gumbel_sample/nan", lambda c: igk.gumbel_sample(_with(NAN, 0, 0, 0), 2, 1.0), ValueError, "contains NaN"),
         ("gumbel_topk/scores-3d", lambda c: igk.gumbel_topk(_logits(2, 3, 11), 2, 2, 1.0, valid=valid), ValueError,
          "scores"),

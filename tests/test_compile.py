@@ -67,6 +67,8 @@ OPS = [
            lambda: (_logits(2, 4, 8), _logits(17, 8, seed=1),
                     torch.tensor([[True, False, True, True], [False, True, True, False]]), torch.tensor([0.5, 1.5])),
            _with_nan_row, lambda out: bool(torch.isnan(out.entropy[0, 0]) and torch.isnan(out.objective[0]))),
+    OpCase("step_stats", lambda x: igk.step_stats(x, num_samples=3, temperature=0.7), lambda: (_logits(2, 3, 17),),
+           _with_nan_row, lambda out: bool(torch.isnan(out[0][0, 0]))),
     OpCase("kv_block_replace", _kv_block_replace, lambda: (torch.zeros(2, 2, 8, 4), _logits(2, 2, 3, 4)),
            mutates_first=True),
 ]

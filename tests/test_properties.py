@@ -146,7 +146,10 @@ def _check_token_stats(logits, mask):
         with pytest.raises(ValueError, match="logits row at position .* is entirely -inf"):
             igk.token_stats(logits, mask)
         return
-    entropy, top1, top1_id, top2 = (t.reshape(-1) for t in igk.token_stats(logits, mask))
+    _check_token_stats_values(rows, read, *(t.reshape(-1) for t in igk.token_stats(logits, mask)))
+
+
+def _check_token_stats_values(rows, read, entropy, top1, top1_id, top2):
     p = torch.softmax(rows[read], -1)
     ordered = p.sort(-1, descending=True).values
     _close(entropy[read], _entropy64(rows[read]))
@@ -155,6 +158,43 @@ def _check_token_stats(logits, mask):
     assert torch.equal(top1_id[read], _first_argmax(rows[read]))
     assert (entropy[~read] == 0).all() and (top1[~read] == 0).all() and (top2[~read] == 0).all()
     assert (top1_id[~read] == -1).all()
+
+
+def _draw_step_stats(data):
+    logits = _logits(data)
+    return dict(logits=logits, mask=_mask(data, logits.shape[:-1]), num_samples=data.draw(st.integers(0, 4), label="S"),
+                temperature=_temperature(data), seed=data.draw(st.integers(0, 2 ** 31 - 1), label="draw_seed"))
+
+
+def _check_step_stats(logits, mask, num_samples, temperature, seed):
+    rows = _rows64(logits)
+    read = torch.ones(rows.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1)
+    generator = torch.Generator().manual_seed(seed)
+    if _has_unreadable_row(rows, read):
+        with pytest.raises(ValueError, match="is entirely -inf"):
+            igk.step_stats(logits, mask, num_samples=num_samples, temperature=temperature, generator=generator)
+        return
+    got = igk.step_stats(logits, mask, num_samples=num_samples, temperature=temperature, generator=generator)
+    assert got.tokens.shape == got.token_probs.shape == (*logits.shape[:-1], num_samples)
+    # The statistics are token_stats' (checked against the definition above).
+    _check_token_stats_values(rows, read, *(t.reshape(-1) for t in got[:4]))
+    tokens, probs = got.tokens.reshape(rows.shape[0], num_samples), got.token_probs.reshape(rows.shape[0], num_samples)
+    assert (tokens[~read] == -1).all() and (probs[~read] == 0).all()
+    read_rows = rows[read]
+    chosen = tokens[read]
+    assert ((chosen >= 0) & (chosen < rows.shape[1])).all()
+    _close(probs[read], torch.softmax(read_rows, -1).gather(1, chosen))
+    if temperature == 0:
+        assert (chosen == _first_argmax(read_rows)[:, None]).all()
+        return
+    # The random stream contract: draw s of row r sits where u[r, s] falls on the tempered CDF.
+    uniforms = torch.rand(rows.shape[0], num_samples, generator=torch.Generator().manual_seed(seed),
+                          dtype=torch.float32)[read].double()
+    weights = torch.softmax(read_rows / temperature, -1)
+    upper = weights.cumsum(-1).gather(1, chosen)
+    lower = upper - weights.gather(1, chosen)
+    assert (weights.gather(1, chosen) > 0).all()
+    assert ((lower <= uniforms + 1e-5) & (uniforms <= upper + 1e-5)).all()
 
 
 def _draw_gumbel_sample(data):
@@ -388,6 +428,7 @@ def _check_lm_head_entropy(hidden, weight, bias, mask):
 
 
 OPS = [
+    OpProperty("step_stats", _draw_step_stats, _check_step_stats),
     OpProperty("token_stats", _draw_token_stats, _check_token_stats),
     OpProperty("gumbel_sample", _draw_gumbel_sample, _check_gumbel_sample),
     OpProperty("gumbel_topk", _draw_gumbel_topk, _check_gumbel_topk),
