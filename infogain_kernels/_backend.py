@@ -75,6 +75,18 @@ def call_op(op, impl, *args):
     return impl(*args)
 
 
+def device_guard(tensor: torch.Tensor):
+    """Context manager making ``tensor``'s CUDA device current (a no-op for other devices).
+
+    Triton launches on the *current* device and its current stream, whatever device the
+    arguments live on; every Triton launch path runs under the guard of its input so that
+    tensors on ``cuda:1`` are processed on ``cuda:1`` while ``cuda:0`` is current.
+    """
+    if tensor.device.type == "cuda":
+        return torch.cuda.device(tensor.device)
+    return contextlib.nullcontext()
+
+
 def capturing_cuda_graph(device: torch.device) -> bool:
     """True while a CUDA graph is being captured on ``device``'s current stream.
 

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, capturing_cuda_graph, device_guard, use_triton
 from ._random import triton
 from ._validation import (check_bool, check_generator, check_logits, check_mask, check_positive_int,
                           check_same_device)
@@ -95,7 +95,8 @@ def _gumbel_sample_impl(logits: torch.Tensor, num_samples: int, temperature: flo
                       mask: Optional[torch.Tensor], seed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Custom op behind :func:`gumbel_sample`; ``seed`` is an int64 tensor [1] on the logits' device."""
     if use_triton(logits):
-        tokens, probs = _gumbel_sample_triton(logits, num_samples, temperature, mask, seed)
+        with device_guard(logits):
+            tokens, probs = _gumbel_sample_triton(logits, num_samples, temperature, mask, seed)
     else:
         tokens, probs = _gumbel_sample_reference(logits, num_samples, temperature, mask, seed)
     return tokens, probs

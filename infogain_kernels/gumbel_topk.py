@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import _random
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, capturing_cuda_graph, device_guard, use_triton
 from ._random import triton
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
                           check_same_device, check_tensor)
@@ -105,7 +105,8 @@ def _gumbel_topk_impl(scores: torch.Tensor, k: int, num_samples: int, temperatur
                     valid: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Custom op behind :func:`gumbel_topk`; ``seed`` is an int64 tensor [1] on the scores' device."""
     if use_triton(scores):
-        return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
+        with device_guard(scores):
+            return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
     return _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed)
 
 

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, capturing_cuda_graph, device_guard, use_triton
 from ._validation import check_bool, check_logits, check_mask, check_same_device
 
 # Fill values for positions that the mask skips.
@@ -113,7 +113,8 @@ def _token_stats_impl(logits: torch.Tensor, mask: Optional[torch.Tensor]
     if use_triton(logits):
         from ._entropy_triton import launch_row_stats
 
-        stats = launch_row_stats(logits, mask, with_top=True)
+        with device_guard(logits):
+            stats = launch_row_stats(logits, mask, with_top=True)
     else:
         stats = row_stats_reference(logits, mask, with_top=True)
     return tuple(t.view(lead_shape) for t in stats)

@@ -50,7 +50,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, capturing_cuda_graph, use_triton
+from ._backend import call_op, capturing_cuda_graph, device_guard, use_triton
 from ._random import triton
 from ._validation import check_logits, check_positive_int
 
@@ -140,7 +140,8 @@ def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
     ``lse`` is the log-sum-exp of the whole scaled row, non-finite for an invalid row.
     """
     if logits.shape[0] > 0 and k <= TRITON_MAX_K and use_triton(logits):
-        return nucleus_triton(logits, k, temperature, top_p, seed)
+        with device_guard(logits):
+            return nucleus_triton(logits, k, temperature, top_p, seed)
     return nucleus_reference(logits, k, temperature, top_p, seed)
 
 
