@@ -233,3 +233,36 @@ def launch_masked_mean(entropy: torch.Tensor, keep: torch.Tensor, cost: Optional
         BLOCK_L=triton.next_power_of_2(max(n_positions, 1)),
     )
     return objective, mean
+
+
+def aot_configs():
+    """The launch configurations :func:`launch_row_stats` and :func:`launch_masked_mean` pick at
+    the models' vocabulary widths, for the compile lane (:mod:`infogain_kernels._aot`)."""
+    from . import _aot
+
+    configs = []
+    # (WITH_TOP, HAS_KEEP) as the ops call the row pass: token_stats with and without a mask,
+    # lookahead_objective always with its `remaining` mask.
+    calls = ((True, False), (True, True), (False, True))
+    for dtype in _aot.DTYPES:
+        for vocab in _aot.MODEL_VOCABS.values():
+            block = _block_size(vocab)
+            for (with_top, has_keep), has_offsets in ((c, o) for c in calls for o in (False, True)):
+                placeholder = "*fp32"   # the launcher passes `entropy` for an unused pointer
+                args = dict(logits_ptr="*" + dtype, row_offsets_ptr="*i64" if has_offsets else placeholder,
+                            keep_ptr="*u8" if has_keep else placeholder, entropy_ptr="*fp32",
+                            top1_prob_ptr="*fp32", top1_id_ptr="*i64" if with_top else placeholder,
+                            top2_prob_ptr="*fp32", n_cols=vocab, stride_row=0 if has_offsets else vocab,
+                            stride_col=1, HAS_KEEP=has_keep, HAS_ROW_OFFSETS=has_offsets, WITH_TOP=with_top,
+                            BLOCK=block)
+                configs.append(_aot.launch_config(
+                    f"row_stats {dtype} V={vocab} top={int(with_top)} keep={int(has_keep)} offsets={int(has_offsets)}",
+                    _row_stats_kernel, args, num_warps=_num_warps(block), elements_per_iteration=block))
+    for n_positions in (32, 256):   # block lengths
+        for has_cost in (True, False):
+            args = dict(entropy_ptr="*fp32", keep_ptr="*u8", cost_ptr="*fp32", objective_ptr="*fp32",
+                        mean_ptr="*fp32", n_positions=n_positions, HAS_COST=has_cost,
+                        BLOCK_L=triton.next_power_of_2(n_positions))
+            configs.append(_aot.launch_config(f"masked_mean L={n_positions} cost={int(has_cost)}",
+                                              _masked_mean_objective_kernel, args, num_warps=4))
+    return configs

@@ -194,6 +194,12 @@ def _row_offsets(t: torch.Tensor) -> torch.Tensor:
     return offsets.reshape(-1)
 
 
+def _triton_tile(vocab: int, num_samples: int):
+    """(BLOCK_S, BLOCK_V) of the Triton launch."""
+    block_s = min(_random.next_power_of_2(num_samples), _TRITON_MAX_BLOCK_S)
+    return block_s, min(_random.next_power_of_2(vocab), max(16, _TRITON_TILE_ELEMENTS // block_s))
+
+
 def _gumbel_sample_triton(logits, num_samples, temperature, mask, seed):
     lead_shape = logits.shape[:-1]
     vocab = logits.shape[-1]
@@ -201,8 +207,7 @@ def _gumbel_sample_triton(logits, num_samples, temperature, mask, seed):
     tokens = torch.empty((num_samples, num_rows), dtype=torch.int64, device=logits.device)
     probs = torch.empty((num_samples, num_rows), dtype=torch.float32, device=logits.device)
     if num_rows > 0:
-        block_s = min(_random.next_power_of_2(num_samples), _TRITON_MAX_BLOCK_S)
-        block_v = min(_random.next_power_of_2(vocab), max(16, _TRITON_TILE_ELEMENTS // block_s))
+        block_s, block_v = _triton_tile(vocab, num_samples)
         mask_flat = mask.reshape(-1) if mask is not None else seed  # placeholder pointer when unused
         grid = (num_rows, triton.cdiv(num_samples, block_s))
         _gumbel_sample_kernel[grid](
@@ -280,3 +285,24 @@ if triton is not None:
             prob = tl.where(invalid, float("nan"), tl.exp(best_logit - running_max) / running_sum)
         tl.store(tokens_ptr + out_offsets, token, mask=sample_in_range)
         tl.store(probs_ptr + out_offsets, prob, mask=sample_in_range)
+
+
+def aot_configs():
+    """Launch configurations of :func:`_gumbel_sample_triton` at the models' vocabularies (1 and 8
+    draws, greedy or not, with or without a row mask), for the compile lane."""
+    from . import _aot
+
+    configs = []
+    for dtype in _aot.DTYPES:
+        for vocab in _aot.MODEL_VOCABS.values():
+            for num_samples, greedy, has_mask in ((s, g, m) for s in (1, 8) for g in (False, True) for m in (False, True)):
+                block_s, block_v = _triton_tile(vocab, num_samples)
+                args = dict(logits_ptr="*" + dtype, row_offsets_ptr="*i64", stride_v=1,
+                            mask_ptr="*i1" if has_mask else "*i64", seed_ptr="*i64", tokens_ptr="*i64",
+                            probs_ptr="*fp32", num_rows=256, vocab=vocab, num_samples=num_samples,
+                            temperature=0.0 if greedy else 1.0, HAS_MASK=has_mask, GREEDY=greedy,
+                            BLOCK_S=block_s, BLOCK_V=block_v)
+                configs.append(_aot.launch_config(
+                    f"gumbel_sample {dtype} V={vocab} S={num_samples} greedy={int(greedy)} mask={int(has_mask)}",
+                    _gumbel_sample_kernel, args, num_warps=4, elements_per_iteration=block_v))
+    return configs

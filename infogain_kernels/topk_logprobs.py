@@ -292,6 +292,10 @@ def _bisect_threshold(chunks, known_in, search, lse, top_p):
 # ----------------------------------------------------------------------------- Triton
 
 
+def _triton_block_v(vocab: int) -> int:
+    return min(_TRITON_BLOCK_V, max(16, _random.next_power_of_2(vocab)))
+
+
 def nucleus_triton(logits, k, temperature, top_p, seed):
     num_rows, vocab = logits.shape
     device = logits.device
@@ -300,7 +304,7 @@ def nucleus_triton(logits, k, temperature, top_p, seed):
     token = torch.empty(num_rows, dtype=torch.int64, device=device)
     token_logprob = torch.empty(num_rows, dtype=torch.float32, device=device)
     lse = torch.empty(num_rows, dtype=torch.float32, device=device)
-    block_v = min(_TRITON_BLOCK_V, max(16, _random.next_power_of_2(vocab)))
+    block_v = _triton_block_v(vocab)
     seed_arg = seed if seed is not None else lse  # unused pointer when not sampling
     _nucleus_kernel[(num_rows,)](
         logits, logits.stride(0), logits.stride(1), vocab,
@@ -454,3 +458,30 @@ if triton is not None:
             tl.store(token_ptr + row, tl.sum(tl.where(slots == 0, top_ids, 0), 0))
             tl.store(token_logprob_ptr + row, tl.sum(tl.where(slots == 0, top_logprobs, 0.0), 0))
         tl.store(lse_ptr + row, lse)
+
+
+def aot_configs():
+    """Launch configurations of :func:`nucleus_triton` as the public ops call it, for the compile
+    lane: topk_logprobs (EIS top_k = 5), sample_logprob greedy (k = 1) and sampling (k = 1 at
+    top_p = 1, else the probe of 16)."""
+    from . import _aot
+    from .sample_logprob import _NUCLEUS_PROBE_K
+
+    calls = {"topk_logprobs": [(5, False, False), (5, True, False)],
+             "sample_logprob greedy": [(1, False, False), (1, True, False)],
+             "sample_logprob sample": [(1, False, True), (_NUCLEUS_PROBE_K, True, True)]}
+    configs = []
+    for dtype in _aot.DTYPES:
+        for vocab in _aot.MODEL_VOCABS.values():
+            block_v = _triton_block_v(vocab)
+            for op, variants in calls.items():
+                for k, use_top_p, sample in variants:
+                    args = dict(x_ptr="*" + dtype, stride_b=vocab, stride_v=1, vocab=vocab, temperature=0.7,
+                                top_p=0.9, seed_ptr="*i64" if sample else "*fp32", ids_ptr="*i64",
+                                logprobs_ptr="*fp32", token_ptr="*i64", token_logprob_ptr="*fp32", lse_ptr="*fp32",
+                                K=k, KP=max(2, _random.next_power_of_2(k)), BLOCK_V=block_v,
+                                USE_TOP_P=use_top_p, SAMPLE=sample)
+                    configs.append(_aot.launch_config(
+                        f"nucleus {dtype} V={vocab} {op} k={k} top_p<1={int(use_top_p)}", _nucleus_kernel, args,
+                        num_warps=4, elements_per_iteration=block_v))
+    return configs
