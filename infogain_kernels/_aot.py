@@ -432,7 +432,9 @@ def compile_csrc(workdir: str, archs=("80", "90"), nvcc: Optional[str] = None) -
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     sources = sorted(os.path.join(root, "csrc", f) for f in os.listdir(os.path.join(root, "csrc"))
                      if f.endswith((".cpp", ".cu")))
-    includes = [f"-I{p}" for p in cpp_extension.include_paths()]
+    import sysconfig
+
+    includes = [f"-I{p}" for p in (*cpp_extension.include_paths(), sysconfig.get_paths()["include"])]
     # The CPU torch wheel ships c10/cuda headers without the CMake-generated config header.
     common = ["-O3", f"-std={torch_cxx_standard()}", "-DINFOGAIN_WITH_CUDA=1", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
               "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H", "-Xcompiler", "-fPIC", *includes]
