@@ -8,6 +8,11 @@ kept candidates of lookahead rows compete, which gives the sampler's decision (a
 repeats the position set of a lower-index candidate, and ties go to the lower index). Nothing is
 read back: the caller checks ``bad`` and the returned kinds whenever it synchronises anyway.
 
+Capture: the only host-to-device copy inside is the model's candidate layout (from the host tuple
+``cache_rows``), queued from pinned memory; for a fixed batch it holds the same values at every
+step, so a replay reads the right layout even where torch's pinned-memory cache recycles the
+captured buffer for the next step's identical layout.
+
 Scope: cache ``dual`` (the block is the window), models of :mod:`infogain.models`, no EOS fill,
 a step that is not the block's last (the driver's last-step fill needs no lookahead).
 """
