@@ -165,8 +165,10 @@ def headline(out: str, record: dict) -> str:
         elif "rows" in data:
             words.append(f"{len(data['rows'])} rows -> {name}")
             for row in data["rows"][:12]:
-                figures = {k: v for k, v in row.items() if any(t in k for t in ("gb_s", "peak", "speedup", "tok_s"))}
-                label = " ".join(str(row[k]) for k in ("op", "sampler", "cache", "shape", "rows") if k in row)
+                figures = {k: v for k, v in row.items()
+                           if any(t in k.lower() for t in ("gbps", "gb_s", "of_peak", "speedup", "tok_s", "tokens_per_s"))}
+                label = " ".join(str(row[k]) for k in ("op", "impl", "sampler", "model", "variant", "cache", "shape",
+                                                       "rows") if k in row)
                 if figures:
                     words.append("  " + label + " " + " ".join(
                         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
