@@ -1,6 +1,6 @@
 """One Info-Gain decoding step as pure device work, so that it can be captured in a CUDA graph.
 
-The sampler's ``_Run._step`` reads one small tensor back per step, and forwards only the kept
+It shares the decision with the sampler (``_Run._decide``). The sampler's ``_Run._step`` reads one small tensor back per step, and forwards only the kept
 (distinct) candidates of the lookahead rows, a batch whose size is known only after that
 read-back. :func:`device_step` does the same step with fixed shapes instead: it forwards all
 N x B candidates (one window per candidate and row, against the shared cache) and lets only the
@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from infogain_kernels import gumbel_sample, lookahead_objective, token_stats
+from infogain_kernels import lookahead_objective
 
-from ..stats import KIND_FILL, KIND_LOOKAHEAD
-from .strategies import StepState
+from ..stats import KIND_LOOKAHEAD
 
 
 def device_step(run, start: int, quota: torch.Tensor, max_quota: int) -> dict:
@@ -37,22 +36,8 @@ def device_step(run, start: int, quota: torch.Tensor, max_quota: int) -> dict:
     if run.mode != "dual":
         raise ValueError(f"device_step supports cache='dual', got {run.mode!r}")
     opts = run.opts
-    end = start + run.length
     logits = run.block_logits
-    block_ids = run.canvas[:, start:end]
-    masked = block_ids == run.mask_id
-    masked_count = masked.sum(dim=1)
-    entropy, top1_prob, top1_id, top2_prob = token_stats(logits, mask=masked, check_values=False)
-    tokens, token_probs = gumbel_sample(logits, run.strategy.num_token_samples(opts), opts.temperature,
-                                        mask=masked, generator=run.generator, check_values=False)
-    has_masks = masked_count > 0
-    fill = has_masks & (quota >= masked_count)
-    state = StepState(logits=logits, masked=masked, quota=quota, active=has_masks & ~fill, entropy=entropy,
-                      top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
-                      token_probs=token_probs, options=opts, max_quota=max_quota, generator=run.generator)
-    decision = run.strategy.decide(state)
-    kind = torch.where(fill, KIND_FILL, decision.kind)
-    commit = torch.where(fill[:, None], masked, decision.commit) & (kind != KIND_LOOKAHEAD)[:, None]
+    block_ids, _, entropy, kind, commit, decision = run._decide(start, quota, False, max_quota)
     block = torch.where(commit, decision.tokens, block_ids)
     bad = ~torch.isfinite(entropy).all()
     candidates = decision.candidates
