@@ -439,12 +439,17 @@ def compile_csrc(workdir: str, archs=("80", "90"), nvcc: Optional[str] = None) -
     common = ["-O3", f"-std={torch_cxx_standard()}", "-DINFOGAIN_WITH_CUDA=1", "-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE",
               "-DTORCH_EXTENSION_NAME=_C", "-DTORCH_API_INCLUDE_EXTENSION_H", "-Xcompiler", "-fPIC", *includes]
     gencode = [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
-    objects = []
-    for source in sources:
+    compiles = {}
+    for source in sources:   # side by side: each translation unit parses torch's headers
         obj = os.path.join(workdir, os.path.basename(source) + ".o")
         extra = gencode + ["--use_fast_math"] if source.endswith(".cu") else ["-x", "c++"]
-        subprocess.run([nvcc, "-c", source, "-o", obj, *common, *extra], capture_output=True, text=True, check=True)
-        objects.append(obj)
+        argv = [nvcc, "-c", source, "-o", obj, *common, *extra]
+        compiles[obj] = (argv, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for argv, proc in compiles.values():
+        stdout, stderr = proc.communicate()
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, argv, stdout, stderr)
+    objects = list(compiles)
     library = os.path.join(workdir, "_C.so")
     subprocess.run([nvcc, "-shared", *gencode, *objects, "-o", library], capture_output=True, text=True, check=True)
     usage = subprocess.run([cuobjdump_path(), "-res-usage", library], capture_output=True, text=True,

@@ -27,7 +27,7 @@ def _lane_env():
 
 
 def test_every_triton_kernel_compiles_for_sm90_and_sm80_within_budget(tmp_path):
-    out = os.environ.get("INFOGAIN_AOT_RESULTS") or str(tmp_path)
+    out = os.path.abspath(os.environ.get("INFOGAIN_AOT_RESULTS") or str(tmp_path))
     # One process per target, side by side: the lane is CPU-bound compilation.
     runs = {target: subprocess.Popen([sys.executable, "-m", "infogain_kernels._aot", "--target", target, "--out", out],
                                      cwd=ROOT, env=_lane_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
