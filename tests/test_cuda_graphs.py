@@ -43,6 +43,15 @@ def op_calls(device):
         "topk_logprobs": lambda gen: ik.topk_logprobs(rows, 5, temperature=0.9, top_p=0.9),
         "sample_logprob": lambda gen: ik.sample_logprob(rows, mode="sample", top_p=0.9, generator=gen),
     }
+    caches = [torch.zeros(3, 2, 16, 8, device=device), torch.zeros(3, 4, 16, 4, device=device)]
+    blocks = [torch.randn(3, 2, 4, 8, generator=g).to(device), torch.randn(3, 4, 4, 4, generator=g).to(device)]
+    dst_start = torch.tensor([0, 5, 12], device=device)   # made outside any capture: no copy inside
+
+    def kv_block_replace(gen):
+        ik.kv_block_replace(caches, blocks, dst_start)
+        return caches
+
+    calls["kv_block_replace"] = kv_block_replace
     if hasattr(ik, "step_stats"):
         calls["step_stats"] = lambda gen: ik.step_stats(logits, mask, num_samples=4, temperature=0.8, generator=gen,
                                                         check_values=False)
