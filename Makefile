@@ -35,7 +35,7 @@ aot: install
 GPU_ENV := PYTHONPATH=$(CURDIR):$(CURDIR)/python_api$(if $(PYTHONPATH),:$(PYTHONPATH))
 
 test-gpu:
-	$(PYTHON) setup.py build_ext --inplace
+	$(PYTHON) setup.py build_ext --inplace --force
 	$(GPU_ENV) $(PYTHON) -m pytest -q -m gpu tests
 
 gpu-check:

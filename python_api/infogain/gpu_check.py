@@ -55,7 +55,8 @@ class Stage:
 _PYTEST = ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
 
 STAGES = [
-    Stage("build", ["{python}", "setup.py", "build_ext", "--inplace"], 300, requires="setup.py"),
+    # --force: a CPU-only _C*.so copied along with the checkout must not count as up to date.
+    Stage("build", ["{python}", "setup.py", "build_ext", "--inplace", "--force"], 300, requires="setup.py"),
     Stage("cuda-kernel", ["{python}", "-m", "infogain.gpu_check", "--stage", "cuda-kernel", "--out", "{out}"], 60,
           results=["cuda-kernel-{gpu}.json"]),
     Stage("gpu-tests", _PYTEST + ["-m", "gpu and not cuda_graph", "--junitxml={out}/gpu-tests-{gpu}.xml"], 150,
