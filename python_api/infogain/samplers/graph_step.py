@@ -11,7 +11,9 @@ read back: the caller checks ``bad`` and the returned kinds whenever it synchron
 Capture: the only host-to-device copy inside is the model's candidate layout (from the host tuple
 ``cache_rows``), queued from pinned memory; for a fixed batch it holds the same values at every
 step, so a replay reads the right layout even where torch's pinned-memory cache recycles the
-captured buffer for the next step's identical layout.
+captured buffer for the next step's identical layout. Capture it with
+``torch.cuda.graph(..., capture_error_mode="relaxed")``: torch's pinned-memory cache may query CUDA
+events while the capture runs.
 
 Scope: cache ``dual`` (the block is the window), models of :mod:`infogain.models`, no EOS fill,
 a step that is not the block's last (the driver's last-step fill needs no lookahead).
