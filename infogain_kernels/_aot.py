@@ -90,21 +90,6 @@ _ELEMENT_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4, "fp64": 8, "i1": 1, "i8": 1, 
 # ----------------------------------------------------------------------------- registry helpers
 
 
-def torch_dtype_name(dtype) -> str:
-    """Triton's name of a torch dtype ("bf16", "fp16", "fp32", ...)."""
-    import torch
-
-    return {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.float64: "fp64",
-            torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8", torch.bool: "i1"}[dtype]
-
-
-def torch_dtype(name: str):
-    """The torch dtype of a Triton name (inverse of :func:`torch_dtype_name` for float types)."""
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
 def launch_config(name: str, kernel, args: Dict[str, object], *, num_warps: int,
                   num_stages: int = DEFAULT_NUM_STAGES, elements_per_iteration: Optional[int] = None,
                   bytes_per_element: Optional[int] = None) -> dict:
@@ -358,13 +343,9 @@ def _first_pointer_bytes(signature: Dict[str, str]) -> int:
     return 4
 
 
-def budget_failures(record: dict) -> List[str]:
-    """What breaks the compile budgets in one record (empty: within budget)."""
-    return [text for _, text in _budget_failures(record)]
-
-
-def _budget_failures(record: dict):
-    """[(kind, message)]: kind is "compile", "spills", "registers" or "instructions"."""
+def budget_failures(record: dict):
+    """What breaks the compile budgets in one record: [(kind, message)], kind "compile", "spills",
+    "registers" or "instructions" (empty: within budget)."""
     if "error" in record:
         return [("compile", f"compile error: {record['error'].splitlines()[-1] if record['error'] else '?'}")]
     failures = []
@@ -391,7 +372,7 @@ def compile_one(config: dict, target_name: str, workdir: str) -> dict:
     except Exception as exc:  # a compile error is a result of the lane, reported per configuration
         record["error"] = f"{type(exc).__name__}: {exc}"
     record["compile_seconds"] = round(time.perf_counter() - started, 2)
-    failures = _budget_failures(record)
+    failures = budget_failures(record)
     record["failures"] = [text for _, text in failures]
     allowed, why = KNOWN_FAILURES.get(record["kernel"], (set(), None))
     record["known_failure"] = why if failures and all(kind in allowed for kind, _ in failures) else None
