@@ -13,7 +13,7 @@ all of them within one time budget (default 9 minutes), the stages of :data:`STA
 3. a correctness sweep of every Triton kernel against its torch reference at full vocabulary
    widths (126,464 and 152,064) and 1 / 8 / 256 / 4096 rows, in bf16, fp16 and fp32;
 4. the benchmarks, last, so that a timeout cuts them and nothing else: bench_ops, bench_kv, the
-   EIS and lm_head benches when present, and the end-to-end Info-Gain benchmark on a full-size
+   EIS and lm_head benches when present, the shared-cache lookahead of LLaDA-8B, and the end-to-end Info-Gain benchmark on a full-size
    random-weight LLaDA-8B (prefix and dual cache, block 32, 8 candidates).
 
 Every result is JSON under one folder (default ``benches/results/``), named with the GPU
@@ -73,6 +73,9 @@ STAGES = [
           requires="benches/bench_eis.py"),
     Stage("bench-lm-head", ["{python}", "benches/bench_lm_head.py"], 60, results=["lm_head-{gpu}.json"],
           requires="benches/bench_lm_head.py"),
+    Stage("bench-models-llada-8b", ["{python}", "benches/bench_models.py", "--random-weights", "llada-8b",
+                                    "--repeats", "3"], 90, results=["models-{gpu}.json"],
+          requires="benches/bench_models.py"),
     Stage("bench-e2e-llada-8b", ["{python}", "-m", "infogain", "bench", "--random-weights", "llada-8b",
                                  "--cache", "prefix,dual", "--block-length", "32", "--candidates", "8",
                                  "--repeats", "1", "--out", "{out}/e2e-{gpu}.json"], 240,
