@@ -52,6 +52,10 @@ def op_calls(device):
         return caches
 
     calls["kv_block_replace"] = kv_block_replace
+    if hasattr(ik, "lm_head_entropy"):
+        hidden = torch.randn(3, 5, 64, generator=g).to(device)
+        weight = (torch.randn(1000, 64, generator=g) * 0.1).to(device)
+        calls["lm_head_entropy"] = lambda gen: ik.lm_head_entropy(hidden, weight, None, mask, check_values=False)
     if hasattr(ik, "step_stats"):
         calls["step_stats"] = lambda gen: ik.step_stats(logits, mask, num_samples=4, temperature=0.8, generator=gen,
                                                         check_values=False)
@@ -59,7 +63,8 @@ def op_calls(device):
 
 
 def flat(result):
-    return [t for t in (result if isinstance(result, (tuple, list)) else (result,))]
+    """The output tensors of an op (a tensor, or a tuple / NamedTuple with optional fields)."""
+    return [t for t in (result if isinstance(result, (tuple, list)) else (result,)) if t is not None]
 
 
 @pytest.mark.gpu

@@ -231,9 +231,30 @@ def _sweep_ops():
         "topk_logprobs k=5 top_p=0.9": lambda x: tuple(ik.topk_logprobs(x, 5, temperature=1.0, top_p=0.9)),
         "sample_logprob greedy top_p=0.9": lambda x: tuple(ik.sample_logprob(x, mode="greedy", top_p=0.9)),
     }
+    if hasattr(ik, "lm_head_entropy"):
+        ops["lm_head_entropy D=4096"] = lambda x: (ik.lm_head_entropy(*_head_inputs(x), check_values=False)[0],)
     if hasattr(ik, "step_stats"):
         ops["step_stats T=0 S=4"] = lambda x: tuple(ik.step_stats(x, num_samples=4, temperature=0.0))
     return ops
+
+
+_HEADS = {}
+
+
+def _head_inputs(logits):
+    """(hidden [rows, 4096], weight [V, 4096]) of ``logits``' rows, dtype and vocabulary, the same
+    tensors at every call (so that both backends see them)."""
+    import torch
+
+    rows, vocab = logits.shape
+    key = (vocab, logits.dtype)
+    if key not in _HEADS:
+        generator = torch.Generator(device=logits.device).manual_seed(vocab)
+        _HEADS.clear()   # one head in memory at a time
+        _HEADS[key] = (torch.randn(4096, 4096, device=logits.device, generator=generator).to(logits.dtype),
+                       (torch.randn(vocab, 4096, device=logits.device, generator=generator) * 0.05).to(logits.dtype))
+    hidden, weight = _HEADS[key]
+    return hidden[:rows], weight
 
 
 def stage_sweep(out: str, gpu: str) -> int:
