@@ -265,8 +265,8 @@ def _ptx_load_bytes(line: str) -> Optional[int]:
         return None
     op = m.group(1)
     if op.startswith("cp.async"):
-        size = re.search(r",\s*(\d+)\s*[,;]", line)
-        return int(size.group(1)) if size else None
+        size = re.search(r",\s*(0x[0-9a-fA-F]+|\d+)\s*[,;]", line)   # ptxas accepts hex or decimal
+        return int(size.group(1), 0) if size else None
     vec = re.search(r"\.v(\d+)\.", op)
     width = re.search(r"\.[busf](8|16|32|64|128)\b", op)
     return (int(vec.group(1)) if vec else 1) * (int(width.group(1)) // 8 if width else 4)

@@ -101,6 +101,8 @@ def test_ptx_load_widths():
     assert _aot._ptx_load_bytes("@%p1 ld.global.b16 { %rs1 }, [ %rd2 + 0 ];") == 2
     assert _aot._ptx_load_bytes("ld.global.v2.b64 { %rd3, %rd4 }, [ %rd1 + 0 ];") == 16
     assert _aot._ptx_load_bytes("cp.async.cg.shared.global [ %r1 + 0 ], [ %rd1 + 0 ], 16, %r2;") == 16
+    assert _aot._ptx_load_bytes("cp.async.cg.shared.global [ %r60 + 0 ], [ %rd15 + 0 ], 0x10, %r61;") == 16
+    assert _aot._ptx_load_bytes("cp.async.wait_group 2;") is None
     assert _aot._ptx_load_bytes("st.global.b32 [ %rd1 + 0 ], { %r1 };") is None
     ptx = "\n".join(["$L__BB0_1:", "ld.global.b8 { %rs1 }, [ %rd1 + 0 ];", "bra.uni $L__BB0_2;",
                      "$L__BB0_2:", "ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];",
