@@ -16,8 +16,7 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
-# INFOGAIN_RESULTS_DIR: another folder for the records (python -m infogain.gpu_check --out).
-RESULTS_DIR = os.environ.get("INFOGAIN_RESULTS_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 # Peak HBM bandwidth (bytes/s) of the GPUs this project is measured on, from the vendors' data sheets.
 _PEAK_BANDWIDTH = {

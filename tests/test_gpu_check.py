@@ -27,6 +27,8 @@ def test_stages_are_data_and_name_their_results():
     for stage in gpu_check.STAGES:
         for name in stage.results:
             assert "{gpu}" in name and name.endswith(".json"), (stage.name, name)
+        if stage.name.startswith("bench"):   # results go to the check's folder, never the working directory
+            assert stage.argv[stage.argv.index("--out") + 1] == "{out}/" + stage.results[0], stage.name
 
 
 def test_a_stage_whose_file_is_missing_is_skipped(tmp_path):

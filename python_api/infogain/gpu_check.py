@@ -16,7 +16,8 @@ all of them within one time budget (default 9 minutes), the stages of :data:`STA
    EIS and lm_head benches when present, the shared-cache lookahead of LLaDA-8B, and the end-to-end Info-Gain benchmark on a full-size
    random-weight LLaDA-8B (prefix and dual cache, block 32, 8 candidates).
 
-Every result is JSON under one folder (default ``benches/results/``), named with the GPU
+Every result is JSON under one folder (default ``benches/results/``; each benchmark gets its
+``--out``), named with the GPU
 (``ops-h200.json``, ``gpu-tests-h200.json``, ...), plus ``gpu-check-<gpu>.json`` (every stage's
 status, time and output tail) and ``gpu-check-<gpu>.txt``, the one-screen summary also printed at
 the end. Exit status: 0 when every stage passed, 1 when one failed or timed out, 2 when there is
@@ -65,17 +66,17 @@ STAGES = [
           results=["cuda-graph-tests-{gpu}.json"], requires="tests"),
     Stage("sweep", ["{python}", "-m", "infogain.gpu_check", "--stage", "sweep", "--out", "{out}"], 120,
           results=["sweep-{gpu}.json"]),
-    Stage("bench-ops", ["{python}", "benches/bench_ops.py"], 120, results=["ops-{gpu}.json"],
-          requires="benches/bench_ops.py"),
-    Stage("bench-kv", ["{python}", "benches/bench_kv.py"], 60, results=["kv-{gpu}.json"],
-          requires="benches/bench_kv.py"),
-    Stage("bench-eis", ["{python}", "benches/bench_eis.py", "--quick"], 60, results=["eis-{gpu}.json"],
-          requires="benches/bench_eis.py"),
-    Stage("bench-lm-head", ["{python}", "benches/bench_lm_head.py"], 60, results=["lm_head-{gpu}.json"],
-          requires="benches/bench_lm_head.py"),
+    Stage("bench-ops", ["{python}", "benches/bench_ops.py", "--out", "{out}/ops-{gpu}.json"], 120,
+          results=["ops-{gpu}.json"], requires="benches/bench_ops.py"),
+    Stage("bench-kv", ["{python}", "benches/bench_kv.py", "--out", "{out}/kv-{gpu}.json"], 60,
+          results=["kv-{gpu}.json"], requires="benches/bench_kv.py"),
+    Stage("bench-eis", ["{python}", "benches/bench_eis.py", "--quick", "--out", "{out}/eis-{gpu}.json"], 60,
+          results=["eis-{gpu}.json"], requires="benches/bench_eis.py"),
+    Stage("bench-lm-head", ["{python}", "benches/bench_lm_head.py", "--out", "{out}/lm_head-{gpu}.json"], 60,
+          results=["lm_head-{gpu}.json"], requires="benches/bench_lm_head.py"),
     Stage("bench-models-llada-8b", ["{python}", "benches/bench_models.py", "--random-weights", "llada-8b",
-                                    "--repeats", "3"], 90, results=["models-{gpu}.json"],
-          requires="benches/bench_models.py"),
+                                    "--repeats", "3", "--out", "{out}/models-{gpu}.json"], 90,
+          results=["models-{gpu}.json"], requires="benches/bench_models.py"),
     Stage("bench-e2e-llada-8b", ["{python}", "-m", "infogain", "bench", "--random-weights", "llada-8b",
                                  "--cache", "prefix,dual", "--block-length", "32", "--candidates", "8",
                                  "--repeats", "1", "--out", "{out}/e2e-{gpu}.json"], 240,
@@ -94,13 +95,12 @@ def gpu_slug() -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def _environment(out: str) -> Dict[str, str]:
+def _environment() -> Dict[str, str]:
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.path.join(ROOT, "python_api"), env.get("PYTHONPATH"))
                                         if p)
     env["PYTHONUNBUFFERED"] = "1"
-    env["INFOGAIN_RESULTS_DIR"] = out   # where benches/_common.write_results puts its records
     return env
 
 
@@ -131,7 +131,7 @@ def run_stage(stage: Stage, *, python: str, out: str, gpu: str, timeout_s: float
     started = time.perf_counter()
     print(f"\n=== {stage.name} (timeout {timeout_s:.0f} s): {record['command']}", flush=True)
     try:
-        proc = subprocess.run(argv, cwd=ROOT, env=_environment(out), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        proc = subprocess.run(argv, cwd=ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=timeout_s)
         output, status = proc.stdout, "ok" if proc.returncode == 0 else f"FAIL (exit {proc.returncode})"
     except subprocess.TimeoutExpired as expired:
