@@ -3,10 +3,17 @@
 Install with ``pip install --no-build-isolation .`` so the extension is compiled
 against the torch that is already installed (CPU or CUDA build); this file never
 asks pip for torch. ``INFOGAIN_CPU_ONLY=1`` forces a C++-only build.
+
+CUDA: the toolkit is the one torch's extension builder finds
+(``torch.utils.cpp_extension.CUDA_HOME``: ``$CUDA_HOME`` / ``$CUDA_PATH``, ``nvcc`` on PATH,
+``/usr/local/cuda``). ``TORCH_CUDA_ARCH_LIST`` defaults to the visible GPUs' architectures, or to
+"8.0;9.0" (A100, H100/H200) when none is visible. The C++ standard is torch's own (no ``-std``
+here: torch's builder adds the one its headers need).
 """
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -25,8 +32,24 @@ def _want_cuda() -> bool:
         return False
     if torch.version.cuda is None:
         return False
-    nvcc = os.path.join(os.environ.get("CUDA_HOME", ""), "bin", "nvcc")
-    return os.path.exists(nvcc) or shutil.which("nvcc") is not None
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else None
+    if nvcc is None or not os.path.exists(nvcc):
+        print(f"WARNING: torch {torch.__version__} was built with CUDA {torch.version.cuda}, but no nvcc was "
+              f"found (CUDA_HOME={CUDA_HOME!r}; set CUDA_HOME or put nvcc on PATH). Building the C++ (CPU) "
+              "kernels only: kv_block_replace will not run on CUDA tensors.", file=sys.stderr)
+        return False
+    return True
+
+
+def _default_arch_list() -> str:
+    """The visible GPUs' compute capabilities, else A100 + H100/H200."""
+    try:
+        capabilities = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    except Exception:  # no driver / no device: build for the usual data-centre GPUs
+        capabilities = []
+    return ";".join(f"{major}.{minor}" for major, minor in capabilities) or "8.0;9.0"
 
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -35,14 +58,17 @@ cuda_sources = sorted(glob.glob(os.path.join("csrc", "*.cu")))
 headers = sorted(glob.glob(os.path.join("csrc", "*.h")))   # rebuild when they change
 with_cuda = _want_cuda() and bool(cuda_sources)
 
-extra_cxx = ["-O3", "-std=c++17"]
+extra_cxx = ["-O3"]
 if with_cuda:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _default_arch_list())
+    print(f"infogain-kernels: building the CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}",
+          file=sys.stderr)
     ext = CUDAExtension(
         "infogain_kernels._C",
         sources=cpp_sources + cuda_sources,
         depends=headers,
         define_macros=[("INFOGAIN_WITH_CUDA", "1")],
-        extra_compile_args={"cxx": extra_cxx, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+        extra_compile_args={"cxx": extra_cxx, "nvcc": ["-O3", "--use_fast_math"]},
     )
 else:
     ext = CppExtension("infogain_kernels._C", sources=cpp_sources, depends=headers,

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 
 from . import _random
-from ._backend import call_op, use_native, use_triton, value_checks_enabled
+from ._backend import call_op, device_guard, use_native, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
                           check_same_device, check_tensor)
@@ -120,7 +120,8 @@ def _gumbel_topk_impl(scores: torch.Tensor, k: int, num_samples: int, temperatur
     if use_native(scores):  # csrc/gumbel_topk_cpu.cpp: the reference's exact result in one call
         return torch.ops.infogain._gumbel_topk_cpu(scores, k, num_samples, temperature, valid, seed)
     if use_triton(scores):
-        return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
+        with device_guard(scores):
+            return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
     return _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed)
 
 
@@ -155,13 +156,18 @@ def _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed):
     return torch.cat([order, order.new_full((num_samples, num_rows, k - kept), PADDING)], dim=2)
 
 
+def _triton_tile(num_positions: int, num_samples: int):
+    """(BLOCK_S, BLOCK_P) of the Triton launch: all positions of a row, as many samples as fit."""
+    block_p = _random.next_power_of_2(num_positions)
+    block_s = min(_random.next_power_of_2(num_samples), _TRITON_MAX_BLOCK_S, max(1, _TRITON_TILE_ELEMENTS // block_p))
+    return block_s, block_p
+
+
 def _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed):
     num_rows, num_positions = scores.shape
     indices = torch.empty((num_samples, num_rows, k), dtype=torch.int64, device=scores.device)
     if num_rows > 0:
-        block_p = _random.next_power_of_2(num_positions)
-        block_s = min(_random.next_power_of_2(num_samples), _TRITON_MAX_BLOCK_S,
-                      max(1, _TRITON_TILE_ELEMENTS // block_p))
+        block_s, block_p = _triton_tile(num_positions, num_samples)
         _gumbel_topk_kernel[(num_rows, triton.cdiv(num_samples, block_s))](
             scores, scores.stride(0), scores.stride(1), valid, valid.stride(0), valid.stride(1), seed, indices,
             num_rows, num_positions, num_samples, k, temperature,
@@ -205,3 +211,21 @@ if triton is not None:
             chosen = tl.min(tl.where(is_best, positions[None, :], BLOCK_P), axis=1)
             tl.store(out_ptrs + slot, tl.where(chosen < BLOCK_P, chosen.to(tl.int64), -1), mask=sample_in_range)
             remaining = remaining & (positions[None, :] != chosen[:, None])
+
+
+def aot_configs():
+    """Launch configurations of :func:`_gumbel_topk_triton` as the samplers call it (positions of a
+    block of 32 or 256, 2 samples, float32 confidences or half scores), for the compile lane."""
+    from . import _aot
+
+    configs = []
+    for dtype in _aot.DTYPES:
+        for num_positions, k in ((32, 4), (256, 8)):
+            block_s, block_p = _triton_tile(num_positions, 2)
+            args = dict(scores_ptr="*" + dtype, stride_sb=num_positions, stride_sp=1, valid_ptr="*i1",
+                        stride_vb=num_positions, stride_vp=1, seed_ptr="*i64", indices_ptr="*i64", num_rows=24,
+                        num_positions=num_positions, num_samples=2, k=k, temperature=0.5,
+                        BLOCK_S=block_s, BLOCK_P=block_p)
+            configs.append(_aot.launch_config(f"gumbel_topk {dtype} P={num_positions} S=2", _gumbel_topk_kernel,
+                                              args, num_warps=4))
+    return configs

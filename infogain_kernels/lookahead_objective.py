@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from ._backend import call_op, use_native, use_triton, value_checks_enabled
+from ._backend import call_op, device_guard, use_native, use_triton, value_checks_enabled
 from ._validation import check_bool, check_logits, check_mask, check_same_device, check_tensor
 from .step_stats import raise_on_bad_rows, step_stats_reference
 
@@ -43,8 +43,9 @@ def _lookahead_objective_impl(next_logits: torch.Tensor, remaining: torch.Tensor
     if use_triton(next_logits):
         from ._entropy_triton import launch_masked_mean, launch_row_stats
 
-        entropy = launch_row_stats(next_logits, remaining, with_top=False)[0]
-        return launch_masked_mean(entropy.view(n_candidates, n_positions), remaining, cost)
+        with device_guard(next_logits):
+            entropy = launch_row_stats(next_logits, remaining, with_top=False)[0]
+            return launch_masked_mean(entropy.view(n_candidates, n_positions), remaining, cost)
     entropy = step_stats_reference(next_logits, remaining, None, 0.0, with_top=False)[0]
     return objective_reference(entropy.view(n_candidates, n_positions), remaining, cost)
 

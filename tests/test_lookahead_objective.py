@@ -20,7 +20,9 @@ def expected_objective(next_logits, remaining, cost, variant):
 
 
 def assert_objective_matches(got, next_logits, remaining, cost, variant, *, atol=2e-5, rtol=1e-5):
-    objective, h_next = got
+    objective, h_next = (t.cpu() for t in got)
+    next_logits, remaining = next_logits.cpu(), remaining.cpu()
+    cost = cost.cpu() if cost is not None else None
     n_candidates = next_logits.shape[0]
     assert objective.shape == h_next.shape == (n_candidates,)
     assert objective.dtype == h_next.dtype == torch.float32
@@ -29,24 +31,24 @@ def assert_objective_matches(got, next_logits, remaining, cost, variant, *, atol
     torch.testing.assert_close(objective.double(), want_objective, atol=atol, rtol=rtol)
 
 
-def random_inputs(n_candidates, n_positions, vocab, *, seed=0, keep_fraction=0.6):
+def random_inputs(n_candidates, n_positions, vocab, *, seed=0, keep_fraction=0.6, device="cpu"):
     generator = torch.Generator().manual_seed(seed)
     next_logits = torch.randn(n_candidates, n_positions, vocab, generator=generator) * 3.0
     remaining = torch.rand(n_candidates, n_positions, generator=generator) < keep_fraction
     cost = torch.rand(n_candidates, generator=generator) * 5.0
-    return next_logits, remaining, cost
+    return next_logits.to(device), remaining.to(device), cost.to(device)
 
 
 @pytest.mark.parametrize("variant", ["info_gain", "lookum"])
 @pytest.mark.parametrize("shape", [(3, 4, 1), (2, 5, 7), (4, 8, 1000), (1, 1, 1000), (2, 2, 50257)])
 def test_matches_float64_definition(backend_device, variant, shape):
-    next_logits, remaining, cost = random_inputs(*shape)
+    next_logits, remaining, cost = random_inputs(*shape, device=backend_device)
     got = lookahead_objective(next_logits, remaining, cost, variant=variant)
     assert_objective_matches(got, next_logits, remaining, cost, variant)
 
 
 def test_lookum_needs_no_cost(backend_device):
-    next_logits, remaining, _ = random_inputs(3, 4, 30)
+    next_logits, remaining, _ = random_inputs(3, 4, 30, device=backend_device)
     got = lookahead_objective(next_logits, remaining, variant="lookum")
     assert_objective_matches(got, next_logits, remaining, None, "lookum")
     assert torch.equal(got[0], -got[1])
@@ -62,7 +64,7 @@ def test_llada_vocabulary_width_reference():
 
 @pytest.mark.parametrize("remaining_kind", ["all_true", "all_false", "one_row_empty"])
 def test_remaining_masks(backend_device, remaining_kind):
-    next_logits, remaining, cost = random_inputs(3, 6, 50)
+    next_logits, remaining, cost = random_inputs(3, 6, 50, device=backend_device)
     if remaining_kind == "all_true":
         remaining[:] = True
     elif remaining_kind == "all_false":
@@ -78,7 +80,7 @@ def test_remaining_masks(backend_device, remaining_kind):
 
 def test_rows_not_remaining_are_not_read(backend_device):
     """NaN / all -inf rows outside ``remaining`` would raise if they were read."""
-    next_logits, remaining, cost = random_inputs(2, 5, 40)
+    next_logits, remaining, cost = random_inputs(2, 5, 40, device=backend_device)
     remaining[:] = True
     remaining[0, 3] = remaining[1, 0] = False
     next_logits[0, 3] = float("nan")
@@ -88,7 +90,7 @@ def test_rows_not_remaining_are_not_read(backend_device):
 
 
 def test_neg_inf_entries(backend_device):
-    next_logits, remaining, cost = random_inputs(2, 3, 100)
+    next_logits, remaining, cost = random_inputs(2, 3, 100, device=backend_device)
     remaining[:] = True
     next_logits[0, 0, 1:] = NEG_INF  # one finite token: entropy 0
     next_logits[1, :, ::2] = NEG_INF
@@ -116,7 +118,7 @@ def test_triton_split_vocabulary_and_window_slice(triton_interpreted, monkeypatc
 
 @pytest.mark.parametrize("view", ["candidate_slice", "position_transpose", "vocab_stride"])
 def test_non_contiguous_views(backend_device, view):
-    base, _, _ = random_inputs(6, 6, 90)
+    base, _, _ = random_inputs(6, 6, 90, device=backend_device)
     next_logits = {
         "candidate_slice": base[::2],
         "position_transpose": base.transpose(0, 1),
@@ -126,16 +128,18 @@ def test_non_contiguous_views(backend_device, view):
     generator = torch.Generator().manual_seed(7)
     remaining = (torch.rand(next_logits.shape[:2], generator=generator) < 0.5).t().contiguous().t()
     cost = torch.rand(next_logits.shape[0] * 2, generator=generator)[::2]
+    remaining, cost = remaining.to(backend_device), cost.to(backend_device)
     got = lookahead_objective(next_logits, remaining, cost)
     assert_objective_matches(got, next_logits, remaining, cost, "info_gain")
 
 
 def test_zero_positions_and_zero_candidates(backend_device):
-    cost = torch.tensor([1.0, 2.0])
-    objective, h_next = lookahead_objective(torch.empty(2, 0, 5), torch.empty(2, 0, dtype=torch.bool), cost)
-    assert torch.equal(h_next, torch.zeros(2)) and torch.equal(objective, -cost)
-    objective, h_next = lookahead_objective(torch.empty(0, 3, 5), torch.empty(0, 3, dtype=torch.bool),
-                                            torch.empty(0))
+    on = dict(device=backend_device)
+    cost = torch.tensor([1.0, 2.0], **on)
+    objective, h_next = lookahead_objective(torch.empty(2, 0, 5, **on), torch.empty(2, 0, dtype=torch.bool, **on), cost)
+    assert torch.equal(h_next, torch.zeros(2, **on)) and torch.equal(objective, -cost)
+    objective, h_next = lookahead_objective(torch.empty(0, 3, 5, **on), torch.empty(0, 3, dtype=torch.bool, **on),
+                                            torch.empty(0, **on))
     assert objective.shape == h_next.shape == (0,)
 
 
@@ -159,7 +163,7 @@ def test_half_precision_reference(dtype):
 # ---- bad inputs ------------------------------------------------------------------------------
 
 def test_nan_in_remaining_row_raises(backend_device):
-    next_logits, remaining, cost = random_inputs(3, 4, 30)
+    next_logits, remaining, cost = random_inputs(3, 4, 30, device=backend_device)
     remaining[2, 1] = True
     next_logits[2, 1, 5] = float("nan")
     with pytest.raises(ValueError, match=r"next_logits row at position \(2, 1\) contains NaN"):
@@ -167,7 +171,7 @@ def test_nan_in_remaining_row_raises(backend_device):
 
 
 def test_all_neg_inf_remaining_row_raises(backend_device):
-    next_logits, remaining, cost = random_inputs(3, 4, 30)
+    next_logits, remaining, cost = random_inputs(3, 4, 30, device=backend_device)
     remaining[0, 3] = True
     next_logits[0, 3] = NEG_INF
     with pytest.raises(ValueError, match=r"next_logits row at position \(0, 3\) is entirely -inf"):
@@ -182,7 +186,7 @@ def test_non_finite_cost_raises():
 
 
 def test_check_values_false_flags_bad_candidates_without_raising(backend_device):
-    next_logits, remaining, cost = random_inputs(4, 4, 30)
+    next_logits, remaining, cost = random_inputs(4, 4, 30, device=backend_device)
     remaining[2, 1] = remaining[0, 3] = True
     next_logits[2, 1, 5] = float("nan")
     next_logits[0, 3] = NEG_INF

@@ -30,13 +30,25 @@ def make_logits(rows, vocab, seed=0, scale=2.0):
 BACKENDS = ["reference", "triton"]
 
 
+@pytest.fixture
+def device_of(triton_device):
+    """Device the inputs must live on for a backend: the reference runs on CPU tensors."""
+    return lambda backend: "cpu" if backend == "reference" else triton_device
+
+
+def seeded(seed, device):
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("vocab", [1, 7, 1000])
 @pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.5, 0.9), (0.0, 0.6), (2.0, 0.3)])
-def test_greedy_is_argmax_with_filtered_logprob(backend, triton_interpreted, vocab, temperature, top_p):
+def test_greedy_is_argmax_with_filtered_logprob(backend, device_of, vocab, temperature, top_p):
     logits = make_logits(4, vocab)
     with use_backend(backend):
-        token, logprob = sample_logprob(logits, mode="greedy", temperature=temperature, top_p=top_p)
+        token, logprob = sample_logprob(logits.to(device_of(backend)), mode="greedy", temperature=temperature,
+                                        top_p=top_p)
+    token, logprob = token.cpu(), logprob.cpu()
     assert token.dtype == torch.int64 and logprob.dtype == torch.float32 and token.shape == (4,)
     assert token.tolist() == logits.argmax(dim=1).tolist()
     spec = filtered_logprobs(logits, temperature, top_p).gather(1, token[:, None]).squeeze(1).float()
@@ -44,8 +56,8 @@ def test_greedy_is_argmax_with_filtered_logprob(backend, triton_interpreted, voc
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_temperature_zero_sample_mode_is_greedy(backend, triton_interpreted):
-    logits = make_logits(5, 50, seed=2)
+def test_temperature_zero_sample_mode_is_greedy(backend, device_of):
+    logits = make_logits(5, 50, seed=2).to(device_of(backend))
     with use_backend(backend):
         sampled = sample_logprob(logits, mode="sample", temperature=0.0, top_p=0.7)
         greedy = sample_logprob(logits, mode="greedy", temperature=0.0, top_p=0.7)
@@ -56,12 +68,14 @@ def test_temperature_zero_sample_mode_is_greedy(backend, triton_interpreted):
 @pytest.mark.parametrize("backend,draws,temperature,top_p", [
     ("reference", 20000, 1.0, 1.0), ("reference", 20000, 0.7, 0.8), ("reference", 20000, 1.5, 0.95),
     ("triton", 400, 1.0, 1.0), ("triton", 400, 0.7, 0.8)])
-def test_sample_frequencies_chi_square(backend, draws, triton_interpreted, temperature, top_p):
+def test_sample_frequencies_chi_square(backend, draws, device_of, temperature, top_p):
     base = torch.tensor([[1.5, 0.2, -math.inf, 0.9, -0.4, 1.1, 0.0, -1.2]])
-    logits = base.expand(draws, -1)  # stride-0 rows: one distribution, many independent draws
+    device = device_of(backend)
+    logits = base.to(device).expand(draws, -1)  # stride-0 rows: one distribution, many independent draws
     with use_backend(backend):
         token, logprob = sample_logprob(logits, mode="sample", temperature=temperature, top_p=top_p,
-                                        generator=torch.Generator().manual_seed(1234))
+                                        generator=seeded(1234, device))
+    token, logprob = token.cpu(), logprob.cpu()
     spec = filtered_logprobs(base, temperature, top_p)[0]
     torch.testing.assert_close(logprob, spec[token].float(), atol=2e-5, rtol=1e-5)
     counts = np.bincount(token.numpy(), minlength=base.shape[1])
@@ -72,11 +86,13 @@ def test_sample_frequencies_chi_square(backend, draws, triton_interpreted, tempe
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_nucleus_wider_than_probe(backend, triton_interpreted):
+def test_nucleus_wider_than_probe(backend, device_of):
     # Flat distribution: the 0.9 nucleus holds far more than the 16 probed tokens (bisection + extra read).
     logits = torch.randn(6, 400, generator=torch.Generator().manual_seed(9)) * 0.2
+    device = device_of(backend)
     with use_backend(backend):
-        token, logprob = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(0))
+        token, logprob = sample_logprob(logits.to(device), mode="sample", top_p=0.9, generator=seeded(0, device))
+    token, logprob = token.cpu(), logprob.cpu()
     spec = filtered_logprobs(logits, 1.0, 0.9).gather(1, token[:, None]).squeeze(1)
     assert torch.isfinite(spec).all()
     torch.testing.assert_close(logprob, spec.float(), atol=2e-5, rtol=1e-5)
@@ -84,12 +100,13 @@ def test_nucleus_wider_than_probe(backend, triton_interpreted):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_same_generator_state_same_draw(backend, triton_interpreted):
-    logits = make_logits(8, 100, seed=4, scale=0.5)
+def test_same_generator_state_same_draw(backend, device_of):
+    device = device_of(backend)
+    logits = make_logits(8, 100, seed=4, scale=0.5).to(device)
     with use_backend(backend):
-        a = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(7))
-        b = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(7))
-        c = sample_logprob(logits, mode="sample", top_p=0.9, generator=torch.Generator().manual_seed(8))
+        a = sample_logprob(logits, mode="sample", top_p=0.9, generator=seeded(7, device))
+        b = sample_logprob(logits, mode="sample", top_p=0.9, generator=seeded(7, device))
+        c = sample_logprob(logits, mode="sample", top_p=0.9, generator=seeded(8, device))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[0], c[0])
 
@@ -104,15 +121,16 @@ def test_registered_as_custom_op():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_invalid_rows_raise(backend, triton_interpreted):
+def test_invalid_rows_raise(backend, device_of):
+    device = device_of(backend)
     logits = make_logits(3, 20)
     logits[2, 5] = math.nan
     with use_backend(backend), pytest.raises(ValueError, match="row 2 contains NaN"):
-        sample_logprob(logits, mode="sample", generator=torch.Generator().manual_seed(0))
+        sample_logprob(logits.to(device), mode="sample", generator=seeded(0, device))
     logits = make_logits(3, 20)
     logits[0] = -math.inf
     with use_backend(backend), pytest.raises(ValueError, match="row 0 is entirely -inf"):
-        sample_logprob(logits, mode="greedy", top_p=0.5)
+        sample_logprob(logits.to(device), mode="greedy", top_p=0.5)
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -133,3 +151,35 @@ def test_invalid_logits():
         sample_logprob(torch.zeros(2, 3, 4))
     with pytest.raises(TypeError, match="logits must have dtype"):
         sample_logprob(torch.zeros(2, 3, dtype=torch.int32))
+
+
+# ---- GPU lane --------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("vocab", [126464, 152064])
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_cuda_real_vocabularies(dtype, vocab, top_p):
+    logits = (torch.randn(4, vocab, generator=torch.Generator().manual_seed(3)) * 4.0).to(dtype)
+    logits[:, :100] = -math.inf
+    spec = filtered_logprobs_chunked(logits.float(), top_p)
+    token, logprob = sample_logprob(logits.cuda(), mode="greedy", top_p=top_p)
+    assert token.cpu().tolist() == logits.float().argmax(dim=1).tolist()
+    torch.testing.assert_close(logprob.cpu(), spec.gather(1, token.cpu()[:, None]).squeeze(1), atol=1e-4, rtol=1e-4)
+    token, logprob = sample_logprob(logits.cuda(), mode="sample", top_p=top_p, generator=seeded(5, "cuda"))
+    want = spec.gather(1, token.cpu()[:, None]).squeeze(1)
+    assert torch.isfinite(want).all(), "a token outside the nucleus was drawn"
+    torch.testing.assert_close(logprob.cpu(), want, atol=1e-4, rtol=1e-4)
+
+
+def filtered_logprobs_chunked(logits, top_p):
+    """filtered_logprobs for wide rows at T = 1: the sort form (the pairwise form is [V, V])."""
+    s = logits.double()
+    p = torch.softmax(s, dim=-1)
+    sorted_s, order = torch.sort(s, dim=-1, descending=True, stable=True)
+    exclusive = torch.cumsum(p.gather(-1, order), dim=-1) - p.gather(-1, order)
+    first_of_group = torch.searchsorted(-sorted_s.contiguous(), -sorted_s.contiguous(), side="left")
+    keep_sorted = exclusive.gather(-1, first_of_group) < top_p if top_p < 1 else torch.ones_like(s, dtype=torch.bool)
+    keep = torch.empty_like(keep_sorted).scatter_(-1, order, keep_sorted)
+    nucleus = (p * keep).sum(-1, keepdim=True)
+    return torch.where(keep, torch.log(p) - torch.log(nucleus), torch.full_like(p, -math.inf)).float()

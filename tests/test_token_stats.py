@@ -24,6 +24,8 @@ def expected_stats(logits: torch.Tensor):
 
 
 def assert_stats_match(got, logits, mask=None, *, atol=2e-5, rtol=1e-5):
+    got, logits = [t.cpu() for t in got], logits.cpu()
+    mask = mask.cpu() if mask is not None else None
     entropy, top1, top1_id, top2 = got
     lead_shape = logits.shape[:-1]
     for t in got:
@@ -42,14 +44,14 @@ def assert_stats_match(got, logits, mask=None, *, atol=2e-5, rtol=1e-5):
     assert torch.all(top2[skipped] == 0) and torch.all(top1_id[skipped] == -1)
 
 
-def random_logits(*shape, scale=3.0, seed=0):
+def random_logits(*shape, scale=3.0, seed=0, device="cpu"):
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=generator) * scale
+    return (torch.randn(*shape, generator=generator) * scale).to(device)
 
 
 @pytest.mark.parametrize("shape", [(4, 1), (3, 7), (2, 3, 1000), (1, 1000), (1000,), (2, 50257)])
 def test_matches_float64_definition(backend_device, shape):
-    logits = random_logits(*shape)
+    logits = random_logits(*shape, device=backend_device)
     assert_stats_match(token_stats(logits), logits)
 
 
@@ -60,7 +62,7 @@ def test_llada_vocabulary_width_reference():
 
 
 def test_neg_inf_entries(backend_device):
-    logits = random_logits(5, 300)
+    logits = random_logits(5, 300, device=backend_device)
     logits[0, :299] = NEG_INF  # a single finite token: entropy 0, probability 1
     logits[1, ::3] = NEG_INF
     logits[2, 150:] = NEG_INF
@@ -93,21 +95,21 @@ def test_ties_take_lowest_index_and_top2_equals_top1(backend_device):
     logits[0, [2, 5, 9]] = 1.0
     logits[1] = 0.0  # uniform
     logits[2, 9] = 2.0
-    entropy, top1, top1_id, top2 = token_stats(logits)
+    entropy, top1, top1_id, top2 = (t.cpu() for t in token_stats(logits.to(backend_device)))
     assert top1_id.tolist() == [2, 0, 9]
     assert top2[0] == top1[0] and top2[1] == top1[1]
     assert math.isclose(float(entropy[1]), math.log(10), rel_tol=1e-6)
 
 
 def test_single_token_vocabulary(backend_device):
-    logits = random_logits(6, 1)
+    logits = random_logits(6, 1, device=backend_device)
     entropy, top1, top1_id, top2 = token_stats(logits)
     assert torch.all(entropy == 0) and torch.all(top1 == 1) and torch.all(top1_id == 0) and torch.all(top2 == 0)
 
 
 @pytest.mark.parametrize("view", ["leading_slice", "leading_transpose", "vocab_stride", "transposed_2d"])
 def test_non_contiguous_views(backend_device, view):
-    base = random_logits(4, 6, 130)
+    base = random_logits(4, 6, 130, device=backend_device)
     logits = {
         "leading_slice": base[1:, ::2],
         "leading_transpose": base.transpose(0, 1),
@@ -115,33 +117,33 @@ def test_non_contiguous_views(backend_device, view):
         "transposed_2d": base[0].t().contiguous().t(),
     }[view]
     assert not logits.is_contiguous()
-    mask = torch.rand(logits.shape[:-1], generator=torch.Generator().manual_seed(1)) > 0.4
+    mask = (torch.rand(logits.shape[:-1], generator=torch.Generator().manual_seed(1)) > 0.4).to(backend_device)
     assert_stats_match(token_stats(logits), logits)
     assert_stats_match(token_stats(logits, mask), logits, mask)
 
 
 @pytest.mark.parametrize("mask_kind", ["all_true", "all_false", "random"])
 def test_mask(backend_device, mask_kind):
-    logits = random_logits(3, 5, 64)
+    logits = random_logits(3, 5, 64, device=backend_device)
     mask = {
         "all_true": torch.ones(3, 5, dtype=torch.bool),
         "all_false": torch.zeros(3, 5, dtype=torch.bool),
         "random": torch.rand(3, 5, generator=torch.Generator().manual_seed(2)) > 0.5,
-    }[mask_kind]
+    }[mask_kind].to(backend_device)
     assert_stats_match(token_stats(logits, mask), logits, mask)
 
 
 def test_skipped_rows_are_not_read(backend_device):
     """A skipped row full of NaN would raise if it were read."""
-    logits = random_logits(4, 50)
+    logits = random_logits(4, 50, device=backend_device)
     logits[1] = float("nan")
     logits[3] = NEG_INF
-    mask = torch.tensor([True, False, True, False])
+    mask = torch.tensor([True, False, True, False], device=backend_device)
     assert_stats_match(token_stats(logits, mask), logits, mask)
 
 
 def test_empty_leading_shape(backend_device):
-    logits = torch.empty(0, 3, 10)
+    logits = torch.empty(0, 3, 10, device=backend_device)
     got = token_stats(logits)
     assert [t.shape for t in got] == [torch.Size([0, 3])] * 4
 
@@ -158,36 +160,36 @@ def test_half_precision_reference(dtype, atol):
 
 def test_large_logits_keep_precision(backend_device):
     """Shifting by the row max keeps entropy accurate when logits are far from 0."""
-    logits = random_logits(3, 500) + 1000.0
+    logits = random_logits(3, 500, device=backend_device) + 1000.0
     assert_stats_match(token_stats(logits), logits)
 
 
 # ---- bad inputs ------------------------------------------------------------------------------
 
 def test_nan_raises(backend_device):
-    logits = random_logits(2, 3, 40)
+    logits = random_logits(2, 3, 40, device=backend_device)
     logits[1, 2, 7] = float("nan")
     with pytest.raises(ValueError, match=r"logits row at position \(1, 2\) contains NaN"):
         token_stats(logits)
 
 
 def test_all_neg_inf_row_raises(backend_device):
-    logits = random_logits(2, 3, 40)
+    logits = random_logits(2, 3, 40, device=backend_device)
     logits[0, 1] = NEG_INF
     with pytest.raises(ValueError, match=r"logits row at position \(0, 1\) is entirely -inf"):
         token_stats(logits)
 
 
 def test_check_values_false_flags_bad_rows_without_raising(backend_device):
-    logits = random_logits(2, 3, 40)
+    logits = random_logits(2, 3, 40, device=backend_device)
     logits[1, 2, 7] = float("nan")
     logits[0, 1] = NEG_INF
     entropy, _, _, _ = token_stats(logits, check_values=False)
-    finite = torch.isfinite(entropy)
+    finite = torch.isfinite(entropy).cpu()
     assert not finite[1, 2] and not finite[0, 1]
     assert int(finite.sum()) == finite.numel() - 2
     # Good rows are unaffected by the flag: the same statistics as the checked call on them.
-    good = torch.ones(2, 3, dtype=torch.bool)
+    good = torch.ones(2, 3, dtype=torch.bool, device=backend_device)
     good[1, 2] = good[0, 1] = False
     checked = token_stats(logits, good)
     unchecked = token_stats(logits, good, check_values=False)

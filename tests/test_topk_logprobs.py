@@ -34,6 +34,7 @@ def expected_ids(logits, temperature, k):
 
 def check_against_spec(logits, k, temperature, top_p, atol=2e-5):
     ids, logprobs = topk_logprobs(logits, k, temperature=temperature, top_p=top_p)
+    ids, logprobs, logits = ids.cpu(), logprobs.cpu(), logits.cpu()
     assert ids.dtype == torch.int64 and logprobs.dtype == torch.float32
     assert ids.shape == logprobs.shape == (logits.shape[0], k)
     torch.testing.assert_close(ids, expected_ids(logits, temperature, k), rtol=0, atol=0)
@@ -42,12 +43,12 @@ def check_against_spec(logits, k, temperature, top_p, atol=2e-5):
     return ids, logprobs
 
 
-def make_logits(rows, vocab, seed=0, scale=3.0):
+def make_logits(rows, vocab, seed=0, scale=3.0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(rows, vocab, generator=g) * scale
     if vocab > 4:
         x[0, 1::3] = -math.inf  # suppressed tokens
-    return x
+    return x.to(device)
 
 
 CASES = [(t, p) for t in (1.0, 0.7, 0.0) for p in (1.0, 0.9, 0.3)]
@@ -63,38 +64,34 @@ def test_reference_matches_spec(vocab, temperature, top_p):
 
 @pytest.mark.parametrize("vocab", [1, 7, 1000])
 @pytest.mark.parametrize("temperature,top_p", CASES)
-def test_triton_matches_spec(triton_interpreted, vocab, temperature, top_p):
-    logits = make_logits(3, vocab)
+def test_triton_matches_spec(triton_device, vocab, temperature, top_p):
+    logits = make_logits(3, vocab, device=triton_device)
     with use_backend("triton"):
         check_against_spec(logits, min(5, vocab), temperature, top_p)
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_nucleus_wider_than_k_and_k_past_nucleus(backend, triton_interpreted):
+def test_nucleus_wider_than_k_and_k_past_nucleus(backend_device):
     # Flat row: the 0.95 nucleus holds hundreds of tokens (bisection path); peaked row: nucleus of 1-2 tokens, k=6
     # reaches past it and those ids get -inf.
     flat = torch.randn(1, 700, generator=torch.Generator().manual_seed(3)) * 0.3
     peaked = torch.randn(1, 700, generator=torch.Generator().manual_seed(4))
     peaked[0, 10], peaked[0, 20] = 12.0, 11.0
-    with use_backend(backend):
-        check_against_spec(flat, 6, 1.0, 0.95)
-        _, lp = check_against_spec(peaked, 6, 1.0, 0.5)
+    check_against_spec(flat.to(backend_device), 6, 1.0, 0.95)
+    _, lp = check_against_spec(peaked.to(backend_device), 6, 1.0, 0.5)
     assert math.isfinite(lp[0, 0]) and torch.isinf(lp[0, 2:]).all()
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_ties_and_noncontiguous(backend, triton_interpreted):
-    logits = torch.zeros(2, 10)
-    with use_backend(backend):
-        ids, lp = topk_logprobs(logits, 3)
-        assert ids.tolist() == [[0, 1, 2]] * 2
-        torch.testing.assert_close(lp, torch.full((2, 3), -math.log(10)))
-        # Ties at the nucleus boundary are all kept: 0.25 of 10 equal tokens -> the boundary tie keeps all 10.
-        _, lp = topk_logprobs(logits, 3, top_p=0.25)
-        torch.testing.assert_close(lp, torch.full((2, 3), -math.log(10)))
-        wide = make_logits(40, 9, seed=5)
-        view = wide.t()[:, ::2]  # [9, 20] with strides (1, 18)
-        check_against_spec(view, 4, 0.8, 0.9)
+def test_ties_and_noncontiguous(backend_device):
+    logits = torch.zeros(2, 10, device=backend_device)
+    ids, lp = topk_logprobs(logits, 3)
+    assert ids.tolist() == [[0, 1, 2]] * 2
+    torch.testing.assert_close(lp.cpu(), torch.full((2, 3), -math.log(10)))
+    # Ties at the nucleus boundary are all kept: 0.25 of 10 equal tokens -> the boundary tie keeps all 10.
+    _, lp = topk_logprobs(logits, 3, top_p=0.25)
+    torch.testing.assert_close(lp.cpu(), torch.full((2, 3), -math.log(10)))
+    wide = make_logits(40, 9, seed=5, device=backend_device)
+    view = wide.t()[:, ::2]  # [9, 20] with strides (1, 18)
+    check_against_spec(view, 4, 0.8, 0.9)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -112,21 +109,19 @@ def test_registered_as_custom_op():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("backend", ["reference", "triton"])
-def test_invalid_rows_raise(backend, triton_interpreted):
-    nan_row = make_logits(2, 30)
+def test_invalid_rows_raise(backend_device):
+    nan_row = make_logits(2, 30, device=backend_device)
     nan_row[1, 4] = math.nan
-    all_inf = make_logits(2, 30)
+    all_inf = make_logits(2, 30, device=backend_device)
     all_inf[1] = -math.inf
-    pos_inf = make_logits(2, 30)
+    pos_inf = make_logits(2, 30, device=backend_device)
     pos_inf[0, 3] = math.inf
-    with use_backend(backend):
-        with pytest.raises(ValueError, match="row 1 contains NaN"):
-            topk_logprobs(nan_row, 2)
-        with pytest.raises(ValueError, match="row 1 is entirely -inf"):
-            topk_logprobs(all_inf, 2, top_p=0.5)
-        with pytest.raises(ValueError, match=r"row 0 contains \+inf"):
-            topk_logprobs(pos_inf, 2)
+    with pytest.raises(ValueError, match="row 1 contains NaN"):
+        topk_logprobs(nan_row, 2)
+    with pytest.raises(ValueError, match="row 1 is entirely -inf"):
+        topk_logprobs(all_inf, 2, top_p=0.5)
+    with pytest.raises(ValueError, match=r"row 0 contains \+inf"):
+        topk_logprobs(pos_inf, 2)
 
 
 @pytest.mark.parametrize("call,error,match", [
@@ -152,9 +147,21 @@ def test_negative_and_positive_zero_are_a_tie(backend, triton_interpreted):
     """-0.0 and +0.0 are equal scores: the lower id comes first, in either order of the signs."""
     from infogain_kernels import sample_logprob
 
-    logits = torch.tensor([[-0.0, 0.0, -1.0], [0.0, -0.0, -1.0], [-1.0, -0.0, 0.0]])
+    logits = torch.tensor([[-0.0, 0.0, -1.0], [0.0, -0.0, -1.0], [-1.0, -0.0, 0.0]]).to(triton_interpreted)
     with use_backend(backend):
         ids, _ = topk_logprobs(logits, 2)
         token, _ = sample_logprob(logits)
     assert ids.tolist() == [[0, 1], [0, 1], [1, 2]]
     assert token.tolist() == [0, 0, 1]
+
+
+# ---- GPU lane --------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("vocab", [126464, 152064])
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (1.0, 0.9), (0.0, 0.95)])
+def test_cuda_real_vocabularies(dtype, vocab, temperature, top_p):
+    # T in {0, 1}: s = x exactly on every device, so the ranking (ties included) must match exactly.
+    logits = make_logits(4, vocab, seed=11, scale=4.0).to(dtype)
+    check_against_spec(logits.cuda(), 8, temperature, top_p, atol=1e-4)

@@ -660,22 +660,22 @@ class _Run:
         if not scheduled:
             raise RuntimeError(f"{self.strategy.name}: block {block} still has masks after {max_steps} steps")
 
-    def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
-        """One denoising step of every row; returns (kinds, masks left) as host lists.
+    def _decide(self, start: int, quota: torch.Tensor, last: bool, max_quota: int):
+        """The step's device work up to the strategy's decision (no host sync; also the first half
+        of :func:`infogain.samplers.graph_step.device_step`).
 
-        Exactly one host read-back (see :meth:`DiffusionSampler.generate`)."""
+        Returns ``(block_ids, masked_count, entropy, kind, commit, decision)``: ``kind`` [B] with the
+        driver's last-step fill applied, ``commit`` [B, L] the positions committed now (none for
+        lookahead rows, whose winner is committed after the lookahead)."""
         opts = self.opts
-        end = start + self.length
         logits = self.block_logits
-        block_ids = self.canvas[:, start:end]
+        block_ids = self.canvas[:, start:start + self.length]
         masked = block_ids == self.mask_id
         masked_count = masked.sum(dim=1)
         # One read of the block logits for the statistics and the strategy's token draws (none at T = 0).
         entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = step_stats(
             logits, masked, num_samples=self.strategy.num_token_samples(opts), temperature=opts.temperature,
             generator=self.generator, check_values=False)
-        # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
-        bad_logits = ~torch.isfinite(entropy).all()
         has_masks = masked_count > 0
         fill = has_masks & ((quota >= masked_count) | last) if self.strategy.scheduled else \
             torch.zeros_like(has_masks)
@@ -687,6 +687,17 @@ class _Run:
         kind = torch.where(fill, KIND_FILL, decision.kind)
         commit = torch.where(fill[:, None], masked, decision.commit)
         commit = commit & (kind != KIND_LOOKAHEAD)[:, None]
+        return block_ids, masked_count, entropy, kind, commit, decision
+
+    def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
+        """One denoising step of every row; returns (kinds, masks left) as host lists.
+
+        Exactly one host read-back (see :meth:`DiffusionSampler.generate`)."""
+        opts = self.opts
+        end = start + self.length
+        block_ids, masked_count, entropy, kind, commit, decision = self._decide(start, quota, last, max_quota)
+        # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
+        bad_logits = ~torch.isfinite(entropy).all()
         new_tokens = torch.where(commit, decision.tokens, block_ids)
         self.canvas[:, start:end] = new_tokens
         eos_filled = self._eos_fill()

@@ -1,0 +1,62 @@
+"""python -m infogain.gpu_check: what can be checked without a GPU."""
+import json
+import os
+import subprocess
+import sys
+
+from infogain import gpu_check
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_without_cuda_exits_2_with_a_message_and_no_traceback(tmp_path):
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python_api")]))
+    proc = subprocess.run([sys.executable, "-m", "infogain.gpu_check", "--out", str(tmp_path)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+    assert os.listdir(tmp_path) == []   # nothing was run or written
+
+
+def test_stages_are_data_and_name_their_results():
+    names = [s.name for s in gpu_check.STAGES]
+    assert names[0] == "build" and len(set(names)) == len(names)
+    benches = [i for i, n in enumerate(names) if n.startswith("bench")]
+    assert benches and benches == list(range(benches[0], len(names))), "benchmarks must run last"
+    for stage in gpu_check.STAGES:
+        for name in stage.results:
+            assert "{gpu}" in name and name.endswith(".json"), (stage.name, name)
+        if stage.name.startswith("bench"):   # results go to the check's folder, never the working directory
+            assert stage.argv[stage.argv.index("--out") + 1] == "{out}/" + stage.results[0], stage.name
+
+
+def test_a_stage_whose_file_is_missing_is_skipped(tmp_path):
+    stage = gpu_check.Stage("x", ["{python}", "-c", "pass"], 10, requires="benches/no_such_bench.py")
+    record = gpu_check.run_stage(stage, python=sys.executable, out=str(tmp_path), gpu="h200", timeout_s=10)
+    assert record["status"] == "skipped" and "not present" in record["reason"]
+
+
+def test_stage_timeout_and_failure_are_reported(tmp_path):
+    slow = gpu_check.Stage("slow", ["{python}", "-c", "import time; print('started', flush=True); time.sleep(30)"], 30)
+    record = gpu_check.run_stage(slow, python=sys.executable, out=str(tmp_path), gpu="h200", timeout_s=5)
+    assert record["status"] == "TIMEOUT"
+    failing = gpu_check.Stage("failing", ["{python}", "-c", "raise SystemExit(3)"], 30)
+    record = gpu_check.run_stage(failing, python=sys.executable, out=str(tmp_path), gpu="h200", timeout_s=30)
+    assert record["status"] == "FAIL (exit 3)"
+
+
+def test_junit_results_become_json_and_the_summary_reads_them(tmp_path):
+    xml = tmp_path / "gpu-tests-h200.xml"
+    xml.write_text('<testsuites><testsuite tests="3" failures="1" errors="0" skipped="1" time="1.5">'
+                   '<testcase classname="tests.test_a" name="test_ok"/>'
+                   '<testcase classname="tests.test_a" name="test_bad"><failure message="boom"/></testcase>'
+                   '<testcase classname="tests.test_a" name="test_skip"><skipped/></testcase>'
+                   '</testsuite></testsuites>')
+    gpu_check._junit_to_json(str(xml), str(tmp_path / "gpu-tests-h200.json"))
+    with open(tmp_path / "gpu-tests-h200.json") as f:
+        record = json.load(f)
+    assert record["tests"] == 3 and record["failed"] == [{"test": "tests.test_a::test_bad", "message": "boom"}]
+    text = gpu_check.summary([dict(stage="gpu-tests", status="FAIL (exit 1)", seconds=2.0,
+                                   results=["gpu-tests-h200.json"])], str(tmp_path), "h200", 2.0)
+    assert "1 passed, 1 failed, 1 skipped" in text and "test_bad" in text
