@@ -47,6 +47,8 @@ bench: install
 	$(PY) benches/bench_kv.py --update-results
 	$(PY) benches/bench_models.py --update-results $(if $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" | grep 1),,--small)
 	$(PY) benches/bench_eis.py --update-results
+	$(PY) benches/bench_nucleus.py --update-results
+	$(PY) benches/bench_lm_head.py --update-results $(if $(shell $(PY) -c "import torch; print(int(torch.cuda.is_available()))" | grep 1),,--small)
 	$(PY) -m infogain bench --update-results
 
 demo: install

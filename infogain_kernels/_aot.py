@@ -137,10 +137,21 @@ def kernel_modules() -> List[str]:
                   if not m.name.startswith("_C") and m.name != "_aot")
 
 
-def _is_kernel(fn) -> bool:
-    """A launched kernel, not a device helper: helpers return a value."""
+def _is_kernel(fn, jit_functions) -> bool:
+    """A launched kernel, not a device helper: helpers return a value, or are called by another
+    jit function of their module (``jit_functions``)."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(fn.fn)))
-    return not any(isinstance(node, ast.Return) and node.value is not None for node in ast.walk(tree))
+    if any(isinstance(node, ast.Return) and node.value is not None for node in ast.walk(tree)):
+        return False
+    name = fn.fn.__name__
+    for other in jit_functions:
+        if other is fn:
+            continue
+        calls = ast.walk(ast.parse(textwrap.dedent(inspect.getsource(other.fn))))
+        if any(isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == name
+               for node in calls):
+            return False
+    return True
 
 
 def discover(modules: Optional[Iterable[str]] = None):
@@ -150,8 +161,9 @@ def discover(modules: Optional[Iterable[str]] = None):
     configs, uncovered = [], []
     for module_name in modules if modules is not None else kernel_modules():
         module = importlib.import_module(module_name)
-        kernels = {f"{module_name}.{name}": obj for name, obj in vars(module).items()
-                   if isinstance(obj, KernelInterface) and obj.fn.__module__ == module_name and _is_kernel(obj)}
+        jit_functions = [obj for obj in vars(module).values()
+                         if isinstance(obj, KernelInterface) and obj.fn.__module__ == module_name]
+        kernels = {f"{module_name}.{obj.fn.__name__}": obj for obj in jit_functions if _is_kernel(obj, jit_functions)}
         if not kernels:
             continue
         if not hasattr(module, "aot_configs"):

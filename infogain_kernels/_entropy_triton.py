@@ -544,41 +544,21 @@ _AOT_SHAPES = [(f"{model} rows={rows}", rows, vocab)
                for rows in (1, 256, 2048)]
 
 
-def _specialised(kernel, args: Dict[str, object]) -> Tuple[Dict[str, str], Dict[str, object]]:
-    """``(signature, constexprs)`` of a launch of ``kernel`` with ``args`` (every parameter by name), as
-    Triton's JIT specialises it: pointers (type strings) 16-byte aligned, ints equal to 1 constant and
-    ints divisible by 16 marked so, ``tl.constexpr`` parameters as given."""
-    constexpr_params = {p.name for p in kernel.params if p.is_constexpr}
-    signature, constexprs = {}, {}
-    for param in (p.name for p in kernel.params):
-        value = args[param]
-        if param in constexpr_params or (isinstance(value, int) and value == 1):
-            signature[param], constexprs[param] = "constexpr", value
-        elif isinstance(value, str):
-            signature[param] = value + ":16"
-        elif isinstance(value, float):
-            signature[param] = "fp32"
-        else:
-            signature[param] = ("i32" if -2 ** 31 <= value < 2 ** 31 else "i64") + (":16" if value % 16 == 0 else "")
-    return signature, constexprs
-
-
 def aot_configs():
     """Every launcher configuration of this module's kernels at LLaDA / Dream / SDAR shapes, for the
     ahead-of-time compile lane (format: see the lane). Produced by :func:`row_pass_config` and
     :func:`combine_config`, the functions the launchers use, with an SM count of :data:`AOT_SM_COUNT`,
     for contiguous ``[rows, V]`` logits (row stride V) with a mask."""
+    from ._aot import launch_config
+
     configs, seen = [], set()
 
     def add(name, kernel, args, num_warps, elements=None):
-        signature, constexprs = _specialised(kernel, args)
-        key = (kernel.fn.__name__, tuple(sorted(signature.items())), tuple(sorted(constexprs.items())), num_warps)
+        config = launch_config(name, kernel, args, num_warps=num_warps, num_stages=3, elements_per_iteration=elements)
+        key = (kernel.fn.__name__, tuple(sorted(config["signature"].items())),
+               tuple(sorted(config["constexprs"].items())), num_warps)
         if key not in seen:
             seen.add(key)
-            config = dict(name=name, kernel=kernel, signature=signature, constexprs=constexprs,
-                          num_warps=num_warps, num_stages=3)
-            if elements:
-                config["elements_per_iteration"] = elements
             configs.append(config)
 
     for torch_dtype, dtype in _TRITON_DTYPES.items():
