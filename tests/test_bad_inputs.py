@@ -326,6 +326,18 @@ def _bench(argv):
     return run_cli(bench.main, argv)
 
 
+def _eval(argv):
+    from infogain.evaluation import runner
+
+    return run_cli(runner.main, argv)
+
+
+def _chat(argv):
+    from infogain import chat
+
+    return run_cli(lambda a: chat.main(a, stdin=io.StringIO("")), argv)
+
+
 def _cli(argv):
     from infogain import cli
 
@@ -359,6 +371,17 @@ def _cli_cases():
         ("bench/config-without-random-weights", lambda c: _bench(["--config", "d_model=8"]), UsageError, "--config"),
         ("bench/update-results-and-out", lambda c: _bench(["--update-results", "--out", "x.json"]), UsageError,
          "--out"),
+        ("eval/config-missing", lambda c: _eval(["--config", "nosuch"]), UsageError, "--config 'nosuch'"),
+        ("eval/task-unknown", lambda c: _eval(["--task", "nosuch", "--model", "toy"]), UsageError, "task: unknown"),
+        ("eval/gen-length-not-int", lambda c: _eval(["--task", "toy_multiplication", "--model", "toy",
+                                                     "--gen_length", "abc"]), UsageError, "gen_length"),
+        ("eval/compare-not-a-run", lambda c: _eval(["--compare", "/nonexistent1", "/nonexistent2"]), UsageError,
+         "/nonexistent1"),
+        ("chat/model-missing", lambda c: _chat(["--model", "/nonexistent"]), UsageError, "--model '/nonexistent'"),
+        ("chat/device-name", lambda c: _chat(["--model", "/nonexistent", "--device", "gpu"]), UsageError,
+         "--device 'gpu'"),
+        ("chat/gen-length", lambda c: _chat(["--model", "/nonexistent", "--gen-length", "0"]), UsageError,
+         "gen_length"),
     ]
 
 

@@ -140,16 +140,17 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
     stdout = sys.stdout if stdout is None else stdout
     options = {name: getattr(args, name) for name in generate_option_kinds() if getattr(args, name) is not None}
 
-    from transformers.utils import logging as transformers_logging
-
     from . import models
+    from ._cliutil import parse_device
     from .samplers import GenerateOptions, make_sampler
 
-    transformers_logging.set_verbosity_error()
     try:
         GenerateOptions(**options).validate()
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, tokenizer = models.load(args.model, dtype=DTYPES.get(args.dtype), device=device)
+        device = parse_device("--device", args.device)
+        try:
+            model, tokenizer = models.load(args.model, dtype=DTYPES.get(args.dtype), device=device)
+        except (ValueError, TypeError, OSError) as exc:
+            raise ValueError(f"--model {args.model!r}: {exc}") from exc
         if tokenizer is None:
             raise ValueError(f"--model {args.model!r} has no tokenizer files")
         sampler = make_sampler(args.sampler, model, tokenizer)
