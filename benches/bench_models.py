@@ -11,10 +11,11 @@ extra memory.
     python benches/bench_models.py --random-weights llada-8b      # CUDA, bf16, full size
     python benches/bench_models.py --small                        # all three, CPU-sized
 
-Each row also scores the N candidates as the sampler's lookahead does, both ways: "logits"
-(``forward_window`` logits ``[N, W, V]``, then ``lookahead_objective``) and "fused"
-(``window_hidden_states``, then ``lm_head_entropy``, plus the winner's block logits recomputed
-from its hidden states), with their peak extra memory and time. With ``--small`` the step is also
+Each row also scores the N candidates as the sampler's lookahead does, both ways, from the same
+window hidden states: "logits" (the ``[N, W, V]`` logits ``forward_window`` would return, then
+``lookahead_objective``) and "fused" (``lm_head_entropy``, plus the winner's block logits
+recomputed from its hidden states), with the head's peak extra memory and time (the forward
+before it is common to both). With ``--small`` the step is also
 measured with the vocabulary doubled, and the JSON holds the per-vocabulary-entry slope of each
 path's peak and the peak projected to the full model's vocabulary (at the small hidden size).
 
@@ -42,14 +43,16 @@ ARCHITECTURES = ("llada-8b", "dream-7b", "sdar-8b")
 
 
 def small_config(name: str) -> dict:
-    """The preset's architecture shrunk to CPU size (same fields, same switches)."""
+    """The preset's architecture shrunk to CPU size (same fields, same switches). The vocabulary
+    (4096) stays wider than one chunk of the fused head's CPU path, so that the measured slope of
+    its peak in V is the one that holds at the full vocabulary."""
     config = models.preset_config(name)
     if name.startswith("llada"):
         config.update(d_model=128, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=256,
-                      vocab_size=512, embedding_size=512, mask_token_id=511)
+                      vocab_size=4096, embedding_size=4096, mask_token_id=4095)
     else:
         config.update(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-                      intermediate_size=256, vocab_size=512, mask_token_id=511)
+                      intermediate_size=256, vocab_size=4096, mask_token_id=4095)
         if "head_dim" in config:
             config["head_dim"] = 32
     return config
@@ -64,24 +67,28 @@ def expand_cache(cache: models.KVCache, n: int) -> models.KVCache:
 
 
 def lookahead_scoring(model, windows, start, cache, mode, cache_rows, block: int):
-    """The two ways to score lookahead candidates: ``{"logits": fn, "fused": fn}``.
+    """The two ways to score lookahead candidates from the window's hidden states (computed once
+    here: the forward is the same for both): ``{"logits": fn, "fused": fn}``.
 
-    H_next covers the block and, in prefix mode, everything after it (as the sampler); half of
-    those positions are still masked. Both return the objective and the winner's block logits.
+    "logits" materialises ``[N, W, V]`` (what ``forward_window`` returns) and runs
+    ``lookahead_objective``; "fused" runs ``lm_head_entropy``. H_next covers the block and, in prefix
+    mode, everything after it (as the sampler); half of those positions are still masked. Both
+    return the objective and the winner's block logits. Their peak memory is the head's alone: at
+    the shrunken sizes the forward's own activations would hide the logits tensor, which is the
+    part that grows with the vocabulary.
     """
     width = windows.shape[1]
     gen = torch.Generator(device="cpu").manual_seed(1)
     remaining = (torch.rand(windows.shape[0], width, generator=gen) < 0.5).to(windows.device)
     cost = torch.rand(windows.shape[0], generator=gen).to(windows.device)
-    kwargs = dict(start=start, cache=cache, mode=mode, cache_rows=cache_rows)
+    hidden = model.window_hidden_states(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
 
     def logits():
-        next_logits = model.forward_window(windows, **kwargs)
+        next_logits = model.logits_from_hidden(hidden)
         objective, _ = lookahead_objective(next_logits, remaining, cost, check_values=False)
         return objective, next_logits[0, :block]
 
     def fused():
-        hidden = model.window_hidden_states(windows, **kwargs)
         head = lm_head_entropy(hidden, model.lm_head_weight, mask=remaining, cost=cost, variant="info_gain",
                                check_values=False)
         return head.objective, model.logits_from_hidden(hidden[0, :block])
