@@ -43,11 +43,9 @@ def device_slug(device: torch.device) -> str:
     """Short file-name tag: ``cpu``, ``h100``, ``h200`` ..."""
     if device.type != "cuda":
         return "cpu"
-    name = torch.cuda.get_device_name(device).lower()
-    for tag in ("h200", "h100", "a100", "l40s", "a10g", "4090"):
-        if tag in name:
-            return tag
-    return "cuda"
+    from infogain._device import gpu_tag
+
+    return gpu_tag(torch.cuda.get_device_name(device)) or "cuda"
 
 
 # Dense bf16 tensor-core peak (flop/s), from the vendors' data sheets.

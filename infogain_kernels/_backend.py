@@ -122,6 +122,17 @@ def device_guard(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def cuda_sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of the CUDA ``device`` (cached per device: the launchers that split
+    rows across programs ask at every call)."""
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def capturing_cuda_graph(device: torch.device) -> bool:
     """True while a CUDA graph is being captured on ``device``'s current stream.
 

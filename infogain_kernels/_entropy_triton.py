@@ -49,14 +49,13 @@ are used by the ops; they expect inputs already validated by the public function
 """
 from __future__ import annotations
 
-import functools
 from typing import Dict, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._backend import device_guard
+from ._backend import cuda_sm_count, device_guard
 
 # exp() of any float32 below this is exactly 0, so shifts can be clamped here without changing
 # any sum, which keeps 0 * -inf = NaN out of the products.
@@ -347,16 +346,9 @@ def _masked_mean_objective_kernel(
 
 # ---- configuration (shared by the launchers and aot_configs) ------------------------------------
 
-@functools.lru_cache(maxsize=None)
-def _sm_count_of(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device`` (cached); :data:`AOT_SM_COUNT` off CUDA."""
-    if device.type != "cuda":
-        return AOT_SM_COUNT
-    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
+    """Streaming multiprocessors of ``device``; :data:`AOT_SM_COUNT` off CUDA."""
+    return cuda_sm_count(device) if device.type == "cuda" else AOT_SM_COUNT
 
 
 def _num_warps(block: int) -> int:

@@ -59,12 +59,17 @@ def check_nonnegative(name: str, value) -> float:
     return float(value)
 
 
-def check_positive_int(name: str, value) -> int:
+def check_int(name: str, value, minimum: int) -> int:
+    """A plain ``int`` (not a bool) that is at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_positive_int(name: str, value) -> int:
+    return check_int(name, value, 1)
 
 
 def check_generator(name: str, generator, device: torch.device) -> None:

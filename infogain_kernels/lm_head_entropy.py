@@ -26,7 +26,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import call_op, device_guard, use_triton, value_checks_enabled
+from ._backend import call_op, cuda_sm_count, device_guard, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import FLOAT_DTYPES, check_bool, check_mask, check_same_device, check_tensor
 from .lookahead_objective import VARIANTS, objective_reference
@@ -332,7 +332,7 @@ def _vector_width(hidden: torch.Tensor, weight: torch.Tensor) -> int:
 
 def _programs_target(device: torch.device) -> int:
     if device.type == "cuda":
-        return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+        return 2 * cuda_sm_count(device)
     return 264  # an H100's 132 SMs: the interpreter then exercises the same split logic
 
 

@@ -37,7 +37,8 @@ import torch
 
 from ._backend import call_op, use_native, use_triton, value_checks_enabled
 from ._random import check_temperature
-from ._validation import bad_row_problem, check_bool, check_generator, check_logits, check_mask, check_same_device
+from ._validation import (bad_row_problem, check_bool, check_generator, check_int, check_logits, check_mask,
+                          check_same_device)
 
 try:
     from . import _C  # noqa: F401  (loading the extension registers its ops, if any)
@@ -226,14 +227,6 @@ def _step_stats_fake(logits, mask, uniforms, temperature):
             logits.new_empty((*lead_shape, n_samples), dtype=torch.float32))
 
 
-def _check_num_samples(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"num_samples must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"num_samples must be >= 0, got {value}")
-    return value
-
-
 def step_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, num_samples: int = 0,
                temperature: float = 0.0, generator: Optional[torch.Generator] = None,
                check_values: bool = True) -> StepStats:
@@ -278,7 +271,7 @@ def step_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, num
     check_logits("logits", logits)
     check_mask("mask", mask, logits.shape[:-1])
     check_same_device(logits=logits, mask=mask)
-    num_samples = _check_num_samples(num_samples)
+    num_samples = check_int("num_samples", num_samples, 0)
     temperature = check_temperature("temperature", temperature)
     check_generator("generator", generator, logits.device)
     check_values = check_bool("check_values", check_values)

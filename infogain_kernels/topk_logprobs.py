@@ -90,14 +90,13 @@ Registered as ``torch.ops.infogain.topk_logprobs``. The helpers here
 """
 from __future__ import annotations
 
-import functools
 import math
 from typing import Optional, Tuple
 
 import torch
 
 from . import _random
-from ._backend import call_op, device_guard, use_triton, value_checks_enabled
+from ._backend import call_op, cuda_sm_count, device_guard, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import bad_row_problem, check_logits, check_positive_int
 
@@ -389,11 +388,6 @@ _FORCE_SPLITS: Optional[int] = None
 _LOG2E = 1.4426950408889634
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def _launch_config(num_rows: int, vocab: int, sm_count: int, splits: Optional[int] = None):
     """``(splits, chunk, block_v)``: each row is cut into ``splits`` chunks of ``chunk`` columns
     (a multiple of ``block_v``, the columns one loop iteration covers), one program each."""
@@ -436,8 +430,7 @@ def _scatter_layout(constants: dict) -> dict:
 def nucleus_triton(logits, k, temperature, top_p, seed):
     num_rows, vocab = logits.shape
     device = logits.device
-    sm_count = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else _INTERPRETER_SM_COUNT
+    sm_count = cuda_sm_count(device) if device.type == "cuda" else _INTERPRETER_SM_COUNT
     splits, chunk, block_v = _launch_config(num_rows, vocab, sm_count, _FORCE_SPLITS)
     kp = max(2, _random.next_power_of_2(k))
     scale = temperature if temperature > 0 else 1.0

@@ -134,14 +134,19 @@ class OpProperty:
     check: Callable  # inputs -> None (asserts)
 
 
+def _rows_and_read(logits, mask):
+    """float64 rows [n, V] of ``logits`` and which of them the op reads (the mask, flattened)."""
+    rows = _rows64(logits)
+    return rows, torch.ones(rows.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1)
+
+
 def _draw_token_stats(data):
     logits = _logits(data)
     return dict(logits=logits, mask=_mask(data, logits.shape[:-1]))
 
 
 def _check_token_stats(logits, mask):
-    rows = _rows64(logits)
-    read = torch.ones(rows.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1)
+    rows, read = _rows_and_read(logits, mask)
     if _has_unreadable_row(rows, read):
         with pytest.raises(ValueError, match="logits row at position .* is entirely -inf"):
             igk.token_stats(logits, mask)
@@ -167,8 +172,7 @@ def _draw_step_stats(data):
 
 
 def _check_step_stats(logits, mask, num_samples, temperature, seed):
-    rows = _rows64(logits)
-    read = torch.ones(rows.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1)
+    rows, read = _rows_and_read(logits, mask)
     generator = torch.Generator().manual_seed(seed)
     if _has_unreadable_row(rows, read):
         with pytest.raises(ValueError, match="is entirely -inf"):
@@ -204,8 +208,7 @@ def _draw_gumbel_sample(data):
 
 
 def _check_gumbel_sample(logits, num_samples, temperature, mask, seed):
-    rows = _rows64(logits)
-    read = torch.ones(rows.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1)
+    rows, read = _rows_and_read(logits, mask)
     generator = torch.Generator().manual_seed(seed)
     if _has_unreadable_row(rows, read):
         with pytest.raises(ValueError, match="is entirely -inf"):

@@ -1,7 +1,8 @@
-"""Host-to-device transfers that do not synchronise the host with the GPU."""
+"""Device helpers: host-to-device transfers that do not synchronise the host with the GPU, and the
+file-name tag of a GPU."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -14,3 +15,13 @@ def host_ints_to_device(values: Sequence[int], device: torch.device) -> torch.Te
     """
     pinned = device.type == "cuda"
     return torch.tensor(list(values), dtype=torch.long, pin_memory=pinned).to(device, non_blocking=True)
+
+
+# GPUs whose results files are named by a short tag (``ops-h200.json``), most specific first.
+GPU_TAGS = ("h200", "h100", "a100", "l40s", "a10g", "4090")
+
+
+def gpu_tag(name: str) -> Optional[str]:
+    """The short tag of a CUDA device name (``"NVIDIA H200"`` -> ``"h200"``), None for an unlisted GPU."""
+    name = name.lower()
+    return next((tag for tag in GPU_TAGS if tag in name), None)

@@ -25,8 +25,8 @@ from typing import List, Optional, TextIO
 import torch
 
 from ._options import generate_option_kinds
+from .models import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _bool(text: str) -> bool:

@@ -90,11 +90,10 @@ def gpu_slug() -> str:
     """File-name tag of GPU 0 (``h200``, ``h100``, ``a100`` ... or the name, simplified)."""
     import torch
 
-    name = torch.cuda.get_device_name(0).lower()
-    for tag in ("h200", "h100", "a100", "l40s", "a10g", "4090"):
-        if tag in name:
-            return tag
-    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+    from ._device import gpu_tag
+
+    name = torch.cuda.get_device_name(0)
+    return gpu_tag(name) or "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
 
 
 def _environment() -> Dict[str, str]:

@@ -89,7 +89,6 @@ EIS_OPTIONS = {"lookahead_steps": int, "discount_factor": float, "top_k": int, "
                "rollout_mode": str, "use_cache": bool}
 
 DIFFUSION_OPTIONS = generate_option_kinds()
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _coerce(name: str, value, kind):
@@ -222,9 +221,9 @@ class InfoGainLM(LM):
                 # The harness CLI's --device defaults to cuda, also on machines without one.
                 log.warning("device %s requested but CUDA is not available: running on cpu", device)
                 self._device = torch.device("cpu")
-        if dtype not in ("auto", None) and dtype not in DTYPES:
-            raise ValueError(f"model argument dtype must be auto or one of {sorted(DTYPES)}, got {dtype!r}")
-        torch_dtype = DTYPES.get(dtype)
+        if dtype not in ("auto", None) and dtype not in models.DTYPES:
+            raise ValueError(f"model argument dtype must be auto or one of {sorted(models.DTYPES)}, got {dtype!r}")
+        torch_dtype = models.DTYPES.get(dtype)
         if diffusion:
             self.model, self.tokenizer = models.load(pretrained, dtype=torch_dtype, device=self._device)
             if self.tokenizer is None:

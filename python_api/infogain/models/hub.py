@@ -62,6 +62,10 @@ def _check_mask_id(mask_token_id, vocab_size: int) -> int:
     return mask_token_id
 
 
+# The model dtypes a command line or config may name.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def _check_dtype_device(dtype, device):
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
