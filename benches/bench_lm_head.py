@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (add_output_arguments, median_time, output_path, peak_bf16_flops,  # noqa: E402
+from _common import (add_output_arguments, apply_threads, median_time, output_path, peak_bf16_flops,  # noqa: E402
                      peak_extra_memory, pick_device, print_table, write_results)
 
 from infogain_kernels import lm_head_entropy, lookahead_objective  # noqa: E402
@@ -86,8 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    print(f"{apply_threads(args.threads)} torch thread(s)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = peak_bf16_flops(device)
     rows_out = []

@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, median_time, output_path, peak_bandwidth, pick_device, print_table, write_results)
+    add_output_arguments, apply_threads, median_time, output_path, peak_bandwidth, pick_device, print_table,
+    write_results)
 from bench_eis import _nucleus_log_softmax  # noqa: E402  (the naive filter of the EIS benchmark)
 
 from infogain_kernels import sample_logprob, topk_logprobs  # noqa: E402
@@ -56,11 +57,10 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="V = 32000 only, few repeats")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the package's policy, infogain._threads)")
     add_output_arguments(parser, "nucleus")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    print(f"{apply_threads(args.threads)} torch thread(s)")
     device = pick_device(args.device)
     dtype = getattr(torch, args.dtype)
     vocabularies = [("small", 32000)] if args.quick else [("llada", 126464), ("dream", 152064)]

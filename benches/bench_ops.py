@@ -6,7 +6,7 @@ each; on CUDA the achieved bandwidth (bytes the op must read / time) as a fracti
 peak. Shapes: LLaDA (V = 126464) and Dream (V = 152064) with R = 8 candidates and L = 32 / 256
 block positions; ``step_stats`` (S = 8 draws at T > 0, and at T = 0) runs on 8 x 32, 8 x 256 and
 64 x 32 rows. Logits are bf16 (what the models emit) unless ``--dtype`` says otherwise. On CPU every
-case runs once per thread count of ``--threads`` (default: torch's default, then 1), and each row
+case runs once per thread count of ``--threads`` (default: the package's thread policy, then 1), and each row
 records its thread count.
 
     python benches/bench_ops.py [--quick] [--device cuda|cpu] [--dtype bfloat16|float32|float16]
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, median_time, peak_bandwidth, peak_extra_memory, pick_device,
+    add_output_arguments, apply_threads, median_time, peak_bandwidth, peak_extra_memory, pick_device,
     print_table, output_path, write_results)
 
 import infogain_kernels  # noqa: E402
@@ -174,11 +174,12 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--ops", default="step_stats,token_stats,lookahead_objective,gumbel_sample,gumbel_topk")
     parser.add_argument("--threads", default="0,1",
-                        help="comma-separated torch CPU thread counts to run each CPU case at; 0 = torch's default "
-                             "(on an oversubscribed machine 1 gives stable timings). Ignored on CUDA.")
+                        help="comma-separated torch CPU thread counts to run each CPU case at; 0 = the package's "
+                             "default (infogain._threads; on an oversubscribed machine 1 gives stable timings). "
+                             "Ignored on CUDA.")
     add_output_arguments(parser, "ops")
     args = parser.parse_args(argv)
-    default_threads = torch.get_num_threads()
+    default_threads = apply_threads()  # the package's policy (infogain._threads)
     thread_counts = [int(n) or default_threads for n in args.threads.split(",")]
 
     device = pick_device(args.device)
