@@ -91,3 +91,28 @@ def test_baselines_run_in_every_cache_mode(models, arch):
                                                                stop_at_eos=False)
             assert (result.sequences != MASK_ID).all()
             assert all(sum(r.tokens.values()) == SETTINGS["gen_length"] for r in result.stats.rows)
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream", "sdar"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_cpu_and_accelerator_step_paths_decide_the_same(models, monkeypatch, arch, cache, temperature):
+    """The CPU path builds candidates only after the read-back, on steps that look ahead (see
+    sampler._host_reads_are_free); the accelerator path builds them every step before it. Same
+    random stream, so the same tokens, statistics and per-step trace."""
+    from infogain.samplers import sampler as sampler_module
+
+    sampler = InfoGainSampler(models[arch])
+    # Threshold 0.06: steps where every row bypasses (no candidates built on the CPU path) come
+    # before steps that look ahead, so the random stream after a skipped build is compared too.
+    settings = dict(SETTINGS, steps=8, threshold=0.06, cache=cache, temperature=temperature, seed=5, record=True)
+    results = {}
+    for reads_free in (True, False):
+        monkeypatch.setattr(sampler_module, "_host_reads_are_free", lambda device, free=reads_free: free)
+        results[reads_free] = sampler.generate(PROMPTS, **settings)
+    cpu, accelerator = results[True], results[False]
+    assert any(row["kind"] == "lookahead" for step in cpu.trace for row in step["rows"])
+    assert torch.equal(cpu.sequences, accelerator.sequences)
+    assert cpu.trace == accelerator.trace
+    assert cpu.stats.cumulative_entropy == accelerator.stats.cumulative_entropy
+    assert cpu.stats.candidate_evals == accelerator.stats.candidate_evals

@@ -109,8 +109,12 @@ def models(tmp_path_factory):
             for arch in ("llada", "dream", "sdar")}
 
 
-def _count_per_step(monkeypatch, sampler, prompts, **options):
-    """Run ``generate``; returns (syncs in total, steps, syncs of each step)."""
+def _count_per_step(monkeypatch, sampler, prompts, reads_free=False, **options):
+    """Run ``generate``; returns (syncs in total, steps, syncs of each step). The driver takes its
+    accelerator path (candidates before the one read-back) unless ``reads_free``."""
+    from infogain.samplers import sampler as sampler_module
+
+    monkeypatch.setattr(sampler_module, "_host_reads_are_free", lambda device: reads_free)
     per_step = []
     original_step = _Run._step
 
@@ -186,6 +190,25 @@ def test_block_causal_model_has_one_sync_per_step(models, monkeypatch, cache):
     counter, per_step, _ = _count_per_step(monkeypatch, sampler, PROMPTS, cache=cache)
     assert all(n == 1 for n in per_step), (per_step, counter.events)
     assert counter.count <= len(per_step) + RUN_CONSTANT, counter.events
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_cpu_path_reads_the_kept_candidates_only_on_lookahead_steps(models, monkeypatch, cache):
+    """Where reads are free (the CPU), candidates are built after the read-back: a second read
+    (their kept mask) on the steps that look ahead, one read on the others."""
+    lookahead_calls = []
+    original = _Run._lookahead
+
+    def lookahead(self, *args, **kwargs):
+        lookahead_calls.append(len(lookahead_calls))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(_Run, "_lookahead", lookahead)
+    sampler = make_sampler("info_gain", models["llada"])
+    counter, per_step, _ = _count_per_step(monkeypatch, sampler, PROMPTS, reads_free=True, cache=cache)
+    assert set(per_step) <= {1, 2}, per_step
+    assert 1 in per_step and lookahead_calls, per_step      # the settings have both kinds of step
+    assert per_step.count(2) == len(lookahead_calls), per_step
 
 
 def test_an_extra_read_in_a_step_is_detected(models, monkeypatch):

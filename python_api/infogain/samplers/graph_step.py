@@ -39,7 +39,7 @@ def device_step(run, start: int, quota: torch.Tensor, max_quota: int) -> dict:
         raise ValueError(f"device_step supports cache='dual', got {run.mode!r}")
     opts = run.opts
     logits = run.block_logits
-    block_ids, _, entropy, kind, commit, decision = run._decide(start, quota, False, max_quota)
+    block_ids, _, entropy, kind, commit, decision, _ = run._decide(start, quota, False, max_quota, for_graph=True)
     block = torch.where(commit, decision.tokens, block_ids)
     bad = ~torch.isfinite(entropy).all()
     candidates = decision.candidates

@@ -135,6 +135,15 @@ def _exposes_hidden_states(model, mode: str) -> bool:
             and model_type.logits_from_hidden is DiffusionLM.logits_from_hidden)
 
 
+def _host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a small tensor back from ``device`` costs no synchronisation (the CPU).
+
+    Then the driver reads the decision kinds back before it builds the lookahead candidates and
+    builds them only on steps where some row looks ahead (a second read, of their kept mask, on
+    those steps); on an accelerator it builds them before its one read-back per step."""
+    return device.type == "cpu"
+
+
 def _masks_after_first_eos(ids: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
     """bool [R, W]: the masks of ``ids`` [R, W] that follow the first EOS of their row (the EOS fill)."""
     return ((ids == eos_id).cumsum(dim=1) > 0) & (ids == mask_id)
@@ -370,10 +379,13 @@ class DiffusionSampler:
         of all rows are ONE forward batch that reads the shared cache through
         ``cache_rows``; no cache is ever copied per candidate.
 
-        Synchronisation: at most ONE host read-back per step. The driver reads one
-        packed tensor back per step (the rows' decision kinds, their mask counts, the
-        kept-candidate mask and a NaN / all -inf flag), which sizes the lookahead
-        batch and picks the rows that need a fresh forward. The fused ops run with
+        Synchronisation: at most ONE host read-back per step on an accelerator. The driver
+        reads one packed tensor back per step (the rows' decision kinds, their mask counts,
+        the kept-candidate mask and a NaN / all -inf flag), which sizes the lookahead
+        batch and picks the rows that need a fresh forward. On the CPU, where a read-back
+        is a copy, the candidates are built after that read-back and only on steps where
+        some row looks ahead (their kept mask is a second read there); the random stream
+        and the decisions are the same either way. The fused ops run with
         ``check_values=False``; their bad-row flags (non-finite entropy of the block
         logits, non-finite J of the lookahead) are folded into that read-back, the
         lookahead's into the next step's (a lookahead step is never a block's last).
@@ -494,6 +506,7 @@ class _Run:
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
         self.fused_head = opts.fused_head and _exposes_hidden_states(self.model, mode)
         self.head_bias: Optional[torch.Tensor] = None   # [V] float32, built at the first fused lookahead
+        self.defer_candidates = _host_reads_are_free(self.device)
 
     def _model_kwargs(self, method_name: str) -> dict:
         """``check_values=False`` for every call after the first, when the model's method accepts it."""
@@ -660,12 +673,12 @@ class _Run:
         if not scheduled:
             raise RuntimeError(f"{self.strategy.name}: block {block} still has masks after {max_steps} steps")
 
-    def _decide(self, start: int, quota: torch.Tensor, last: bool, max_quota: int):
+    def _decide(self, start: int, quota: torch.Tensor, last: bool, max_quota: int, for_graph: bool = False):
         """The step's device work up to the strategy's decision (no host sync; also the first half
-        of :func:`infogain.samplers.graph_step.device_step`).
+        of :func:`infogain.samplers.graph_step.device_step`, ``for_graph``: candidates never deferred).
 
-        Returns ``(block_ids, masked_count, entropy, kind, commit, decision)``: ``kind`` [B] with the
-        driver's last-step fill applied, ``commit`` [B, L] the positions committed now (none for
+        Returns ``(block_ids, masked_count, entropy, kind, commit, decision, state)``: ``kind`` [B] with
+        the driver's last-step fill applied, ``commit`` [B, L] the positions committed now (none for
         lookahead rows, whose winner is committed after the lookahead)."""
         opts = self.opts
         logits = self.block_logits
@@ -682,12 +695,13 @@ class _Run:
         state = StepState(logits=logits, masked=masked, quota=quota, active=has_masks & ~fill, entropy=entropy,
                           top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
                           token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator,
-                          may_lookahead=not (last and self.strategy.scheduled))
+                          may_lookahead=not (last and self.strategy.scheduled),
+                          defer_candidates=self.defer_candidates and not for_graph)
         decision: StepDecision = self.strategy.decide(state)
         kind = torch.where(fill, KIND_FILL, decision.kind)
         commit = torch.where(fill[:, None], masked, decision.commit)
         commit = commit & (kind != KIND_LOOKAHEAD)[:, None]
-        return block_ids, masked_count, entropy, kind, commit, decision
+        return block_ids, masked_count, entropy, kind, commit, decision, state
 
     def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
         """One denoising step of every row; returns (kinds, masks left) as host lists.
@@ -695,7 +709,7 @@ class _Run:
         Exactly one host read-back (see :meth:`DiffusionSampler.generate`)."""
         opts = self.opts
         end = start + self.length
-        block_ids, masked_count, entropy, kind, commit, decision = self._decide(start, quota, last, max_quota)
+        block_ids, masked_count, entropy, kind, commit, decision, state = self._decide(start, quota, last, max_quota)
         # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
         bad_logits = ~torch.isfinite(entropy).all()
         new_tokens = torch.where(commit, decision.tokens, block_ids)
@@ -725,11 +739,19 @@ class _Run:
         record = {"block": block, "step": step, "rows": []} if opts.record else None
         lookahead_rows = [r for r in range(self.batch) if kinds[r] == KIND_LOOKAHEAD]
         la_info = None
+        if decision.candidates_deferred and not lookahead_rows:
+            self.strategy.skip_candidates(state)
         if lookahead_rows:
-            keep = host[2 * self.batch:]
+            if decision.candidates_deferred:
+                # Reads are free here (see _host_reads_are_free): the candidates of the rows that
+                # look ahead only, and their kept mask read back.
+                candidates = self.strategy.candidates(state, kind == KIND_LOOKAHEAD)
+                keep = candidates.keep.reshape(-1).tolist()
+            else:
+                keep = host[2 * self.batch:]
             pairs = [(n, b) for n in range(len(keep) // self.batch) for b in range(self.batch)
                      if keep[n * self.batch + b]]
-            la_info = self._lookahead(start, candidates, pairs, lookahead_rows, entropy)
+            la_info = self._lookahead(start, candidates, pairs, lookahead_rows, masks_left)
             winner_commit, winner_tokens = la_info["commit"], la_info["tokens"]
             rows_index = la_info["rows"]
             self.canvas[rows_index, start:end] = torch.where(winner_commit, winner_tokens,
@@ -751,8 +773,9 @@ class _Run:
         self.recorder.add_eos_fill(filled.sum(dim=1))
         return filled
 
-    def _lookahead(self, start: int, candidates, pairs, lookahead_rows, entropy) -> dict:
-        """Forward the kept candidates of all rows as one batch and pick each row's best."""
+    def _lookahead(self, start: int, candidates, pairs, lookahead_rows, masks_left) -> dict:
+        """Forward the kept candidates of all rows as one batch and pick each row's best.
+        ``masks_left``: host ints [B], the masks a lookahead row's winner leaves in the block."""
         end = start + self.length
         num_candidates = candidates.keep.shape[0]
         cache_rows = [b for _, b in pairs]
@@ -805,9 +828,14 @@ class _Run:
         winner = slot[best, rows]
         winner_out = next_out[winner, offset:offset + self.length]
         if self.fused_head:
-            # The winners' block logits: one [rows * L, D] x [D, V] product.
-            winner_out = self._logits(self.model.logits_from_hidden(winner_out))
-        self._store_block_logits(rows, winner_out)
+            # The next step reads the winners' block logits only where the block is still masked: the
+            # head runs on those positions (masked ones first; rows with fewer masks repeat others).
+            width = max(masks_left[r] for r in lookahead_rows)
+            positions = torch.argsort((~remaining[winner, :self.length]).byte(), dim=1, stable=True)[:, :width]
+            hidden = winner_out.gather(1, positions[..., None].expand(-1, -1, winner_out.shape[-1]))
+            self.block_logits[rows[:, None], positions] = self._logits(self.model.logits_from_hidden(hidden))
+        else:
+            self._store_block_logits(rows, winner_out)
         return {"rows": rows, "commit": cand_commit[winner], "tokens": cand_block[winner], "best": best,
                 "pairs": pairs, "objective": objective, "h_next": h_next, "cand_commit": cand_commit,
                 "cand_block": cand_block}

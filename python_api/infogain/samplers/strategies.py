@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from infogain_kernels import gumbel_topk
+from infogain_kernels import _random, gumbel_topk
 
 from ..stats import KIND_BYPASS, KIND_HEURISTIC, KIND_LOOKAHEAD, KIND_NONE, KIND_TRIVIAL
 
@@ -48,6 +48,9 @@ class StepState:
         generator: the run's ``torch.Generator`` (or None).
         may_lookahead: False when the driver knows on the host that no row can reach the
             lookahead this step (the block's last step fills every row): no candidates then.
+        defer_candidates: True when the driver reads the decision kinds back before the lookahead
+            candidates are built (where a read-back costs no synchronisation): the strategy then
+            leaves them to :meth:`Strategy.candidates`, called only when some row looks ahead.
     """
 
     logits: torch.Tensor
@@ -64,6 +67,7 @@ class StepState:
     max_quota: int
     generator: Optional[torch.Generator]
     may_lookahead: bool = True
+    defer_candidates: bool = False
 
     def draws(self, count: int):
         """``(tokens, probs)`` of ``count`` draws per position, [count, B, L] (candidate-major)."""
@@ -104,12 +108,17 @@ class Candidates:
 class StepDecision:
     """A strategy's decision: ``kind`` int64 [B] (``KIND_*`` codes), ``commit`` bool [B, L],
     ``tokens`` int64 [B, L] (read where ``commit``), optional ``candidates`` for lookahead rows
-    (their ``commit`` row is ignored; the driver commits the winning candidate)."""
+    (their ``commit`` row is ignored; the driver commits the winning candidate).
+    ``candidates_deferred``: rows may look ahead but, as the state asked
+    (``defer_candidates``), the candidates are not built yet: the driver calls
+    :meth:`Strategy.candidates` if some row's kind is ``KIND_LOOKAHEAD``, else
+    :meth:`Strategy.skip_candidates`."""
 
     kind: torch.Tensor
     commit: torch.Tensor
     tokens: torch.Tensor
     candidates: Optional[Candidates] = None
+    candidates_deferred: bool = False
 
 
 def top_k_mask(scores: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -139,6 +148,15 @@ class Strategy:
 
     def decide(self, state: StepState) -> StepDecision:
         raise NotImplementedError
+
+    def candidates(self, state: StepState, lookahead_rows: torch.Tensor) -> Candidates:
+        """The lookahead candidates of the rows ``lookahead_rows`` (bool [B]) of a deferred decision."""
+        raise NotImplementedError(f"{self.name} does not look ahead")
+
+    def skip_candidates(self, state: StepState) -> None:
+        """A deferred decision in which no row looks ahead: consume the random numbers that
+        :meth:`candidates` would have, so that the run's random stream does not depend on
+        whether the candidates were built."""
 
 
 class ScoreStrategy(Strategy):
@@ -268,11 +286,19 @@ class InfoGainStrategy(Strategy):
             kind = torch.where(rest, KIND_TRIVIAL, kind)
             return StepDecision(kind=kind, commit=commit, tokens=tokens)
         kind = torch.where(rest, KIND_LOOKAHEAD, kind)
-        return StepDecision(kind=kind, commit=commit, tokens=tokens,
-                            candidates=self._candidates(state, masked, quota, rest))
+        if state.defer_candidates:
+            return StepDecision(kind=kind, commit=commit, tokens=tokens, candidates_deferred=True)
+        return StepDecision(kind=kind, commit=commit, tokens=tokens, candidates=self.candidates(state, rest))
 
-    def _candidates(self, state: StepState, masked, quota, lookahead_rows) -> Candidates:
+    def skip_candidates(self, state: StepState) -> None:
+        # candidates() draws exactly one seed (its one gumbel_topk call with 2 samples).
+        _random.draw_seed(state.generator, state.masked.device)
+
+    def candidates(self, state: StepState, lookahead_rows: torch.Tensor) -> Candidates:
         opts = state.options
+        quota = state.quota
+        # Lookahead rows are active rows that neither bypass nor fill.
+        masked = state.masked & lookahead_rows[:, None]
         num_candidates = opts.candidate_number
         batch, length = state.masked.shape
         draws, draw_probs = state.draws(num_candidates)
@@ -282,7 +308,7 @@ class InfoGainStrategy(Strategy):
         # candidates are all empty (and never kept).
         k_bound = state.max_quota
         scores = draw_probs.reshape(num_candidates * batch, length)
-        valid = (masked & lookahead_rows[:, None]).repeat(num_candidates, 1)
+        valid = masked.repeat(num_candidates, 1)
         # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
         # which the driver detects in its one read-back per step.
         positions = gumbel_topk(scores, min(k_bound, length), 2, opts.position_temperature,
