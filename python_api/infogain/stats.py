@@ -162,7 +162,7 @@ class StatsRecorder:
         """
         counts = committed.sum(dim=1)
         self._kind_tokens.scatter_add_(1, kind[:, None], counts[:, None])
-        self._entropy += torch.where(committed, entropy, torch.zeros_like(entropy)).sum(dim=1, dtype=torch.float64)
+        self._entropy += torch.where(committed, entropy, 0.0).sum(dim=1, dtype=torch.float64)
 
     def add_eos_fill(self, counts: torch.Tensor) -> None:
         """Record masks filled with EOS (int64 [B])."""

@@ -655,13 +655,15 @@ class _Run:
         initial = (self.canvas[:, start:end] == self.mask_id).sum(dim=1)
         base_quota, extra_quota = initial // steps, initial % steps
         max_steps = steps if scheduled else self.length
+        # Row b's quota at step s: the base, plus one in the first (initial % steps) steps.
+        quotas = base_quota + (torch.arange(max_steps, device=self.device)[:, None] < extra_quota)
         for step in range(max_steps):
             need = [r for r in range(self.batch) if stale[r] and masks_left[r] > 0]
             if need:
                 self._forward_rows(need, start)
                 for r in need:
                     stale[r] = False
-            quota = base_quota + (step < extra_quota).long()
+            quota = quotas[step]
             kinds, masks_left = self._step(block, step, start, quota, last=scheduled and step == steps - 1,
                                            max_quota=-(-self.length // steps))
             for r, kind in enumerate(kinds):
@@ -690,17 +692,23 @@ class _Run:
             logits, masked, num_samples=self.strategy.num_token_samples(opts), temperature=opts.temperature,
             generator=self.generator, check_values=False)
         has_masks = masked_count > 0
-        fill = has_masks & ((quota >= masked_count) | last) if self.strategy.scheduled else \
-            torch.zeros_like(has_masks)
-        state = StepState(logits=logits, masked=masked, quota=quota, active=has_masks & ~fill, entropy=entropy,
+        if not self.strategy.scheduled:
+            fill = None
+        elif last:
+            fill = has_masks
+        else:
+            fill = has_masks & (quota >= masked_count)
+        state = StepState(logits=logits, masked=masked, quota=quota,
+                          active=has_masks if fill is None else has_masks & ~fill, entropy=entropy,
                           top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
                           token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator,
                           may_lookahead=not (last and self.strategy.scheduled),
                           defer_candidates=self.defer_candidates and not for_graph)
         decision: StepDecision = self.strategy.decide(state)
+        if fill is None:
+            return block_ids, masked_count, entropy, decision.kind, decision.commit, decision, state
         kind = torch.where(fill, KIND_FILL, decision.kind)
         commit = torch.where(fill[:, None], masked, decision.commit)
-        commit = commit & (kind != KIND_LOOKAHEAD)[:, None]
         return block_ids, masked_count, entropy, kind, commit, decision, state
 
     def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
@@ -710,31 +718,28 @@ class _Run:
         opts = self.opts
         end = start + self.length
         block_ids, masked_count, entropy, kind, commit, decision, state = self._decide(start, quota, last, max_quota)
-        # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
-        bad_logits = ~torch.isfinite(entropy).all()
-        new_tokens = torch.where(commit, decision.tokens, block_ids)
-        self.canvas[:, start:end] = new_tokens
-        eos_filled = self._eos_fill()
+        self.canvas[:, start:end] = torch.where(commit, decision.tokens, block_ids)
+        self._eos_fill()
 
         candidates = decision.candidates
-        committed_count = commit.sum(dim=1)
-        left = masked_count - committed_count
-        if eos_filled is not None:
-            left = left - eos_filled[:, start - self.gen_start:end - self.gen_start].sum(dim=1)
+        # Masks left after the commits and the EOS fill; a lookahead row's winner will commit its quota.
+        left = (self.canvas[:, start:end] == self.mask_id).sum(dim=1)
         left = torch.where(kind == KIND_LOOKAHEAD, masked_count - quota, left)
-        bad_lookahead = self.lookahead_bad if self.lookahead_bad is not None else torch.zeros_like(bad_logits)
-        self.lookahead_bad = None
-        packed = [torch.stack([bad_logits, bad_lookahead]).long(), kind, left]
+        # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
+        packed = [kind, left, torch.isfinite(entropy).all()[None]]
+        if self.lookahead_bad is not None:
+            packed.append(self.lookahead_bad[None])
         if candidates is not None:
-            packed.append(candidates.keep.reshape(-1).long())
+            packed.append(candidates.keep.reshape(-1))
         host = torch.cat(packed).tolist()  # the step's one read-back
-        if host[1]:
+        kinds, masks_left = host[:self.batch], host[self.batch:2 * self.batch]
+        if self.lookahead_bad is not None and host[2 * self.batch + 1]:
             raise ValueError(f"the model produced NaN / all -inf logits in the lookahead forward of block {block} "
                              f"step {step - 1}")
-        if host[0]:
+        if not host[2 * self.batch]:
             raise ValueError(f"the model produced NaN / all -inf logits at block {block} step {step}")
-        host = host[2:]
-        kinds, masks_left = host[:self.batch], host[self.batch:2 * self.batch]
+        host = host[2 * self.batch + 1 + (self.lookahead_bad is not None):]
+        self.lookahead_bad = None
 
         record = {"block": block, "step": step, "rows": []} if opts.record else None
         lookahead_rows = [r for r in range(self.batch) if kinds[r] == KIND_LOOKAHEAD]
@@ -748,7 +753,7 @@ class _Run:
                 candidates = self.strategy.candidates(state, kind == KIND_LOOKAHEAD)
                 keep = candidates.keep.reshape(-1).tolist()
             else:
-                keep = host[2 * self.batch:]
+                keep = host
             pairs = [(n, b) for n in range(len(keep) // self.batch) for b in range(self.batch)
                      if keep[n * self.batch + b]]
             la_info = self._lookahead(start, candidates, pairs, lookahead_rows, masks_left)

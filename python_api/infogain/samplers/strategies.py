@@ -107,8 +107,9 @@ class Candidates:
 @dataclass
 class StepDecision:
     """A strategy's decision: ``kind`` int64 [B] (``KIND_*`` codes), ``commit`` bool [B, L],
-    ``tokens`` int64 [B, L] (read where ``commit``), optional ``candidates`` for lookahead rows
-    (their ``commit`` row is ignored; the driver commits the winning candidate).
+    ``tokens`` int64 [B, L] (read where ``commit`` and where the driver fills), optional
+    ``candidates`` for lookahead rows (their ``commit`` row must be empty: the driver commits the
+    winning candidate).
     ``candidates_deferred``: rows may look ahead but, as the state asked
     (``defer_candidates``), the candidates are not built yet: the driver calls
     :meth:`Strategy.candidates` if some row's kind is ``KIND_LOOKAHEAD``, else
@@ -121,16 +122,24 @@ class StepDecision:
     candidates_deferred: bool = False
 
 
+def position_rank(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """int64 [B, L]: each allowed position's rank in its row by decreasing score (0 = best, ties:
+    lower index first); disallowed positions rank after every allowed one.
+
+    ``scores`` float [B, L]; ``allowed`` bool [B, L].
+    """
+    ranked = scores.float().masked_fill(~allowed, float("-inf"))
+    # The rank of each position is the inverse of the sort permutation (few ops: this runs every step).
+    return torch.sort(ranked, dim=1, descending=True, stable=True).indices.argsort(dim=1)
+
+
 def top_k_mask(scores: torch.Tensor, allowed: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """bool [B, L]: the ``k[b]`` allowed positions of row b with the highest score (ties: lower index).
 
     ``scores`` float [B, L]; ``allowed`` bool [B, L]; ``k`` int64 [B]. Rows with fewer
     allowed positions than ``k[b]`` get all of them.
     """
-    ranked = scores.float().masked_fill(~allowed, float("-inf"))
-    # The rank of each position is the inverse of the sort permutation (few ops: this runs every step).
-    rank = torch.sort(ranked, dim=1, descending=True, stable=True).indices.argsort(dim=1)
-    return allowed & (rank < k[:, None])
+    return allowed & (position_rank(scores, allowed) < k[:, None])
 
 
 class Strategy:
@@ -262,33 +271,33 @@ class InfoGainStrategy(Strategy):
     def decide(self, state: StepState) -> StepDecision:
         opts = state.options
         masked = state.masked & state.active[:, None]
-        quota = state.quota
-        has_quota = state.active & (quota > 0)
-
+        quota = state.quota[:, None]
+        has_quota = state.quota > 0
         high = masked & (state.top1_prob >= opts.threshold)
         bypass_rows = has_quota & high.any(dim=1)
-        if opts.parallel_bypass:
-            bypass_commit = high
-        else:
-            bypass_commit = top_k_mask(state.top1_prob, high, quota)
-        bypass_commit = bypass_commit & bypass_rows[:, None]
-
-        rest = has_quota & ~bypass_rows
-        num_candidates = opts.candidate_number
-        trivial = opts.position_temperature <= 0 or num_candidates <= 1 or not state.may_lookahead
-        greedy_commit = top_k_mask(state.x0_prob, masked, quota) & rest[:, None]
-
-        commit = bypass_commit | greedy_commit
-        tokens = torch.where(bypass_commit, state.top1_id, state.x0)
-        kind = torch.full_like(quota, KIND_NONE)
-        kind = torch.where(bypass_rows, KIND_BYPASS, kind)
-        if trivial:
-            kind = torch.where(rest, KIND_TRIVIAL, kind)
-            return StepDecision(kind=kind, commit=commit, tokens=tokens)
-        kind = torch.where(rest, KIND_LOOKAHEAD, kind)
-        if state.defer_candidates:
-            return StepDecision(kind=kind, commit=commit, tokens=tokens, candidates_deferred=True)
-        return StepDecision(kind=kind, commit=commit, tokens=tokens, candidates=self.candidates(state, rest))
+        # Every masked position above the threshold outranks every one below it, so the top-k of
+        # the high positions are the high positions among the top-k of all masked ones (one ranking).
+        top1_rank = position_rank(state.top1_prob, masked)
+        bypass_commit = high & (bypass_rows[:, None] if opts.parallel_bypass else top1_rank < quota)
+        rest = state.active & has_quota & ~bypass_rows
+        kind = torch.where(bypass_rows, KIND_BYPASS, KIND_NONE)
+        # The bypass commits the arg-max; every other commit (the driver's fill too) x0.
+        tokens = state.top1_id if state.x0 is state.top1_id else torch.where(bypass_commit, state.top1_id, state.x0)
+        trivial = opts.position_temperature <= 0 or opts.candidate_number <= 1 or not state.may_lookahead
+        if not trivial:
+            # Lookahead rows commit nothing now: the driver commits their winning candidate.
+            kind = torch.where(rest, KIND_LOOKAHEAD, kind)
+            decision = StepDecision(kind=kind, commit=bypass_commit, tokens=tokens,
+                                    candidates_deferred=state.defer_candidates)
+            if not state.defer_candidates:
+                decision.candidates = self.candidates(state, rest)
+            return decision
+        # Trivial rows: candidate 0, the quota most confident positions, tokens x0 (at temperature 0
+        # the confidence is the top-1 probability, already ranked).
+        x0_rank = top1_rank if state.x0_prob is state.top1_prob else position_rank(state.x0_prob, masked)
+        trivial_commit = masked & (x0_rank < quota) & rest[:, None]
+        kind = torch.where(rest, KIND_TRIVIAL, kind)
+        return StepDecision(kind=kind, commit=bypass_commit | trivial_commit, tokens=tokens)
 
     def skip_candidates(self, state: StepState) -> None:
         # candidates() draws exactly one seed (its one gumbel_topk call with 2 samples).
