@@ -714,7 +714,8 @@ class _Run:
     def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
         """One denoising step of every row; returns (kinds, masks left) as host lists.
 
-        Exactly one host read-back (see :meth:`DiffusionSampler.generate`)."""
+        One host read-back; on the CPU a second one on steps that look ahead (see
+        :meth:`DiffusionSampler.generate`)."""
         opts = self.opts
         end = start + self.length
         block_ids, masked_count, entropy, kind, commit, decision, state = self._decide(start, quota, last, max_quota)
