@@ -12,8 +12,9 @@ toy model decoding one prompt), else the physical cores available to this proces
 minute's load average leaves free (at least 1): on a busy machine extra threads wait on each other
 (measured here: the demo's sudoku runs took 3.7 s at 1 thread and 38 s at 2 with another job
 running). When several processes of one run share the machine (data-parallel ranks of ``infogain
-eval``), each takes its share of those cores; the flag and the variable are per process. The library itself never changes the thread count; the entry points call
-:func:`apply_threads` and print and record the result.
+eval``), each takes its share of those cores; the flag and the variable are per process. The
+library itself never changes the thread count; the entry points call :func:`apply_threads` and
+print and record the result.
 """
 from __future__ import annotations
 

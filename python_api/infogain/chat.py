@@ -40,7 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
     from .samplers import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="infogain chat", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("--model", required=True, help="checkpoint folder (LLaDA / Dream / SDAR, with tokenizer); toy = the shipped toy model")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint folder (LLaDA / Dream / SDAR, with tokenizer); toy = the shipped toy model")
     parser.add_argument("--sampler", default="info_gain", choices=SAMPLERS, help="sampler name")
     parser.add_argument("--no-chat-template", action="store_true",
                         help="send the plain transcript instead of the tokenizer's chat template")
