@@ -5,8 +5,8 @@ of the extension, else the torch reference path) and of the naive formulation, m
 run; their ratio; the peak extra memory of each (every allocation made during the call, its outputs
 included, its inputs not: the same rule on both sides); on CUDA the achieved bandwidth (bytes the op
 must read / time) as a fraction of the device's peak. Shapes: LLaDA (V = 126464) and Dream
-(V = 152064) with R = 8 candidates and L = 32 / 256 block positions; ``step_stats`` (S = 8 draws at T > 0, and at T = 0) runs on 8 x 32, 8 x 256 and
-64 x 32 rows. Logits are bf16 (what the models emit) unless ``--dtype`` says otherwise. On CPU every
+(V = 152064) with R = 8 candidates and L = 32 / 256 block positions; ``step_stats`` (S = 8 draws
+at T > 0, and at T = 0) runs on 8 x 32, 8 x 256 and 64 x 32 rows. Logits are bf16 (what the models emit) unless ``--dtype`` says otherwise. On CPU every
 case runs once per thread count of ``--threads`` (default: the package's thread policy, then 1), and each row
 records its thread count.
 
