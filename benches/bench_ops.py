@@ -1,14 +1,14 @@
 """Fused decoding ops against the naive torch formulation of the reference samplers.
 
-For each op and shape: median time of the fused op (Triton on CUDA; on CPU the native C++ kernels
-of the extension, else the torch reference path) and of the naive formulation, measured in the same
+For each op and shape: median time of the fused op (Triton on CUDA; on CPU the native C++ kernels of
+the extension, else the torch reference path) and of the naive formulation, measured in the same
 run; their ratio; the peak extra memory of each (every allocation made during the call, its outputs
 included, its inputs not: the same rule on both sides); on CUDA the achieved bandwidth (bytes the op
-must read / time) as a fraction of the device's peak. Shapes: LLaDA (V = 126464) and Dream
-(V = 152064) with R = 8 candidates and L = 32 / 256 block positions; ``step_stats`` (S = 8 draws
-at T > 0, and at T = 0) runs on 8 x 32, 8 x 256 and 64 x 32 rows. Logits are bf16 (what the models emit) unless ``--dtype`` says otherwise. On CPU every
-case runs once per thread count of ``--threads`` (default: the package's thread policy, then 1), and each row
-records its thread count.
+must read / time) as a fraction of the device's peak. Shapes: LLaDA (V = 126464) and Dream (V =
+152064) with R = 8 candidates and L = 32 / 256 block positions; ``step_stats`` (S = 8 draws at T >
+0, and at T = 0) runs on 8 x 32, 8 x 256 and 64 x 32 rows. Logits are bf16 (what the models emit)
+unless ``--dtype`` says otherwise. On CPU every case runs once per thread count of ``--threads``
+(default: the package's thread policy, then 1), and each row records its thread count.
 
     python benches/bench_ops.py [--quick] [--device cuda|cpu] [--dtype bfloat16|float32|float16]
                                 [--ops step_stats,token_stats,...] [--threads 0,1]
