@@ -202,8 +202,10 @@ def test_kill_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path):
 
 
 def test_torchrun_two_processes_give_the_single_process_outputs(tmp_path):
+    # --threads 1: every rank and this process at this test process's thread count (the same float sums),
+    # which the thread policy would otherwise choose from the machine's free cores.
     common = ["--config", "toy_multiplication_info_gain", "--max_samples", "6", "--batch_size", "2",
-              "--candidate_number", "2", "--progress", "false"]
+              "--candidate_number", "2", "--progress", "false", "--threads", "1"]
     multi = str(tmp_path / "multi")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run([*torchrun, "-m", "infogain", "eval", *common, "--output_dir", multi], env=child_env(),
