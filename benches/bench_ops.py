@@ -1,13 +1,14 @@
 """Fused decoding ops against the naive torch formulation of the reference samplers.
 
-For each op and shape: median time of the fused op (Triton on CUDA, the torch reference path on
-CPU) and of the naive formulation, measured in the same run; their ratio; the peak extra memory of
-each; on CUDA the achieved bandwidth (bytes the op must read / time) as a fraction of the device's
-peak. Shapes: LLaDA (V = 126464) and Dream (V = 152064) with R = 8 candidates and L = 32 / 256
-block positions; ``step_stats`` (S = 8 draws at T > 0, and at T = 0) runs on 8 x 32, 8 x 256 and
-64 x 32 rows. Logits are bf16 (what the models emit) unless ``--dtype`` says otherwise. On CPU every
-case runs once per thread count of ``--threads`` (default: the package's thread policy, then 1), and each row
-records its thread count.
+For each op and shape: median time of the fused op (Triton on CUDA; on CPU the native C++ kernels of
+the extension, else the torch reference path) and of the naive formulation, measured in the same
+run; their ratio; the peak extra memory of each (every allocation made during the call, its outputs
+included, its inputs not: the same rule on both sides); on CUDA the achieved bandwidth (bytes the op
+must read / time) as a fraction of the device's peak. Shapes: LLaDA (V = 126464) and Dream (V =
+152064) with R = 8 candidates and L = 32 / 256 block positions; ``step_stats`` (S = 8 draws at T >
+0, and at T = 0) runs on 8 x 32, 8 x 256 and 64 x 32 rows. Logits are bf16 (what the models emit)
+unless ``--dtype`` says otherwise. On CPU every case runs once per thread count of ``--threads``
+(default: the package's thread policy, then 1), and each row records its thread count.
 
     python benches/bench_ops.py [--quick] [--device cuda|cpu] [--dtype bfloat16|float32|float16]
                                 [--ops step_stats,token_stats,...] [--threads 0,1]
@@ -223,7 +224,9 @@ def main(argv=None) -> None:
                "remaining rows (bytes_read counts those). gumbel_sample draws S=R samples from one [L, V] block. "
                "step_stats: bytes_read is one read of the [B, L, V] logits (at T > 0 the draw pass re-reads at most "
                "the part of each row up to its last draw); its naive formulation is token_stats' naive plus, at T > 0, "
-               "the gumbel naive over all B*L rows."),
+               "the gumbel naive over all B*L rows. Peak extra memory: everything allocated during one call, outputs "
+               "included and inputs excluded, on both sides (on CPU the allocator's tensors; a kernel's stack and "
+               "small scratch vectors are not seen, e.g. gumbel_topk's 8 KiB noise chunk and 16 B per kept position)."),
     )
     print(f"\nwrote {path}")
 

@@ -108,7 +108,7 @@ def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
     (see ``_backend.value_checks_enabled``)."""
     if not value_checks_enabled(scores):
         return
-    nan_at_valid = torch.isnan(scores) & valid
+    nan_at_valid = torch.isnan(scores).logical_and_(valid)  # one [B, P] bool temporary, not two
     if bool(nan_at_valid.any()):
         row, position = (int(i) for i in nan_at_valid.nonzero()[0])
         raise ValueError(f"scores contain NaN at valid position {position} of row {row}")

@@ -105,6 +105,26 @@ def test_chat_errors(capsys):
     assert "gen_length" in capsys.readouterr().err
 
 
+def test_chat_loads_through_load_generator(monkeypatch, capsys):
+    # One way to load a model and build a sampler (infogain.evaluation.load_generator); no --dtype
+    # keeps the checkpoint's dtype, and load errors name --model.
+    import infogain.evaluation
+
+    seen = []
+
+    def refuse(config):
+        seen.append(dict(config))
+        raise ValueError("not loaded")
+
+    monkeypatch.setattr(infogain.evaluation, "load_generator", refuse)
+    for extra, dtype in (([], "checkpoint"), (["--dtype", "bfloat16"], "bfloat16")):
+        with pytest.raises(SystemExit):
+            chat.main(["--model", TOY, "--device", "cpu", "--sampler", "confidence", *extra],
+                      stdin=io.StringIO(""), stdout=io.StringIO())
+        assert f"--model {TOY!r}: not loaded" in capsys.readouterr().err
+        assert seen.pop() == {"model": TOY, "sampler": "confidence", "device": "cpu", "dtype": dtype}
+
+
 def test_infogain_works_without_the_harness():
     # lm-eval is optional: with it blocked, the package and the chat import, and the harness
     # command fails with an actionable message.

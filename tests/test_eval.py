@@ -79,6 +79,8 @@ def test_overrides_aliases_and_errors():
         (["--task", "gsm9k"], "task: unknown 'gsm9k'"),
         (["--task", "gsm8k", "--sampler", "pc_sampler"], "sampler: unknown"),
         (["--task", "gsm8k", "--cache", "full"], "cache must be one of"),
+        (["--task", "gsm8k", "--dtype", "float64"], "dtype must be one of"),
+        (["--task", "gsm8k", "--threads", "0"], "threads must be >= 1"),
         (["--task", "gsm8k", "--sampler", "confidence", "--variant", "lookum"], "variant"),
         ([], "task is required"),
         (["gsm8k"], "unexpected argument"),
@@ -200,8 +202,10 @@ def test_kill_mid_run_then_resume_gives_the_uninterrupted_results(tmp_path):
 
 
 def test_torchrun_two_processes_give_the_single_process_outputs(tmp_path):
+    # --threads 1: every rank and this process at this test process's thread count (the same float sums),
+    # which the thread policy would otherwise choose from the machine's free cores.
     common = ["--config", "toy_multiplication_info_gain", "--max_samples", "6", "--batch_size", "2",
-              "--candidate_number", "2", "--progress", "false"]
+              "--candidate_number", "2", "--progress", "false", "--threads", "1"]
     multi = str(tmp_path / "multi")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     done = subprocess.run([*torchrun, "-m", "infogain", "eval", *common, "--output_dir", multi], env=child_env(),
@@ -253,6 +257,35 @@ def test_load_generator_from_plain_keys():
     result = gen.generate([[2, 5, 6]], seed=1)
     assert tuple(result.sequences.shape) == (1, 8) and gen.options["cache"] == "dual"
     assert isinstance(EvalConfig().to_dict(), dict)
+
+
+def test_load_generator_dtypes_and_transformers_logging():
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    before = transformers_logging.get_verbosity()
+    assert load_generator({"model": "toy", "dtype": "bfloat16"}).dtype == torch.bfloat16
+    assert load_generator({"model": "toy", "dtype": "checkpoint"}).dtype == torch.float32   # as stored
+    assert load_generator({"model": "toy", "device": "cpu"}).dtype == torch.float32         # auto on CPU
+    assert transformers_logging.get_verbosity() == before   # silenced during the load only
+
+
+def test_threads_follow_the_package_policy(tmp_path, monkeypatch):
+    calls = []
+
+    def record(threads=None, **kwargs):
+        calls.append((threads, kwargs))
+        return 1
+
+    monkeypatch.setattr(runner._threads, "apply_threads", record)
+    eval_main("--config", "toy_multiplication_info_gain", "--max_samples", "1", "--output_dir", str(tmp_path / "out"),
+              "--progress", "false", "--threads", "3")
+    (threads, kwargs), = calls
+    assert threads == 3 and kwargs["local_processes"] == 1 and kwargs["num_parameters"] > 0
+    # The thread count is where a run happens, not what it computes: a resume may change it.
+    eval_main("--config", "toy_multiplication_info_gain", "--max_samples", "2", "--output_dir", str(tmp_path / "out"),
+              "--progress", "false")
+    assert calls[1][0] is None and read_summary(str(tmp_path / "out"))["problems"] == 2
 
 
 def test_rank_environment_is_validated(monkeypatch):

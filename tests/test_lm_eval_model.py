@@ -215,6 +215,22 @@ def test_bad_arguments():
         InfoGainLM(pretrained=TOY, dtype="float64")
 
 
+def test_diffusion_checkpoints_load_through_load_generator(monkeypatch):
+    import infogain.evaluation
+
+    seen = []
+
+    def refuse(config):
+        seen.append(dict(config))
+        raise ValueError("not loaded")
+
+    monkeypatch.setattr(infogain.evaluation, "load_generator", refuse)
+    for dtype, expected in (("auto", "checkpoint"), ("float16", "float16")):
+        with pytest.raises(ValueError, match="not loaded"):
+            InfoGainLM(pretrained=TOY, device="cpu", dtype=dtype, sampler="margin")
+        assert seen.pop() == {"model": TOY, "sampler": "margin", "device": "cpu", "dtype": expected}
+
+
 @pytest.fixture(scope="module")
 def causal_checkpoint(tmp_path_factory, toy):
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -282,3 +282,19 @@ def test_gumbel_topk_native_equals_the_reference_exactly():
         native = torch.ops.infogain._gumbel_topk_cpu(scores.to(dtype), k, samples, temperature, valid, seed)
         reference = _gumbel_topk_reference(scores.to(dtype), k, samples, temperature, valid, seed)
         assert torch.equal(native, reference), trial
+
+
+def test_gumbel_topk_native_equals_the_reference_on_noise_longer_than_its_chunk():
+    """The native call draws its noise a stack chunk at a time: rows of the stream that straddle
+    chunks, and strided (transposed) scores and mask, still give the reference's positions."""
+    from infogain_kernels.gumbel_topk import _gumbel_topk_reference
+
+    g = torch.Generator().manual_seed(1)
+    for rows, positions, k, samples in ((24, 256, 8, 8), (3, 1000, 5, 4), (5, 37, 40, 9)):
+        scores = torch.randn(positions, rows, generator=g).t()  # column-major [rows, positions]
+        valid = (torch.rand(positions, rows, generator=g) < 0.7).t()
+        seed = torch.randint(0, 2 ** 62, (1,), generator=g)
+        for dtype in DTYPES:
+            x = scores.to(dtype)
+            native = torch.ops.infogain._gumbel_topk_cpu(x, k, samples, 0.7, valid, seed)
+            assert torch.equal(native, _gumbel_topk_reference(x, k, samples, 0.7, valid, seed)), (rows, dtype)

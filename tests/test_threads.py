@@ -12,13 +12,21 @@ def test_flag_then_environment_then_free_cores(monkeypatch):
     assert _threads.choose_threads() == 6
     assert _threads.choose_threads(num_parameters=_threads.TINY_WORK - 1) == 1
     assert _threads.choose_threads(num_parameters=1000, tokens_per_forward=_threads.TINY_WORK // 1000) == 6
+    assert _threads.choose_threads(local_processes=2) == 3
+    assert _threads.choose_threads(local_processes=4) == 1
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (4.0, 0.0, 0.0))   # three other busy cores
     assert _threads.choose_threads() == 3
+    # Processes of one run on this machine share the free cores (at least 1 each); a flag or the
+    # variable is per process.
+    assert _threads.choose_threads(local_processes=2) == 1
+    assert _threads.choose_threads(local_processes=8) == 1
+    assert _threads.choose_threads(2, local_processes=8) == 2
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (40.0, 0.0, 0.0))
     assert _threads.choose_threads() == 1
     monkeypatch.setenv(_threads.ENV_VAR, "3")
     assert _threads.choose_threads(num_parameters=10) == 3   # the environment overrides the tiny-model rule
     assert _threads.choose_threads(2) == 2                   # the flag overrides everything
+    assert _threads.choose_threads(local_processes=4) == 3   # so does the variable
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])

@@ -11,8 +11,10 @@ tokens: its matrix products take microseconds and threading only adds synchronis
 toy model decoding one prompt), else the physical cores available to this process that the last
 minute's load average leaves free (at least 1): on a busy machine extra threads wait on each other
 (measured here: the demo's sudoku runs took 3.7 s at 1 thread and 38 s at 2 with another job
-running). The library itself never changes the thread count; the entry points call
-:func:`apply_threads` and print and record the result.
+running). When several processes of one run share the machine (data-parallel ranks of ``infogain
+eval``), each takes its share of those cores; the flag and the variable are per process. The
+library itself never changes the thread count; the entry points call :func:`apply_threads` and
+print and record the result.
 """
 from __future__ import annotations
 
@@ -70,9 +72,11 @@ def free_cores() -> int:
 
 
 def choose_threads(threads: Optional[int] = None, *, num_parameters: Optional[int] = None,
-                   tokens_per_forward: int = 1) -> int:
+                   tokens_per_forward: int = 1, local_processes: int = 1) -> int:
     """The thread count to use: ``threads`` if given, else ``$INFOGAIN_THREADS``, else 1 when
-    ``num_parameters * tokens_per_forward`` is below :data:`TINY_WORK`, else :func:`free_cores`."""
+    ``num_parameters * tokens_per_forward`` is below :data:`TINY_WORK`, else :func:`free_cores`
+    divided among the ``local_processes`` processes of the run on this machine (at least 1 each)."""
+    local_processes = _positive_int("local_processes", local_processes)
     if threads is not None:
         return _positive_int("--threads", threads)
     env = os.environ.get(ENV_VAR, "").strip()
@@ -80,13 +84,14 @@ def choose_threads(threads: Optional[int] = None, *, num_parameters: Optional[in
         return _positive_int(ENV_VAR, env)
     if num_parameters is not None and num_parameters * max(1, tokens_per_forward) < TINY_WORK:
         return 1
-    return free_cores()
+    return max(1, free_cores() // local_processes)
 
 
 def apply_threads(threads: Optional[int] = None, *, num_parameters: Optional[int] = None,
-                  tokens_per_forward: int = 1) -> int:
+                  tokens_per_forward: int = 1, local_processes: int = 1) -> int:
     """:func:`choose_threads`, then ``torch.set_num_threads``; returns the count now in effect."""
-    count = choose_threads(threads, num_parameters=num_parameters, tokens_per_forward=tokens_per_forward)
+    count = choose_threads(threads, num_parameters=num_parameters, tokens_per_forward=tokens_per_forward,
+                           local_processes=local_processes)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
     return torch.get_num_threads()

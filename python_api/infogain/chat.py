@@ -28,7 +28,6 @@ from ._options import generate_option_kinds
 from .models import DTYPES
 
 
-
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
@@ -41,7 +40,8 @@ def _build_parser() -> argparse.ArgumentParser:
     from .samplers import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="infogain chat", description=__doc__.split("\n\n")[1].replace("\n", " "))
-    parser.add_argument("--model", required=True, help="checkpoint folder (LLaDA / Dream / SDAR, with tokenizer)")
+    parser.add_argument("--model", required=True,
+                        help="checkpoint folder (LLaDA / Dream / SDAR, with tokenizer); toy = the shipped toy model")
     parser.add_argument("--sampler", default="info_gain", choices=SAMPLERS, help="sampler name")
     parser.add_argument("--no-chat-template", action="store_true",
                         help="send the plain transcript instead of the tokenizer's chat template")
@@ -140,21 +140,22 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
     stdout = sys.stdout if stdout is None else stdout
     options = {name: getattr(args, name) for name in generate_option_kinds() if getattr(args, name) is not None}
 
-    from . import models
     from ._cliutil import parse_device
-    from .samplers import GenerateOptions, make_sampler
+    from .evaluation import load_generator
+    from .samplers import GenerateOptions
 
     try:
         GenerateOptions(**options).validate()
         device = parse_device("--device", args.device)
         try:
-            model, tokenizer = models.load(args.model, dtype=DTYPES.get(args.dtype), device=device)
+            # No --dtype: the checkpoint's own dtype.
+            loaded = load_generator({"model": args.model, "sampler": args.sampler, "device": str(device),
+                                     "dtype": args.dtype or "checkpoint"})
         except (ValueError, TypeError, OSError) as exc:
             raise ValueError(f"--model {args.model!r}: {exc}") from exc
-        if tokenizer is None:
+        if loaded.tokenizer is None:
             raise ValueError(f"--model {args.model!r} has no tokenizer files")
-        sampler = make_sampler(args.sampler, model, tokenizer)
-        session = ChatSession(sampler, use_template=not args.no_chat_template, system=args.system,
+        session = ChatSession(loaded.sampler, use_template=not args.no_chat_template, system=args.system,
                               options=options, out=stdout)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))

@@ -80,7 +80,7 @@ from lm_eval.api.registry import register_model
 
 from . import models
 from ._options import generate_option_kinds
-from .samplers import SAMPLERS, GenerateOptions, make_sampler
+from .samplers import SAMPLERS, GenerateOptions
 
 log = logging.getLogger(__name__)
 
@@ -223,15 +223,18 @@ class InfoGainLM(LM):
                 self._device = torch.device("cpu")
         if dtype not in ("auto", None) and dtype not in models.DTYPES:
             raise ValueError(f"model argument dtype must be auto or one of {sorted(models.DTYPES)}, got {dtype!r}")
-        torch_dtype = models.DTYPES.get(dtype)
         if diffusion:
-            self.model, self.tokenizer = models.load(pretrained, dtype=torch_dtype, device=self._device)
+            from .evaluation import load_generator
+
+            # dtype auto: the checkpoint's own.
+            loaded = load_generator({"model": pretrained, "sampler": sampler, "device": str(self._device),
+                                     "dtype": "checkpoint" if dtype in ("auto", None) else dtype})
+            self.model, self.tokenizer, self.sampler = loaded.model, loaded.tokenizer, loaded.sampler
             if self.tokenizer is None:
                 raise ValueError(f"pretrained={pretrained!r} has no tokenizer files")
-            self.sampler = make_sampler(sampler, self.model, self.tokenizer)
             config_max = self.model.config.max_position_embeddings
         else:
-            self.model, self.tokenizer = self._load_causal(pretrained, torch_dtype)
+            self.model, self.tokenizer = self._load_causal(pretrained, models.DTYPES.get(dtype))
             config = self.model.config
             from .eis import ExtendedInferenceSampler
 

@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..models import DTYPES as MODEL_DTYPES
 from ..samplers import CACHE_MODES, SAMPLERS, VARIANTS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -26,7 +27,8 @@ SAMPLER_ALIASES = {"info-gain": "info_gain", "infogain": "info_gain", "original"
                    "eb_sampler": "eb", "fast-dllm": "fast_dllm"}
 KEY_ALIASES = {"use_cache": "cache", "mode": "sampler", "result_dir": "output_dir", "model_name": "model",
                "max_new_tokens": "gen_length", "block_size": "block_length"}
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+# auto: bfloat16 on GPU, float32 on CPU; checkpoint: the checkpoint's own dtype (models.resolve_dtype).
+DTYPES = ("auto", "checkpoint", *MODEL_DTYPES)
 
 
 @dataclass
@@ -39,8 +41,11 @@ class EvalConfig:
     tokenizer's chat template, when it has one), ``prompt_template`` (a
     ``str.format`` template over the task record's fields replacing the task's
     prompt). Model: ``model`` (checkpoint folder; ``toy`` = the shipped toy
-    model), ``dtype`` (auto = bfloat16 on GPU, float32 on CPU), ``device``
-    (auto = the process's GPU under torchrun / accelerate, else CPU). Sampler:
+    model), ``dtype`` (auto = bfloat16 on GPU, float32 on CPU; checkpoint = the
+    checkpoint's own dtype), ``device`` (auto = the process's GPU under torchrun
+    / accelerate, else CPU), ``threads`` (torch CPU threads per process; null =
+    the package's policy, :mod:`infogain._threads`: ``$INFOGAIN_THREADS``, else
+    the free physical cores shared among the run's processes on this machine). Sampler:
     ``sampler`` and the options of :meth:`~infogain.samplers.DiffusionSampler.generate`
     (``variant`` and ``lookahead_eos_fill`` left null keep the sampler's defaults).
     Run: ``seed`` (each problem's generator is seeded from it and the problem's
@@ -61,6 +66,7 @@ class EvalConfig:
     model: str = "toy"
     dtype: str = "auto"
     device: str = "auto"
+    threads: Optional[int] = None
     sampler: str = "info_gain"
     variant: Optional[str] = None
     candidate_number: int = 8
@@ -107,6 +113,8 @@ class EvalConfig:
             raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 or null, got {self.threads}")
         for name in ("batch_size", "code_memory_mb"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -136,7 +144,8 @@ class EvalConfig:
 _FIELDS = {f.name: f for f in fields(EvalConfig)}
 # Keys that say where or how fast a run happens, not what it computes: excluded from the config hash,
 # so that a run can be resumed on other devices, with more samples or another output folder.
-NOT_HASHED = ("data_path", "data_dir", "max_samples", "device", "output_dir", "progress", "dist_timeout_min")
+NOT_HASHED = ("data_path", "data_dir", "max_samples", "device", "threads", "output_dir", "progress",
+              "dist_timeout_min")
 
 
 def _field_type(name: str) -> Tuple[type, bool]:

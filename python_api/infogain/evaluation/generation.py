@@ -70,12 +70,6 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 @dataclass
 class Generator:
     """A loaded model + tokenizer + sampler with the config's generation options.
@@ -89,7 +83,7 @@ class Generator:
     sampler: object
     options: Dict[str, object]
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # the loaded model's
     model_path: str
 
     def generate(self, prompts, *, seed: Optional[int] = None, **overrides):
@@ -100,7 +94,12 @@ class Generator:
 def load_generator(config: Union[EvalConfig, Mapping[str, object]], *, local_rank: int = 0,
                    world_size: int = 1) -> Generator:
     """Load the model of ``config`` (an :class:`EvalConfig` or a mapping of its keys) on its device, and
-    make its sampler. ``local_rank`` / ``world_size`` place the model under data parallelism."""
+    make its sampler. ``local_rank`` / ``world_size`` place the model under data parallelism.
+
+    The one way the package's commands (eval, chat, the lm-evaluation-harness model) load a
+    diffusion checkpoint and build its sampler. Raises ValueError for a bad key, a path that is not
+    a checkpoint folder or an unavailable device; ``tokenizer`` is None for a checkpoint without
+    tokenizer files (callers that need one say so)."""
     if not isinstance(config, EvalConfig):
         from .config import _apply
 
@@ -114,11 +113,16 @@ def load_generator(config: Union[EvalConfig, Mapping[str, object]], *, local_ran
 
     path = resolve_model_path(config.model)
     device = resolve_device(config.device, local_rank, world_size)
-    dtype = resolve_dtype(config.dtype, device)
-    # A tokenizer folder whose config.json is not a transformers config makes transformers warn.
+    # A tokenizer folder whose config.json is not a transformers config makes transformers warn;
+    # silenced for this load only (the caller's own transformers logging is left as it was).
+    verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
-    model, tokenizer = models.load(path, dtype=dtype, device=device)
+    try:
+        model, tokenizer = models.load(path, dtype=models.resolve_dtype(config.dtype, device), device=device)
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     model.eval()
+    dtype = next(model.parameters()).dtype
     sampler = samplers.make_sampler(config.sampler, model, tokenizer)
     options = config.generate_options()
     # chat_template means "when the tokenizer has one": base models and the toy model have none.
@@ -127,14 +131,16 @@ def load_generator(config: Union[EvalConfig, Mapping[str, object]], *, local_ran
                      device=device, dtype=dtype, model_path=os.path.abspath(path))
 
 
-def environment(device: torch.device, dtype: torch.dtype) -> Dict[str, object]:
-    """Versions and device facts of this process (one entry of the summary's environment record)."""
+def environment(device: torch.device, dtype: Optional[torch.dtype]) -> Dict[str, object]:
+    """Versions and device facts of this process (one entry of the summary's environment record); ``dtype``
+    None: the checkpoint's own."""
     import platform
 
     import transformers
 
     info: Dict[str, object] = {"python": platform.python_version(), "torch": torch.__version__,
-                               "transformers": transformers.__version__, "dtype": str(dtype).replace("torch.", ""),
+                               "transformers": transformers.__version__,
+                               "dtype": "checkpoint" if dtype is None else str(dtype).replace("torch.", ""),
                                "device": str(device), "platform": platform.platform()}
     try:
         import triton

@@ -30,11 +30,11 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from .. import _threads, models
 from ..tasks import EvalTask, PromptOptions, Sample, get_eval_task
 from . import results
 from .config import NOT_HASHED, EvalConfig, config_hash, describe_configs, load_config
-from .generation import (environment, load_generator, model_identity, resolve_device, resolve_dtype,
-                         resolve_model_path)
+from .generation import environment, load_generator, model_identity, resolve_device, resolve_model_path
 from .summary import compare, format_comparison, format_table, read_summary, summarize
 
 
@@ -164,9 +164,6 @@ def run(cfg: EvalConfig, *, overwrite: bool = False, stream=None) -> Optional[di
     os.makedirs(out, exist_ok=True)
     _check_previous_run(out, run_record, overwrite)
     device = resolve_device(cfg.device, dist.local_rank, dist.world_size)
-    if device.type == "cpu" and dist.local_world_size > 1:
-        # Processes on one machine share its cores; the default (all cores each) oversubscribes them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // dist.local_world_size))
     dist.init(device, cfg.dist_timeout_min)
     try:
         dist.barrier(device)   # every rank has checked the folder before rank 0 changes it
@@ -185,7 +182,7 @@ def run(cfg: EvalConfig, *, overwrite: bool = False, stream=None) -> Optional[di
         index = {s.id: i for i, s in enumerate(samples)}
         written, chat_applied = _decode_batches(mine, done, index, task, cfg, dist, device, out, chash)
         env = {"rank": dist.rank, "elapsed_s": time.perf_counter() - started, "samples_written": written,
-               "chat_template_applied": chat_applied, **environment(device, resolve_dtype(cfg.dtype, device))}
+               "chat_template_applied": chat_applied, **environment(device, models.resolve_dtype(cfg.dtype, device))}
         results.write_json(results.env_file(out, dist.rank), env)
         dist.barrier(device)
         if dist.rank != 0:
@@ -204,6 +201,14 @@ def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Di
     from tqdm import tqdm
 
     gen = load_generator(cfg, local_rank=dist.local_rank, world_size=dist.world_size)
+    # The package's thread policy: threads, else $INFOGAIN_THREADS, else 1 for tiny work, else this process's
+    # share of the free cores (the run's processes on this machine share them).
+    threads = _threads.apply_threads(
+        cfg.threads, num_parameters=_threads.model_parameters(gen.model),
+        tokens_per_forward=cfg.batch_size * gen.model.config.max_position_embeddings,
+        local_processes=dist.local_world_size)
+    if cfg.progress and dist.rank == 0:
+        print(f"{threads} torch thread{'s' if threads != 1 else ''} per process", file=sys.stderr)
     popts = prompt_options(cfg)
     writer = results.RankWriter(out, dist.rank)
     written = 0

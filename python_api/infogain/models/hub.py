@@ -66,6 +66,21 @@ def _check_mask_id(mask_token_id, vocab_size: int) -> int:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def resolve_dtype(name: Optional[str], device) -> Optional[torch.dtype]:
+    """The model dtype that ``name`` (from a command line or config) asks for on ``device``.
+
+    One of :data:`DTYPES`; None or ``"auto"``: bfloat16 on CUDA, float32 elsewhere (bfloat16 matrix
+    products on CPU are slow and lose precision); ``"checkpoint"``: None, which :func:`load` reads
+    as the checkpoint's own dtype. ValueError for any other name."""
+    if name is None or name == "auto":
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if name == "checkpoint":
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be auto, checkpoint or one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
 def _check_dtype_device(dtype, device):
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
