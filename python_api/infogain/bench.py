@@ -60,7 +60,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import _threads
+from . import _threads, models
 from ._cliutil import HelpFormatter, format_table, make_output_dir, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seeds the prompts and the samplers")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline (speed of the fast path only)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+    parser.add_argument("--dtype", choices=sorted(models.DTYPES), default=None,
                         help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--out", metavar="PATH", default=None,
@@ -176,15 +176,8 @@ def _check_args(args) -> None:
             raise ValueError(f"--settings: unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
 
 
-def _resolve_dtype(arg: Optional[str], device: torch.device) -> torch.dtype:
-    if arg is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, arg)
-
-
 def _load_model(args, device: torch.device, dtype: torch.dtype):
     """Returns ``(model, tokenizer, source)``; ``source`` describes the model for the JSON record."""
-    from infogain import models
 
     if args.random_weights:
         torch.manual_seed(args.seed)
@@ -482,7 +475,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             make_output_dir("--out", os.path.dirname(os.path.abspath(args.out)))
         _check_args(args)
         device = parse_device("--device", args.device)
-        dtype = _resolve_dtype(args.dtype, device)
+        dtype = models.resolve_dtype(args.dtype, device)
     except ValueError as exc:
         parser.error(str(exc))
 
