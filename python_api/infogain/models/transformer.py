@@ -9,7 +9,10 @@ config.json fields and state-dict key names.
 
 Attention goes through :mod:`infogain.models.attention`. Full forwards and
 plain window forwards use ``scaled_dot_product_attention`` with a boolean mask
-(True = attend) built once per call and shared by all layers.
+(True = attend) built once per call and shared by all layers. A full forward
+may return a slice of positions only (``keep``): the last layer then computes
+its queries, attention output and MLP there only (a sampler without a KV cache
+reads one block of the canvas).
 
 Window forwards with ``cache_rows`` (:meth:`Transformer.forward_window`): the
 window rows are grouped by the cache row they read. With one window row per
