@@ -152,7 +152,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin tables ``[G, L, head_dim]`` (float32) for integer ``positions [G, L]``.
+    """cos and signed sin tables ``[G, L, head_dim]`` (float32) for integer ``positions [G, L]``
+    (G may be 1 for positions shared by every row: the tables broadcast).
 
     The sin table's first half is negated: the half-split ``rotate_half(x) = [-x2, x1]`` times
     sin is then ``[x2, x1]`` (a roll of x) times the signed table, exactly (only signs move).
@@ -424,8 +425,9 @@ class Transformer(DiffusionLM):
             mask = causal if mask is None else mask & causal
         if mask is not None:
             mask = _no_empty_rows(mask)
+        # Without padding every row has positions 0..T-1: one row of rotary tables, broadcast.
         positions = (position_ids(attention_mask) if attention_mask is not None
-                     else torch.arange(T, device=input_ids.device).expand(B, T))
+                     else torch.arange(T, device=input_ids.device)[None])
         return self._run(input_ids, positions, mask, collect=collect, keep=keep)
 
     def hidden_states(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None,
