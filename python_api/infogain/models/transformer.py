@@ -460,7 +460,8 @@ class Transformer(DiffusionLM):
         applied as is: pass ``attention_mask=None`` when there is no padding.
 
         ``keep`` (a ``slice`` of positions with step 1, default all): return only the logits of
-        those positions, ``[B, len(keep), V]``, equal to ``forward(...)[:, keep]``. The last
+        those positions, ``[B, len(keep), V]``: ``forward(...)[:, keep]`` up to float rounding
+        (the attention kernel may group the fewer queries into other tiles). The last
         layer then computes its queries, attention output and MLP (and the head) only there (its
         keys and values still cover the whole canvas), which saves most of one layer when a
         caller reads a block of the canvas.
