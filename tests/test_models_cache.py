@@ -92,6 +92,28 @@ def test_left_padded_batch_equals_each_row_alone(tiny):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("padded", [False, True])
+def test_keep_gives_those_positions_of_the_reference(tiny, padded):
+    # keep computes the last layer at the kept positions only: Dream's shift needs the hidden
+    # state one position before the slice, and left padding moves where the shift stops.
+    arch, model, config, state = tiny
+    ids, mask, pad = canvas(), None, 3
+    if padded:
+        mask = torch.ones(2, T, dtype=torch.bool)
+        mask[1, :pad] = False
+        ids[1, :pad] = 1
+    want = reference_logits(arch, config, state, ids, mask, **seg_kwargs(arch))
+    real = torch.ones(2, T, dtype=torch.bool) if mask is None else mask
+    for keep in (slice(0, T), slice(0, 1), slice(GEN_START, GEN_START + BLOCK), slice(pad, pad + 2), slice(-3, None)):
+        got = model(ids, mask, keep=keep, **seg_kwargs(arch))
+        hidden = model.hidden_states(ids, mask, keep=keep, **seg_kwargs(arch))
+        assert got.shape == want[:, keep].shape
+        read = real[:, keep]   # padding positions predict nothing
+        torch.testing.assert_close(got[read], want[:, keep][read], atol=ATOL, rtol=1e-4)
+        torch.testing.assert_close((hidden @ model.lm_head_weight.T)[read], want[:, keep][read], atol=ATOL, rtol=1e-4)
+
+
+@torch.no_grad()
 @pytest.mark.parametrize("wanted", ["prefix", "dual"])
 def test_window_equals_full_forward_when_nothing_changed(tiny, wanted):
     arch, model, _, _ = tiny
@@ -245,6 +267,12 @@ def test_forward_rejects_bad_inputs(llada):
         llada(ids, torch.ones_like(ids))
     with pytest.raises(ValueError, match="attention_mask"):
         llada(ids, torch.ones(2, 3, dtype=torch.bool))
+    for keep, error in (([1, 2], TypeError), (slice("a", 3), TypeError), (slice(0, T, 2), ValueError),
+                        (slice(5, 5), ValueError), (slice(T, None), ValueError)):
+        with pytest.raises(error, match="keep"):
+            llada(ids, keep=keep)
+        with pytest.raises(error, match="keep"):
+            llada.hidden_states(ids, keep=keep)
 
 
 def test_sdar_needs_segments():

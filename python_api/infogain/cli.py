@@ -33,6 +33,9 @@ def _build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Dispatch ``argv`` (default ``sys.argv[1:]``) to the command's ``main``; returns its exit code."""
     args = _build_parser().parse_args(argv)
+    from ._allocator import keep_freed_memory
+
+    keep_freed_memory()   # every command runs models: see infogain._allocator
     # Commands are imported lazily: each pulls in torch/models/samplers, and a
     # broken optional command must not break the others.
     if args.command == "demo":

@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import _threads
+from . import _allocator, _threads
 from ._cliutil import HelpFormatter, make_output_dir, parse_device, split_list
 from .tasks import TASKS, CharCodec, get_task
 
@@ -163,6 +163,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from . import models, samplers
 
+    kept = _allocator.keep_freed_memory()   # before the first large allocation
     model, tokenizer = models.load(model_path)
     model = model.to(device).eval()
     try:
@@ -196,7 +197,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         # The threads torch computed with, not the core count.
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
         if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "torch": torch.__version__, "threads": threads, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
+        "torch": torch.__version__, "threads": threads,
+        "keep_freed_memory": kept, "num_samples": args.num_samples, "seed": args.seed, "cache": args.cache,
         "settings": DEMO_SETTINGS, "temperature": {task.name: TASK_TEMPERATURE[task.name] for task in tasks},
         "wall_s": round(wall, 2),
         "gen_lengths": {task.name: task.gen_length for task in tasks}, "rows": rows,

@@ -108,6 +108,11 @@ class DiffusionLM(nn.Module):
         False trusts the ids and applies a given mask as is (pass None for "no
         padding"), so the call never synchronises. The samplers check the first call
         of a run and pass False afterwards.
+
+        Optional: a ``keep`` argument (a slice of positions; logits ``[B, len(keep), V]``
+        equal to ``forward(...)[:, keep]``, also on ``hidden_states``). The samplers pass
+        the positions they read when the signature has it (:class:`Transformer
+        <infogain.models.transformer.Transformer>` then skips most of its last layer).
         """
         raise NotImplementedError
 

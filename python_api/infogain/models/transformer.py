@@ -9,7 +9,10 @@ config.json fields and state-dict key names.
 
 Attention goes through :mod:`infogain.models.attention`. Full forwards and
 plain window forwards use ``scaled_dot_product_attention`` with a boolean mask
-(True = attend) built once per call and shared by all layers.
+(True = attend) built once per call and shared by all layers. A full forward
+may return a slice of positions only (``keep``): the last layer then computes
+its queries, attention output and MLP there only (a sampler without a KV cache
+reads one block of the canvas).
 
 Window forwards with ``cache_rows`` (:meth:`Transformer.forward_window`): the
 window rows are grouped by the cache row they read. With one window row per
@@ -144,24 +147,29 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        # In place on the fresh product: one pass and one allocation fewer, same values.
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype).mul_(self.weight)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables ``[G, L, head_dim]`` (float32) for integer ``positions [G, L]``."""
+    """cos and signed sin tables ``[G, L, head_dim]`` (float32) for integer ``positions [G, L]``
+    (G may be 1 for positions shared by every row: the tables broadcast).
+
+    The sin table's first half is negated: the half-split ``rotate_half(x) = [-x2, x1]`` times
+    sin is then ``[x2, x1]`` (a roll of x) times the signed table, exactly (only signs move).
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
     freqs = positions.float()[..., None] * inv_freq
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos(), emb.sin()
+    sin = freqs.sin()
+    return torch.cat([freqs, freqs], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [G, H, L, D]`` (half-split convention) in float32; returns x's dtype."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [G, H, L, D]`` (half-split convention) in float32 by the tables of
+    :func:`rope_cos_sin`; returns x's dtype. ``x * cos + rotate_half(x) * sin`` in three passes."""
     x32 = x.float()
-    half = x32.shape[-1] // 2
-    rotated = torch.cat([-x32[..., half:], x32[..., :half]], dim=-1)
-    return (x32 * cos[:, None] + rotated * sin[:, None]).to(x.dtype)
+    out = x32 * cos[:, None]
+    return out.add_(torch.roll(x32, x32.shape[-1] // 2, dims=-1).mul_(signed_sin[:, None])).to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -179,22 +187,30 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, **kw)
 
     def forward(self, x, cos, sin, mask, past: Optional[Tuple[torch.Tensor, torch.Tensor]],
-                fresh_key_index: Optional[torch.Tensor]):
+                fresh_key_index: Optional[torch.Tensor], keep: Optional[slice] = None):
         """``x [G, L, hidden]`` -> (output ``[G, L, hidden]``, fresh k, fresh v ``[G, H_kv, L', D]``).
 
         Keys are ``[past | fresh]``; ``fresh_key_index`` (long) selects which of the
         L fresh positions are keys (Dream's extra shift query is not one). ``mask`` is
         a bool attention mask ``[G, 1, L, keys]`` or None, or :class:`CascadeMasks`
         for a candidate forward (then ``past`` is the shared cache of the row groups).
+        ``keep`` (a slice of the L positions, plain masks only): queries, and so the
+        output ``[G, len(keep), hidden]``, only there; keys and values still cover all L.
         """
         G, L, _ = x.shape
         s = self.spec
-        q = self.q_proj(x).view(G, L, s.num_heads, s.head_dim).transpose(1, 2)
+        x_q, cos_q, sin_q = x, cos, sin
+        if keep is not None:
+            x_q, cos_q, sin_q = x[:, keep], cos[:, keep], sin[:, keep]
+            if mask is not None:
+                mask = mask[:, :, keep]
+        Lq = x_q.shape[1]
+        q = self.q_proj(x_q).view(G, Lq, s.num_heads, s.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
         if s.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
         if fresh_key_index is not None:
             k, v = k.index_select(2, fresh_key_index), v.index_select(2, fresh_key_index)
         if isinstance(mask, CascadeMasks):
@@ -206,7 +222,7 @@ class Attention(nn.Module):
             if past is not None:
                 keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
             out = attend(q, keys, values, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(G, L, -1)), k, v
+        return self.o_proj(out.transpose(1, 2).reshape(G, Lq, -1)), k, v
 
 
 class MLP(nn.Module):
@@ -218,7 +234,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, **kw)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(F.silu(self.gate_proj(x)).mul_(self.up_proj(x)))
 
 
 class Block(nn.Module):
@@ -229,10 +245,12 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
         self.mlp = MLP(spec, device=device, dtype=dtype)
 
-    def forward(self, x, cos, sin, mask, past, fresh_key_index):
-        h, k, v = self.attn(self.attn_norm(x), cos, sin, mask, past, fresh_key_index)
-        x = x + h
-        return x + self.mlp(self.mlp_norm(x)), k, v
+    def forward(self, x, cos, sin, mask, past, fresh_key_index, keep: Optional[slice] = None):
+        """``keep``: see :meth:`Attention.forward`; the block's output is then ``[G, len(keep), hidden]``."""
+        h, k, v = self.attn(self.attn_norm(x), cos, sin, mask, past, fresh_key_index, keep)
+        # Residual sums in place on the fresh branch outputs (x + h == h + x exactly).
+        x = h.add_(x if keep is None else x[:, keep])
+        return self.mlp(self.mlp_norm(x)).add_(x), k, v
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -249,6 +267,21 @@ def _no_empty_rows(mask: torch.Tensor) -> torch.Tensor:
     query, so this only keeps softmax from producing NaN that would spread.
     """
     return mask | ~mask.any(-1, keepdim=True)
+
+
+def _check_keep(keep: Optional[slice], T: int) -> Tuple[int, int]:
+    """``[start, stop)`` of the ``keep`` argument of the full forwards (None = every position)."""
+    if keep is None:
+        return 0, T
+    if not isinstance(keep, slice):
+        raise TypeError(f"keep must be a slice of positions or None, got {type(keep).__name__}")
+    try:
+        start, stop, step = keep.indices(T)
+    except TypeError:
+        raise TypeError(f"keep must be a slice of int positions, got {keep}") from None
+    if step != 1 or start >= stop:
+        raise ValueError(f"keep must be a non-empty slice of [0, {T}) with step 1, got {keep}")
+    return start, stop
 
 
 def segment_ids(T: int, gen_start: int, block_length: int, device) -> torch.Tensor:
@@ -288,14 +321,21 @@ class Transformer(DiffusionLM):
         return self.embed.weight if self.spec.tie_embeddings else self.lm_head.weight
 
     # -- the stack ----------------------------------------------------------------
-    def _run(self, ids, positions, mask, past_fn=None, fresh_key_index=None, collect=False):
-        """Run the stack; returns (final-normed hidden ``[G, L, hidden]``, per-layer fresh (k, v) or None)."""
+    def _run(self, ids, positions, mask, past_fn=None, fresh_key_index=None, collect=False, keep=None):
+        """Run the stack; returns (final-normed hidden ``[G, L, hidden]``, per-layer fresh (k, v) or None).
+
+        ``keep`` (a slice of the L positions, plain masks only): the hidden states of those positions
+        only, ``[G, len(keep), hidden]``. Every layer but the last needs all positions (they are the
+        next layer's keys and values); the last one computes its queries, attention output, MLP and
+        the final norm at the kept positions only.
+        """
         x = self.embed(ids)
         cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta)
         fresh = [] if collect else None
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             past = past_fn(i) if past_fn is not None else None
-            x, k, v = block(x, cos, sin, mask, past, fresh_key_index)
+            x, k, v = block(x, cos, sin, mask, past, fresh_key_index, keep if i == last else None)
             if collect:
                 fresh.append((k, v))
         return self.norm(x), fresh
@@ -372,8 +412,9 @@ class Transformer(DiffusionLM):
         return segment_ids(T, gen_start, block_length, device)
 
     # -- full forwards ------------------------------------------------------------
-    def _full(self, input_ids, attention_mask, gen_start, block_length, collect):
-        """Run the full canvas; ``attention_mask`` is the already reduced :meth:`_padding_mask`."""
+    def _full(self, input_ids, attention_mask, gen_start, block_length, collect, keep=None):
+        """Run the full canvas; ``attention_mask`` is the already reduced :meth:`_padding_mask`;
+        ``keep``: as in :meth:`_run`."""
         B, T = input_ids.shape
         seg = self._segments(T, gen_start, block_length, input_ids.device)
         mask = None
@@ -384,30 +425,50 @@ class Transformer(DiffusionLM):
             mask = causal if mask is None else mask & causal
         if mask is not None:
             mask = _no_empty_rows(mask)
+        # Without padding every row has positions 0..T-1: one row of rotary tables, broadcast.
         positions = (position_ids(attention_mask) if attention_mask is not None
-                     else torch.arange(T, device=input_ids.device).expand(B, T))
-        return self._run(input_ids, positions, mask, collect=collect)
+                     else torch.arange(T, device=input_ids.device)[None])
+        return self._run(input_ids, positions, mask, collect=collect, keep=keep)
 
     def hidden_states(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None,
-                      check_values=True):
+                      check_values=True, keep=None):
         """Final (normed) hidden states ``[B, T, hidden]`` aligned so that
-        ``logits = hidden_states @ lm_head_weight.T`` follows the forward convention."""
+        ``logits = hidden_states @ lm_head_weight.T`` follows the forward convention.
+
+        ``keep``: as in :meth:`forward`; returns ``[B, len(keep), hidden]``.
+        """
         check_values = check_bool("check_values", check_values)
         self._check_canvas(input_ids, attention_mask, check_values)
+        start, stop = _check_keep(keep, input_ids.shape[1])
+        # Dream's logit of position i comes from hidden state i-1: one more position in front.
+        lo = start - 1 if (self.spec.shift_logits and start > 0) else start
         mask = self._padding_mask(attention_mask, check_values)
-        hidden, _ = self._full(input_ids, mask, gen_start, block_length, collect=False)
-        return self._align(hidden, self._prev_is_real(mask))
+        hidden, _ = self._full(input_ids, mask, gen_start, block_length, collect=False,
+                               keep=None if (lo, stop) == (0, input_ids.shape[1]) else slice(lo, stop))
+        prev_is_real = self._prev_is_real(mask)
+        if prev_is_real is not None:
+            prev_is_real = prev_is_real[:, lo:stop]
+        return self._align(hidden, prev_is_real)[:, start - lo:]
 
-    def forward(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None, check_values=True):
+    def forward(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None, check_values=True,
+                keep=None):
         """Full forward ``input_ids [B, T]`` (long) -> logits ``[B, T, V]`` (model dtype).
 
         ``check_values`` (default True) checks that the ids lie in ``[0, V)`` and tests a
         given ``attention_mask`` for being all True (so the attention runs unmasked); that
         costs host synchronisations. With False the ids are trusted and a given mask is
         applied as is: pass ``attention_mask=None`` when there is no padding.
+
+        ``keep`` (a ``slice`` of positions with step 1, default all): return only the logits of
+        those positions, ``[B, len(keep), V]``: ``forward(...)[:, keep]`` up to float rounding
+        (the attention kernel may group the fewer queries into other tiles). The last
+        layer then computes its queries, attention output and MLP (and the head) only there (its
+        keys and values still cover the whole canvas), which saves most of one layer when a
+        caller reads a block of the canvas.
         """
         return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, gen_start=gen_start,
-                                                          block_length=block_length, check_values=check_values))
+                                                          block_length=block_length, check_values=check_values,
+                                                          keep=keep))
 
     def prefill(self, input_ids, attention_mask, *, mode, start, gen_start=None, block_length=None,
                 check_values=True):

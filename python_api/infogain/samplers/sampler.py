@@ -11,7 +11,7 @@ import inspect
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -500,7 +500,7 @@ class _Run:
         # first call keeps them (the canvas holds the prompts then); later canvases only hold
         # tokens drawn from the model's own logits, so later calls skip them.
         self.first_call = True
-        self.accepts_check_values: Dict[str, bool] = {}
+        self.model_accepts: Dict[Tuple[str, str], bool] = {}
         # Device flag of the last lookahead's non-finite objective, read with the next step.
         self.lookahead_bad: Optional[torch.Tensor] = None
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
@@ -508,19 +508,24 @@ class _Run:
         self.head_bias: Optional[torch.Tensor] = None   # [V] float32, built at the first fused lookahead
         self.defer_candidates = _host_reads_are_free(self.device)
 
+    def _accepts(self, method_name: str, parameter: str) -> bool:
+        """Whether the model's method takes ``parameter`` (inspected once per run, not per call)."""
+        key = (method_name, parameter)
+        if key not in self.model_accepts:
+            method = getattr(self.model, method_name, self.model)
+            try:
+                accepts = parameter in inspect.signature(method).parameters
+            except (TypeError, ValueError):
+                accepts = False
+            self.model_accepts[key] = accepts
+        return self.model_accepts[key]
+
     def _model_kwargs(self, method_name: str) -> dict:
         """``check_values=False`` for every call after the first, when the model's method accepts it."""
         if self.first_call:
             self.first_call = False
             return {}
-        if method_name not in self.accepts_check_values:   # inspected once per run, not per call
-            method = getattr(self.model, method_name, self.model)
-            try:
-                accepts = "check_values" in inspect.signature(method).parameters
-            except (TypeError, ValueError):
-                accepts = False
-            self.accepts_check_values[method_name] = accepts
-        return {"check_values": False} if self.accepts_check_values[method_name] else {}
+        return {"check_values": False} if self._accepts(method_name, "check_values") else {}
 
     # -------------------------------------------------------------- forwards
 
@@ -552,18 +557,25 @@ class _Run:
             self.head_bias = bias
         return self.head_bias
 
-    def _full_forward(self, ids, rows: Optional[torch.Tensor], hidden: bool = False):
+    def _full_forward(self, ids, rows: Optional[torch.Tensor], keep: slice, hidden: bool = False):
         """Full forward of ``ids``, the canvas rows ``rows`` (device index; None = all rows): the
-        post-processed logits, or with ``hidden`` the model's aligned final hidden states."""
+        post-processed logits, or with ``hidden`` the model's aligned final hidden states, of the
+        positions ``keep`` only (a model whose method takes ``keep`` computes only those)."""
         attention = self.model_attention
         if attention is not None and rows is not None:
             attention = attention[rows]
         kwargs = {"attention_mask": attention}
         if self.sampler.block_causal:
             kwargs.update(gen_start=self.gen_start, block_length=self.length)
-        if hidden:
-            return self.model.hidden_states(ids, **kwargs, **self._model_kwargs("hidden_states"))
-        return self._logits(self.model(ids, **kwargs, **self._model_kwargs("forward")))
+        method_name = "hidden_states" if hidden else "forward"
+        kwargs.update(self._model_kwargs(method_name))
+        sliced = self._accepts(method_name, "keep")
+        if sliced:
+            kwargs["keep"] = keep
+        output = (self.model.hidden_states if hidden else self.model)(ids, **kwargs)
+        if not hidden:
+            output = self._logits(output)
+        return output if sliced else output[:, keep]
 
     def _window_forward(self, window_ids, start, cache_rows, hidden: bool = False):
         """Window forward (logits, or with ``hidden`` the aligned hidden states); ``cache_rows`` is a
@@ -604,7 +616,7 @@ class _Run:
         index = None if every else host_ints_to_device(rows, self.device)
         canvas = self.canvas if every else self.canvas[index]
         if self.mode == "none":
-            logits = self._full_forward(canvas, index)[:, start:end]
+            logits = self._full_forward(canvas, index, slice(start, end))
         else:
             # All rows: one plain window forward, row r against cache row r (a subset: the
             # plain forward over those cache rows, see forward_window).
@@ -807,22 +819,26 @@ class _Run:
             fill_from = self.gen_start if self.mode == "none" else 0
             region = window[:, fill_from:]
             region.masked_fill_(_masks_after_first_eos(region, self.mask_id, self.eos_id), self.eos_id)
-        # With the fused head, the forward stops at the hidden states (no [R, W, V] logits).
-        if self.mode == "none":
-            next_out = self._full_forward(window, row_index, hidden=self.fused_head)
-        else:
-            next_out = self._window_forward(window, start, cache_rows, hidden=self.fused_head)
-        self.recorder.count_lookahead(cache_rows)
         # H_next window: everything from the block on, except for block-causal models (the block only).
         h_end = offset + self.length if (self.sampler.block_causal or self.mode == "dual") else window.shape[1]
+        # With the fused head, the forward stops at the hidden states (no [R, W, V] logits). A full
+        # forward returns the read positions [offset, h_end) only: out_offset is the block's column in it.
+        if self.mode == "none":
+            next_out = self._full_forward(window, row_index, slice(offset, h_end), hidden=self.fused_head)
+            out_offset = 0
+        else:
+            next_out = self._window_forward(window, start, cache_rows, hidden=self.fused_head)
+            out_offset = offset
+        read = next_out[:, out_offset:out_offset + h_end - offset]
+        self.recorder.count_lookahead(cache_rows)
         remaining = window[:, offset:h_end] == self.mask_id
         cost = candidates.cost[cand_index, row_index] if self.opts.variant == "info_gain" else None
         if self.fused_head:
             weight = self.model.lm_head_weight
-            _, objective, h_next = lm_head_entropy(next_out[:, offset:h_end], weight, self._head_bias(weight.shape[0]),
+            _, objective, h_next = lm_head_entropy(read, weight, self._head_bias(weight.shape[0]),
                                                    remaining, cost=cost, variant=self.opts.variant, check_values=False)
         else:
-            objective, h_next = lookahead_objective(next_out[:, offset:h_end], remaining, cost,
+            objective, h_next = lookahead_objective(read, remaining, cost,
                                                     variant=self.opts.variant, check_values=False)
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_bad = ~torch.isfinite(objective).all()
@@ -832,7 +848,7 @@ class _Run:
         slot[cand_index, row_index] = torch.arange(len(pairs), device=self.device)
         best = scores.argmax(dim=0)[rows]
         winner = slot[best, rows]
-        winner_out = next_out[winner, offset:offset + self.length]
+        winner_out = next_out[winner, out_offset:out_offset + self.length]
         if self.fused_head:
             # The next step reads the winners' block logits only where the block is still masked: the
             # head runs on those positions (masked ones first; rows with fewer masks repeat others).
