@@ -57,7 +57,8 @@ def _native_available() -> bool:
         from . import _C  # noqa: F401  (loading the extension registers its ops)
     except ImportError:
         return False
-    return all(hasattr(torch.ops.infogain, name) for name in ("_step_stats_cpu", "_row_entropy_cpu", "_gumbel_topk_cpu"))
+    return all(hasattr(torch.ops.infogain, name) for name in ("_step_stats_cpu", "_row_entropy_cpu", "_gumbel_topk_cpu",
+                                                                "_nucleus_cpu"))
 
 
 def use_native(tensor: torch.Tensor) -> bool:

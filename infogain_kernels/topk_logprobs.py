@@ -96,7 +96,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, cuda_sm_count, device_guard, use_triton, value_checks_enabled
+from ._backend import call_op, cuda_sm_count, device_guard, use_native, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import bad_row_problem, check_logits, check_positive_int
 
@@ -201,6 +201,8 @@ def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
             and use_triton(logits)):
         with device_guard(logits):
             return nucleus_triton(logits, k, temperature, top_p, seed)
+    if use_native(logits):  # csrc/nucleus_cpu.cpp
+        return torch.ops.infogain._nucleus_cpu(logits, k, temperature, top_p, seed)
     return nucleus_reference(logits, k, temperature, top_p, seed)
 
 

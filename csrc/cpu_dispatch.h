@@ -1,0 +1,64 @@
+// What the native CPU kernels share around their row loops: the choice of the build for this CPU
+// (baseline or AVX2, see step_stats_cpu_avx2.cpp) and the row-parallel driver.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#define INFOGAIN_CPU_AVX2 1
+#endif
+
+namespace infogain {
+
+// ATen does not export its capability query, so this mirrors it: AVX2 + FMA (+ F16C, which every
+// such CPU has) unless ATEN_CPU_CAPABILITY=default asks for the baseline build.
+inline bool cpu_use_avx2() {
+#if defined(INFOGAIN_CPU_AVX2)
+  static const bool avx2 = [] {
+    const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
+    const bool baseline = forced != nullptr && std::string(forced) == "default";
+    return !baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+  }();
+  return avx2;
+#else
+  return false;
+#endif
+}
+
+// Logits a parallel task should cover at least: below this, starting a thread costs more than
+// the work it takes over.
+constexpr int64_t kMinElementsPerTask = 1 << 16;
+
+// Run fn(begin, end) over [0, n) rows of `vocab` logits on up to at::get_num_threads() threads.
+// at::parallel_for cannot be used here: torch's OpenMP backend implements it inline in its
+// headers, and this extension is built without -fopenmp (linking a second OpenMP runtime next to
+// torch's would split the thread settings), so it would run serially. Plain threads honour
+// torch.set_num_threads all the same.
+template <typename F>
+void parallel_rows(int64_t n, int64_t vocab, const F& fn) {
+  const int64_t rows_per_task = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(vocab, 1));
+  int64_t tasks = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
+  if (tasks <= 1 || at::in_parallel_region()) {
+    fn(0, n);
+    return;
+  }
+  std::vector<std::thread> workers;
+  workers.reserve(tasks - 1);
+  const int64_t per_task = (n + tasks - 1) / tasks;
+  for (int64_t t = 1; t < tasks; ++t) {
+    const int64_t begin = std::min(n, t * per_task), end = std::min(n, (t + 1) * per_task);
+    if (begin < end) workers.emplace_back([&fn, begin, end] { fn(begin, end); });
+  }
+  fn(0, std::min(n, per_task));
+  for (auto& w : workers) w.join();
+}
+
+}  // namespace infogain

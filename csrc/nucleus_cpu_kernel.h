@@ -1,0 +1,404 @@
+// The CPU nucleus pass (temperature + top-p filter, top-k log-probabilities, inverse-CDF draw),
+// compiled once per CPU capability: the translation units that build step_stats_cpu_kernel.h
+// define INFOGAIN_NUCLEUS_ENTRY (the function declared in nucleus_cpu.h) and include this file
+// after it, so the two kernels share its chunk loader, vector type and capability macros.
+//
+// The semantics are those of the torch reference (infogain_kernels/topk_logprobs.py,
+// nucleus_reference): scores s = x / T in float32 (x for T = 0); ranking by s descending, ties by
+// lower id, through one int64 key per token; fixed-point masses q = floor(exp(s - lse) * 2**40);
+// the nucleus is {s >= tau} for the lowest tau whose strictly-greater mass is < top_p. Per row:
+//   pass 1, one read: the row max and sum exp((x - max) / T) (online, a chunk of kChunk logits
+//     at a time in L1), and the top-k keys (a vector compare against the running k-th score admits
+//     the few tokens that can enter; a buffer of them is cut back to k by nth_element when full);
+//   top_p < 1: the nucleus boundary from the k kept tokens when it falls among them, else a radix
+//     select of tau over the row: one read per digit of up to 11 bits of the 32-bit ordered image of
+//     the rank value (2 digits for 16-bit logits, whose float image has its low 16 / 13 bits fixed,
+//     3 for float32), each building a histogram of fixed-point mass and count of the tokens that
+//     share the digits found so far. A vector compare skips tokens below the bound on tau (as the
+//     Triton path: s < lse + log((1 - top_p) / V) - 1 when 1 - top_p >= 1e-3) without an exp;
+//   a draw: one read for the nucleus mass of each chunk, then the chunk that holds the target is
+//     recomputed and scanned.
+// 16-bit logits are ranked by x itself: x -> x / T is strictly increasing on them (their
+// significands are far coarser than float32's), so the order and the ties are those of s, with no
+// division per element. Float32 logits are ranked by s, divided exactly as torch divides.
+// The log-sum-exp uses the fast exp_u20 (as the step_stats pass); the masses use the 1-ulp exp,
+// one vector function for every mass, so the top-k shortcut, the radix select and the draw see
+// the same integers.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "nucleus_cpu.h"
+#include "step_stats_cpu_kernel.h"
+
+namespace infogain {
+namespace nucleus {
+namespace {
+
+using rowpass::Chunk;
+using rowpass::kChunk;
+using rowpass::kLowest;
+using rowpass::kNaN;
+using rowpass::kNegInf;
+using rowpass::kW;
+using rowpass::load_chunk;
+using rowpass::reduce_max;
+using rowpass::reduce_sum;
+using rowpass::to_float;
+using rowpass::Vec;
+
+constexpr float kMassOne = 1099511627776.0f;  // 2**40, the fixed-point unit of a mass
+constexpr int64_t kLowBits = int64_t{1} << 32;
+constexpr int64_t kKeyNone = std::numeric_limits<int64_t>::min();
+constexpr int kMaxDigitBits = 11;  // radix histograms of at most 2048 bins (24 KB, in L1)
+
+// Order-preserving int32 image of a float (-0 and +0 map to one value), as ordered_int in Python.
+inline int32_t ordered(float v) {
+  v += 0.0f;
+  int32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF);
+}
+
+// Inverse of ordered() (the map is an involution on the bits).
+inline float from_ordered(int32_t o) {
+  const int32_t bits = o ^ ((o >> 31) & 0x7FFFFFFF);
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// Rank key: ordered score in the high half, 2**32 - 1 - id in the low half (ties: lower id first).
+inline int64_t rank_key(float rank, int64_t id) { return int64_t{ordered(rank)} * kLowBits + (kLowBits - 1 - id); }
+inline int64_t key_id(int64_t key) { return (kLowBits - 1) - (key & (kLowBits - 1)); }
+inline int32_t key_order(int64_t key) { return static_cast<int32_t>(key >> 32); }
+
+// The fixed-point masses floor(exp(s - lse) * 2**40) of a vector of scores, as floats (exact
+// integers below 2**40, 0 for -inf scores); every mass of the kernel comes from this function.
+inline Vec mass_vec(const Vec& s, const Vec& lse) { return (s - lse).exp() * Vec(kMassOne); }
+
+inline int64_t mass_of(float s, float lse) {
+  float out[kW];
+  mass_vec(Vec(s), Vec(lse)).store(out);
+  return static_cast<int64_t>(out[0]);
+}
+
+// How one row is read. kDivide: float32 logits at a temperature other than 0 and 1, ranked by
+// s = x / T (16-bit logits rank by x; x / 1 == x).
+template <typename T, bool kDivide>
+struct RowReader {
+  const T* row;
+  int64_t vocab;
+  int64_t stride;
+  float temperature;  // 0: s = x
+  float* buf;         // kChunk floats
+
+  float score(float x) const { return temperature > 0.f ? x / temperature : x; }
+  Vec score(const Vec& x) const { return temperature > 0.f ? x / Vec(temperature) : x; }
+  float rank(float x) const { return kDivide ? x / temperature : x; }
+  Vec rank(const Vec& x) const { return kDivide ? x / Vec(temperature) : x; }
+  float at(int64_t id) const { return to_float(row[id * stride]); }
+
+  // fn(begin, chunk) for each chunk of the row, converted to float32.
+  template <typename F>
+  void for_chunks(const F& fn) const {
+    Chunk chunk;
+    for (int64_t begin = 0; begin < vocab; begin += kChunk) {
+      load_chunk<T>(row, stride, begin, std::min(kChunk, vocab - begin), buf, chunk);
+      fn(begin, chunk);
+    }
+  }
+};
+
+// Calls fn(lane) for the lanes of `mask` (a comparison result) that are set, below `limit`.
+template <typename F>
+inline void for_set_lanes(const Vec& mask, int64_t limit, const F& fn) {
+  const int zero = mask.zero_mask();
+  if (zero == (1 << kW) - 1) return;
+  for (int64_t lane = 0; lane < std::min<int64_t>(kW, limit); ++lane)
+    if (!(zero >> lane & 1)) fn(lane);
+}
+
+// Running top-k of rank keys: a buffer of admitted keys, cut back to the k best when full.
+struct TopK {
+  int64_t k;
+  std::vector<int64_t> keys;
+  int64_t kth = kKeyNone;  // the k-th best key once the buffer has been cut
+  float threshold = kNegInf;  // its rank value: only tokens ranked >= it can enter
+
+  explicit TopK(int64_t k_) : k(k_) { keys.reserve(capacity()); }
+  size_t capacity() const { return static_cast<size_t>(k + std::max<int64_t>(k, 256)); }
+  void reset() {
+    keys.clear();
+    kth = kKeyNone;
+    threshold = kNegInf;
+  }
+  void offer(int64_t key) {
+    if (key <= kth) return;  // tied with the k-th at a higher id, or below it
+    keys.push_back(key);
+    if (keys.size() == capacity()) cut();
+  }
+  void cut() {
+    std::nth_element(keys.begin(), keys.begin() + (k - 1), keys.end(), std::greater<int64_t>());
+    keys.resize(k);
+    kth = keys[k - 1];
+    threshold = from_ordered(key_order(kth));
+  }
+  // The k best keys, best first.
+  void finish() {
+    if (static_cast<int64_t>(keys.size()) > k) cut();
+    std::sort(keys.begin(), keys.end(), std::greater<int64_t>());
+  }
+};
+
+struct RowStats {
+  float max_x = kNegInf;  // max of the logits as float
+  float z = 0.f;          // sum exp((x - max_x) / T)
+  bool bad = false;       // NaN seen, or every entry -inf
+};
+
+// Pass 1: online max / normaliser and the top-k keys.
+template <typename T, bool kDivide>
+RowStats stats_topk(const RowReader<T, kDivide>& r, TopK& top) {
+  RowStats st;
+  const float inv_t = r.temperature > 0.f ? 1.f / r.temperature : 1.f;
+  const Vec inv(inv_t), lowest(kLowest);
+  top.reset();
+  bool nan = false;
+  r.for_chunks([&](int64_t begin, const Chunk& chunk) {
+    if (nan) return;
+    const int64_t padded = chunk.padded();
+    Vec cmax(kNegInf);
+    Vec threshold(top.threshold);
+    for (int64_t i = 0; i < padded; i += kW) {
+      const Vec v = chunk.load(i);
+      cmax = at::vec::maximum(cmax, v);
+      const Vec rank = r.rank(v);
+      for_set_lanes(rank >= threshold, chunk.n - i, [&](int64_t lane) {
+        top.offer(rank_key(r.rank(chunk.at(i + lane)), begin + i + lane));
+        threshold = Vec(top.threshold);
+      });
+    }
+    const float cm = reduce_max(cmax);
+    if (std::isnan(cm)) {
+      nan = true;
+      return;
+    }
+    if (cm == kNegInf) return;  // nothing in this chunk has weight
+    if (cm > st.max_x) {
+      if (st.max_x != kNegInf) st.z *= std::exp((st.max_x - cm) * inv_t);
+      st.max_x = cm;
+    }
+    const Vec m(st.max_x);
+    Vec acc(0.f);
+    for (int64_t i = 0; i < padded; i += kW)
+      acc = acc + at::vec::maximum((chunk.load(i) - m) * inv, lowest).exp_u20();
+    st.z += reduce_sum(acc);
+  });
+  st.bad = nan || st.max_x == kNegInf;
+  if (!st.bad) top.finish();
+  return st;
+}
+
+// Radix select of the nucleus threshold over the whole row (tokens with x < x_low skipped).
+// Returns the ordered rank value tau of the lowest nucleus token; nucleus_q gets the mass >= tau.
+template <typename T, bool kDivide>
+int32_t radix_threshold(const RowReader<T, kDivide>& r, float lse, int64_t limit, float x_low, int fixed_low_bits,
+                        int64_t& nucleus_q) {
+  int64_t mass[1 << kMaxDigitBits];
+  int64_t count[1 << kMaxDigitBits];
+  const int significant = 32 - fixed_low_bits;
+  uint32_t prefix = 0;  // the digits found so far
+  int prefix_bits = 0;
+  int64_t above = 0;  // mass of the tokens above those sharing the prefix
+  int64_t chosen_mass = 0;
+  const Vec low(x_low);
+  while (prefix_bits < significant) {
+    const int width = std::min(kMaxDigitBits, significant - prefix_bits);
+    const int shift = 32 - prefix_bits - width;
+    const int64_t bins = int64_t{1} << width;
+    std::fill(mass, mass + bins, 0);
+    std::fill(count, count + bins, 0);
+    r.for_chunks([&](int64_t, const Chunk& chunk) {
+      for (int64_t i = 0; i < chunk.padded(); i += kW) {
+        for_set_lanes(chunk.load(i) >= low, chunk.n - i, [&](int64_t lane) {
+          const float x = chunk.at(i + lane);
+          const uint32_t key = static_cast<uint32_t>(ordered(r.rank(x))) ^ 0x80000000u;  // unsigned image
+          if (prefix_bits > 0 && (key >> (32 - prefix_bits)) != prefix) return;
+          const int64_t q = mass_of(r.score(x), lse);
+          if (q == 0) return;
+          const uint32_t bin = (key >> shift) & static_cast<uint32_t>(bins - 1);
+          mass[bin] += q;
+          count[bin] += 1;
+        });
+      }
+    });
+    // The lowest non-empty bin whose mass above is still < top_p (the top bin if none).
+    int64_t chosen = bins - 1, chosen_above = above, mass_above = above;
+    for (int64_t bin = bins - 1; bin >= 0 && mass_above < limit; --bin) {
+      if (count[bin] > 0) {
+        chosen = bin;
+        chosen_above = mass_above;
+      }
+      mass_above += mass[bin];
+    }
+    prefix = (prefix << width) | static_cast<uint32_t>(chosen);
+    prefix_bits += width;
+    above = chosen_above;
+    chosen_mass = mass[chosen];
+  }
+  uint32_t key = fixed_low_bits > 0 ? prefix << fixed_low_bits : prefix;
+  // The fixed low bits of a 16-bit value's image: 0 for non-negative values, all ones for negative.
+  if (fixed_low_bits > 0 && !(key & 0x80000000u)) key |= (uint32_t{1} << fixed_low_bits) - 1;
+  nucleus_q = above + chosen_mass;
+  return static_cast<int32_t>(key ^ 0x80000000u);
+}
+
+// Inverse-CDF draw over the nucleus {rank >= tau} in token order, on the fixed-point masses.
+template <typename T, bool kDivide>
+int64_t draw(const RowReader<T, kDivide>& r, float lse, int32_t tau, int64_t bits, float* weights,
+             std::vector<int64_t>& chunk_mass) {
+  const Vec lse_v(lse), tau_v(from_ordered(tau));
+  // Masses of one chunk's nucleus tokens into weights[0 : chunk.n); returns their sum.
+  auto chunk_masses = [&](const Chunk& chunk) {
+    for (int64_t i = 0; i < chunk.padded(); i += kW) {
+      const Vec v = chunk.load(i);
+      (mass_vec(r.score(v), lse_v) & (r.rank(v) >= tau_v)).store(weights + i);
+    }
+    int64_t sum = 0;
+    for (int64_t j = 0; j < chunk.n; ++j) sum += static_cast<int64_t>(weights[j]);
+    return sum;
+  };
+  chunk_mass.clear();
+  int64_t total = 0;
+  r.for_chunks([&](int64_t, const Chunk& chunk) {
+    chunk_mass.push_back(chunk_masses(chunk));
+    total += chunk_mass.back();
+  });
+  // A uniform fraction of 53 bits scales the total (as the reference).
+  const int64_t target =
+      std::min(static_cast<int64_t>(static_cast<double>(bits) * 0x1p-53 * static_cast<double>(total)), total - 1);
+  int64_t passed = 0, c = 0;
+  while (c + 1 < static_cast<int64_t>(chunk_mass.size()) && passed + chunk_mass[c] <= target) passed += chunk_mass[c++];
+  Chunk chunk;
+  const int64_t begin = c * kChunk;
+  load_chunk<T>(r.row, r.stride, begin, std::min(kChunk, r.vocab - begin), r.buf, chunk);
+  chunk_masses(chunk);
+  int64_t last = begin;
+  for (int64_t j = 0; j < chunk.n; ++j) {
+    const int64_t q = static_cast<int64_t>(weights[j]);
+    if (q == 0) continue;
+    last = begin + j;
+    passed += q;
+    if (passed > target) return last;
+  }
+  return last;
+}
+
+template <typename T, bool kDivide>
+void run_rows(const NucleusArgs& a, int64_t begin, int64_t end) {
+  const T* logits = static_cast<const T*>(a.logits);
+  const int64_t k = a.k;
+  alignas(64) float buf[kChunk];
+  alignas(64) float weights[kChunk];
+  TopK top(k);
+  std::vector<int64_t> chunk_mass;
+  std::vector<float> top_s(k);
+  std::vector<int32_t> top_order(k);
+  std::vector<int64_t> top_q(k);
+  // Float images of 16-bit logits have their low 16 (bf16) / 13 (fp16) bits fixed.
+  const int fixed_low_bits = std::is_same_v<T, c10::BFloat16> ? 16 : std::is_same_v<T, c10::Half> ? 13 : 0;
+  for (int64_t row = begin; row < end; ++row) {
+    const RowReader<T, kDivide> r{logits + row * a.row_stride, a.vocab, a.col_stride, a.temperature, buf};
+    int64_t* ids = a.ids + row * k;
+    float* logprobs = a.logprobs + row * k;
+    const RowStats st = stats_topk(r, top);
+    if (st.bad) {  // reported by the caller through the NaN log-sum-exp
+      std::fill(ids, ids + k, 0);
+      std::fill(logprobs, logprobs + k, kNaN);
+      a.token[row] = 0;
+      a.token_logprob[row] = kNaN;
+      a.lse[row] = kNaN;
+      continue;
+    }
+    const float lse = r.score(st.max_x) + std::log(st.z);
+    a.lse[row] = std::isfinite(lse) ? lse : kNaN;
+    for (int64_t j = 0; j < k; ++j) {
+      ids[j] = key_id(top.keys[j]);
+      top_order[j] = key_order(top.keys[j]);
+      top_s[j] = r.score(r.at(ids[j]));
+    }
+    int32_t tau = ordered(kNegInf);
+    int64_t nucleus_q = int64_t{1} << 40;
+    if (a.use_top_p && std::isfinite(lse)) {
+      // Mass strictly above each kept token (ties excluded): the kept tokens are the most probable.
+      int64_t group_above = 0, running = 0;
+      bool last_in = false;
+      nucleus_q = 0;
+      tau = std::numeric_limits<int32_t>::max();
+      for (int64_t j = 0; j < k; ++j) {
+        top_q[j] = mass_of(top_s[j], lse);
+        if (j > 0 && top_order[j] != top_order[j - 1]) group_above = running;
+        running += top_q[j];
+        last_in = group_above < a.mass_limit && top_q[j] > 0;
+        if (last_in) {
+          tau = std::min(tau, top_order[j]);
+          nucleus_q += top_q[j];
+        }
+      }
+      if (last_in) {  // the nucleus may reach past the k kept tokens
+        const float x_low = !a.candidate_filter ? kNegInf
+                            : a.temperature > 0.f ? (lse + a.log_tail) * a.temperature
+                                                  : lse + a.log_tail;
+        tau = radix_threshold(r, lse, a.mass_limit, x_low, fixed_low_bits, nucleus_q);
+      }
+    }
+    const float lse_nucleus = lse + static_cast<float>(std::log(static_cast<double>(nucleus_q) / 0x1p40));
+    for (int64_t j = 0; j < k; ++j) logprobs[j] = top_order[j] >= tau ? top_s[j] - lse_nucleus : kNegInf;
+    if (a.random_bits == nullptr || !std::isfinite(lse)) {
+      a.token[row] = ids[0];
+      a.token_logprob[row] = logprobs[0];
+      continue;
+    }
+    const int64_t token = draw(r, lse, tau, a.random_bits[row], weights, chunk_mass);
+    a.token[row] = token;
+    a.token_logprob[row] = r.score(r.at(token)) - lse_nucleus;
+  }
+}
+
+template <typename T>
+void run_typed(const NucleusArgs& a, int64_t begin, int64_t end) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (a.temperature > 0.f && a.temperature != 1.f) {
+      run_rows<T, true>(a, begin, end);
+      return;
+    }
+  }
+  run_rows<T, false>(a, begin, end);
+}
+
+}  // namespace
+
+void INFOGAIN_NUCLEUS_ENTRY(const NucleusArgs& args, int64_t begin, int64_t end) {
+  switch (args.dtype) {
+    case LogitsType::kFloat:
+      run_typed<float>(args, begin, end);
+      break;
+    case LogitsType::kBFloat16:
+      run_typed<c10::BFloat16>(args, begin, end);
+      break;
+    case LogitsType::kHalf:
+      run_typed<c10::Half>(args, begin, end);
+      break;
+  }
+}
+
+}  // namespace nucleus
+}  // namespace infogain
