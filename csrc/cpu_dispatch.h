@@ -8,7 +8,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
-#include <thread>
+#include <condition_variable>
+#include <mutex>
 #include <vector>
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -40,8 +41,9 @@ constexpr int64_t kMinElementsPerTask = 1 << 16;
 // Run fn(begin, end) over [0, n) rows of `vocab` logits on up to at::get_num_threads() threads.
 // at::parallel_for cannot be used here: torch's OpenMP backend implements it inline in its
 // headers, and this extension is built without -fopenmp (linking a second OpenMP runtime next to
-// torch's would split the thread settings), so it would run serially. Plain threads honour
-// torch.set_num_threads all the same.
+// torch's would split the thread settings), so it would run serially. The extra tasks go to torch's
+// inter-op thread pool (at::launch: persistent threads, no thread start per call) and the calling
+// thread runs the first; the count honours torch.set_num_threads all the same.
 template <typename F>
 void parallel_rows(int64_t n, int64_t vocab, const F& fn) {
   const int64_t rows_per_task = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(vocab, 1));
@@ -50,15 +52,24 @@ void parallel_rows(int64_t n, int64_t vocab, const F& fn) {
     fn(0, n);
     return;
   }
-  std::vector<std::thread> workers;
-  workers.reserve(tasks - 1);
   const int64_t per_task = (n + tasks - 1) / tasks;
+  std::mutex mutex;
+  std::condition_variable finished;
+  int64_t pending = 0;
   for (int64_t t = 1; t < tasks; ++t) {
     const int64_t begin = std::min(n, t * per_task), end = std::min(n, (t + 1) * per_task);
-    if (begin < end) workers.emplace_back([&fn, begin, end] { fn(begin, end); });
+    if (begin >= end) continue;
+    ++pending;
+    at::launch([&, begin, end] {
+      fn(begin, end);
+      // Notify under the lock: the caller cannot return (and destroy these) before it is released.
+      std::lock_guard<std::mutex> lock(mutex);
+      if (--pending == 0) finished.notify_one();
+    });
   }
   fn(0, std::min(n, per_task));
-  for (auto& w : workers) w.join();
+  std::unique_lock<std::mutex> lock(mutex);
+  finished.wait(lock, [&] { return pending == 0; });
 }
 
 }  // namespace infogain

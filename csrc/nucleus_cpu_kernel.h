@@ -132,6 +132,7 @@ struct TopK {
   std::vector<int64_t> keys;
   int64_t kth = kKeyNone;  // the k-th best key once the buffer has been cut
   float threshold = kNegInf;  // its rank value: only tokens ranked >= it can enter
+  bool nan = false;           // a NaN was seen
 
   explicit TopK(int64_t k_) : k(k_) { keys.reserve(capacity()); }
   size_t capacity() const { return static_cast<size_t>(k + std::max<int64_t>(k, 256)); }
@@ -139,6 +140,7 @@ struct TopK {
     keys.clear();
     kth = kKeyNone;
     threshold = kNegInf;
+    nan = false;
   }
   void offer(int64_t key) {
     if (key <= kth) return;  // tied with the k-th at a higher id, or below it
@@ -164,46 +166,111 @@ struct RowStats {
   bool bad = false;       // NaN seen, or every entry -inf
 };
 
-// Pass 1: online max / normaliser and the top-k keys.
-template <typename T, bool kDivide>
-RowStats stats_topk(const RowReader<T, kDivide>& r, TopK& top) {
+// 2**t for t <= ~0, for the normaliser's sum: 2**-125 (not 0) below -125, negligible against its
+// first term 1. Range reduction to f = t - round(t) in [-0.5, 0.5] and a degree-6 polynomial
+// (about 2e-7 relative error): 14 vector operations, fewer than exp_u20, and this is the whole
+// arithmetic of the pass.
+inline Vec exp2_nonpositive(Vec t) {
+  t = at::vec::clamp_min(t, Vec(-125.f));
+  const Vec n = t.round();
+  const Vec f = t - n;
+  Vec p = at::vec::fmadd(Vec(1.535336188319500e-4f), f, Vec(1.339887440266574e-3f));
+  p = at::vec::fmadd(p, f, Vec(9.618437357674640e-3f));
+  p = at::vec::fmadd(p, f, Vec(5.550332471162809e-2f));
+  p = at::vec::fmadd(p, f, Vec(2.402264791363012e-1f));
+  p = at::vec::fmadd(p, f, Vec(6.931472028550421e-1f));
+  p = at::vec::fmadd(p, f, Vec(1.f));
+  using IVec = at::vec::Vectorized<int32_t>;
+  const IVec exponent = (at::vec::convert_to_int_of_same_size(n) + IVec(127)) << IVec(23);
+  return p * at::vec::cast<float>(exponent);
+}
+
+template <typename U>
+inline Vec load_vec(const U* p) {
+  if constexpr (std::is_same_v<U, float>) {
+    return Vec::loadu(p);
+  } else {
+    Vec v;
+    at::vec::load_to_float<U>(p, v);
+    return v;
+  }
+}
+
+// Offers the tokens of row[begin : end) (whole vectors) not ranked below the running threshold; a
+// NaN (never below it) marks the row bad instead.
+template <typename U, typename Reader>
+__attribute__((noinline)) void offer_block(const U* row, int64_t begin, int64_t end, const Reader& reader, TopK& top) {
+  float ranks[kW];
+  for (int64_t i = begin; i < end; i += kW) {
+    const Vec rank = reader.rank(load_vec(row + i));
+    const int taken = (rank < Vec(top.threshold)).zero_mask();  // lanes not below the threshold
+    if (taken == 0) continue;
+    rank.store(ranks);
+    for (int64_t lane = 0; lane < kW; ++lane) {
+      if (!(taken >> lane & 1)) continue;
+      if (std::isnan(ranks[lane])) {
+        top.nan = true;
+      } else {
+        top.offer(rank_key(ranks[lane], i + lane));
+      }
+    }
+  }
+}
+
+// Pass 1 on a contiguous row (logits, or their float32 copy): two sweeps of the row, which stays
+// in L2. Sweep A: the max and the top-k keys (a vector compare against the running k-th rank
+// value admits the few tokens that can enter). Sweep B: sum exp((x - max) / T) as one FMA and the
+// fast exp per element (exp(-inf) = 0).
+template <typename U, typename Reader>
+RowStats stats_topk(const U* row, int64_t vocab, float temperature, const Reader& reader, TopK& top) {
   RowStats st;
-  const float inv_t = r.temperature > 0.f ? 1.f / r.temperature : 1.f;
-  const Vec inv(inv_t), lowest(kLowest);
   top.reset();
-  bool nan = false;
-  r.for_chunks([&](int64_t begin, const Chunk& chunk) {
-    if (nan) return;
-    const int64_t padded = chunk.padded();
-    Vec cmax(kNegInf);
-    Vec threshold(top.threshold);
-    for (int64_t i = 0; i < padded; i += kW) {
-      const Vec v = chunk.load(i);
-      cmax = at::vec::maximum(cmax, v);
-      const Vec rank = r.rank(v);
-      for_set_lanes(rank >= threshold, chunk.n - i, [&](int64_t lane) {
-        top.offer(rank_key(r.rank(chunk.at(i + lane)), begin + i + lane));
-        threshold = Vec(top.threshold);
-      });
+  const int64_t full = vocab / kW * kW;
+  Vec vmax(kNegInf);
+  // Blocks of kAdmitBlock logits: the block's compares are OR-ed, and only a block with an admitted
+  // token goes through the scalar offers (a call inside the loop would keep vmax in memory).
+  constexpr int64_t kAdmitBlock = 32 * kW;
+  for (int64_t block = 0; block < full; block += kAdmitBlock) {
+    const int64_t stop = std::min(full, block + kAdmitBlock);
+    const Vec threshold(top.threshold);
+    // AND of "ranked below the threshold" (false for NaN): a lane left clear was admitted or is NaN.
+    Vec below = Vec(0.f) == Vec(0.f);
+    for (int64_t i = block; i < stop; i += kW) {
+      const Vec v = load_vec(row + i);
+      vmax = at::vec::clamp_min(v, vmax);  // a plain max: NaN is caught by the compare
+      below = below & (reader.rank(v) < threshold);
     }
-    const float cm = reduce_max(cmax);
-    if (std::isnan(cm)) {
-      nan = true;
-      return;
-    }
-    if (cm == kNegInf) return;  // nothing in this chunk has weight
-    if (cm > st.max_x) {
-      if (st.max_x != kNegInf) st.z *= std::exp((st.max_x - cm) * inv_t);
-      st.max_x = cm;
-    }
-    const Vec m(st.max_x);
-    Vec acc(0.f);
-    for (int64_t i = 0; i < padded; i += kW)
-      acc = acc + at::vec::maximum((chunk.load(i) - m) * inv, lowest).exp_u20();
-    st.z += reduce_sum(acc);
-  });
-  st.bad = nan || st.max_x == kNegInf;
-  if (!st.bad) top.finish();
+    if (below.zero_mask() != 0) offer_block(row, block, stop, reader, top);
+  }
+  if (top.nan) {
+    st.bad = true;
+    return st;
+  }
+  float max_x = reduce_max(vmax);
+  for (int64_t i = full; i < vocab; ++i) {
+    const float x = to_float(row[i]);
+    max_x = std::isnan(x) || std::isnan(max_x) ? kNaN : std::max(max_x, x);
+    const float rank = reader.rank(x);
+    if (rank >= top.threshold) top.offer(rank_key(rank, i));
+  }
+  if (std::isnan(max_x) || max_x == kNegInf) {
+    st.bad = true;
+    return st;
+  }
+  const float inv_t = temperature > 0.f ? 1.f / temperature : 1.f;
+  constexpr float kLog2e = 1.4426950408889634f;
+  const Vec rate(inv_t * kLog2e), shift(-max_x * inv_t * kLog2e);  // log2 of the weight: one FMA
+  Vec acc0(0.f), acc1(0.f);
+  int64_t i = 0;
+  for (; i + 2 * kW <= vocab; i += 2 * kW) {
+    acc0 = acc0 + exp2_nonpositive(at::vec::fmadd(load_vec(row + i), rate, shift));
+    acc1 = acc1 + exp2_nonpositive(at::vec::fmadd(load_vec(row + i + kW), rate, shift));
+  }
+  float z = reduce_sum(acc0 + acc1);
+  for (; i < vocab; ++i) z += std::exp((to_float(row[i]) - max_x) * inv_t);
+  st.max_x = max_x;
+  st.z = z;
+  top.finish();
   return st;
 }
 
@@ -310,6 +377,7 @@ void run_rows(const NucleusArgs& a, int64_t begin, int64_t end) {
   alignas(64) float weights[kChunk];
   TopK top(k);
   std::vector<int64_t> chunk_mass;
+  std::vector<float> row_copy;
   std::vector<float> top_s(k);
   std::vector<int32_t> top_order(k);
   std::vector<int64_t> top_q(k);
@@ -319,7 +387,15 @@ void run_rows(const NucleusArgs& a, int64_t begin, int64_t end) {
     const RowReader<T, kDivide> r{logits + row * a.row_stride, a.vocab, a.col_stride, a.temperature, buf};
     int64_t* ids = a.ids + row * k;
     float* logprobs = a.logprobs + row * k;
-    const RowStats st = stats_topk(r, top);
+    const T* row_ptr = logits + row * a.row_stride;
+    const float* copy = nullptr;
+    if (a.col_stride != 1) {  // strided rows: one float32 copy for pass 1
+      row_copy.resize(a.vocab);
+      for (int64_t j = 0; j < a.vocab; ++j) row_copy[j] = to_float(row_ptr[j * a.col_stride]);
+      copy = row_copy.data();
+    }
+    const RowStats st = copy != nullptr ? stats_topk(copy, a.vocab, a.temperature, r, top)
+                                        : stats_topk(row_ptr, a.vocab, a.temperature, r, top);
     if (st.bad) {  // reported by the caller through the NaN log-sum-exp
       std::fill(ids, ids + k, 0);
       std::fill(logprobs, logprobs + k, kNaN);

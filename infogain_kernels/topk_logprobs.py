@@ -190,25 +190,27 @@ def _(logits, k, temperature, top_p):
 
 def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
                 seed: Optional[torch.Tensor]):
-    """Dispatch to the Triton kernels or the torch reference.
+    """Dispatch to the native CPU kernel, the Triton kernels or the torch reference.
 
     Returns ``(ids [B,k], logprobs [B,k], token [B], token_logprob [B], lse [B])``;
     ``token``/``token_logprob`` are an inverse-CDF draw from the filtered
     distribution when ``seed`` (int64 tensor [1]) is given, else the top-1.
     ``lse`` is the log-sum-exp of the whole scaled row, non-finite for an invalid row.
     """
+    if use_native(logits):  # csrc/nucleus_cpu.cpp (never true where Triton would run)
+        return torch.ops.infogain._nucleus_cpu(logits, k, temperature, top_p, seed)
     if (logits.shape[0] > 0 and k <= TRITON_MAX_K and logits.shape[1] <= TRITON_MAX_VOCAB
             and use_triton(logits)):
         with device_guard(logits):
             return nucleus_triton(logits, k, temperature, top_p, seed)
-    if use_native(logits):  # csrc/nucleus_cpu.cpp
-        return torch.ops.infogain._nucleus_cpu(logits, k, temperature, top_p, seed)
     return nucleus_reference(logits, k, temperature, top_p, seed)
 
 
 def raise_on_invalid_rows(logits: torch.Tensor, lse: torch.Tensor) -> None:
     """Both paths report an unusable row by a non-finite log-sum-exp; say why."""
     if lse.numel() == 0 or not value_checks_enabled(logits):
+        return
+    if math.isfinite(float(lse.sum())):  # one cheap read-back when every row is valid (the usual case)
         return
     bad = ~torch.isfinite(lse)
     if not bool(bad.any()):
