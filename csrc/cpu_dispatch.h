@@ -34,19 +34,20 @@ inline bool cpu_use_avx2() {
 #endif
 }
 
-// Logits a parallel task should cover at least: below this, starting a thread costs more than
-// the work it takes over.
+// Logits a parallel task should cover at least (the default of parallel_rows): below this, handing
+// work to another thread costs more than the work it takes over.
 constexpr int64_t kMinElementsPerTask = 1 << 16;
 
-// Run fn(begin, end) over [0, n) rows of `vocab` logits on up to at::get_num_threads() threads.
+// Run fn(begin, end) over [0, n) rows of `vocab` logits on up to at::get_num_threads() threads, each
+// task covering at least min_elements_per_task logits (or one row).
 // at::parallel_for cannot be used here: torch's OpenMP backend implements it inline in its
 // headers, and this extension is built without -fopenmp (linking a second OpenMP runtime next to
 // torch's would split the thread settings), so it would run serially. The extra tasks go to torch's
 // inter-op thread pool (at::launch: persistent threads, no thread start per call) and the calling
 // thread runs the first; the count honours torch.set_num_threads all the same.
 template <typename F>
-void parallel_rows(int64_t n, int64_t vocab, const F& fn) {
-  const int64_t rows_per_task = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(vocab, 1));
+void parallel_rows(int64_t n, int64_t vocab, const F& fn, int64_t min_elements_per_task = kMinElementsPerTask) {
+  const int64_t rows_per_task = std::max<int64_t>(1, min_elements_per_task / std::max<int64_t>(vocab, 1));
   int64_t tasks = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
   if (tasks <= 1 || at::in_parallel_region()) {
     fn(0, n);
