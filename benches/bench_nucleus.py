@@ -70,7 +70,10 @@ def make_cases(device, dtype, vocabularies, generator):
         logits = logits.to(device=device, dtype=dtype)
         ids, values = topk_logprobs(logits, TOP_K, temperature=TEMPERATURE, top_p=top_p)
         _, naive_values = naive_topk_logprobs(logits, TOP_K, TEMPERATURE, top_p)
-        torch.testing.assert_close(values, naive_values, atol=1e-3, rtol=1e-3)  # (bf16 ties may order ids differently)
+        # (bf16 ties may order ids differently.) The naive cut sums the sorted masses with a float32 cumsum,
+        # off by up to ~V * 2**-25 at the boundary: the renormalised values differ by ~5e-3 at V = 126464.
+        tolerance = 1e-3 if top_p >= 1 else 2e-2
+        torch.testing.assert_close(values, naive_values, atol=tolerance, rtol=1e-3)
         shape = dict(model=model, rows=num_rows, vocab=vocab, top_p=top_p, bytes=logits.numel() * logits.element_size())
         cases.append(dict(shape, op="topk_logprobs",
                           fused=lambda x=logits, p=top_p: topk_logprobs(x, TOP_K, temperature=TEMPERATURE, top_p=p),

@@ -84,6 +84,19 @@ column stride and 16-byte alignment proved by the host, ``tl.multiple_of`` /
 keeps one element per thread, the layout of its histogram scatter). Masses are
 computed as ``exp2(x * log2(e) / T - lse * log2(e))``: one FMA and one exp2.
 
+CPU tensors run the native C++ kernel ``torch.ops.infogain._nucleus_cpu``
+(csrc/nucleus_cpu.cpp, nucleus_cpu_kernel.h) when the extension is built: the
+same definitions, reads and tie rules, with the row in cache instead of split
+across programs. One pass gives the max, the normaliser and the top-k keys (a
+vector compare against the running k-th admits the few candidates); the radix
+select uses digits of up to 11 bits (2 passes for 16-bit logits, 3 for float32,
+skipping tokens below the bound on ``tau`` with one compare); a draw reads the
+row once for each 1024-logit chunk's nucleus mass, then only the chunk that
+holds the target. Rows run in parallel when they are long enough to pay for a
+thread. The log-sum-exp is summed in a different order than the reference's, so
+a nucleus boundary or a drawn token may differ from the reference's when the
+mass above lies within float32 rounding of ``top_p`` or of a CDF boundary.
+
 Registered as ``torch.ops.infogain.topk_logprobs``. The helpers here
 (``run_nucleus``, ``raise_on_invalid_rows``) are also the engine of
 :mod:`infogain_kernels.sample_logprob`.
