@@ -463,17 +463,7 @@ void run_typed(const NucleusArgs& a, int64_t begin, int64_t end) {
 }  // namespace
 
 void INFOGAIN_NUCLEUS_ENTRY(const NucleusArgs& args, int64_t begin, int64_t end) {
-  switch (args.dtype) {
-    case LogitsType::kFloat:
-      run_typed<float>(args, begin, end);
-      break;
-    case LogitsType::kBFloat16:
-      run_typed<c10::BFloat16>(args, begin, end);
-      break;
-    case LogitsType::kHalf:
-      run_typed<c10::Half>(args, begin, end);
-      break;
-  }
+  rowpass::dispatch_logits_type(args.dtype, [&](auto tag) { run_typed<decltype(tag)>(args, begin, end); });
 }
 
 }  // namespace nucleus
