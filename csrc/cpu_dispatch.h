@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <atomic>
 #include <condition_variable>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -42,35 +44,41 @@ constexpr int64_t kMinElementsPerTask = 1 << 16;
 // task covering at least min_elements_per_task logits (or one row).
 // at::parallel_for cannot be used here: torch's OpenMP backend implements it inline in its
 // headers, and this extension is built without -fopenmp (linking a second OpenMP runtime next to
-// torch's would split the thread settings), so it would run serially. The extra tasks go to torch's
-// inter-op thread pool (at::launch: persistent threads, no thread start per call) and the calling
-// thread runs the first; the count honours torch.set_num_threads all the same.
+// torch's would split the thread settings), so it would run serially. Helpers come from torch's
+// inter-op thread pool (at::launch: persistent threads, no thread start per call), and the calling
+// thread takes tasks too: tasks are claimed from a shared counter, so when a helper is slow to wake
+// (a busy machine) or never runs (the pool is busy, e.g. when called from one of its threads) the
+// caller does the work itself instead of waiting. The count honours torch.set_num_threads.
 template <typename F>
 void parallel_rows(int64_t n, int64_t vocab, const F& fn, int64_t min_elements_per_task = kMinElementsPerTask) {
   const int64_t rows_per_task = std::max<int64_t>(1, min_elements_per_task / std::max<int64_t>(vocab, 1));
-  int64_t tasks = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
+  const int64_t tasks = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
   if (tasks <= 1 || at::in_parallel_region()) {
     fn(0, n);
     return;
   }
   const int64_t per_task = (n + tasks - 1) / tasks;
-  std::mutex mutex;
-  std::condition_variable finished;
-  int64_t pending = 0;
-  for (int64_t t = 1; t < tasks; ++t) {
-    const int64_t begin = std::min(n, t * per_task), end = std::min(n, (t + 1) * per_task);
-    if (begin >= end) continue;
-    ++pending;
-    at::launch([&, begin, end] {
-      fn(begin, end);
-      // Notify under the lock: the caller cannot return (and destroy these) before it is released.
-      std::lock_guard<std::mutex> lock(mutex);
-      if (--pending == 0) finished.notify_one();
-    });
-  }
-  fn(0, std::min(n, per_task));
-  std::unique_lock<std::mutex> lock(mutex);
-  finished.wait(lock, [&] { return pending == 0; });
+  struct Shared {
+    std::atomic<int64_t> next{0};
+    std::mutex mutex;
+    std::condition_variable finished;
+    int64_t done = 0;
+  };
+  // Shared by pointer: a helper that starts after the call returned finds no task left and touches
+  // nothing else (fn is only called for a claimed task, and the caller waits for every claimed one).
+  auto shared = std::make_shared<Shared>();
+  auto work = [shared, &fn, n, per_task, tasks] {
+    for (int64_t t; (t = shared->next.fetch_add(1)) < tasks;) {
+      const int64_t begin = std::min(n, t * per_task), end = std::min(n, (t + 1) * per_task);
+      if (begin < end) fn(begin, end);
+      std::lock_guard<std::mutex> lock(shared->mutex);
+      if (++shared->done == tasks) shared->finished.notify_all();
+    }
+  };
+  for (int64_t t = 1; t < tasks; ++t) at::launch(work);
+  work();
+  std::unique_lock<std::mutex> lock(shared->mutex);
+  shared->finished.wait(lock, [&] { return shared->done == tasks; });
 }
 
 }  // namespace infogain
