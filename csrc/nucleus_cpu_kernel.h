@@ -117,13 +117,14 @@ struct RowReader {
   }
 };
 
-// Calls fn(lane) for the lanes of `mask` (a comparison result) that are set, below `limit`.
+// Calls fn(lane) for the lanes of `mask` (a comparison result) that are set, below `limit`. The
+// set bits are visited with count-trailing-zeros: a branch per lane would mispredict at every
+// unpredictable lane of a dense mask.
 template <typename F>
 inline void for_set_lanes(const Vec& mask, int64_t limit, const F& fn) {
-  const int zero = mask.zero_mask();
-  if (zero == (1 << kW) - 1) return;
-  for (int64_t lane = 0; lane < std::min<int64_t>(kW, limit); ++lane)
-    if (!(zero >> lane & 1)) fn(lane);
+  const unsigned lanes = limit >= kW ? (1u << kW) - 1 : (1u << limit) - 1;
+  for (unsigned set = ~static_cast<unsigned>(mask.zero_mask()) & lanes; set != 0; set &= set - 1)
+    fn(static_cast<int64_t>(__builtin_ctz(set)));
 }
 
 // Running top-k of rank keys: a buffer of admitted keys, cut back to the k best when full.
@@ -203,17 +204,16 @@ __attribute__((noinline)) void offer_block(const U* row, int64_t begin, int64_t 
   float ranks[kW];
   for (int64_t i = begin; i < end; i += kW) {
     const Vec rank = reader.rank(load_vec(row + i));
-    const int taken = (rank < Vec(top.threshold)).zero_mask();  // lanes not below the threshold
-    if (taken == 0) continue;
+    const Vec below = rank < Vec(top.threshold);  // false for the lanes to take (and NaN)
+    if (below.zero_mask() == 0) continue;
     rank.store(ranks);
-    for (int64_t lane = 0; lane < kW; ++lane) {
-      if (!(taken >> lane & 1)) continue;
+    for_set_lanes(below == Vec(0.f), kW, [&](int64_t lane) {
       if (std::isnan(ranks[lane])) {
         top.nan = true;
       } else {
         top.offer(rank_key(ranks[lane], i + lane));
       }
-    }
+    });
   }
 }
 
@@ -279,38 +279,64 @@ RowStats stats_topk(const U* row, int64_t vocab, float temperature, const Reader
 template <typename T, bool kDivide>
 int32_t radix_threshold(const RowReader<T, kDivide>& r, float lse, int64_t limit, float x_low, int fixed_low_bits,
                         int64_t& nucleus_q) {
+  // Two histograms (even / odd members: consecutive members often share a bin, and one array would
+  // chain their read-modify-writes), each bin packing count << 42 | mass (masses sum to <= 2**40).
+  constexpr int kCountShift = 42;
+  constexpr int64_t kMassMask = (int64_t{1} << kCountShift) - 1;
+  int64_t packed[2][1 << kMaxDigitBits];
   int64_t mass[1 << kMaxDigitBits];
-  int64_t count[1 << kMaxDigitBits];
+  alignas(64) float member_x[kChunk];
+  alignas(64) float member_q[kChunk];
+  uint32_t member_bin[kChunk];
+  const Vec lse_v(lse);
   const int significant = 32 - fixed_low_bits;
   uint32_t prefix = 0;  // the digits found so far
   int prefix_bits = 0;
   int64_t above = 0;  // mass of the tokens above those sharing the prefix
   int64_t chosen_mass = 0;
-  const Vec low(x_low);
   while (prefix_bits < significant) {
     const int width = std::min(kMaxDigitBits, significant - prefix_bits);
     const int shift = 32 - prefix_bits - width;
     const int64_t bins = int64_t{1} << width;
-    std::fill(mass, mass + bins, 0);
-    std::fill(count, count + bins, 0);
+    std::fill(packed[0], packed[0] + bins, 0);
+    std::fill(packed[1], packed[1] + bins, 0);
+    // Where the rank is x itself, the prefix is an interval of x: tokens outside it are skipped by
+    // the vector compare, not one by one (the prefix test below stays the exact one).
+    Vec low(x_low), high(std::numeric_limits<float>::infinity());
+    if (!kDivide && prefix_bits > 0) {
+      const uint32_t first = prefix << (32 - prefix_bits), last = first | ((uint32_t{1} << (32 - prefix_bits)) - 1);
+      const float lo = from_ordered(static_cast<int32_t>(first ^ 0x80000000u));
+      const float hi = from_ordered(static_cast<int32_t>(last ^ 0x80000000u));
+      if (!std::isnan(lo) && !std::isnan(hi)) {
+        low = Vec(std::max(x_low, lo));
+        high = Vec(hi);
+      }
+    }
     r.for_chunks([&](int64_t, const Chunk& chunk) {
+      // The chunk's tokens above the bound that share the prefix, packed; then their masses as vectors.
+      int64_t m = 0;
       for (int64_t i = 0; i < chunk.padded(); i += kW) {
-        for_set_lanes(chunk.load(i) >= low, chunk.n - i, [&](int64_t lane) {
+        const Vec v = chunk.load(i);
+        for_set_lanes((v >= low) & (v <= high), chunk.n - i, [&](int64_t lane) {
           const float x = chunk.at(i + lane);
           const uint32_t key = static_cast<uint32_t>(ordered(r.rank(x))) ^ 0x80000000u;  // unsigned image
           if (prefix_bits > 0 && (key >> (32 - prefix_bits)) != prefix) return;
-          const int64_t q = mass_of(r.score(x), lse);
-          if (q == 0) return;
-          const uint32_t bin = (key >> shift) & static_cast<uint32_t>(bins - 1);
-          mass[bin] += q;
-          count[bin] += 1;
+          member_x[m] = x;
+          member_bin[m++] = (key >> shift) & static_cast<uint32_t>(bins - 1);
         });
+      }
+      for (int64_t j = m; j % kW != 0; ++j) member_x[j] = kNegInf;  // mass 0
+      for (int64_t j = 0; j < m; j += kW) mass_vec(r.score(Vec::loadu(member_x + j)), lse_v).store(member_q + j);
+      for (int64_t j = 0; j < m; ++j) {
+        const int64_t q = static_cast<int64_t>(member_q[j]);
+        packed[j & 1][member_bin[j]] += q > 0 ? q + (int64_t{1} << kCountShift) : 0;
       }
     });
     // The lowest non-empty bin whose mass above is still < top_p (the top bin if none).
     int64_t chosen = bins - 1, chosen_above = above, mass_above = above;
+    for (int64_t bin = 0; bin < bins; ++bin) mass[bin] = (packed[0][bin] & kMassMask) + (packed[1][bin] & kMassMask);
     for (int64_t bin = bins - 1; bin >= 0 && mass_above < limit; --bin) {
-      if (count[bin] > 0) {
+      if (packed[0][bin] != 0 || packed[1][bin] != 0) {  // a member (mass > 0) fell in it
         chosen = bin;
         chosen_above = mass_above;
       }
