@@ -363,7 +363,12 @@ int64_t draw(const RowReader<T, kDivide>& r, float lse, int32_t tau, int64_t bit
   auto chunk_masses = [&](const Chunk& chunk) {
     for (int64_t i = 0; i < chunk.padded(); i += kW) {
       const Vec v = chunk.load(i);
-      (mass_vec(r.score(v), lse_v) & (r.rank(v) >= tau_v)).store(weights + i);
+      const Vec member = r.rank(v) >= tau_v;
+      if (member.zero_mask() == (1 << kW) - 1) {  // no nucleus token here: no exp
+        Vec(0.f).store(weights + i);
+        continue;
+      }
+      (mass_vec(r.score(v), lse_v) & member).store(weights + i);
     }
     int64_t sum = 0;
     for (int64_t j = 0; j < chunk.n; ++j) sum += static_cast<int64_t>(weights[j]);
