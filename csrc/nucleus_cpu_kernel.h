@@ -7,21 +7,23 @@
 // nucleus_reference): scores s = x / T in float32 (x for T = 0); ranking by s descending, ties by
 // lower id, through one int64 key per token; fixed-point masses q = floor(exp(s - lse) * 2**40);
 // the nucleus is {s >= tau} for the lowest tau whose strictly-greater mass is < top_p. Per row:
-//   pass 1, one read: the row max and sum exp((x - max) / T) (online, a chunk of kChunk logits
-//     at a time in L1), and the top-k keys (a vector compare against the running k-th score admits
-//     the few tokens that can enter; a buffer of them is cut back to k by nth_element when full);
+//   pass 1, two sweeps of the row (it stays in L2): the max and the top-k keys (a vector compare
+//     against the running k-th rank admits the few tokens that can enter; a buffer of them is cut
+//     back to k by nth_element when full), then the normaliser sum exp((x - max) / T);
 //   top_p < 1: the nucleus boundary from the k kept tokens when it falls among them, else a radix
 //     select of tau over the row: one read per digit of up to 11 bits of the 32-bit ordered image of
 //     the rank value (2 digits for 16-bit logits, whose float image has its low 16 / 13 bits fixed,
 //     3 for float32), each building a histogram of fixed-point mass and count of the tokens that
 //     share the digits found so far. A vector compare skips tokens below the bound on tau (as the
-//     Triton path: s < lse + log((1 - top_p) / V) - 1 when 1 - top_p >= 1e-3) without an exp;
+//     Triton path: s < lse + log((1 - top_p) / V) - 1 when 1 - top_p >= 1e-3) and, where the rank
+//     is x, outside the interval of the digits found so far; the masses of the rest are computed
+//     as vectors, packed a chunk at a time;
 //   a draw: one read for the nucleus mass of each chunk, then the chunk that holds the target is
 //     recomputed and scanned.
 // 16-bit logits are ranked by x itself: x -> x / T is strictly increasing on them (their
 // significands are far coarser than float32's), so the order and the ties are those of s, with no
 // division per element. Float32 logits are ranked by s, divided exactly as torch divides.
-// The log-sum-exp uses the fast exp_u20 (as the step_stats pass); the masses use the 1-ulp exp,
+// The log-sum-exp uses a short exp2 polynomial (exp2_nonpositive); the masses use the 1-ulp exp,
 // one vector function for every mass, so the top-k shortcut, the radix select and the draw see
 // the same integers.
 #pragma once
@@ -219,16 +221,16 @@ __attribute__((noinline)) void offer_block(const U* row, int64_t begin, int64_t 
 
 // Pass 1 on a contiguous row (logits, or their float32 copy): two sweeps of the row, which stays
 // in L2. Sweep A: the max and the top-k keys (a vector compare against the running k-th rank
-// value admits the few tokens that can enter). Sweep B: sum exp((x - max) / T) as one FMA and the
-// fast exp per element (exp(-inf) = 0).
+// value admits the few tokens that can enter). Sweep B: sum exp((x - max) / T) as one FMA and
+// exp2_nonpositive per element.
 template <typename U, typename Reader>
 RowStats stats_topk(const U* row, int64_t vocab, float temperature, const Reader& reader, TopK& top) {
   RowStats st;
   top.reset();
   const int64_t full = vocab / kW * kW;
   Vec vmax(kNegInf);
-  // Blocks of kAdmitBlock logits: the block's compares are OR-ed, and only a block with an admitted
-  // token goes through the scalar offers (a call inside the loop would keep vmax in memory).
+  // Blocks of kAdmitBlock logits: the block's compares are AND-ed, and only a block with a token to
+  // admit (or a NaN) goes through the scalar offers (a call inside the loop would keep vmax in memory).
   constexpr int64_t kAdmitBlock = 32 * kW;
   for (int64_t block = 0; block < full; block += kAdmitBlock) {
     const int64_t stop = std::min(full, block + kAdmitBlock);
@@ -275,6 +277,7 @@ RowStats stats_topk(const U* row, int64_t vocab, float temperature, const Reader
 }
 
 // Radix select of the nucleus threshold over the whole row (tokens with x < x_low skipped).
+// fixed_low_bits: low bits of the ordered image that are the same for every token of one sign.
 // Returns the ordered rank value tau of the lowest nucleus token; nucleus_q gets the mass >= tau.
 template <typename T, bool kDivide>
 int32_t radix_threshold(const RowReader<T, kDivide>& r, float lse, int64_t limit, float x_low, int fixed_low_bits,
