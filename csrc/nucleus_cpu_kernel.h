@@ -56,6 +56,18 @@ using rowpass::reduce_sum;
 using rowpass::to_float;
 using rowpass::Vec;
 
+#if defined(__GNUC__) || defined(__clang__)
+#define INFOGAIN_NOINLINE __attribute__((noinline))
+inline int lowest_set_bit(unsigned v) { return __builtin_ctz(v); }
+#else
+#define INFOGAIN_NOINLINE
+inline int lowest_set_bit(unsigned v) {
+  int i = 0;
+  while (!(v >> i & 1u)) ++i;
+  return i;
+}
+#endif
+
 constexpr float kMassOne = 1099511627776.0f;  // 2**40, the fixed-point unit of a mass
 constexpr int64_t kLowBits = int64_t{1} << 32;
 constexpr int64_t kKeyNone = std::numeric_limits<int64_t>::min();
@@ -126,7 +138,7 @@ template <typename F>
 inline void for_set_lanes(const Vec& mask, int64_t limit, const F& fn) {
   const unsigned lanes = limit >= kW ? (1u << kW) - 1 : (1u << limit) - 1;
   for (unsigned set = ~static_cast<unsigned>(mask.zero_mask()) & lanes; set != 0; set &= set - 1)
-    fn(static_cast<int64_t>(__builtin_ctz(set)));
+    fn(static_cast<int64_t>(lowest_set_bit(set)));
 }
 
 // Running top-k of rank keys: a buffer of admitted keys, cut back to the k best when full.
@@ -202,7 +214,7 @@ inline Vec load_vec(const U* p) {
 // Offers the tokens of row[begin : end) (whole vectors) not ranked below the running threshold; a
 // NaN (never below it) marks the row bad instead.
 template <typename U, typename Reader>
-__attribute__((noinline)) void offer_block(const U* row, int64_t begin, int64_t end, const Reader& reader, TopK& top) {
+INFOGAIN_NOINLINE void offer_block(const U* row, int64_t begin, int64_t end, const Reader& reader, TopK& top) {
   float ranks[kW];
   for (int64_t i = begin; i < end; i += kW) {
     const Vec rank = reader.rank(load_vec(row + i));
