@@ -229,3 +229,30 @@ def test_threads_give_the_same_result():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+def test_baseline_build_agrees():
+    """ATEN_CPU_CAPABILITY=default selects the kernel built without AVX2: same ids, nucleus and draws."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch, infogain_kernels._C\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = (torch.randn(5, 1203, generator=g) * 2).to(torch.bfloat16)\n"
+        "x[1, :600] = -float('inf')\n"
+        "seed = torch.tensor([9])\n"
+        "out = [torch.ops.infogain._nucleus_cpu(x, 4, t, p, seed) for t, p in ((0.7, 0.9), (1.0, 1.0), (0.0, 0.5))]\n"
+        "torch.save([x, out], sys.argv[1])\n"
+    )
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"nucleus_default_{os.getpid()}.pt")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    subprocess.run([sys.executable, "-c", script, path], check=True, env=env, timeout=120)
+    x, baseline = torch.load(path)
+    os.remove(path)
+    for (temperature, top_p), theirs in zip(((0.7, 0.9), (1.0, 1.0), (0.0, 0.5)), baseline):
+        ours = torch.ops.infogain._nucleus_cpu(x, 4, temperature, top_p, torch.tensor([9]))
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[2], theirs[2])  # ids, drawn tokens
+        for a, b in zip(ours[1::2], theirs[1::2]):  # log-probabilities, log-sum-exp
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-5)
