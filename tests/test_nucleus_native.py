@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 from infogain_kernels import _backend, sample_logprob, topk_logprobs, use_backend
+from test_native_cpu import run_in_baseline_build
 from test_nucleus_split import mass_above
 from test_topk_logprobs import expected_ids, filtered_logprobs
 
@@ -233,10 +234,6 @@ def test_threads_give_the_same_result():
 
 def test_baseline_build_agrees():
     """ATEN_CPU_CAPABILITY=default selects the kernel built without AVX2: same ids, nucleus and draws."""
-    import os
-    import subprocess
-    import sys
-
     script = (
         "import sys, torch, infogain_kernels._C\n"
         "g = torch.Generator().manual_seed(0)\n"
@@ -246,11 +243,7 @@ def test_baseline_build_agrees():
         "out = [torch.ops.infogain._nucleus_cpu(x, 4, t, p, seed) for t, p in ((0.7, 0.9), (1.0, 1.0), (0.0, 0.5))]\n"
         "torch.save([x, out], sys.argv[1])\n"
     )
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"nucleus_default_{os.getpid()}.pt")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    subprocess.run([sys.executable, "-c", script, path], check=True, env=env, timeout=120)
-    x, baseline = torch.load(path)
-    os.remove(path)
+    x, baseline = run_in_baseline_build(script)
     for (temperature, top_p), theirs in zip(((0.7, 0.9), (1.0, 1.0), (0.0, 0.5)), baseline):
         ours = torch.ops.infogain._nucleus_cpu(x, 4, temperature, top_p, torch.tensor([9]))
         assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[2], theirs[2])  # ids, drawn tokens
