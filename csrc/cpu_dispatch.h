@@ -46,39 +46,44 @@ constexpr int64_t kMinElementsPerTask = 1 << 16;
 // headers, and this extension is built without -fopenmp (linking a second OpenMP runtime next to
 // torch's would split the thread settings), so it would run serially. Helpers come from torch's
 // inter-op thread pool (at::launch: persistent threads, no thread start per call), and the calling
-// thread takes tasks too: tasks are claimed from a shared counter, so when a helper is slow to wake
-// (a busy machine) or never runs (the pool is busy, e.g. when called from one of its threads) the
-// caller does the work itself instead of waiting. The count honours torch.set_num_threads.
+// thread works too: rows are claimed a few at a time from a shared counter, so when a helper is slow
+// to wake (a busy machine) or never runs (the pool is busy, e.g. when called from one of its
+// threads) the caller does the work itself instead of waiting. The count honours
+// torch.set_num_threads.
 template <typename F>
 void parallel_rows(int64_t n, int64_t vocab, const F& fn, int64_t min_elements_per_task = kMinElementsPerTask) {
   const int64_t rows_per_task = std::max<int64_t>(1, min_elements_per_task / std::max<int64_t>(vocab, 1));
-  const int64_t tasks = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
-  if (tasks <= 1 || at::in_parallel_region()) {
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
+  if (threads <= 1 || at::in_parallel_region()) {
     fn(0, n);
     return;
   }
-  const int64_t per_task = (n + tasks - 1) / tasks;
+  // Claims of a few rows (down to one): a helper that is descheduled holds up little of the work.
+  const int64_t claim = std::max<int64_t>(1, std::min(rows_per_task, n / (4 * threads)));
+  const int64_t claims = (n + claim - 1) / claim;
   struct Shared {
     std::atomic<int64_t> next{0};
     std::mutex mutex;
     std::condition_variable finished;
-    int64_t done = 0;
+    std::atomic<int64_t> done{0};
   };
-  // Shared by pointer: a helper that starts after the call returned finds no task left and touches
-  // nothing else (fn is only called for a claimed task, and the caller waits for every claimed one).
+  // Shared by pointer: a helper that starts after the call returned finds no claim left and touches
+  // nothing else (fn is only called for a claimed range, and the caller waits for every one).
   auto shared = std::make_shared<Shared>();
-  auto work = [shared, &fn, n, per_task, tasks] {
-    for (int64_t t; (t = shared->next.fetch_add(1)) < tasks;) {
-      const int64_t begin = std::min(n, t * per_task), end = std::min(n, (t + 1) * per_task);
-      if (begin < end) fn(begin, end);
-      std::lock_guard<std::mutex> lock(shared->mutex);
-      if (++shared->done == tasks) shared->finished.notify_all();
+  auto work = [shared, &fn, n, claim, claims] {
+    for (int64_t c; (c = shared->next.fetch_add(1)) < claims;) {
+      fn(c * claim, std::min(n, (c + 1) * claim));
+      if (shared->done.fetch_add(1) + 1 == claims) {
+        // Under the lock: the caller tests `done` and sleeps atomically with respect to it.
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        shared->finished.notify_all();
+      }
     }
   };
-  for (int64_t t = 1; t < tasks; ++t) at::launch(work);
+  for (int64_t t = 1; t < threads; ++t) at::launch(work);
   work();
   std::unique_lock<std::mutex> lock(shared->mutex);
-  shared->finished.wait(lock, [&] { return shared->done == tasks; });
+  shared->finished.wait(lock, [&] { return shared->done.load() == claims; });
 }
 
 }  // namespace infogain

@@ -43,10 +43,6 @@ NucleusFn select_kernel() {
 // of at least this mass the bound holds with a wide margin for float32 rounding.
 constexpr double kCandidateFilterMinTail = 1e-3;
 
-// Logits per parallel task: a row pass costs about 0.5 ns per logit, and waking a pool thread
-// costs tens of microseconds (more on a busy machine), so only rows totalling ~100 us split.
-constexpr int64_t kMinLogitsPerTask = int64_t{1} << 18;
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> nucleus_cpu(
     const at::Tensor& logits, int64_t k, double temperature, double top_p, const std::optional<at::Tensor>& seed) {
   constexpr const char* op = "_nucleus_cpu";
@@ -93,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> nucleus_c
   a.token_logprob = token_logprob.mutable_data_ptr<float>();
   a.lse = lse.mutable_data_ptr<float>();
   const NucleusFn kernel = select_kernel();
-  parallel_rows(rows, vocab, [&](int64_t begin, int64_t end) { kernel(a, begin, end); }, kMinLogitsPerTask);
+  parallel_rows(rows, vocab, [&](int64_t begin, int64_t end) { kernel(a, begin, end); });
   return {ids, logprobs, token, token_logprob, lse};
 }
 
