@@ -36,12 +36,12 @@ inline bool cpu_use_avx2() {
 #endif
 }
 
-// Logits a parallel task should cover at least (the default of parallel_rows): below this, handing
-// work to another thread costs more than the work it takes over.
+// Logits a parallel task should cover at least: below this, handing work to another thread costs
+// more than the work it takes over.
 constexpr int64_t kMinElementsPerTask = 1 << 16;
 
-// Run fn(begin, end) over [0, n) rows of `vocab` logits on up to at::get_num_threads() threads, each
-// task covering at least min_elements_per_task logits (or one row).
+// Run fn(begin, end) over [0, n) rows of `vocab` logits on up to at::get_num_threads() threads, one
+// per kMinElementsPerTask logits at most.
 // at::parallel_for cannot be used here: torch's OpenMP backend implements it inline in its
 // headers, and this extension is built without -fopenmp (linking a second OpenMP runtime next to
 // torch's would split the thread settings), so it would run serially. Helpers come from torch's
@@ -51,8 +51,8 @@ constexpr int64_t kMinElementsPerTask = 1 << 16;
 // threads) the caller does the work itself instead of waiting. The count honours
 // torch.set_num_threads.
 template <typename F>
-void parallel_rows(int64_t n, int64_t vocab, const F& fn, int64_t min_elements_per_task = kMinElementsPerTask) {
-  const int64_t rows_per_task = std::max<int64_t>(1, min_elements_per_task / std::max<int64_t>(vocab, 1));
+void parallel_rows(int64_t n, int64_t vocab, const F& fn) {
+  const int64_t rows_per_task = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(vocab, 1));
   const int64_t threads = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
   if (threads <= 1 || at::in_parallel_region()) {
     fn(0, n);
