@@ -8,7 +8,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -82,6 +84,10 @@ void parallel_rows(int64_t n, int64_t vocab, const F& fn) {
   };
   for (int64_t t = 1; t < threads; ++t) at::launch(work);
   work();
+  // A helper's last row usually ends soon after ours: wait for it awake for a while (a sleeping
+  // caller takes tens of microseconds to be woken on a busy machine), then asleep.
+  const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+  while (shared->done.load() != claims && std::chrono::steady_clock::now() < spin_until) std::this_thread::yield();
   std::unique_lock<std::mutex> lock(shared->mutex);
   shared->finished.wait(lock, [&] { return shared->done.load() == claims; });
 }
