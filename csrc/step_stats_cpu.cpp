@@ -27,12 +27,11 @@
 #include <torch/library.h>
 
 #include <cmath>
-#include <cstdlib>
-#include <string>
-#include <thread>
 #include <tuple>
 #include <vector>
 
+#include "cpu_dispatch.h"
+#include "cpu_logits.h"
 #include "step_stats_cpu.h"
 
 namespace infogain {
@@ -41,67 +40,11 @@ namespace {
 
 using RowPassFn = void (*)(const RowPassArgs&, int64_t, int64_t);
 
-// ATen does not export its capability query, so this mirrors it: AVX2 + FMA (+ F16C, which every
-// such CPU has) unless ATEN_CPU_CAPABILITY=default asks for the baseline build.
 RowPassFn select_kernel() {
-  static const RowPassFn kernel = [] {
 #if defined(INFOGAIN_ROWPASS_AVX2)
-    const char* forced = std::getenv("ATEN_CPU_CAPABILITY");
-    const bool baseline = forced != nullptr && std::string(forced) == "default";
-    if (!baseline && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
-      return &row_pass_avx2;
+  if (cpu_use_avx2()) return &row_pass_avx2;
 #endif
-    return &row_pass_default;
-  }();
-  return kernel;
-}
-
-// Logits a parallel task should cover at least: below this, starting a thread costs more than
-// the work it takes over.
-constexpr int64_t kMinElementsPerTask = 1 << 16;
-
-// Run fn(begin, end) over [0, n) rows of `vocab` logits on up to at::get_num_threads() threads.
-// at::parallel_for cannot be used here: torch's OpenMP backend implements it inline in its
-// headers, and this extension is built without -fopenmp (linking a second OpenMP runtime next to
-// torch's would split the thread settings), so it would run serially. Plain threads honour
-// torch.set_num_threads all the same.
-template <typename F>
-void parallel_rows(int64_t n, int64_t vocab, const F& fn) {
-  const int64_t rows_per_task = std::max<int64_t>(1, kMinElementsPerTask / std::max<int64_t>(vocab, 1));
-  int64_t tasks = std::min<int64_t>(at::get_num_threads(), (n + rows_per_task - 1) / rows_per_task);
-  if (tasks <= 1 || at::in_parallel_region()) {
-    fn(0, n);
-    return;
-  }
-  std::vector<std::thread> workers;
-  workers.reserve(tasks - 1);
-  const int64_t per_task = (n + tasks - 1) / tasks;
-  for (int64_t t = 1; t < tasks; ++t) {
-    const int64_t begin = std::min(n, t * per_task), end = std::min(n, (t + 1) * per_task);
-    if (begin < end) workers.emplace_back([&fn, begin, end] { fn(begin, end); });
-  }
-  fn(0, std::min(n, per_task));
-  for (auto& w : workers) w.join();
-}
-
-LogitsType check_logits(const char* op, const at::Tensor& logits) {
-  TORCH_CHECK_VALUE(logits.defined(), op, ": logits is an undefined tensor");
-  TORCH_CHECK_VALUE(logits.device().is_cpu(), op, ": logits must be a CPU tensor, got device ", logits.device());
-  TORCH_CHECK_VALUE(logits.dim() >= 1, op, ": logits must have at least 1 dimension ([..., V]), got a scalar");
-  TORCH_CHECK_VALUE(logits.size(-1) >= 1, op, ": logits must have a non-empty last (vocabulary) dimension, got shape ",
-                    logits.sizes());
-  switch (logits.scalar_type()) {
-    case at::kFloat:
-      return LogitsType::kFloat;
-    case at::kBFloat16:
-      return LogitsType::kBFloat16;
-    case at::kHalf:
-      return LogitsType::kHalf;
-    default:
-      TORCH_CHECK_TYPE(false, op, ": logits must have dtype float32, bfloat16 or float16, got ", logits.scalar_type());
-  }
-  return LogitsType::kFloat;  // unreachable
+  return &row_pass_default;
 }
 
 // Flat indices of the rows to read: the mask's True positions, or every row.

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "cpu_dispatch.h"
+
 namespace infogain {
 namespace rowpass {
 
@@ -42,7 +44,7 @@ struct RowPassArgs {
 
 // Process args.rows[begin:end). Thread-safe for disjoint ranges.
 void row_pass_default(const RowPassArgs& args, int64_t begin, int64_t end);
-#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#if defined(INFOGAIN_CPU_AVX2)
 #define INFOGAIN_ROWPASS_AVX2 1
 void row_pass_avx2(const RowPassArgs& args, int64_t begin, int64_t end);
 #endif

@@ -59,6 +59,22 @@ struct Chunk {
   float at(int64_t j) const { return j < full ? data[j] : tail[j - full]; }
 };
 
+// Calls fn(T{}) for the element type T of `dtype` (the kernels' one switch over the logits types).
+template <typename F>
+inline void dispatch_logits_type(LogitsType dtype, const F& fn) {
+  switch (dtype) {
+    case LogitsType::kFloat:
+      fn(float{});
+      break;
+    case LogitsType::kBFloat16:
+      fn(c10::BFloat16{});
+      break;
+    case LogitsType::kHalf:
+      fn(c10::Half{});
+      break;
+  }
+}
+
 template <typename T>
 inline float to_float(T v) {
   return static_cast<float>(v);
@@ -322,17 +338,7 @@ void run_typed(const RowPassArgs& a, int64_t begin, int64_t end) {
 }  // namespace
 
 void INFOGAIN_ROWPASS_ENTRY(const RowPassArgs& args, int64_t begin, int64_t end) {
-  switch (args.dtype) {
-    case LogitsType::kFloat:
-      run_typed<float>(args, begin, end);
-      break;
-    case LogitsType::kBFloat16:
-      run_typed<c10::BFloat16>(args, begin, end);
-      break;
-    case LogitsType::kHalf:
-      run_typed<c10::Half>(args, begin, end);
-      break;
-  }
+  dispatch_logits_type(args.dtype, [&](auto tag) { run_typed<decltype(tag)>(args, begin, end); });
 }
 
 }  // namespace rowpass

@@ -57,7 +57,8 @@ def _native_available() -> bool:
         from . import _C  # noqa: F401  (loading the extension registers its ops)
     except ImportError:
         return False
-    return all(hasattr(torch.ops.infogain, name) for name in ("_step_stats_cpu", "_row_entropy_cpu", "_gumbel_topk_cpu"))
+    return all(hasattr(torch.ops.infogain, name) for name in ("_step_stats_cpu", "_row_entropy_cpu", "_gumbel_topk_cpu",
+                                                                "_nucleus_cpu"))
 
 
 def use_native(tensor: torch.Tensor) -> bool:
@@ -159,7 +160,17 @@ def value_checks_enabled(tensor: torch.Tensor) -> bool:
     Other dispatch modes (FlopCounterMode, debugging modes) run the check as usual. Every op
     with a value check calls this one function, so they all behave alike.
     """
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _is_fake(tensor)
+                or capturing_cuda_graph(tensor.device))
+
+
+def _is_fake(tensor: torch.Tensor) -> bool:
+    """``torch._subclasses.fake_tensor.is_fake``, answered at once for a plain tensor (every call of
+    every op asks; the full test costs about 1.5 us): fake tensors are subclasses, or plain tensors
+    that wrap one (functionalization, functorch), which the full test unwraps."""
+    if (type(tensor) is torch.Tensor and not torch._is_functional_tensor(tensor)
+            and not torch._C._functorch.is_functorch_wrapped_tensor(tensor)):
+        return False
     from torch._subclasses.fake_tensor import is_fake
 
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or is_fake(tensor)
-                or capturing_cuda_graph(tensor.device))
+    return is_fake(tensor)

@@ -21,8 +21,11 @@ holds the draw.
 Randomness: one seed is drawn from ``generator`` per call (see
 :mod:`infogain_kernels._random`) and passed into the custom op as an int64
 tensor; the Triton path takes ``r`` from counter-based Philox at ``(row)``,
-the reference path from a generator seeded with it. Same generator state =>
-same draw on the same device and backend.
+the reference path and the native CPU kernel from a CPU generator seeded with it
+(``randint(0, 2**53, [B])``, the same numbers on both). Same generator state =>
+same draw on the same device and backend (and, on CPU, the same token from the
+native kernel as from the reference, except within float rounding of a CDF
+boundary).
 
 Registered as ``torch.ops.infogain.sample_logprob``.
 """

@@ -84,6 +84,19 @@ column stride and 16-byte alignment proved by the host, ``tl.multiple_of`` /
 keeps one element per thread, the layout of its histogram scatter). Masses are
 computed as ``exp2(x * log2(e) / T - lse * log2(e))``: one FMA and one exp2.
 
+CPU tensors run the native C++ kernel ``torch.ops.infogain._nucleus_cpu``
+(csrc/nucleus_cpu.cpp, nucleus_cpu_kernel.h) when the extension is built: the
+same definitions, reads and tie rules, with the row in cache instead of split
+across programs. One pass gives the max, the normaliser and the top-k keys (a
+vector compare against the running k-th admits the few candidates); the radix
+select uses digits of up to 11 bits (2 passes for 16-bit logits, 3 for float32,
+skipping tokens below the bound on ``tau`` with one compare); a draw reads the
+row once for each 1024-logit chunk's nucleus mass, then only the chunk that
+holds the target. Rows run in parallel when they are long enough to pay for a
+thread. The log-sum-exp is summed in a different order than the reference's, so
+a nucleus boundary or a drawn token may differ from the reference's when the
+mass above lies within float32 rounding of ``top_p`` or of a CDF boundary.
+
 Registered as ``torch.ops.infogain.topk_logprobs``. The helpers here
 (``run_nucleus``, ``raise_on_invalid_rows``) are also the engine of
 :mod:`infogain_kernels.sample_logprob`.
@@ -96,7 +109,7 @@ from typing import Optional, Tuple
 import torch
 
 from . import _random
-from ._backend import call_op, cuda_sm_count, device_guard, use_triton, value_checks_enabled
+from ._backend import call_op, cuda_sm_count, device_guard, use_native, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import bad_row_problem, check_logits, check_positive_int
 
@@ -190,13 +203,15 @@ def _(logits, k, temperature, top_p):
 
 def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
                 seed: Optional[torch.Tensor]):
-    """Dispatch to the Triton kernels or the torch reference.
+    """Dispatch to the native CPU kernel, the Triton kernels or the torch reference.
 
     Returns ``(ids [B,k], logprobs [B,k], token [B], token_logprob [B], lse [B])``;
     ``token``/``token_logprob`` are an inverse-CDF draw from the filtered
     distribution when ``seed`` (int64 tensor [1]) is given, else the top-1.
     ``lse`` is the log-sum-exp of the whole scaled row, non-finite for an invalid row.
     """
+    if use_native(logits):  # csrc/nucleus_cpu.cpp (never true where Triton would run)
+        return torch.ops.infogain._nucleus_cpu(logits, k, temperature, top_p, seed)
     if (logits.shape[0] > 0 and k <= TRITON_MAX_K and logits.shape[1] <= TRITON_MAX_VOCAB
             and use_triton(logits)):
         with device_guard(logits):
@@ -207,6 +222,8 @@ def run_nucleus(logits: torch.Tensor, k: int, temperature: float, top_p: float,
 def raise_on_invalid_rows(logits: torch.Tensor, lse: torch.Tensor) -> None:
     """Both paths report an unusable row by a non-finite log-sum-exp; say why."""
     if lse.numel() == 0 or not value_checks_enabled(logits):
+        return
+    if math.isfinite(float(lse.sum())):  # one cheap read-back when every row is valid (the usual case)
         return
     bad = ~torch.isfinite(lse)
     if not bool(bad.any()):

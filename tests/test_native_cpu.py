@@ -241,6 +241,18 @@ def test_ops_dispatch_to_native_and_reference_can_be_forced():
         assert not _backend.use_native(logits)
 
 
+def run_in_baseline_build(script):
+    """Run ``script`` (which saves its results with ``torch.save`` to ``sys.argv[1]``) in a process
+    where ATEN_CPU_CAPABILITY=default selects the native kernels built without AVX2; return them."""
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"native_cpu_default_{os.getpid()}.pt")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
+    subprocess.run([sys.executable, "-c", script, path], check=True, env=env, timeout=120)
+    try:
+        return torch.load(path)
+    finally:
+        os.remove(path)
+
+
 def test_baseline_isa_build_matches():
     """ATEN_CPU_CAPABILITY=default selects the kernel built without AVX2; it must agree too."""
     script = (
@@ -252,11 +264,7 @@ def test_baseline_isa_build_matches():
         "out = torch.ops.infogain._step_stats_cpu(x, None, u, 0.7)\n"
         "torch.save([x, u] + list(out), __import__('sys').argv[1])\n"
     )
-    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"native_cpu_default_{os.getpid()}.pt")
-    env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    subprocess.run([sys.executable, "-c", script, path], check=True, env=env, timeout=120)
-    x, u, *baseline = torch.load(path)
-    os.remove(path)
+    x, u, *baseline = run_in_baseline_build(script)
     here = step_stats_cpu(x, None, u, 0.7)  # this process: the vectorised build where the CPU has it
     for a, b in zip(baseline[:4], here[:4]):
         torch.testing.assert_close(a, b, atol=2e-6, rtol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from infogain_kernels import sample_logprob, use_backend
+from infogain_kernels import _backend, sample_logprob, use_backend
 
 
 def filtered_logprobs(logits, temperature, top_p):
@@ -27,13 +27,20 @@ def make_logits(rows, vocab, seed=0, scale=2.0):
     return x
 
 
-BACKENDS = ["reference", "triton"]
+BACKENDS = ["reference", "native", "triton"]
 
 
 @pytest.fixture
-def device_of(triton_device):
-    """Device the inputs must live on for a backend: the reference runs on CPU tensors."""
-    return lambda backend: "cpu" if backend == "reference" else triton_device
+def device_of(request):
+    """Device the inputs must live on for a backend: the reference and the native kernel run on CPU
+    tensors (the test skips where the native kernel or Triton cannot run)."""
+    def device(backend):
+        if backend == "triton":
+            return request.getfixturevalue("triton_device")
+        if backend == "native" and not _backend._native_available():
+            pytest.skip("infogain_kernels._C was built without the native CPU kernels")
+        return "cpu"
+    return device
 
 
 def seeded(seed, device):
@@ -67,6 +74,7 @@ def test_temperature_zero_sample_mode_is_greedy(backend, device_of):
 # The interpreter runs one program per row sequentially, so the Triton lane draws fewer samples.
 @pytest.mark.parametrize("backend,draws,temperature,top_p", [
     ("reference", 20000, 1.0, 1.0), ("reference", 20000, 0.7, 0.8), ("reference", 20000, 1.5, 0.95),
+    ("native", 20000, 1.0, 1.0), ("native", 20000, 0.7, 0.8), ("native", 20000, 1.5, 0.95),
     ("triton", 400, 1.0, 1.0), ("triton", 400, 0.7, 0.8)])
 def test_sample_frequencies_chi_square(backend, draws, device_of, temperature, top_p):
     base = torch.tensor([[1.5, 0.2, -math.inf, 0.9, -0.4, 1.1, 0.0, -1.2]])
