@@ -115,6 +115,29 @@ def test_keep_gives_those_positions_of_the_reference(tiny, padded):
 
 @torch.no_grad()
 @pytest.mark.parametrize("wanted", ["prefix", "dual"])
+def test_prefill_keep_returns_those_logits_and_the_whole_cache(tiny, wanted):
+    arch, model, config, state = tiny
+    mode = mode_of(arch, wanted)
+    ids, mask, pad = canvas(), torch.ones(2, T, dtype=torch.bool), 3
+    mask[1, :pad] = False
+    ids[1, :pad] = 1
+    start = GEN_START
+    want = reference_logits(arch, config, state, ids, mask, **seg_kwargs(arch))
+    full_logits, full_cache = model.prefill(ids, mask, mode=mode, start=start, **seg_kwargs(arch))
+    for keep in (slice(start, start + BLOCK), slice(pad, pad + 2), slice(0, T)):
+        logits, cache = model.prefill(ids, mask, mode=mode, start=start, keep=keep, **seg_kwargs(arch))
+        assert logits.shape == want[:, keep].shape
+        read = mask[:, keep]
+        torch.testing.assert_close(logits[read], want[:, keep][read], atol=ATOL, rtol=1e-4)
+        assert cache.length == full_cache.length
+        for got, expected in zip(cache.keys + cache.values, full_cache.keys + full_cache.values):
+            torch.testing.assert_close(got, expected, atol=ATOL, rtol=1e-4)
+    with pytest.raises(ValueError, match="keep"):
+        model.prefill(ids, mask, mode=mode, start=start, keep=slice(0, T, 2), **seg_kwargs(arch))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("wanted", ["prefix", "dual"])
 def test_window_equals_full_forward_when_nothing_changed(tiny, wanted):
     arch, model, _, _ = tiny
     mode = mode_of(arch, wanted)

@@ -132,6 +132,8 @@ class DiffusionLM(nn.Module):
         Returns the full-canvas logits ``[B, T, V]`` and the cache: positions
         ``[0, start)`` for "prefix" and "block_causal", ``[0, T)`` for "dual".
         For "block_causal" the logits are those of the block-causal forward.
+        Optional, as for :meth:`forward`: a ``keep`` slice (logits of those positions only,
+        the cache unchanged); the samplers pass the block when the signature has it.
         """
         raise NotImplementedError
 

@@ -439,16 +439,21 @@ class Transformer(DiffusionLM):
         """
         check_values = check_bool("check_values", check_values)
         self._check_canvas(input_ids, attention_mask, check_values)
+        mask = self._padding_mask(attention_mask, check_values)
+        return self._kept_hidden(input_ids, mask, gen_start, block_length, keep, collect=False)[0]
+
+    def _kept_hidden(self, input_ids, mask, gen_start, block_length, keep, collect):
+        """Full forward of the canvas: (aligned final hidden states of the ``keep`` positions
+        ``[B, len(keep), hidden]``, per-layer fresh (k, v) of every position or None)."""
         start, stop = _check_keep(keep, input_ids.shape[1])
         # Dream's logit of position i comes from hidden state i-1: one more position in front.
         lo = start - 1 if (self.spec.shift_logits and start > 0) else start
-        mask = self._padding_mask(attention_mask, check_values)
-        hidden, _ = self._full(input_ids, mask, gen_start, block_length, collect=False,
-                               keep=None if (lo, stop) == (0, input_ids.shape[1]) else slice(lo, stop))
+        hidden, fresh = self._full(input_ids, mask, gen_start, block_length, collect=collect,
+                                   keep=None if (lo, stop) == (0, input_ids.shape[1]) else slice(lo, stop))
         prev_is_real = self._prev_is_real(mask)
         if prev_is_real is not None:
             prev_is_real = prev_is_real[:, lo:stop]
-        return self._align(hidden, prev_is_real)[:, start - lo:]
+        return self._align(hidden, prev_is_real)[:, start - lo:], fresh
 
     def forward(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None, check_values=True,
                 keep=None):
@@ -471,14 +476,15 @@ class Transformer(DiffusionLM):
                                                           keep=keep))
 
     def prefill(self, input_ids, attention_mask, *, mode, start, gen_start=None, block_length=None,
-                check_values=True):
+                check_values=True, keep=None):
         """Full forward plus the cache for ``mode`` (see :mod:`infogain.models.base`).
 
         The cache has capacity T for "dual" and "block_causal" (so block writes are
         in place) and exactly ``start`` positions for "prefix". It also records the
         canvas ids and mask, which window forwards fall back to, and (host flag
         ``all_real`` of :class:`TransformerKVCache`) whether the canvas is known to
-        have no padding. ``check_values``: as in :meth:`forward`.
+        have no padding. ``check_values`` and ``keep`` (the logits of those positions
+        only; the cache still covers every position): as in :meth:`forward`.
         """
         check_values = check_bool("check_values", check_values)
         if mode not in MODES:
@@ -499,7 +505,7 @@ class Transformer(DiffusionLM):
             if start < gen_start or (start < T and (start - gen_start) % block_length != 0):
                 raise ValueError(f"start={start} must be a block boundary at or after gen_start={gen_start}")
         mask = self._padding_mask(attention_mask, check_values)
-        hidden, fresh = self._full(input_ids, mask, gen_start, block_length, collect=True)
+        hidden, fresh = self._kept_hidden(input_ids, mask, gen_start, block_length, keep, collect=True)
         if mode == "prefix":
             keys = [k[:, :, :start].contiguous() for k, _ in fresh]
             values = [v[:, :, :start].contiguous() for _, v in fresh]
@@ -510,7 +516,7 @@ class Transformer(DiffusionLM):
         canvas_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
         cache = TransformerKVCache(keys=keys, values=values, length=length, token_ids=input_ids.clone(),
                                    attention_mask=canvas_mask.clone(), mode=mode, all_real=mask is None)
-        return self.logits_from_hidden(self._align(hidden, self._prev_is_real(mask))), cache
+        return self.logits_from_hidden(hidden), cache
 
     # -- window forwards ----------------------------------------------------------
     def window_hidden_states(self, window_ids, *, start, cache, mode, attention_mask=None,

@@ -600,12 +600,15 @@ class _Run:
         end = start + self.length
         if self.mode in ("prefix", "dual") or (self.mode == "block_causal" and self.cache is None):
             prefill_start = self.gen_start if self.mode == "block_causal" else start
+            # Only the block's logits are read: a model that can returns only those.
+            sliced = self._accepts("prefill", "keep")
             logits, self.cache = self.model.prefill(
                 self.canvas, self.model_attention, mode=self.mode, start=prefill_start, gen_start=self.gen_start,
-                block_length=self.length, **self._model_kwargs("prefill"))
-            logits = self._logits(logits)
+                block_length=self.length, **({"keep": slice(start, end)} if sliced else {}),
+                **self._model_kwargs("prefill"))
+            logits = self._logits(logits if sliced else logits[:, start:end])
             self.recorder.count_forward(range(self.batch))
-            self._store_block_logits(None, logits[:, start:end])
+            self._store_block_logits(None, logits)
             return [False] * self.batch
         return [True] * self.batch
 
