@@ -62,3 +62,22 @@ def test_full_forwards_compute_the_read_positions_only(models, arch, fused_head,
     monkeypatch.undo()
     whole = InfoGainSampler(WholeCanvas(model)).generate(PROMPTS, **SETTINGS, fused_head=fused_head)
     assert torch.equal(result.sequences, whole.sequences)
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_prefix_cache_runs_the_head_on_the_block_only(models, arch, monkeypatch):
+    """With the prefix cache a window runs from the block to the end of the canvas, and the
+    block entry's prefill over the whole canvas; the LM head runs on the block only."""
+    model = models[arch]
+    widths = []
+    original = model.logits_from_hidden
+
+    def spy(hidden):
+        widths.append(hidden.shape[-2])
+        return original(hidden)
+
+    monkeypatch.setattr(model, "logits_from_hidden", spy)
+    settings = dict(SETTINGS, cache="prefix", threshold=0.05)   # bypass steps: plain window forwards
+    result = InfoGainSampler(model).generate(PROMPTS, **settings)
+    assert result.stats.tokens["bypass"] > 0
+    assert widths and max(widths) <= SETTINGS["block_length"], widths

@@ -504,7 +504,8 @@ class _Run:
         # Device flag of the last lookahead's non-finite objective, read with the next step.
         self.lookahead_bad: Optional[torch.Tensor] = None
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
-        self.fused_head = opts.fused_head and _exposes_hidden_states(self.model, mode)
+        self.hidden_head = _exposes_hidden_states(self.model, mode)
+        self.fused_head = opts.fused_head and self.hidden_head
         self.head_bias: Optional[torch.Tensor] = None   # [V] float32, built at the first fused lookahead
         self.defer_candidates = _host_reads_are_free(self.device)
 
@@ -624,7 +625,11 @@ class _Run:
             # All rows: one plain window forward, row r against cache row r (a subset: the
             # plain forward over those cache rows, see forward_window).
             cache_rows = None if every else rows
-            if self.mode == "prefix":
+            if self.mode == "prefix" and self.hidden_head:
+                # The window runs from the block to the end, but only the block's logits are read.
+                hidden = self._window_forward(canvas[:, start:], start, cache_rows, hidden=True)
+                logits = self._logits(self.model.logits_from_hidden(hidden[:, :self.length]))
+            elif self.mode == "prefix":
                 logits = self._window_forward(canvas[:, start:], start, cache_rows)[:, :self.length]
             else:  # dual and block_causal forward the block only
                 logits = self._window_forward(canvas[:, start:end], start, cache_rows)
