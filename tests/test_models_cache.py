@@ -372,3 +372,29 @@ def test_attention_choices_give_the_same_logits(tiny, wanted, monkeypatch):
         real = mask[row, start:start + W]
         torch.testing.assert_close(subset[r][real], alone[0][real], atol=ATOL, rtol=1e-4)
         torch.testing.assert_close(every[row][real], alone[0][real], atol=ATOL, rtol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("wanted", ["prefix", "dual"])
+@pytest.mark.parametrize("layout", ["cascade", "stacked"])
+def test_candidate_hidden_states_at_the_read_positions(tiny, wanted, layout, monkeypatch):
+    """``read``: the last layer's MLP runs where the read positions need it (Dream: the query
+    before each one); the hidden states there equal those of the whole window."""
+    from infogain.models import attention
+
+    threshold = 0 if layout == "cascade" else 1 << 30
+    monkeypatch.setitem(attention.CASCADE_MIN_SHARED_KEYS, "cpu", threshold)
+    monkeypatch.setitem(attention.STACKED_MAX_OWN_KEYS, "cpu", threshold)
+    model, mode, ids, mask, start, W, cache = prefilled_canvas(tiny, wanted, seed=4, padded_row=1, padding=3)
+    cache_rows = (1, 0, 1, 2, 1)
+    windows = ids[list(cache_rows), start:start + W].clone()
+    gen = torch.Generator().manual_seed(3)
+    windows[:, 0] = torch.randint(0, 90, (5,), generator=gen)
+    read = torch.rand(5, W, generator=gen) < 0.5
+    read[0] = False                      # a row reading nothing
+    read[1] = True                       # a row reading everything
+    whole = model.window_hidden_states(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
+    partial = model.window_hidden_states(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows,
+                                         read=read)
+    torch.testing.assert_close(partial[read], whole[read], atol=ATOL, rtol=1e-4)
+    assert not torch.allclose(partial[~read], whole[~read], atol=ATOL), "the MLP was skipped nowhere"

@@ -113,6 +113,25 @@ def test_cpu_and_accelerator_step_paths_decide_the_same(models, monkeypatch, arc
     cpu, accelerator = results[True], results[False]
     assert any(row["kind"] == "lookahead" for step in cpu.trace for row in step["rows"])
     assert torch.equal(cpu.sequences, accelerator.sequences)
-    assert cpu.trace == accelerator.trace
-    assert cpu.stats.cumulative_entropy == accelerator.stats.cumulative_entropy
+    # The CPU path runs the lookahead's last MLP at the read positions only (window_hidden_states'
+    # ``read``): the same decisions, entropies equal up to float rounding.
+    _assert_same_up_to_rounding(cpu.trace, accelerator.trace)
+    assert cpu.stats.cumulative_entropy == pytest.approx(accelerator.stats.cumulative_entropy, rel=1e-5)
     assert cpu.stats.candidate_evals == accelerator.stats.candidate_evals
+
+
+def _assert_same_up_to_rounding(got, want, where="trace"):
+    """``got`` equals ``want`` (nested lists / dicts), floats within a relative 1e-5."""
+    assert type(got) is type(want), where
+    if isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), where
+    elif isinstance(want, dict):
+        assert got.keys() == want.keys(), where
+        for key in want:
+            _assert_same_up_to_rounding(got[key], want[key], f"{where}[{key!r}]")
+    elif isinstance(want, list):
+        assert len(got) == len(want), where
+        for i, (a, b) in enumerate(zip(got, want)):
+            _assert_same_up_to_rounding(a, b, f"{where}[{i}]")
+    else:
+        assert got == want, where

@@ -245,11 +245,18 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
         self.mlp = MLP(spec, device=device, dtype=dtype)
 
-    def forward(self, x, cos, sin, mask, past, fresh_key_index, keep: Optional[slice] = None):
-        """``keep``: see :meth:`Attention.forward`; the block's output is then ``[G, len(keep), hidden]``."""
+    def forward(self, x, cos, sin, mask, past, fresh_key_index, keep: Optional[slice] = None,
+                mlp_at: Optional[torch.Tensor] = None):
+        """``keep``: see :meth:`Attention.forward`; the block's output is then ``[G, len(keep), hidden]``.
+        ``mlp_at`` (bool ``[G, L]``): run the MLP at those positions only; the others' outputs lack
+        it (their values are unspecified)."""
         h, k, v = self.attn(self.attn_norm(x), cos, sin, mask, past, fresh_key_index, keep)
         # Residual sums in place on the fresh branch outputs (x + h == h + x exactly).
         x = h.add_(x if keep is None else x[:, keep])
+        if mlp_at is not None:
+            selected = x[mlp_at]
+            x[mlp_at] = self.mlp(self.mlp_norm(selected)).add_(selected)
+            return x, k, v
         return self.mlp(self.mlp_norm(x)).add_(x), k, v
 
 
@@ -321,13 +328,15 @@ class Transformer(DiffusionLM):
         return self.embed.weight if self.spec.tie_embeddings else self.lm_head.weight
 
     # -- the stack ----------------------------------------------------------------
-    def _run(self, ids, positions, mask, past_fn=None, fresh_key_index=None, collect=False, keep=None):
+    def _run(self, ids, positions, mask, past_fn=None, fresh_key_index=None, collect=False, keep=None,
+             mlp_at=None):
         """Run the stack; returns (final-normed hidden ``[G, L, hidden]``, per-layer fresh (k, v) or None).
 
         ``keep`` (a slice of the L positions, plain masks only): the hidden states of those positions
         only, ``[G, len(keep), hidden]``. Every layer but the last needs all positions (they are the
         next layer's keys and values); the last one computes its queries, attention output, MLP and
-        the final norm at the kept positions only.
+        the final norm at the kept positions only. ``mlp_at`` (bool ``[G, L]``): the last layer's MLP
+        runs at those positions only (see :meth:`Block.forward`).
         """
         x = self.embed(ids)
         cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta)
@@ -335,7 +344,7 @@ class Transformer(DiffusionLM):
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
             past = past_fn(i) if past_fn is not None else None
-            x, k, v = block(x, cos, sin, mask, past, fresh_key_index, keep if i == last else None)
+            x, k, v = block(x, cos, sin, mask, past, fresh_key_index, *((keep, mlp_at) if i == last else ()))
             if collect:
                 fresh.append((k, v))
         return self.norm(x), fresh
@@ -520,8 +529,14 @@ class Transformer(DiffusionLM):
 
     # -- window forwards ----------------------------------------------------------
     def window_hidden_states(self, window_ids, *, start, cache, mode, attention_mask=None,
-                             cache_rows=None, write=False, check_values=True):
-        """Aligned final hidden states ``[R, W, hidden]`` of :meth:`forward_window`."""
+                             cache_rows=None, write=False, check_values=True, read=None):
+        """Aligned final hidden states ``[R, W, hidden]`` of :meth:`forward_window`.
+
+        ``read`` (bool ``[R, W]`` or None): for a candidate batch (several window rows per cache
+        row), the positions whose hidden states the caller reads; the last layer's MLP then runs
+        only where one of them needs it, and the other positions' hidden states are unspecified.
+        Selecting them reads a count back: meant for the CPU, where that costs nothing.
+        """
         check_values = check_bool("check_values", check_values)
         R, W, layout, attention_mask, all_real = self._check_window(window_ids, start, cache, mode, attention_mask,
                                                                     cache_rows, write, check_values)
@@ -542,7 +557,7 @@ class Transformer(DiffusionLM):
                                        all_real, canvas_rows=rows)[layout.slot_of_row]
         else:
             hidden = self._window_candidates(window_ids, layout, start, extra, cached, cache, mode, attention_mask,
-                                             all_real, check_values)
+                                             all_real, check_values, read)
         if self.spec.shift_logits:
             # query j is position start - extra + j; prev_real[r, i]: is position start+i-1 real
             position_is_real = attention_mask[layout.rows] if layout is not None else attention_mask
@@ -596,7 +611,7 @@ class Transformer(DiffusionLM):
         return hidden
 
     def _window_candidates(self, window_ids, layout: CandidateRows, start, extra, cached, cache, mode,
-                           attention_mask, all_real: bool, check_values: bool):
+                           attention_mask, all_real: bool, check_values: bool, read=None):
         """Window row r against cache row ``layout.rows[r]`` by cascade attention (no cache copy).
 
         Rows are grouped by the cache row they read and laid out as ``G`` groups of
@@ -635,7 +650,19 @@ class Transformer(DiffusionLM):
                 k, v = k.index_select(0, groups), v.index_select(0, groups)
             return k, v
 
-        hidden, _ = self._run(slotted, positions, masks, past, fresh_key_index)
+        mlp_at = None
+        if read is not None:
+            queries_read = read
+            if self.spec.shift_logits:
+                # Position i's hidden state comes from query i - 1 + extra, or its own query
+                # i + extra after left padding: both may be read.
+                queries_read = read.new_zeros(read.shape[0], read.shape[1] + 1)
+                queries_read[:, 1:] |= read
+                queries_read[:, :-1] |= read
+                queries_read = queries_read[:, 1 - extra:] if extra == 0 else queries_read
+            mlp_at = torch.zeros(G * n, ids.shape[1], dtype=torch.bool, device=read.device)
+            mlp_at[slot_of_row] = queries_read
+        hidden, _ = self._run(slotted, positions, masks, past, fresh_key_index, mlp_at=mlp_at)
         return hidden[slot_of_row]
 
     def forward_window(self, window_ids, *, start, cache, mode, attention_mask=None, cache_rows=None,

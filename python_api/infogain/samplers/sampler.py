@@ -578,14 +578,16 @@ class _Run:
             output = self._logits(output)
         return output if sliced else output[:, keep]
 
-    def _window_forward(self, window_ids, start, cache_rows, hidden: bool = False):
+    def _window_forward(self, window_ids, start, cache_rows, hidden: bool = False, read=None):
         """Window forward (logits, or with ``hidden`` the aligned hidden states); ``cache_rows`` is a
         host list of ints (the model lays out the groups on the host, no read-back), or None for one
-        window row per cache row, in order."""
+        window row per cache row, in order. ``read``: see ``window_hidden_states`` (passed when the
+        model takes it)."""
         method = "window_hidden_states" if hidden else "forward_window"
+        extra = {"read": read} if read is not None and self._accepts(method, "read") else {}
         output = getattr(self.model, method)(
             window_ids, start=start, cache=self.cache, mode=self.mode, attention_mask=self.model_attention,
-            cache_rows=None if cache_rows is None else tuple(cache_rows), **self._model_kwargs(method))
+            cache_rows=None if cache_rows is None else tuple(cache_rows), **extra, **self._model_kwargs(method))
         return output if hidden else self._logits(output)
 
     def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
@@ -831,15 +833,21 @@ class _Run:
         h_end = offset + self.length if (self.sampler.block_causal or self.mode == "dual") else window.shape[1]
         # With the fused head, the forward stops at the hidden states (no [R, W, V] logits). A full
         # forward returns the read positions [offset, h_end) only: out_offset is the block's column in it.
+        remaining = window[:, offset:h_end] == self.mask_id
         if self.mode == "none":
             next_out = self._full_forward(window, row_index, slice(offset, h_end), hidden=self.fused_head)
             out_offset = 0
         else:
-            next_out = self._window_forward(window, start, cache_rows, hidden=self.fused_head)
+            read_positions = None
+            if self.fused_head and self.defer_candidates:
+                # Only the still-masked positions are read (the objective, the winner's logits): where
+                # selecting them costs no sync, the last layer's MLP skips the others.
+                read_positions = torch.zeros_like(window, dtype=torch.bool)
+                read_positions[:, offset:h_end] = remaining
+            next_out = self._window_forward(window, start, cache_rows, hidden=self.fused_head, read=read_positions)
             out_offset = offset
         read = next_out[:, out_offset:out_offset + h_end - offset]
         self.recorder.count_lookahead(cache_rows)
-        remaining = window[:, offset:h_end] == self.mask_id
         cost = candidates.cost[cand_index, row_index] if self.opts.variant == "info_gain" else None
         if self.fused_head:
             weight = self.model.lm_head_weight
