@@ -16,7 +16,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -200,6 +200,23 @@ def apply_threads(threads: Optional[int] = None) -> int:
         from infogain import _threads
 
     return _threads.apply_threads(threads)
+
+
+def add_thread_counts_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads 0,1``: the torch CPU thread counts each CPU case runs at (see :func:`threads_to_run`)."""
+    parser.add_argument("--threads", default="0,1",
+                        help="comma-separated torch CPU thread counts to run each CPU case at; 0 = the package's "
+                             "default (infogain._threads; on an oversubscribed machine 1 gives stable timings). "
+                             "Ignored on CUDA.")
+
+
+def threads_to_run(args: argparse.Namespace, device: torch.device) -> Tuple[List[int], int]:
+    """(the thread counts of ``--threads``, each once, 0 read as the default; the default count):
+    the default is applied by the package's policy (:func:`apply_threads`); on CUDA only it runs."""
+    default = apply_threads()
+    if device.type == "cuda":
+        return [default], default
+    return list(dict.fromkeys(int(n) or default for n in args.threads.split(","))), default
 
 
 def pick_device(arg: Optional[str] = None) -> torch.device:

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, apply_threads, median_time, peak_bandwidth, peak_extra_memory, pick_device,
-    print_table, output_path, write_results)
+    add_output_arguments, add_thread_counts_argument, median_time, peak_bandwidth, peak_extra_memory, pick_device,
+    print_table, output_path, threads_to_run, write_results)
 
 import infogain_kernels  # noqa: E402
 from infogain_kernels._backend import use_native  # noqa: E402
@@ -174,19 +174,12 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--ops", default="step_stats,token_stats,lookahead_objective,gumbel_sample,gumbel_topk")
-    parser.add_argument("--threads", default="0,1",
-                        help="comma-separated torch CPU thread counts to run each CPU case at; 0 = the package's "
-                             "default (infogain._threads; on an oversubscribed machine 1 gives stable timings). "
-                             "Ignored on CUDA.")
+    add_thread_counts_argument(parser)
     add_output_arguments(parser, "ops")
     args = parser.parse_args(argv)
-    default_threads = apply_threads()  # the package's policy (infogain._threads)
-    thread_counts = [int(n) or default_threads for n in args.threads.split(",")]
-
     device = pick_device(args.device)
+    thread_counts, default_threads = threads_to_run(args, device)
     dtype = getattr(torch, args.dtype)
-    if device.type == "cuda":
-        thread_counts = [default_threads]
     torch.manual_seed(0)
     repeats = 3 if device.type == "cpu" else (10 if args.quick else 50)
     wanted = set(args.ops.split(","))
