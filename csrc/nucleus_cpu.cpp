@@ -30,15 +30,6 @@ namespace infogain {
 namespace nucleus {
 namespace {
 
-using NucleusFn = void (*)(const NucleusArgs&, int64_t, int64_t);
-
-NucleusFn select_kernel() {
-#if defined(INFOGAIN_ROWPASS_AVX2)
-  if (cpu_use_avx2()) return &nucleus_rows_avx2;
-#endif
-  return &nucleus_rows_default;
-}
-
 // The Triton path's condition for skipping tokens below lse + log((1 - top_p) / V) - 1: with a tail
 // of at least this mass the bound holds with a wide margin for float32 rounding.
 constexpr double kCandidateFilterMinTail = 1e-3;
@@ -88,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> nucleus_c
   a.token = token.mutable_data_ptr<int64_t>();
   a.token_logprob = token_logprob.mutable_data_ptr<float>();
   a.lse = lse.mutable_data_ptr<float>();
-  const NucleusFn kernel = select_kernel();
+  const auto kernel = INFOGAIN_CPU_BUILD(nucleus_rows);
   parallel_rows(rows, vocab, [&](int64_t begin, int64_t end) { kernel(a, begin, end); });
   return {ids, logprobs, token, token_logprob, lse};
 }

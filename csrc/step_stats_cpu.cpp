@@ -38,15 +38,6 @@ namespace infogain {
 namespace rowpass {
 namespace {
 
-using RowPassFn = void (*)(const RowPassArgs&, int64_t, int64_t);
-
-RowPassFn select_kernel() {
-#if defined(INFOGAIN_ROWPASS_AVX2)
-  if (cpu_use_avx2()) return &row_pass_avx2;
-#endif
-  return &row_pass_default;
-}
-
 // Flat indices of the rows to read: the mask's True positions, or every row.
 std::vector<int64_t> selected_rows(const char* op, const at::Tensor& logits, const std::optional<at::Tensor>& mask) {
   const int64_t n_rows = logits.numel() / logits.size(-1);
@@ -136,7 +127,7 @@ Outputs run(const char* op, const at::Tensor& logits, const std::optional<at::Te
   }
   // A temperature so small that it rounds to 0 in float32 makes every draw the top-1 token.
   if (a.temperature == 0.f) a.uniforms = nullptr;
-  const RowPassFn kernel = select_kernel();
+  const auto kernel = INFOGAIN_CPU_BUILD(row_pass);
   parallel_rows(a.num_selected, vocab, [&](int64_t begin, int64_t end) { kernel(a, begin, end); });
   return out;
 }

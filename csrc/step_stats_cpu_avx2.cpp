@@ -19,6 +19,7 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #define INFOGAIN_ROWPASS_ENTRY row_pass_avx2
+#define INFOGAIN_HEAD_PIECE_ENTRY head_piece_avx2
 #define INFOGAIN_NUCLEUS_ENTRY nucleus_rows_avx2
 #include "step_stats_cpu_kernel.h"
 #include "nucleus_cpu_kernel.h"

@@ -1,5 +1,6 @@
 // The CPU row pass, compiled once per CPU capability: a translation unit defines
-// INFOGAIN_ROWPASS_ENTRY (the function it exports, declared in step_stats_cpu.h) and, for a
+// INFOGAIN_ROWPASS_ENTRY and INFOGAIN_HEAD_PIECE_ENTRY (the functions it exports, declared in
+// step_stats_cpu.h) and, for a
 // vector ISA, the ATen CPU_CAPABILITY macros, then includes this file. Everything here has
 // internal linkage, so the copies for different capabilities never clash.
 //
@@ -9,7 +10,9 @@
 //   rescaled when the max grows (online log-sum-exp):
 //     z = sum exp(x - m), s = sum exp(x - m) (x - m)  -> entropy = log z - s / z
 //     zt = sum exp((x - m) / T)                        (only when draws are tempered, T != 1)
-//   plus lane-wise top-1 / top-2 of the logits and the first index of the maximum.
+//   plus the chunk's top-2 (lane-wise) merged into the row's, and the first index of the maximum.
+//   The LM-head pass (head piece) folds pieces of a row, computed by a matmul, into the same
+//   running statistics (accumulate_chunk), a piece at a time.
 //   pass 2, only when S > 0 and T > 0: inverse-CDF draws. The S thresholds u * Z are sorted and
 //   located in one prefix scan; a chunk whose weights do not reach the next threshold is
 //   skipped with its vector sum, so the scalar scan touches at most S chunks.
@@ -131,89 +134,77 @@ inline Vec weight(const Vec& shifted, const Vec& temperature) {
   }
 }
 
-struct RowState {
-  float m = kNegInf;  // running max
-  float z = 0.f;      // sum exp(x - m)
-  float s = 0.f;      // sum exp(x - m) (x - m)
-  float zt = 0.f;     // sum exp((x - m) / T)
-  float best = kNegInf;
-  int64_t best_id = -1;
-  float second = kNegInf;
-  bool bad = false;   // NaN seen, or every entry -inf
-};
+// Fold one chunk (its first logit has vocabulary index `begin`) into the running statistics; the
+// chunks of a row may come in any number of calls, in vocabulary order. Sets st.bad on a NaN.
+template <bool kTop, bool kTempered>
+inline void accumulate_chunk(RowStats& st, const Chunk& chunk, int64_t begin, float temperature) {
+  const int64_t padded = chunk.padded();
+  // Lane-wise top-2 of the chunk (duplicates count twice, so a tied maximum gives top2 == top1).
+  Vec top1(kNegInf), top2(kNegInf);
+  for (int64_t i = 0; i < padded; i += kW) {
+    Vec v = chunk.load(i);
+    if constexpr (kTop) top2 = at::vec::maximum(top2, at::vec::minimum(top1, v));
+    top1 = at::vec::maximum(top1, v);
+  }
+  const float cm = reduce_max(top1);
+  if (std::isnan(cm)) {
+    st.bad = true;
+    return;
+  }
+  if (cm == kNegInf) return;  // nothing in this chunk has weight
+  if constexpr (kTop) {
+    if (cm > st.best) {  // strictly greater: the first chunk holding the maximum keeps it
+      // The chunk's second: the best lane's second, or another lane's first.
+      float a[kW], b[kW];
+      top1.store(a);
+      top2.store(b);
+      int64_t lane = 0;
+      while (a[lane] != cm) ++lane;
+      float chunk_second = b[lane];
+      for (int64_t j = 0; j < kW; ++j)
+        if (j != lane && a[j] > chunk_second) chunk_second = a[j];
+      st.second = std::max(st.best, chunk_second);
+      int64_t j = 0;
+      while (chunk.at(j) != cm) ++j;
+      st.best = cm;
+      st.best_id = begin + j;
+    } else {
+      st.second = std::max(st.second, cm);
+    }
+  }
+  if (cm > st.m) {
+    if (st.m != kNegInf) {
+      const float delta = st.m - cm;
+      const float scale = std::exp(delta);
+      st.s = scale * (st.s + st.z * delta);
+      st.z *= scale;
+      if constexpr (kTempered) st.zt *= std::exp(delta / temperature);
+    }
+    st.m = cm;
+  }
+  const Vec mv(st.m), lowest(kLowest), temp(temperature);
+  Vec zacc(0.f), sacc(0.f), ztacc(0.f);
+  for (int64_t i = 0; i < padded; i += kW) {
+    Vec d = at::vec::maximum(chunk.load(i) - mv, lowest);
+    Vec w = fast_exp(d);
+    zacc = zacc + w;
+    sacc = at::vec::fmadd(w, d, sacc);
+    if constexpr (kTempered) ztacc = ztacc + weight<true>(d, temp);
+  }
+  st.z += reduce_sum(zacc);
+  st.s += reduce_sum(sacc);
+  if constexpr (kTempered) st.zt += reduce_sum(ztacc);
+}
 
 template <typename T, bool kTop, bool kTempered>
-RowState stats_pass(const T* row, int64_t vocab, int64_t stride, float temperature, float* buf) {
-  RowState st;
+RowStats stats_pass(const T* row, int64_t vocab, int64_t stride, float temperature, float* buf) {
+  RowStats st;
   Chunk chunk;
-  const Vec neg_inf(kNegInf), lowest(kLowest), temp(temperature);
-  Vec top1(kNegInf), top2(kNegInf);
-  for (int64_t begin = 0; begin < vocab; begin += kChunk) {
+  for (int64_t begin = 0; begin < vocab && !st.bad; begin += kChunk) {
     load_chunk<T>(row, stride, begin, std::min(kChunk, vocab - begin), buf, chunk);
-    const int64_t padded = chunk.padded();
-    Vec cmax = neg_inf;
-    for (int64_t i = 0; i < padded; i += kW) {
-      Vec v = chunk.load(i);
-      if constexpr (kTop) {
-        // Lane-wise running top-2 (duplicates count twice, so a tied maximum gives top2 == top1).
-        top2 = at::vec::maximum(top2, at::vec::minimum(top1, v));
-        top1 = at::vec::maximum(top1, v);
-      }
-      cmax = at::vec::maximum(cmax, v);
-    }
-    const float cm = reduce_max(cmax);
-    if (std::isnan(cm)) {
-      st.bad = true;
-      return st;
-    }
-    if (cm == kNegInf) continue;  // nothing in this chunk has weight
-    if constexpr (kTop) {
-      if (cm > st.best) {  // strictly greater: the first chunk holding the maximum keeps it
-        int64_t j = 0;
-        while (chunk.at(j) != cm) ++j;
-        st.best = cm;
-        st.best_id = begin + j;
-      }
-    }
-    if (cm > st.m) {
-      if (st.m != kNegInf) {
-        const float delta = st.m - cm;
-        const float scale = std::exp(delta);
-        st.s = scale * (st.s + st.z * delta);
-        st.z *= scale;
-        if constexpr (kTempered) st.zt *= std::exp(delta / temperature);
-      }
-      st.m = cm;
-    }
-    const Vec mv(st.m);
-    Vec zacc(0.f), sacc(0.f), ztacc(0.f);
-    for (int64_t i = 0; i < padded; i += kW) {
-      Vec d = at::vec::maximum(chunk.load(i) - mv, lowest);
-      Vec w = fast_exp(d);
-      zacc = zacc + w;
-      sacc = at::vec::fmadd(w, d, sacc);
-      if constexpr (kTempered) ztacc = ztacc + weight<true>(d, temp);
-    }
-    st.z += reduce_sum(zacc);
-    st.s += reduce_sum(sacc);
-    if constexpr (kTempered) st.zt += reduce_sum(ztacc);
+    accumulate_chunk<kTop, kTempered>(st, chunk, begin, temperature);
   }
-  if (st.m == kNegInf) {
-    st.bad = true;
-    return st;
-  }
-  if constexpr (kTop) {
-    // Top-2 of the union of the lanes' top-2: the best lane's second, or another lane's first.
-    float a[kW], b[kW];
-    top1.store(a);
-    top2.store(b);
-    int64_t lane = 0;
-    for (int64_t j = 1; j < kW; ++j)
-      if (a[j] > a[lane]) lane = j;
-    st.second = b[lane];
-    for (int64_t j = 0; j < kW; ++j)
-      if (j != lane && a[j] > st.second) st.second = a[j];
-  }
+  if (st.m == kNegInf) st.bad = true;
   return st;
 }
 
@@ -284,7 +275,7 @@ void run_rows(const RowPassArgs& a, int64_t begin, int64_t end) {
       rest /= a.lead_sizes[d];
     }
     const T* row = logits + offset;
-    const RowState st = stats_pass<T, kTop, kTempered>(row, a.vocab, a.vocab_stride, a.temperature, buf);
+    const RowStats st = stats_pass<T, kTop, kTempered>(row, a.vocab, a.vocab_stride, a.temperature, buf);
     if (st.bad) {
       a.entropy[r] = kNaN;
       if constexpr (kTop) {
@@ -298,12 +289,12 @@ void run_rows(const RowPassArgs& a, int64_t begin, int64_t end) {
       }
       continue;
     }
-    a.entropy[r] = std::log(st.z) - st.s / st.z;
+    a.entropy[r] = st.entropy();
     if constexpr (kTop) {
-      const float top1_prob = 1.f / st.z;  // exp(best - m) / z with best == m
+      const float top1_prob = st.top1_prob();
       a.top1_prob[r] = top1_prob;
       a.top1_id[r] = st.best_id;
-      a.top2_prob[r] = std::exp(st.second - st.m) / st.z;
+      a.top2_prob[r] = st.top2_prob();
       if (S == 0) continue;
       int64_t* tokens = a.tokens + r * S;
       float* probs = a.token_probs + r * S;
@@ -335,10 +326,64 @@ void run_typed(const RowPassArgs& a, int64_t begin, int64_t end) {
   }
 }
 
+// One row's piece of LM-head logits as float32 with the bias added (always copied into `buf`).
+template <typename T>
+inline void load_head_chunk(const T* src, const float* bias, int64_t n, float* buf, Chunk& chunk) {
+  chunk.n = n;
+  chunk.full = n / kW * kW;
+  for (int64_t i = 0; i < chunk.full; i += kW) {
+    Vec v;
+    if constexpr (std::is_same_v<T, float>) {
+      v = Vec::loadu(src + i);
+    } else {
+      at::vec::load_to_float<T>(src + i, v);
+    }
+    if (bias != nullptr) v = v + Vec::loadu(bias + i);
+    v.store(buf + i);
+  }
+  chunk.data = buf;
+  for (int64_t j = 0; j < kW; ++j) {
+    const int64_t i = chunk.full + j;
+    chunk.tail[j] = i < n ? to_float(src[i]) + (bias != nullptr ? bias[i] : 0.f) : kNegInf;
+  }
+}
+
+template <typename T, bool kTop>
+void head_piece_rows(const HeadPieceArgs& a, int64_t begin, int64_t end) {
+  const T* logits = static_cast<const T*>(a.logits);
+  alignas(64) float buf[kChunk];
+  Chunk chunk;
+  for (int64_t r = begin; r < end; ++r) {
+    RowStats& st = a.stats[r];
+    const T* row = logits + r * a.ld;
+    for (int64_t c = 0; c < a.cols && !st.bad; c += kChunk) {
+      load_head_chunk<T>(row + c, a.bias != nullptr ? a.bias + c : nullptr, std::min(kChunk, a.cols - c), buf, chunk);
+      accumulate_chunk<kTop, false>(st, chunk, a.col_offset + c, 1.f);
+    }
+  }
+}
+
 }  // namespace
 
 void INFOGAIN_ROWPASS_ENTRY(const RowPassArgs& args, int64_t begin, int64_t end) {
   dispatch_logits_type(args.dtype, [&](auto tag) { run_typed<decltype(tag)>(args, begin, end); });
+}
+
+}  // namespace rowpass
+}  // namespace infogain
+
+namespace infogain {
+namespace rowpass {
+
+void INFOGAIN_HEAD_PIECE_ENTRY(const HeadPieceArgs& args, int64_t begin, int64_t end) {
+  dispatch_logits_type(args.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (args.with_top) {
+      head_piece_rows<T, true>(args, begin, end);
+    } else {
+      head_piece_rows<T, false>(args, begin, end);
+    }
+  });
 }
 
 }  // namespace rowpass

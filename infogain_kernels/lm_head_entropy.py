@@ -12,8 +12,10 @@ that dtype returns, i.e. the model's own logits), and the bias is added in float
 suppresses a token (the samplers use it for the mask token and the EOS penalty).
 
 Only the positions the mask keeps are gathered and multiplied: masked-out positions cost no matmul
-work. CPU tensors run chunked torch matmuls (a chunk of logits is at most
-:data:`_CHUNK_LOGITS` float32 values, so it stays in cache); CUDA tensors run a Triton kernel
+work. CPU tensors run chunked matmuls (a chunk of logits is at most :data:`_CHUNK_LOGITS` float32
+values, so it stays in cache), each chunk folded into per-position running statistics in one pass
+by the native kernel ``torch.ops.infogain._lm_head_stats_cpu`` (csrc/lm_head_cpu.cpp; the torch
+reference below is the specification and the fallback); CUDA tensors run a Triton kernel
 that tiles kept positions x vocabulary with ``tl.dot`` and keeps the online maximum / sum statistics
 per position across vocabulary tiles, with the vocabulary split across programs (and a combine
 kernel) when there are few positions.
@@ -26,11 +28,16 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import call_op, cuda_sm_count, device_guard, use_triton, value_checks_enabled
+from ._backend import call_op, cuda_sm_count, device_guard, use_native, use_triton, value_checks_enabled
 from ._random import triton
 from ._validation import FLOAT_DTYPES, check_bool, check_mask, check_same_device, check_tensor
 from .lookahead_objective import VARIANTS, objective_reference
-from .step_stats import SKIPPED_ENTROPY, raise_on_bad_rows
+from .step_stats import SKIPPED_ENTROPY, SKIPPED_ID, raise_on_bad_rows
+
+try:
+    from . import _C  # noqa: F401  (loading the extension registers its ops, if any)
+except ImportError:  # pragma: no cover - only when the extension was not built
+    pass
 
 _COST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -56,6 +63,19 @@ class HeadEntropy(NamedTuple):
     h_next: Optional[torch.Tensor]
 
 
+class HeadStats(NamedTuple):
+    """Result of :func:`lm_head_entropy` with ``with_top=True``: :class:`HeadEntropy`'s fields, then
+    ``top1_prob`` / ``top1_id`` / ``top2_prob``, float32 / int64 / float32 [...] as
+    :func:`~infogain_kernels.step_stats` defines them (0 / -1 / 0 where the mask is False)."""
+
+    entropy: torch.Tensor
+    objective: Optional[torch.Tensor]
+    h_next: Optional[torch.Tensor]
+    top1_prob: torch.Tensor
+    top1_id: torch.Tensor
+    top2_prob: torch.Tensor
+
+
 # ----------------------------------------------------------------------------- torch path
 
 def _merge_chunks(log_mass: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
@@ -74,15 +94,22 @@ def _merge_chunks(log_mass: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor
     return torch.where(torch.isfinite(total.squeeze(-1)), entropy, math.nan)
 
 
-def _rows_entropy(hidden_rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                  cols_per_chunk: int) -> torch.Tensor:
-    """Float32 entropy of the logits of ``hidden_rows [n, D]``, one vocabulary chunk at a time."""
-    log_mass, entropy = [], []
+def _rows_stats(hidden_rows: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], cols_per_chunk: int,
+                with_top: bool) -> Tuple[torch.Tensor, ...]:
+    """Float32 entropy of the logits of ``hidden_rows [n, D]``, one vocabulary chunk at a time, and
+    with ``with_top`` the top-1 probability, first index of the maximum and top-2 probability."""
+    log_mass, entropy, best, best_id, second = [], [], [], [], []
     for start in range(0, weight.shape[0], cols_per_chunk):
         # In hidden's dtype, exactly as the model's own LM head rounds its logits (a fresh tensor).
         logits = F.linear(hidden_rows, weight[start:start + cols_per_chunk]).float()
         if bias is not None:
             logits.add_(bias[start:start + cols_per_chunk])
+        if with_top:
+            # Chunk maximum (first index) and the chunk's second value (a tied maximum counts twice).
+            pair = logits.topk(min(2, logits.shape[-1]), dim=-1).values
+            best.append(pair[:, 0])
+            best_id.append(logits.argmax(dim=-1) + start)
+            second.append(pair[:, 1] if pair.shape[-1] > 1 else torch.full_like(pair[:, 0], float("-inf")))
         # The online form of the kernels, in place on the fresh chunk: with m the row maximum,
         # z = sum exp(x - m), s = sum exp(x - m) (x - m), the chunk's entropy is log z - s / z and
         # its log-mass m + log z. A row of only -inf is shifted by 0 (no -inf - -inf = NaN) and
@@ -98,49 +125,94 @@ def _rows_entropy(hidden_rows: torch.Tensor, weight: torch.Tensor, bias: Optiona
         log_z = z.log()
         log_mass.append(shift.squeeze(-1) + log_z)
         entropy.append(log_z - s / z)
-    return _merge_chunks(torch.stack(log_mass, -1), torch.stack(entropy, -1))
+    log_mass = torch.stack(log_mass, -1)
+    entropy = _merge_chunks(log_mass, torch.stack(entropy, -1))
+    if not with_top:
+        return (entropy,)
+    best, best_id = torch.stack(best, -1), torch.stack(best_id, -1)
+    # The first chunk holding the maximum gives the id; the second value is the second largest of
+    # every chunk's top two.
+    top1 = best.amax(-1)
+    top1_id = best_id.gather(-1, best.argmax(-1, keepdim=True)).squeeze(-1)
+    top2 = torch.cat([best, torch.stack(second, -1)], -1).topk(2, dim=-1).values[:, 1]
+    total = torch.logsumexp(log_mass, -1)
+    bad = ~torch.isfinite(entropy)
+    top1_prob = torch.where(bad, math.nan, (top1 - total).exp())
+    top2_prob = torch.where(bad, math.nan, (top2 - total).exp())
+    return entropy, top1_prob, torch.where(bad, SKIPPED_ID, top1_id), top2_prob
+
+
+def _empty_top(like: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (like.new_zeros(n), like.new_full((n,), SKIPPED_ID, dtype=torch.int64), like.new_zeros(n))
 
 
 def lm_head_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                              keep: Optional[torch.Tensor]) -> torch.Tensor:
-    """Torch reference (the CPU implementation): flat float32 entropy [prod(hidden.shape[:-1])].
+                              keep: Optional[torch.Tensor], with_top: bool = False):
+    """Torch reference (the specification): flat float32 entropy [prod(hidden.shape[:-1])], or with
+    ``with_top`` the tuple ``(entropy, top1_prob, top1_id, top2_prob)``, all flat.
 
     Kept positions are gathered a chunk of rows at a time and multiplied by the weight a chunk of
     the vocabulary at a time (at most :data:`_CHUNK_LOGITS` logits live at once); positions with
-    ``keep`` False get entropy 0 and are never multiplied. ``bias`` is float32 [V] or None. A NaN /
-    all -inf row of logits gets a non-finite entropy.
+    ``keep`` False get entropy 0 (top-1 / top-2 probabilities 0, id -1) and are never multiplied.
+    ``bias`` is float32 [V] or None. A NaN / all -inf row of logits gets a non-finite entropy (and
+    NaN probabilities, id -1).
     """
     lead_shape = hidden.shape[:-1]
     n_rows = lead_shape.numel()
     n_vocab = weight.shape[0]
     entropy = torch.full((n_rows,), SKIPPED_ENTROPY, dtype=torch.float32, device=hidden.device)
+    outputs = (entropy, *_empty_top(entropy, n_rows)) if with_top else (entropy,)
     selected = torch.arange(n_rows, device=hidden.device) if keep is None else keep.reshape(-1).nonzero().squeeze(-1)
-    if selected.numel() == 0:
-        return entropy
-    rows_per_chunk = min(selected.numel(), _MAX_CHUNK_ROWS)
-    cols_per_chunk = min(n_vocab, max(1, _CHUNK_LOGITS // rows_per_chunk))
-    for chunk in selected.split(rows_per_chunk):
-        # One index tensor per leading dimension: gathers just these rows, whatever the strides.
-        rows = hidden[torch.unravel_index(chunk, lead_shape)] if lead_shape else hidden.unsqueeze(0)
-        entropy[chunk] = _rows_entropy(rows, weight, bias, cols_per_chunk)
-    return entropy
+    if selected.numel() > 0:
+        rows_per_chunk = min(selected.numel(), _MAX_CHUNK_ROWS)
+        cols_per_chunk = min(n_vocab, max(1, _CHUNK_LOGITS // rows_per_chunk))
+        for chunk in selected.split(rows_per_chunk):
+            # One index tensor per leading dimension: gathers just these rows, whatever the strides.
+            rows = hidden[torch.unravel_index(chunk, lead_shape)] if lead_shape else hidden.unsqueeze(0)
+            for output, value in zip(outputs, _rows_stats(rows, weight, bias, cols_per_chunk, with_top)):
+                output[chunk] = value
+    return outputs if with_top else entropy
+
+
+def _native_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  keep: Optional[torch.Tensor], with_top: bool) -> Tuple[torch.Tensor, ...]:
+    """The native CPU kernel (csrc/lm_head_cpu.cpp) on the kept rows, scattered to the flat layout
+    of :func:`lm_head_entropy_reference` (always the 4-tuple; the top-2 fields empty without ``with_top``)."""
+    lead_shape = hidden.shape[:-1]
+    n_rows = lead_shape.numel()
+    flat = hidden.reshape(n_rows, hidden.shape[-1])
+    if keep is None:
+        return torch.ops.infogain._lm_head_stats_cpu(flat, weight, bias, with_top)
+    selected = keep.reshape(-1).nonzero().squeeze(-1)
+    stats = torch.ops.infogain._lm_head_stats_cpu(flat[selected], weight, bias, with_top)
+    entropy = torch.full((n_rows,), SKIPPED_ENTROPY, dtype=torch.float32, device=hidden.device)
+    outputs = (entropy, *_empty_top(entropy, n_rows)) if with_top else (entropy,)
+    for output, value in zip(outputs, stats):
+        output[selected] = value
+    return outputs + stats[len(outputs):]
 
 
 # ----------------------------------------------------------------------------- the op
 
 def _lm_head_entropy_impl(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                          mask: Optional[torch.Tensor], cost: Optional[torch.Tensor], variant: Optional[str]
-                          ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          mask: Optional[torch.Tensor], cost: Optional[torch.Tensor], variant: Optional[str],
+                          with_top: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                   torch.Tensor, torch.Tensor]:
     lead_shape = hidden.shape[:-1]
     triton_path = use_triton(hidden)
     if triton_path:
-        entropy = _launch(hidden, weight, bias, mask)
+        stats = _launch(hidden, weight, bias, mask, with_top=with_top)
+    elif use_native(hidden):  # csrc/lm_head_cpu.cpp
+        stats = _native_stats(hidden, weight, bias, mask, with_top)
     else:
-        entropy = lm_head_entropy_reference(hidden, weight, bias, mask)
-    entropy = entropy.view(lead_shape)
+        stats = lm_head_entropy_reference(hidden, weight, bias, mask, with_top)
+    if not with_top and isinstance(stats, torch.Tensor):
+        stats = (stats, *_empty_top(stats, 0))
+    entropy = stats[0].view(lead_shape)
+    top = tuple(t.view(lead_shape) for t in stats[1:]) if with_top else tuple(t.clone() for t in stats[1:])
+    empty = entropy.new_empty(0)
     if variant is None:
-        empty = entropy.new_empty(0)
-        return entropy, empty, empty.clone()
+        return (entropy, empty, empty.clone(), *top)
     # LookUM ignores the cost; the objective kernels take None for "no cost term".
     cost = cost if variant == "info_gain" else None
     n_candidates, n_positions = lead_shape
@@ -156,23 +228,25 @@ def _lm_head_entropy_impl(hidden: torch.Tensor, weight: torch.Tensor, bias: Opti
             objective, h_next = launch_masked_mean(entropy, mask, cost)
     else:
         objective, h_next = objective_reference(entropy, mask, cost)
-    return entropy, objective, h_next
+    return (entropy, objective, h_next, *top)
 
 
 _lm_head_entropy_op = torch.library.custom_op("infogain::lm_head_entropy", _lm_head_entropy_impl, mutates_args=())
 
 
 @_lm_head_entropy_op.register_fake
-def _lm_head_entropy_fake(hidden, weight, bias, mask, cost, variant):
+def _lm_head_entropy_fake(hidden, weight, bias, mask, cost, variant, with_top=False):
     entropy = hidden.new_empty(hidden.shape[:-1], dtype=torch.float32)
     n_objective = hidden.shape[0] if variant is not None else 0
     objective = hidden.new_empty((n_objective,), dtype=torch.float32)
-    return entropy, objective, torch.empty_like(objective)
+    top_shape = hidden.shape[:-1] if with_top else (0,)
+    return (entropy, objective, torch.empty_like(objective), hidden.new_empty(top_shape, dtype=torch.float32),
+            hidden.new_empty(top_shape, dtype=torch.int64), hidden.new_empty(top_shape, dtype=torch.float32))
 
 
 def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                     mask: Optional[torch.Tensor] = None, *, cost: Optional[torch.Tensor] = None,
-                    variant: Optional[str] = None, check_values: bool = True) -> HeadEntropy:
+                    variant: Optional[str] = None, with_top: bool = False, check_values: bool = True):
     """Entropy of ``softmax(hidden @ weight.T + bias)`` per position, never materialising the logits.
 
     Args:
@@ -192,6 +266,10 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             the logits.
         cost: [R] floating (converted to float32), the candidates' cost C. Required for
             ``variant="info_gain"``, ignored by ``"lookum"`` (still validated when given).
+        with_top: also return the top-1 probability, top-1 id and top-2 probability of every kept
+            position, as :func:`~infogain_kernels.step_stats` defines them on the same logits (a
+            sampler at T = 0 then needs no second pass over the winner's logits). Costs a few
+            comparisons per logit, no extra read.
         check_values: when True (default), raise for a kept position whose logits contain NaN or
             are all -inf (e.g. NaN hidden states), and for a non-finite cost. That check costs one
             host synchronisation; pass False to fold it into your own read-back: such positions
@@ -199,10 +277,13 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             ``objective``).
 
     Returns:
-        :class:`HeadEntropy` ``(entropy, objective, h_next)``: float32 ``entropy`` of shape
+        :class:`HeadEntropy` ``(entropy, objective, h_next)``, or with ``with_top`` :class:`HeadStats`
+        (the same, then the top fields): float32 ``entropy`` of shape
         ``hidden.shape[:-1]`` (0 where ``mask`` is False); ``objective`` and ``h_next`` float32 [R]
-        with a ``variant``, else None. All arithmetic is float32 whatever the input dtype. No
-        tensor with a vocabulary-sized axis per position is allocated.
+        with a ``variant``, else None; with ``with_top``, ``top1_prob`` / ``top1_id`` / ``top2_prob``
+        of shape ``hidden.shape[:-1]`` (0 / -1 / 0 where ``mask`` is False), else None. All
+        arithmetic is float32 whatever the input dtype. No tensor with a vocabulary-sized axis per
+        position is allocated.
 
     Raises:
         TypeError / ValueError naming the argument for bad dtypes, ranks, shapes, devices, an
@@ -211,7 +292,8 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         other tracers and while a CUDA graph is being captured; ``torch.ops.infogain.lm_head_entropy``
         never checks).
 
-    CUDA tensors run the Triton kernel, CPU tensors chunked torch matmuls; ``INFOGAIN_BACKEND`` /
+    CUDA tensors run the Triton kernel, CPU tensors the native kernel (chunked matmuls, each chunk's
+    statistics in one pass) or, without the extension, the torch reference; ``INFOGAIN_BACKEND`` /
     ``use_backend`` force one.
     """
     check_tensor("hidden", hidden, dtypes=FLOAT_DTYPES, min_dim=1)
@@ -245,16 +327,19 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
             raise ValueError(f"cost must have shape ({hidden.shape[0]},), got {tuple(cost.shape)}")
     check_same_device(hidden=hidden, weight=weight, bias=bias, mask=mask, cost=cost)
     check_values = check_bool("check_values", check_values)
+    with_top = check_bool("with_top", with_top)
     if bias is not None:
         bias = bias.to(torch.float32)
     if cost is not None:
         cost = cost.to(torch.float32)
-    entropy, objective, h_next = call_op(torch.ops.infogain.lm_head_entropy, _lm_head_entropy_impl,
-                                         hidden, weight, bias, mask, cost, variant)
+    entropy, objective, h_next, *top = call_op(torch.ops.infogain.lm_head_entropy, _lm_head_entropy_impl,
+                                               hidden, weight, bias, mask, cost, variant, with_top)
     if check_values and value_checks_enabled(entropy):
         _raise_on_bad_values(hidden, weight, bias, entropy, cost)
     if variant is None:
-        return HeadEntropy(entropy, None, None)
+        objective = h_next = None
+    if with_top:
+        return HeadStats(entropy, objective, h_next, *top)
     return HeadEntropy(entropy, objective, h_next)
 
 
@@ -354,15 +439,19 @@ def _row_layout(hidden: torch.Tensor) -> Tuple[Optional[torch.Tensor], int]:
 
 
 def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], keep: Optional[torch.Tensor],
-            *, config: Optional[dict] = None, splits: Optional[int] = None) -> torch.Tensor:
-    """Triton path: flat float32 entropy [rows]. ``config`` / ``splits`` override the tiles and the
-    vocabulary split (tests use them to exercise many tiles on small shapes)."""
+            *, with_top: bool = False, config: Optional[dict] = None, splits: Optional[int] = None):
+    """Triton path: flat float32 entropy [rows], or with ``with_top`` the tuple ``(entropy,
+    top1_prob, top1_id, top2_prob)`` (flat, as :func:`lm_head_entropy_reference`). ``config`` /
+    ``splits`` override the tiles and the vocabulary split (tests use them to exercise many tiles on
+    small shapes)."""
     n_vocab, dim = weight.shape
     n_rows = hidden.shape[:-1].numel()
     device = hidden.device
     entropy = torch.empty(n_rows, dtype=torch.float32, device=device)
+    top = (torch.empty_like(entropy), torch.empty(n_rows, dtype=torch.int64, device=device),
+           torch.empty_like(entropy)) if with_top else (entropy, entropy, entropy)  # unused without with_top
     if n_rows == 0:
-        return entropy
+        return (entropy, *top) if with_top else entropy
     config = dict(config or tile_config(hidden.dtype, n_rows))
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     if splits is None:
@@ -389,21 +478,24 @@ def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         slot = torch.where(keep_flat, kept_rank, n_kept.to(torch.int64) + (~keep_flat).cumsum(0) - 1)
         order = torch.empty_like(slot).scatter_(0, slot, torch.arange(n_rows, device=device))
     sorted_offsets = row_offsets[order]
-    partials = torch.empty(3, n_splits, n_rows, dtype=torch.float32, device=device)
+    # Per split and slot: m, z, s, and with the top-2 the maximum, its index (exact in float32 below
+    # 2**24 entries) and the second value.
+    partials = torch.empty(6 if with_top else 3, n_splits, n_rows, dtype=torch.float32, device=device)
     row_tiles = -(-n_rows // block_m)
     with device_guard(hidden):
         _lm_head_partial_kernel[(row_tiles, n_splits)](
             hidden, weight, bias if bias is not None else entropy, sorted_offsets, n_kept, partials,
             n_rows, n_vocab, dim, cols_per_split, weight.stride(0),
             HAS_BIAS=bias is not None, IEEE=hidden.dtype == torch.float32, EVEN_K=dim % config["BLOCK_K"] == 0,
-            VEC=_vector_width(hidden, weight),
+            VEC=_vector_width(hidden, weight), WITH_TOP=with_top,
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=config["BLOCK_K"],
             num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
         _lm_head_combine_kernel[(-(-n_rows // _COMBINE_BLOCK),)](
-            partials, order, n_kept, entropy, n_rows, n_splits, BLOCK=_COMBINE_BLOCK, num_warps=_COMBINE_WARPS,
+            partials, order, n_kept, entropy, *top, n_rows, n_splits, WITH_TOP=with_top, BLOCK=_COMBINE_BLOCK,
+            num_warps=_COMBINE_WARPS,
         )
-    return entropy
+    return (entropy, *top) if with_top else entropy
 
 
 if triton is not None:
@@ -416,7 +508,7 @@ if triton is not None:
         hidden_ptr, weight_ptr, bias_ptr, row_offsets_ptr, n_kept_ptr, partials_ptr,
         n_rows, n_vocab, dim, cols_per_split, stride_wv,
         HAS_BIAS: tl.constexpr, IEEE: tl.constexpr, EVEN_K: tl.constexpr, VEC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        WITH_TOP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         # Program (row tile, vocabulary split): the online statistics (max m, z = sum e^(x-m),
         # s = sum e^(x-m) (x-m)) of BLOCK_M kept positions over one slice of the vocabulary.
@@ -437,6 +529,9 @@ if triton is not None:
         m = tl.full([BLOCK_M], -float("inf"), tl.float32)
         z = tl.zeros([BLOCK_M], tl.float32)
         s = tl.zeros([BLOCK_M], tl.float32)
+        best = tl.full([BLOCK_M], -float("inf"), tl.float32)
+        best_id = tl.full([BLOCK_M], -1, tl.int32)
+        second = tl.full([BLOCK_M], -float("inf"), tl.float32)
         for col_start in range(col_begin, col_stop, BLOCK_N):
             cols = col_start + tl.arange(0, BLOCK_N)
             in_vocab = cols < col_end
@@ -461,7 +556,17 @@ if triton is not None:
             if HAS_BIAS:
                 x += tl.load(bias_ptr + cols, mask=in_vocab, other=0.0)[None, :]
             x = tl.where(in_vocab[None, :], x, -float("inf"))
-            m_new = tl.maximum(m, tl.max(x, axis=1))
+            tile_max = tl.max(x, axis=1)
+            if WITH_TOP:
+                # The tile's first maximum and its second value (a tied maximum counts twice); a later
+                # tile takes over only with a strictly greater maximum.
+                tile_id = tl.min(tl.where(x == tile_max[:, None], cols[None, :], n_vocab), axis=1)
+                tile_second = tl.max(tl.where(cols[None, :] == tile_id[:, None], -float("inf"), x), axis=1)
+                better = tile_max > best
+                second = tl.where(better, tl.maximum(best, tile_second), tl.maximum(second, tile_max))
+                best_id = tl.where(better, tile_id, best_id)
+                best = tl.where(better, tile_max, best)
+            m_new = tl.maximum(m, tile_max)
             # While every value seen is -inf, shift by 0 so that no -inf - -inf = NaN appears.
             m_ref = tl.where(m_new == -float("inf"), 0.0, m_new)
             shifted = x - m_ref[:, None]
@@ -478,10 +583,14 @@ if triton is not None:
         tl.store(out, m, mask=live)
         tl.store(out + split_stride, z, mask=live)
         tl.store(out + 2 * split_stride, s, mask=live)
+        if WITH_TOP:
+            tl.store(out + 3 * split_stride, best, mask=live)
+            tl.store(out + 4 * split_stride, best_id.to(tl.float32), mask=live)
+            tl.store(out + 5 * split_stride, second, mask=live)
 
     @triton.jit
-    def _lm_head_combine_kernel(partials_ptr, order_ptr, n_kept_ptr, entropy_ptr, n_rows, n_splits,
-                                BLOCK: tl.constexpr):
+    def _lm_head_combine_kernel(partials_ptr, order_ptr, n_kept_ptr, entropy_ptr, top1_prob_ptr, top1_id_ptr,
+                                top2_prob_ptr, n_rows, n_splits, WITH_TOP: tl.constexpr, BLOCK: tl.constexpr):
         # Merge the splits' statistics of BLOCK slots and scatter the entropies back to the
         # positions' own order (slots past the kept count are the masked-out positions: 0).
         slots = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
@@ -508,6 +617,27 @@ if triton is not None:
         entropy = tl.where(kept, entropy, 0.0)
         rows = tl.load(order_ptr + slots, mask=in_range, other=0)
         tl.store(entropy_ptr + rows, entropy, mask=in_range)
+        if WITH_TOP:
+            # The splits in vocabulary order: a later one takes over only with a strictly greater maximum.
+            best = tl.full([BLOCK], -float("inf"), tl.float32)
+            best_id = tl.full([BLOCK], -1.0, tl.float32)
+            second = tl.full([BLOCK], -float("inf"), tl.float32)
+            for split in range(0, n_splits):
+                at = partials_ptr + split * n_rows + slots
+                split_best = tl.load(at + 3 * split_stride, mask=kept, other=-float("inf"))
+                split_id = tl.load(at + 4 * split_stride, mask=kept, other=-1.0)
+                split_second = tl.load(at + 5 * split_stride, mask=kept, other=-float("inf"))
+                better = split_best > best
+                second = tl.where(better, tl.maximum(best, split_second), tl.maximum(second, split_best))
+                best_id = tl.where(better, split_id, best_id)
+                best = tl.where(better, split_best, best)
+            finite = (entropy == entropy) & (tl.abs(entropy) < float("inf"))
+            top1_prob = tl.where(finite, tl.exp(best - m_ref) / z_safe, float("nan"))
+            top2_prob = tl.where(finite, tl.exp(second - m_ref) / z_safe, float("nan"))
+            top1_id = tl.where(finite, best_id, -1.0).to(tl.int64)
+            tl.store(top1_prob_ptr + rows, tl.where(kept, top1_prob, 0.0), mask=in_range)
+            tl.store(top1_id_ptr + rows, tl.where(kept, top1_id, -1), mask=in_range)
+            tl.store(top2_prob_ptr + rows, tl.where(kept, top2_prob, 0.0), mask=in_range)
 
 
 # ----------------------------------------------------------------------------- ahead-of-time configs
@@ -544,10 +674,11 @@ def aot_configs() -> list:
                         "row_offsets_ptr": "*i64:16", "n_kept_ptr": "*i32:16", "partials_ptr": "*fp32:16",
                         "n_rows": "i32", "n_vocab": "i32:16", "dim": "i32:16", "cols_per_split": "i32:16",
                         "stride_wv": "i64:16", "HAS_BIAS": "constexpr",
-                        "IEEE": "constexpr", "EVEN_K": "constexpr", "VEC": "constexpr", "BLOCK_M": "constexpr",
-                        "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
+                        "IEEE": "constexpr", "EVEN_K": "constexpr", "VEC": "constexpr", "WITH_TOP": "constexpr",
+                        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
                     "constexprs": {"HAS_BIAS": True, "IEEE": dtype == torch.float32,
                                    "EVEN_K": dim % config["BLOCK_K"] == 0, "VEC": 16 // dtype.itemsize,
+                                   "WITH_TOP": False,
                                    "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
                                    "BLOCK_K": config["BLOCK_K"]},
                     "num_warps": config["num_warps"],
@@ -560,9 +691,10 @@ def aot_configs() -> list:
         "name": "lm_head_entropy combine",
         "kernel": _lm_head_combine_kernel,
         "signature": {"partials_ptr": "*fp32:16", "order_ptr": "*i64:16", "n_kept_ptr": "*i32:16",
-                      "entropy_ptr": "*fp32:16",
-                      "n_rows": "i32", "n_splits": "i32", "BLOCK": "constexpr"},
-        "constexprs": {"BLOCK": _COMBINE_BLOCK},
+                      "entropy_ptr": "*fp32:16", "top1_prob_ptr": "*fp32:16", "top1_id_ptr": "*fp32:16",
+                      "top2_prob_ptr": "*fp32:16",
+                      "n_rows": "i32", "n_splits": "i32", "WITH_TOP": "constexpr", "BLOCK": "constexpr"},
+        "constexprs": {"WITH_TOP": False, "BLOCK": _COMBINE_BLOCK},
         "num_warps": _COMBINE_WARPS,
         "num_stages": 1,
     })

@@ -1,11 +1,13 @@
-"""lm_head_entropy against a float64 definition written here, on the torch path and the Triton kernels."""
+"""lm_head_entropy against a float64 definition written here, on the torch path, the native CPU kernel
+and the Triton kernels."""
 import importlib
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from infogain_kernels import lm_head_entropy, lookahead_objective, use_backend
+from infogain_kernels import lm_head_entropy, lookahead_objective, step_stats, use_backend
+from infogain_kernels._backend import _native_available as native_available
 
 head_module = importlib.import_module("infogain_kernels.lm_head_entropy")
 
@@ -44,12 +46,38 @@ def assert_entropy_matches(entropy, hidden, weight, bias, mask, *, atol=2e-5, rt
     torch.testing.assert_close(entropy.double(), want, atol=atol, rtol=rtol)
 
 
-@pytest.fixture(params=["reference", "triton"])
+def expected_top(hidden, weight, bias=None):
+    """Float64 definition of step_stats' top fields on the same logits: the largest probability, the
+    first index holding it, and the second value of the sorted probabilities (a tie counts twice)."""
+    logits = (hidden.double() @ weight.double().T).to(hidden.dtype).double()
+    if bias is not None:
+        logits = logits + bias.double()
+    p = torch.softmax(logits, dim=-1)
+    top1 = p.max(dim=-1).values
+    first = torch.where(p == top1[..., None], torch.arange(p.shape[-1]), p.shape[-1]).min(dim=-1).values
+    top2 = p.sort(dim=-1, descending=True).values[..., 1] if p.shape[-1] > 1 else torch.zeros_like(top1)
+    return top1, first, top2
+
+
+def assert_top_matches(got, hidden, weight, bias, mask, *, atol=2e-6, rtol=1e-5):
+    top1, first, top2 = expected_top(hidden, weight, bias)
+    keep = torch.ones(hidden.shape[:-1], dtype=torch.bool) if mask is None else mask
+    assert got.top1_prob.dtype == torch.float32 and got.top1_id.dtype == torch.int64
+    assert torch.all(got.top1_prob[~keep] == 0) and torch.all(got.top2_prob[~keep] == 0)
+    assert torch.all(got.top1_id[~keep] == -1)
+    torch.testing.assert_close(got.top1_prob[keep].double(), top1[keep], atol=atol, rtol=rtol)
+    torch.testing.assert_close(got.top2_prob[keep].double(), top2[keep], atol=atol, rtol=rtol)
+    assert torch.equal(got.top1_id[keep], first[keep])
+
+
+@pytest.fixture(params=["reference", "native", "triton"])
 def head_backend(request):
-    """The torch path, then the Triton kernels (interpreted without a GPU; float32 and small shapes
-    there) with tiles small enough to cross every tile and split boundary."""
-    if request.param == "reference":
-        with use_backend("reference"):
+    """The torch path, the native CPU kernel, then the Triton kernels (interpreted without a GPU;
+    float32 and small shapes there) with tiles small enough to cross every tile and split boundary."""
+    if request.param in ("reference", "native"):
+        if request.param == "native" and not native_available():
+            pytest.skip("the extension has no native CPU kernels")
+        with use_backend(request.param):
             yield "cpu"
         return
     device = request.getfixturevalue("triton_interpreted")
@@ -186,6 +214,64 @@ def test_zero_positions(head_backend):
     assert lm_head_entropy(torch.empty(0, 4), weight).entropy.shape == (0,)
 
 
+# ---- top-1 / top-2 (with_top) ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("vocab", [1, 2, 7, 1000])
+def test_with_top_matches_float64_definition(head_backend, vocab):
+    hidden, weight, bias, mask = random_head((3, 13), 40, vocab)
+    on = [t.to(head_backend) for t in (hidden, weight, bias, mask)]
+    got = lm_head_entropy(*on, with_top=True)
+    assert_entropy_matches(got.entropy.cpu(), hidden, weight, bias, mask)
+    assert_top_matches(type(got)(*(t.cpu() if t is not None else None for t in got)), hidden, weight, bias, mask)
+    plain = lm_head_entropy(*on)
+    assert len(plain) == 3 and torch.equal(plain.entropy, got.entropy)
+
+
+def test_with_top_ties_across_chunks_take_the_first_index(head_backend, monkeypatch):
+    """Equal maxima far apart in the vocabulary (different chunks, pieces and vocabulary splits): the
+    first index wins and the top-2 probability equals the top-1."""
+    hidden, weight, _, mask = random_head((4, 5), 24, 600)
+    bias = torch.zeros(600)
+    bias[[9, 580]] = 30.0                         # one dominant logit value, held twice
+    weight[580] = weight[9]
+    monkeypatch.setattr(head_module, "_CHUNK_LOGITS", 64)
+    on = [t.to(head_backend) for t in (hidden, weight, bias, mask)]
+    got = lm_head_entropy(*on, with_top=True)
+    got = type(got)(*(t.cpu() if t is not None else None for t in got))
+    assert torch.all(got.top1_id[mask] == 9)
+    assert torch.equal(got.top1_prob[mask], got.top2_prob[mask])
+    assert_top_matches(got, hidden, weight, bias, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_with_top_equals_step_stats_of_the_logits(dtype):
+    """The CPU paths against step_stats on the materialised logits (what the sampler read before),
+    across several native pieces (rows x vocabulary above one piece) and the kernel's chunks."""
+    hidden, weight, bias, mask = random_head((8, 16), 64, 5003, dtype=dtype)
+    logits = F.linear(hidden, weight).float() + bias
+    want = step_stats(logits, mask)
+    backends = ["reference"] + (["native"] if native_available() else [])
+    for backend in backends:
+        with use_backend(backend):
+            got = lm_head_entropy(hidden, weight, bias, mask, with_top=True)
+        assert torch.equal(got.top1_id, want.top1_id), backend
+        torch.testing.assert_close(got.top1_prob, want.top1_prob, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got.top2_prob, want.top2_prob, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(got.entropy, want.entropy, atol=1e-5, rtol=1e-5)
+
+
+def test_with_top_bad_rows(head_backend):
+    hidden, weight, bias, mask = random_head((3, 4), 16, 30)
+    mask[:] = True
+    hidden[2, 1, 0] = float("nan")
+    on = [t.to(head_backend) for t in (hidden, weight, bias, mask)]
+    got = lm_head_entropy(*on, with_top=True, check_values=False)
+    assert torch.isnan(got.top1_prob[2, 1]) and torch.isnan(got.top2_prob[2, 1]) and got.top1_id[2, 1] == -1
+    assert torch.isfinite(got.top1_prob[0]).all()
+    with pytest.raises(TypeError, match="with_top"):
+        lm_head_entropy(*on, with_top=1)
+
+
 # ---- bad values ----------------------------------------------------------------------------------
 
 def test_nan_hidden_at_kept_position_raises(head_backend):
@@ -276,7 +362,8 @@ def test_fake_implementation_and_schema():
     hidden, weight, bias, mask = random_head((3, 4), 8, 11)
     cost = torch.rand(3)
     with use_backend("reference"):
-        for args in [(hidden, weight, bias, mask, cost, "info_gain"), (hidden, weight, None, None, None, None)]:
+        for args in [(hidden, weight, bias, mask, cost, "info_gain"), (hidden, weight, None, None, None, None),
+                     (hidden, weight, bias, mask, cost, "info_gain", True)]:
             torch.library.opcheck(torch.ops.infogain.lm_head_entropy.default, args,
                                   test_utils=("test_schema", "test_faketensor"))
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -284,9 +371,12 @@ def test_fake_implementation_and_schema():
     with FakeTensorMode() as mode:
         fake_hidden = mode.from_tensor(torch.empty(8, 32, 64, dtype=torch.bfloat16))
         fake_weight = mode.from_tensor(torch.empty(1000, 64, dtype=torch.bfloat16))
-        entropy, objective, h_next = torch.ops.infogain.lm_head_entropy(fake_hidden, fake_weight, None, None, None,
-                                                                        "lookum")
+        entropy, objective, h_next, *top = torch.ops.infogain.lm_head_entropy(fake_hidden, fake_weight, None, None,
+                                                                              None, "lookum")
+        _, _, _, *with_top = torch.ops.infogain.lm_head_entropy(fake_hidden, fake_weight, None, None, None, None, True)
     assert entropy.shape == (8, 32) and objective.shape == h_next.shape == (8,)
+    assert [t.shape for t in top] == [(0,)] * 3 and [t.shape for t in with_top] == [(8, 32)] * 3
+    assert [t.dtype for t in with_top] == [torch.float32, torch.int64, torch.float32]
 
 
 def test_compiles_with_fullgraph():

@@ -272,6 +272,39 @@ def test_baseline_isa_build_matches():
     assert ((lower - 1e-5 <= u.double()) & (u.double() <= upper + 1e-5)).all()
 
 
+def test_lm_head_baseline_isa_build_matches():
+    """The LM-head statistics (several pieces, a bias with -inf) from the kernel built without AVX2."""
+    script = (
+        "import torch, infogain_kernels._C\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "h = torch.randn(70, 48, generator=g)\n"
+        "w = torch.randn(4001, 48, generator=g) * 0.3\n"
+        "b = torch.randn(4001, generator=g)\n"
+        "b[::5] = -float('inf')\n"
+        "out = torch.ops.infogain._lm_head_stats_cpu(h, w, b, True)\n"
+        "torch.save([h, w, b] + list(out), __import__('sys').argv[1])\n"
+    )
+    h, w, b, *baseline = run_in_baseline_build(script)
+    here = torch.ops.infogain._lm_head_stats_cpu(h, w, b, True)
+    assert torch.equal(baseline[2], here[2])
+    for a, c in zip(baseline, here):
+        torch.testing.assert_close(a, c, atol=2e-6, rtol=1e-5)
+
+
+def test_lm_head_native_rejects_bad_arguments():
+    h, w = torch.randn(3, 8), torch.randn(10, 8)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        torch.ops.infogain._lm_head_stats_cpu(h, torch.randn(10, 7), None, False)
+    with pytest.raises(TypeError, match="weight must have hidden's dtype"):
+        torch.ops.infogain._lm_head_stats_cpu(h, w.double(), None, False)
+    with pytest.raises(TypeError, match="hidden must have dtype"):
+        torch.ops.infogain._lm_head_stats_cpu(h.double(), w.double(), None, False)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        torch.ops.infogain._lm_head_stats_cpu(h, w, torch.zeros(9), False)
+    with pytest.raises(ValueError, match=r"hidden must have shape \[n, D\]"):
+        torch.ops.infogain._lm_head_stats_cpu(h[None], w, None, False)
+
+
 def test_gumbel_topk_native_equals_the_reference_exactly():
     """Same seed, same noise, same ranking: the native call reproduces the torch reference bit for bit
     (ties, -inf scores, invalid positions, k above the valid count, temperature 0)."""
