@@ -56,6 +56,54 @@ def test_fused_lookahead_keeps_the_trajectory(models, fused_calls, arch, cache):
                     assert a["objective"] == pytest.approx(b["objective"], abs=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llada", "dream", "sdar"])
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_winner_statistics_from_the_lookahead_keep_the_trajectory(models, monkeypatch, arch, cache):
+    """At T = 0 the next step takes the winner's statistics from the lookahead (with_top) instead of
+    its logits: same tokens, decisions and entropies as recomputing the logits, and after a
+    lookahead no LM head runs on the winner (with EOS fills and rows that bypass in between)."""
+    from infogain.models.base import DiffusionLM
+
+    head_calls = []
+    original_head = DiffusionLM.logits_from_hidden
+
+    def counted_head(self, hidden):
+        head_calls.append(hidden.shape)
+        return original_head(self, hidden)
+
+    # On the base class: the sampler fuses only models that keep its plain head.
+    monkeypatch.setattr(DiffusionLM, "logits_from_hidden", counted_head)
+    sampler = InfoGainSampler(models[arch])
+    original_init = _Run.__init__
+    reuse = {"on": True}
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.reuse_head_stats = self.reuse_head_stats and reuse["on"]
+
+    monkeypatch.setattr(_Run, "__init__", init)
+    seen = {"lookahead": 0, "bypass": 0, "eos_fill": 0}
+    # EOS boosted (a negative penalty) fills rows early; a low threshold makes rows bypass.
+    for threshold, eos_penalty in ((0.1, 0.0), (0.1, -2.0), (0.3, -4.0)):
+        settings = dict(SETTINGS, cache=cache, record=True, seed=3, eos_penalty=eos_penalty, threshold=threshold)
+        runs = {}
+        for on in (True, False):
+            reuse["on"] = on
+            head_calls.clear()
+            runs[on] = sampler.generate(RAGGED_PROMPTS, **settings), len(head_calls)
+        (reused, reused_heads), (recomputed, recomputed_heads) = runs[True], runs[False]
+        assert torch.equal(reused.sequences, recomputed.sequences)
+        assert _decisions(reused.trace) == _decisions(recomputed.trace)
+        assert reused.stats.tokens == recomputed.stats.tokens
+        assert reused.stats.cumulative_entropy == pytest.approx(recomputed.stats.cumulative_entropy, abs=1e-4)
+        # Recomputing heads each lookahead step's winners once; reusing never does.
+        lookahead_steps = sum(1 for step in recomputed.trace if any(row["kind"] == "lookahead" for row in step["rows"]))
+        assert recomputed_heads - reused_heads == lookahead_steps
+        for kind in seen:
+            seen[kind] += reused.stats.tokens[kind]
+    assert all(seen.values()), seen
+
+
 def test_plain_callable_keeps_the_logits_path(models, fused_calls):
     model = models["llada"]
 

@@ -213,16 +213,14 @@ def test_cpu_path_reads_the_kept_candidates_only_on_lookahead_steps(models, monk
 
 def test_an_extra_read_in_a_step_is_detected(models, monkeypatch):
     """The bound can fail: one deliberate ``.item()`` per step breaks it."""
-    from infogain.samplers import sampler as sampler_module
+    original = _Run._decide
 
-    original = sampler_module.step_stats
-
-    def step_stats_with_read(logits, *args, **kwargs):
-        result = original(logits, *args, **kwargs)
-        result[0].sum().item()
+    def decide_with_read(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        result[2].sum().item()  # the step's entropies
         return result
 
-    monkeypatch.setattr(sampler_module, "step_stats", step_stats_with_read)
+    monkeypatch.setattr(_Run, "_decide", decide_with_read)
     sampler = make_sampler("info_gain", models["llada"])
     counter, per_step, _ = _count_per_step(monkeypatch, sampler, PROMPTS, cache="prefix")
     assert all(n == 2 for n in per_step), per_step

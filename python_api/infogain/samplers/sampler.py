@@ -16,6 +16,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from infogain_kernels import lm_head_entropy, lookahead_objective, step_stats
+from infogain_kernels.step_stats import SKIPPED_ENTROPY, SKIPPED_ID, SKIPPED_PROB
 
 from .._device import host_ints_to_device
 from ..stats import COMMIT_KINDS, KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, RunStats, StatsRecorder
@@ -508,6 +509,12 @@ class _Run:
         self.fused_head = opts.fused_head and self.hidden_head
         self.head_bias: Optional[torch.Tensor] = None   # [V] float32, built at the first fused lookahead
         self.defer_candidates = _host_reads_are_free(self.device)
+        # At temperature 0 a step needs only the statistics of its block, which the fused lookahead
+        # computes for every candidate anyway (with_top): the winner's are kept, and its block logits
+        # are never computed. head_stats_rows: host flags of the rows whose statistics are those.
+        self.reuse_head_stats = self.fused_head and opts.temperature == 0
+        self.head_stats: Optional[Tuple[torch.Tensor, ...]] = None  # entropy, top1_prob, top1_id, top2_prob [B, L]
+        self.head_stats_rows = [False] * self.batch
 
     def _accepts(self, method_name: str, parameter: str) -> bool:
         """Whether the model's method takes ``parameter`` (inspected once per run, not per call)."""
@@ -590,7 +597,12 @@ class _Run:
             cache_rows=None if cache_rows is None else tuple(cache_rows), **extra, **self._model_kwargs(method))
         return output if hidden else self._logits(output)
 
-    def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor) -> None:
+    def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor,
+                            host_rows: Optional[List[int]] = None) -> None:
+        """Store the block logits of ``rows`` (device index, None = all; ``host_rows`` the same rows
+        as host ints when known): their statistics come from these logits again."""
+        for r in (range(self.batch) if rows is None else host_rows or ()):
+            self.head_stats_rows[r] = False
         if self.block_logits is None:
             self.block_logits = logits.new_empty(self.batch, self.length, logits.shape[-1])
         if rows is None:
@@ -636,7 +648,7 @@ class _Run:
             else:  # dual and block_causal forward the block only
                 logits = self._window_forward(canvas[:, start:end], start, cache_rows)
         self.recorder.count_forward(rows)
-        self._store_block_logits(index, logits)
+        self._store_block_logits(index, logits, rows)
 
     # -------------------------------------------------------------- decoding
 
@@ -709,10 +721,15 @@ class _Run:
         block_ids = self.canvas[:, start:start + self.length]
         masked = block_ids == self.mask_id
         masked_count = masked.sum(dim=1)
-        # One read of the block logits for the statistics and the strategy's token draws (none at T = 0).
-        entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = step_stats(
-            logits, masked, num_samples=self.strategy.num_token_samples(opts), temperature=opts.temperature,
-            generator=self.generator, check_values=False)
+        num_samples = self.strategy.num_token_samples(opts)
+        if any(self.head_stats_rows):
+            entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = self._reused_stats(masked, num_samples)
+            logits = None  # stale for those rows: the strategy decides from the statistics
+        else:
+            # One read of the block logits for the statistics and the token draws (none at T = 0).
+            entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = step_stats(
+                logits, masked, num_samples=num_samples, temperature=opts.temperature, generator=self.generator,
+                check_values=False)
         has_masks = masked_count > 0
         if not self.strategy.scheduled:
             fill = None
@@ -732,6 +749,21 @@ class _Run:
         kind = torch.where(fill, KIND_FILL, decision.kind)
         commit = torch.where(fill[:, None], masked, decision.commit)
         return block_ids, masked_count, entropy, kind, commit, decision, state
+
+    def _reused_stats(self, masked: torch.Tensor, num_samples: int) -> Tuple[torch.Tensor, ...]:
+        """``step_stats``' outputs at temperature 0 where some rows' statistics came from the fused
+        lookahead (:attr:`head_stats`); the other rows' from their block logits."""
+        stats = self.head_stats
+        if not all(self.head_stats_rows):
+            fresh = host_ints_to_device([int(f) for f in self.head_stats_rows], self.device).bool()[:, None]
+            computed = step_stats(self.block_logits, masked, check_values=False)[:4]
+            stats = tuple(torch.where(fresh, reused, other) for reused, other in zip(stats, computed))
+        # Positions filled since (the EOS fill) hold step_stats' fill values.
+        entropy, top1_prob, top1_id, top2_prob = (torch.where(masked, value, fill) for value, fill in zip(
+            stats, (SKIPPED_ENTROPY, SKIPPED_PROB, SKIPPED_ID, SKIPPED_PROB)))
+        # At T = 0 every draw is the arg-max.
+        shape = (*top1_id.shape, num_samples)
+        return entropy, top1_prob, top1_id, top2_prob, top1_id[..., None].expand(shape), top1_prob[..., None].expand(shape)
 
     def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
         """One denoising step of every row; returns (kinds, masks left) as host lists.
@@ -851,8 +883,9 @@ class _Run:
         cost = candidates.cost[cand_index, row_index] if self.opts.variant == "info_gain" else None
         if self.fused_head:
             weight = self.model.lm_head_weight
-            _, objective, h_next = lm_head_entropy(read, weight, self._head_bias(weight.shape[0]),
-                                                   remaining, cost=cost, variant=self.opts.variant, check_values=False)
+            head = lm_head_entropy(read, weight, self._head_bias(weight.shape[0]), remaining, cost=cost,
+                                   variant=self.opts.variant, with_top=self.reuse_head_stats, check_values=False)
+            objective, h_next = head.objective, head.h_next
         else:
             objective, h_next = lookahead_objective(read, remaining, cost,
                                                     variant=self.opts.variant, check_values=False)
@@ -864,8 +897,17 @@ class _Run:
         slot[cand_index, row_index] = torch.arange(len(pairs), device=self.device)
         best = scores.argmax(dim=0)[rows]
         winner = slot[best, rows]
-        winner_out = next_out[winner, out_offset:out_offset + self.length]
-        if self.fused_head:
+        if self.reuse_head_stats:
+            # The winners' block statistics, already computed at every still-masked position.
+            winner_stats = (head.entropy, head.top1_prob, head.top1_id, head.top2_prob)
+            if self.head_stats is None:
+                self.head_stats = tuple(t.new_zeros(self.batch, self.length) for t in winner_stats)
+            for stored, value in zip(self.head_stats, winner_stats):
+                stored[rows] = value[winner, :self.length]
+            for r in lookahead_rows:
+                self.head_stats_rows[r] = True
+        elif self.fused_head:
+            winner_out = next_out[winner, out_offset:out_offset + self.length]
             # The next step reads the winners' block logits only where the block is still masked: the
             # head runs on those positions (masked ones first; rows with fewer masks repeat others).
             width = max(masks_left[r] for r in lookahead_rows)
@@ -873,7 +915,7 @@ class _Run:
             hidden = winner_out.gather(1, positions[..., None].expand(-1, -1, winner_out.shape[-1]))
             self.block_logits[rows[:, None], positions] = self._logits(self.model.logits_from_hidden(hidden))
         else:
-            self._store_block_logits(rows, winner_out)
+            self._store_block_logits(rows, next_out[winner, out_offset:out_offset + self.length], lookahead_rows)
         return {"rows": rows, "commit": cand_commit[winner], "tokens": cand_block[winner], "best": best,
                 "pairs": pairs, "objective": objective, "h_next": h_next, "cand_commit": cand_commit,
                 "cand_block": cand_block}

@@ -28,7 +28,9 @@ class StepState:
     """What a strategy sees at one step (all tensors on the model's device).
 
     Attributes:
-        logits: [B, L, V] current logits of the block (model dtype).
+        logits: [B, L, V] current logits of the block (model dtype), or None at temperature 0 on a
+            step whose statistics came from the previous step's fused lookahead (the winner's
+            logits are never computed then): strategies decide from the statistics below.
         masked: bool [B, L], masked block positions.
         quota: int64 [B], tokens to commit this step (the LLaDA schedule; 0 = skip).
         active: bool [B], rows the strategy must decide for (masked positions left
@@ -53,7 +55,7 @@ class StepState:
             leaves them to :meth:`Strategy.candidates`, called only when some row looks ahead.
     """
 
-    logits: torch.Tensor
+    logits: Optional[torch.Tensor]
     masked: torch.Tensor
     quota: torch.Tensor
     active: torch.Tensor
