@@ -22,6 +22,7 @@ kernel) when there are few positions.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import NamedTuple, Optional, Tuple
 
@@ -371,7 +372,7 @@ def _raise_on_bad_values(hidden, weight, bias, entropy, cost) -> None:
 _WIDE_TILE_ROWS = 1024
 
 
-def tile_config(dtype: torch.dtype, n_rows: int) -> dict:
+def tile_config(dtype: torch.dtype, n_rows: int, with_top: bool = False) -> dict:
     """Tile shape and launch parameters of the main kernel for ``n_rows`` positions of ``dtype``.
 
     Every 16-bit tile keeps 32 float32 accumulators per thread, which leaves room for the
@@ -380,12 +381,21 @@ def tile_config(dtype: torch.dtype, n_rows: int) -> dict:
     positions get 128 x 128 tiles over 16 warps: twice the tensor-core work per operand byte
     of the 64 x 128 tiles over 8 warps that few positions (less padding in the last row tile) get.
     float32 uses exact (IEEE) products, which keep their operands in registers: 64 x 64 tiles.
+    The top-2 epilogue (``with_top``) keeps a second copy of the tile live (its comparison with the
+    tile maximum): twice the warps per 16-bit tile, and half as wide float32 tiles, i.e. half the
+    accumulators per thread, keep it within the same budget (checked by the compile lane).
     """
     if dtype == torch.float32:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 2}
-    if n_rows >= _WIDE_TILE_ROWS:
-        return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 16, "num_stages": 4}
-    return {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4}
+        config = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 2}
+    elif n_rows >= _WIDE_TILE_ROWS and not with_top:
+        config = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 16, "num_stages": 4}
+    else:
+        config = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4}
+    if with_top and dtype == torch.float32:
+        config["BLOCK_N"] //= 2
+    elif with_top:
+        config["num_warps"] *= 2
+    return config
 
 
 def split_count(n_rows: int, n_vocab: int, block_m: int, block_n: int, n_programs_target: int) -> Tuple[int, int]:
@@ -452,7 +462,7 @@ def _launch(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
            torch.empty_like(entropy)) if with_top else (entropy, entropy, entropy)  # unused without with_top
     if n_rows == 0:
         return (entropy, *top) if with_top else entropy
-    config = dict(config or tile_config(hidden.dtype, n_rows))
+    config = dict(config or tile_config(hidden.dtype, n_rows, with_top))
     block_m, block_n = config["BLOCK_M"], config["BLOCK_N"]
     if splits is None:
         n_splits, cols_per_split = split_count(n_rows, n_vocab, block_m, block_n, _programs_target(device))
@@ -650,7 +660,8 @@ _AOT_ROWS = (256, 2048)
 def aot_configs() -> list:
     """The kernels' compile configurations at the supported models' head shapes (see ``_aot``).
 
-    Produced by the launcher's own :func:`tile_config` for each dtype and for few / many positions.
+    Produced by the launcher's own :func:`tile_config` for each dtype and for few / many positions,
+    with and without the top-2 statistics (``with_top``).
     """
     if triton is None:
         return []
@@ -658,16 +669,17 @@ def aot_configs() -> list:
     seen = set()
     for dtype, type_name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         for model, n_vocab, dim in _AOT_HEADS:
-            for n_rows in _AOT_ROWS:
-                config = tile_config(dtype, n_rows)
-                key = (type_name, tuple(sorted(config.items())), dim % config["BLOCK_K"] == 0)
+            for n_rows, with_top in itertools.product(_AOT_ROWS, (False, True)):
+                config = tile_config(dtype, n_rows, with_top)
+                key = (type_name, tuple(sorted(config.items())), dim % config["BLOCK_K"] == 0, with_top)
                 if key in seen:
                     continue
                 seen.add(key)
                 # ":16": 16-byte aligned / multiple of 16, as Triton's launcher specialises these arguments.
                 pointer = "*" + type_name + ":16"
+                top = " with_top" if with_top else ""
                 configs.append({
-                    "name": f"lm_head_entropy partial {type_name} {model} V={n_vocab} D={dim} rows={n_rows}",
+                    "name": f"lm_head_entropy partial {type_name} {model} V={n_vocab} D={dim} rows={n_rows}{top}",
                     "kernel": _lm_head_partial_kernel,
                     "signature": {
                         "hidden_ptr": pointer, "weight_ptr": pointer, "bias_ptr": "*fp32:16",
@@ -678,7 +690,7 @@ def aot_configs() -> list:
                         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr"},
                     "constexprs": {"HAS_BIAS": True, "IEEE": dtype == torch.float32,
                                    "EVEN_K": dim % config["BLOCK_K"] == 0, "VEC": 16 // dtype.itemsize,
-                                   "WITH_TOP": False,
+                                   "WITH_TOP": with_top,
                                    "BLOCK_M": config["BLOCK_M"], "BLOCK_N": config["BLOCK_N"],
                                    "BLOCK_K": config["BLOCK_K"]},
                     "num_warps": config["num_warps"],
@@ -687,15 +699,16 @@ def aot_configs() -> list:
                     # and a weight tile.
                     "elements_per_iteration": (config["BLOCK_M"] + config["BLOCK_N"]) * config["BLOCK_K"],
                 })
-    configs.append({
-        "name": "lm_head_entropy combine",
-        "kernel": _lm_head_combine_kernel,
-        "signature": {"partials_ptr": "*fp32:16", "order_ptr": "*i64:16", "n_kept_ptr": "*i32:16",
-                      "entropy_ptr": "*fp32:16", "top1_prob_ptr": "*fp32:16", "top1_id_ptr": "*fp32:16",
-                      "top2_prob_ptr": "*fp32:16",
-                      "n_rows": "i32", "n_splits": "i32", "WITH_TOP": "constexpr", "BLOCK": "constexpr"},
-        "constexprs": {"WITH_TOP": False, "BLOCK": _COMBINE_BLOCK},
-        "num_warps": _COMBINE_WARPS,
-        "num_stages": 1,
-    })
+    for with_top in (False, True):
+        configs.append({
+            "name": "lm_head_entropy combine" + (" with_top" if with_top else ""),
+            "kernel": _lm_head_combine_kernel,
+            "signature": {"partials_ptr": "*fp32:16", "order_ptr": "*i64:16", "n_kept_ptr": "*i32:16",
+                          "entropy_ptr": "*fp32:16", "top1_prob_ptr": "*fp32:16",
+                          "top1_id_ptr": "*i64:16" if with_top else "*fp32:16", "top2_prob_ptr": "*fp32:16",
+                          "n_rows": "i32", "n_splits": "i32", "WITH_TOP": "constexpr", "BLOCK": "constexpr"},
+            "constexprs": {"WITH_TOP": with_top, "BLOCK": _COMBINE_BLOCK},
+            "num_warps": _COMBINE_WARPS,
+            "num_stages": 1,
+        })
     return configs

@@ -82,7 +82,7 @@ def head_backend(request):
         return
     device = request.getfixturevalue("triton_interpreted")
     original = head_module.tile_config
-    head_module.tile_config = lambda dtype, n_rows: dict(SMALL_TILES)
+    head_module.tile_config = lambda dtype, n_rows, with_top=False: dict(SMALL_TILES)
     try:
         with use_backend("triton"):
             yield device
