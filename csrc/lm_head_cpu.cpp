@@ -92,8 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lm_head_stats_cpu(
     const at::Tensor h_rows = h.narrow(0, r0, rows);
     for (int64_t c0 = 0; c0 < vocab; c0 += cols_per_piece) {
       const int64_t cols = std::min(cols_per_piece, vocab - c0);
-      // The last piece may be narrower: its own contiguous buffer (mm_out writes rows x cols densely).
-      at::Tensor piece = cols == cols_per_piece ? buffer.narrow(0, 0, rows) : at::empty({rows, cols}, hidden.options());
+      // A dense rows x cols view of the buffer's front (what mm_out writes), whatever the piece's width.
+      at::Tensor piece = buffer.view({-1}).narrow(0, 0, rows * cols).view({rows, cols});
       // Rounded to hidden's dtype, exactly as the model's own LM head returns its logits.
       at::mm_out(piece, h_rows, weight.narrow(0, c0, cols).t());
       HeadPieceArgs a{};

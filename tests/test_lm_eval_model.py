@@ -198,6 +198,29 @@ def test_model_args_win_over_the_harness_options():
     assert lm.device == torch.device("cpu") and lm.batch_size == 4 and lm.options["threshold"] == 0.5
 
 
+def test_cpu_threads_follow_the_package_policy(monkeypatch):
+    """threads=N sets torch's thread count; without it $INFOGAIN_THREADS, else the free cores shared
+    among the machine's processes of the run."""
+    from infogain import _threads
+
+    before = torch.get_num_threads()
+    try:
+        InfoGainLM(pretrained=TOY, device="cpu", threads=2)
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("INFOGAIN_THREADS", raising=False)
+        monkeypatch.setattr(_threads, "free_cores", lambda: 2)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")   # two processes of the run on this machine
+        InfoGainLM(pretrained=TOY, device="cpu")
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("INFOGAIN_THREADS", "2")
+        InfoGainLM(pretrained=TOY, device="cpu")
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="threads"):
+            InfoGainLM(pretrained=TOY, device="cpu", threads=0)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="pretrained"):
         InfoGainLM()

@@ -42,6 +42,10 @@ EIS options
 Log-likelihood options
     ``mc_num`` (Monte-Carlo samples per request, default 128), ``mc_batch_size``
     (masked copies per forward, default 32), ``greedy_check`` (default True).
+``threads``
+    Torch CPU threads of this process (default: the package's policy,
+    :mod:`infogain._threads`: ``$INFOGAIN_THREADS``, else 1 for tiny work, else
+    this process's share of the free physical cores).
 ``add_bos_token``
     Prepend the tokenizer's BOS token when its encoding does not (default False).
     Chat-templated prompts never get one added: the template holds it.
@@ -78,7 +82,7 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
-from . import models
+from . import _threads, models
 from ._options import generate_option_kinds
 from .samplers import SAMPLERS, GenerateOptions
 
@@ -166,7 +170,7 @@ class InfoGainLM(LM):
     def __init__(self, pretrained: Optional[str] = None, sampler: Optional[str] = None, device=None,
                  dtype: str = "auto", batch_size=None, max_batch_size=None, mc_num: int = 128,
                  mc_batch_size: int = 32, greedy_check: bool = True, add_bos_token: bool = False,
-                 max_length: Optional[int] = None, **options):
+                 max_length: Optional[int] = None, threads: Optional[int] = None, **options):
         super().__init__()
         if not pretrained or not isinstance(pretrained, str):
             raise ValueError("model argument pretrained (a local checkpoint folder) is required")
@@ -241,6 +245,14 @@ class InfoGainLM(LM):
             ExtendedInferenceSampler(self.model, self.tokenizer, **options)  # validates the EIS options now
             config_max = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_length = _coerce("max_length", max_length, int) or config_max or 2048
+        if self._device.type == "cpu":
+            # The package's thread policy (infogain._threads), the free cores shared among this machine's
+            # processes of the run.
+            local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun / accelerate
+            _threads.apply_threads(None if threads is None else _coerce("threads", threads, int),
+                                   num_parameters=_threads.model_parameters(self.model),
+                                   tokens_per_forward=self.batch_size * self.max_length,
+                                   local_processes=local_processes)
         self.eos_id = self.tokenizer.eos_token_id
         self.prefix_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
         if self.prefix_id is None:

@@ -659,7 +659,8 @@ class Transformer(DiffusionLM):
                 queries_read = read.new_zeros(read.shape[0], read.shape[1] + 1)
                 queries_read[:, 1:] |= read
                 queries_read[:, :-1] |= read
-                queries_read = queries_read[:, 1 - extra:] if extra == 0 else queries_read
+                if not extra:  # no shift query: query j is position j
+                    queries_read = queries_read[:, 1:]
             mlp_at = torch.zeros(G * n, ids.shape[1], dtype=torch.bool, device=read.device)
             mlp_at[slot_of_row] = queries_read
         hidden, _ = self._run(slotted, positions, masks, past, fresh_key_index, mlp_at=mlp_at)

@@ -508,7 +508,9 @@ class _Run:
         self.hidden_head = _exposes_hidden_states(self.model, mode)
         self.fused_head = opts.fused_head and self.hidden_head
         self.head_bias: Optional[torch.Tensor] = None   # [V] float32, built at the first fused lookahead
-        self.defer_candidates = _host_reads_are_free(self.device)
+        # On the CPU the candidates are built after the read-back (deferred) and the lookahead's last
+        # layer skips the positions nobody reads, both because a read-back costs nothing there.
+        self.reads_free = _host_reads_are_free(self.device)
         # At temperature 0 a step needs only the statistics of its block, which the fused lookahead
         # computes for every candidate anyway (with_top): the winner's are kept, and its block logits
         # are never computed. head_stats_rows: host flags of the rows whose statistics are those.
@@ -742,7 +744,7 @@ class _Run:
                           top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
                           token_probs=token_probs, options=opts, max_quota=max_quota, generator=self.generator,
                           may_lookahead=not (last and self.strategy.scheduled),
-                          defer_candidates=self.defer_candidates and not for_graph)
+                          defer_candidates=self.reads_free and not for_graph)
         decision: StepDecision = self.strategy.decide(state)
         if fill is None:
             return block_ids, masked_count, entropy, decision.kind, decision.commit, decision, state
@@ -871,7 +873,7 @@ class _Run:
             out_offset = 0
         else:
             read_positions = None
-            if self.fused_head and self.defer_candidates:
+            if self.fused_head and self.reads_free:
                 # Only the still-masked positions are read (the objective, the winner's logits): where
                 # selecting them costs no sync, the last layer's MLP skips the others.
                 read_positions = torch.zeros_like(window, dtype=torch.bool)
