@@ -8,6 +8,8 @@ from infogain import _threads
 def test_flag_then_environment_then_free_cores(monkeypatch):
     monkeypatch.delenv(_threads.ENV_VAR, raising=False)
     monkeypatch.setattr(_threads, "physical_cores", lambda: 6)
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(_threads, "busy_cpus_now", lambda: None)   # no present-time check here
     monkeypatch.setattr(_threads.os, "getloadavg", lambda: (1.2, 0.0, 0.0))   # this process only
     assert _threads.choose_threads() == 6
     assert _threads.choose_threads(num_parameters=_threads.TINY_WORK - 1) == 1
@@ -46,6 +48,38 @@ def test_apply_sets_torch_threads(monkeypatch):
         assert _threads.apply_threads(num_parameters=1000) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_load_average_is_checked_against_the_present(monkeypatch):
+    """A load average that remembers finished work does not cost threads; work running now does."""
+    monkeypatch.setattr(_threads, "physical_cores", lambda: 4)
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 8)           # two hyper-threads per core
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (3.0, 0.0, 0.0))
+    busy = {"now": 0.1}
+    calls = []
+
+    def busy_now():
+        calls.append(1)
+        return busy["now"]
+
+    monkeypatch.setattr(_threads, "busy_cpus_now", busy_now)
+    assert _threads.free_cores() == 4          # the run that raised the average has ended
+    busy["now"] = 4.0                          # four busy hyper-threads: two cores
+    assert _threads.free_cores() == 2
+    busy["now"] = 8.0                          # the present says more than the average: the average wins
+    assert _threads.free_cores() == 2
+    busy["now"] = None                         # no /proc/stat: the average alone
+    assert _threads.free_cores() == 2
+    monkeypatch.setattr(_threads.os, "getloadavg", lambda: (1.0, 0.0, 0.0))
+    calls.clear()
+    assert _threads.free_cores() == 4 and not calls   # nothing else running: no need to look
+
+
+def test_busy_cpus_now_reads_the_machine():
+    busy = _threads.busy_cpus_now(0.05)
+    if busy is None:
+        pytest.skip("no /proc/stat here")
+    assert 0.0 <= busy <= (torch.multiprocessing.cpu_count() or 1) + 1e-6
 
 
 def test_physical_cores_is_positive():

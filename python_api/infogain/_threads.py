@@ -8,8 +8,9 @@ on a 2-core machine with another job running, the ops ran up to 6x slower at 2 t
 The policy (:func:`choose_threads`): the ``--threads`` flag, else the ``INFOGAIN_THREADS``
 environment variable, else 1 for tiny work (a forward of fewer than :data:`TINY_WORK` parameters x
 tokens: its matrix products take microseconds and threading only adds synchronisation; the shipped
-toy model decoding one prompt), else the physical cores available to this process that the last
-minute's load average leaves free (at least 1): on a busy machine extra threads wait on each other
+toy model decoding one prompt), else the physical cores available to this process that other work
+leaves free (at least 1; the last minute's load average, checked against the present when it
+reports other work, see :func:`free_cores`): on a busy machine extra threads wait on each other
 (measured here: the demo's sudoku runs took 3.7 s at 1 thread and 38 s at 2 with another job
 running). When several processes of one run share the machine (data-parallel ranks of ``infogain
 eval``), each takes its share of those cores; the flag and the variable are per process. The
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from typing import Optional
 
 import torch
@@ -57,17 +59,51 @@ def _positive_int(name: str, value) -> int:
     return number
 
 
+# How long :func:`busy_cpus_now` watches the machine (seconds): 10 ticks of /proc/stat per CPU.
+BUSY_SAMPLE_S = 0.1
+
+
+def busy_cpus_now(sample_s: float = BUSY_SAMPLE_S) -> Optional[float]:
+    """Logical CPUs kept busy by other work right now (this process sleeps while it watches): the busy
+    share of the machine's CPU time in /proc/stat over ``sample_s``, times its CPU count. None where
+    there is no /proc/stat."""
+    def snapshot():
+        with open("/proc/stat") as fh:
+            lines = fh.read().splitlines()
+        # cpu user nice system idle iowait irq softirq steal (guest time is inside user)
+        fields = [int(x) for x in lines[0].split()[1:9]]
+        return sum(fields), fields[3] + fields[4], sum(1 for line in lines[1:] if line.startswith("cpu"))
+
+    try:
+        total_0, idle_0, _ = snapshot()
+        time.sleep(sample_s)
+        total_1, idle_1, cpus = snapshot()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total_1 - total_0
+    if elapsed <= 0 or cpus < 1:
+        return None
+    return (1.0 - (idle_1 - idle_0) / elapsed) * cpus
+
+
 def free_cores() -> int:
     """Physical cores the machine's load leaves free, at least 1.
 
     One unit of the last minute's load average is taken to be this process (or the run just before
-    it, which the one-minute average still remembers); the rest is other work, whose cores are not
-    free."""
+    it); the rest is other work, whose cores are not free. The average also remembers work that has
+    just ended (a benchmark run a moment ago reads as a busy core for about a minute), so when it
+    reports other work, :func:`busy_cpus_now` checks the present and the smaller count wins: work
+    that is really running shows in both."""
     cores = physical_cores()
     try:
         others = max(0, int(round(os.getloadavg()[0])) - 1)
     except (AttributeError, OSError):  # no load average on this platform
         others = 0
+    if others:
+        busy = busy_cpus_now()
+        if busy is not None:
+            logical_per_core = max(1, (os.cpu_count() or cores) // cores)
+            others = min(others, int(round(busy / logical_per_core)))
     return max(1, cores - others)
 
 
