@@ -13,8 +13,9 @@
 // Row chunks of at most kMaxRows rows x vocabulary pieces of at most kPieceLogits / rows columns:
 // each piece is one matmul into a buffer that stays in cache, then the row pass folds it into each
 // row's running statistics (the online log-sum-exp of step_stats_cpu_kernel.h), so the logits are
-// read once, right after they are written. The matmul uses torch's intra-op threads, the fold the
-// rows' parallel driver.
+// read once, right after they are written. The matmul uses torch's intra-op threads; the fold runs
+// on the calling thread (a few percent of the matmul's time): handed to other threads it competed
+// with torch's OpenMP workers, which spin for a while after each matmul, and was measured slower.
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
@@ -129,7 +130,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lm_head_stats_cpu(
 }  // namespace infogain
 
 TORCH_LIBRARY_FRAGMENT(infogain, m) {
-  m.def("_lm_head_stats_cpu(Tensor hidden, Tensor weight, Tensor? bias, bool with_top) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_lm_head_stats_cpu(Tensor hidden, Tensor weight, Tensor? bias, bool with_top) -> "
+      "(Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(infogain, CPU, m) {

@@ -210,7 +210,7 @@ def _lm_head_entropy_impl(hidden: torch.Tensor, weight: torch.Tensor, bias: Opti
     if not with_top and isinstance(stats, torch.Tensor):
         stats = (stats, *_empty_top(stats, 0))
     entropy = stats[0].view(lead_shape)
-    top = tuple(t.view(lead_shape) for t in stats[1:]) if with_top else tuple(t.clone() for t in stats[1:])
+    top = tuple(t.view(lead_shape) if with_top else t for t in stats[1:])  # [0]-shaped without with_top
     empty = entropy.new_empty(0)
     if variant is None:
         return (entropy, empty, empty.clone(), *top)

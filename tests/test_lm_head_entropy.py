@@ -409,9 +409,16 @@ def test_real_head_shapes_match_matmul_and_token_stats(dtype, rows, dim, vocab):
     hidden = torch.randn(*rows, dim, device="cuda", generator=generator).to(dtype)
     weight = (torch.randn(vocab, dim, device="cuda", generator=generator) * dim ** -0.5).to(dtype)
     mask = torch.rand(rows, device="cuda", generator=generator) < 0.5
-    got = lm_head_entropy(hidden, weight, mask=mask).entropy
-    want = token_stats(F.linear(hidden, weight), mask)[0]
-    torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-3)
+    got = lm_head_entropy(hidden, weight, mask=mask, with_top=True)
+    want = token_stats(F.linear(hidden, weight), mask)
+    torch.testing.assert_close(got.entropy, want[0], atol=2e-3, rtol=1e-3)
+    torch.testing.assert_close(got.top1_prob, want[1], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(got.top2_prob, want[3], atol=1e-4, rtol=1e-3)
+    # The two matmuls may round a logit differently: ids must agree wherever the top two are apart.
+    clear = want[1] - want[3] > 1e-3
+    assert torch.equal(got.top1_id[clear], want[2][clear])
+    # Without the top-2 the tiles differ (more rows per program), the entropies only by rounding.
+    torch.testing.assert_close(lm_head_entropy(hidden, weight, mask=mask).entropy, got.entropy, atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("splits", [1, 3])

@@ -765,7 +765,8 @@ class _Run:
             stats, (SKIPPED_ENTROPY, SKIPPED_PROB, SKIPPED_ID, SKIPPED_PROB)))
         # At T = 0 every draw is the arg-max.
         shape = (*top1_id.shape, num_samples)
-        return entropy, top1_prob, top1_id, top2_prob, top1_id[..., None].expand(shape), top1_prob[..., None].expand(shape)
+        tokens, token_probs = top1_id[..., None].expand(shape), top1_prob[..., None].expand(shape)
+        return entropy, top1_prob, top1_id, top2_prob, tokens, token_probs
 
     def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
         """One denoising step of every row; returns (kinds, masks left) as host lists.
