@@ -83,31 +83,40 @@ inline float to_float(T v) {
   return static_cast<float>(v);
 }
 
-// Fill `chunk` with row[begin : begin + n] (element stride `stride`); `buf` has kChunk floats.
-// Contiguous float32 rows are read in place; other rows are converted into `buf`.
+// Fill `chunk` with row[begin : begin + n] (element stride `stride`) as float32, plus
+// bias[begin : begin + n] when `bias` is given (the LM head's); `buf` has kChunk floats. Contiguous
+// float32 rows without a bias are read in place; everything else is converted into `buf`.
 template <typename T>
-inline void load_chunk(const T* row, int64_t stride, int64_t begin, int64_t n, float* buf, Chunk& chunk) {
+inline void load_chunk(const T* row, int64_t stride, int64_t begin, int64_t n, float* buf, Chunk& chunk,
+                       const float* bias = nullptr) {
   chunk.n = n;
   chunk.full = n / kW * kW;
   const T* src = row + begin * stride;
+  const float* add = bias != nullptr ? bias + begin : nullptr;
   if (stride == 1) {
     if constexpr (std::is_same_v<T, float>) {
-      chunk.data = src;
+      if (add == nullptr) {
+        chunk.data = src;
+      } else {
+        for (int64_t i = 0; i < chunk.full; i += kW) (Vec::loadu(src + i) + Vec::loadu(add + i)).store(buf + i);
+        chunk.data = buf;
+      }
     } else {
       for (int64_t i = 0; i < chunk.full; i += kW) {
         Vec v;
         at::vec::load_to_float<T>(src + i, v);
+        if (add != nullptr) v = v + Vec::loadu(add + i);
         v.store(buf + i);
       }
       chunk.data = buf;
     }
   } else {
-    for (int64_t i = 0; i < chunk.full; ++i) buf[i] = to_float(src[i * stride]);
+    for (int64_t i = 0; i < chunk.full; ++i) buf[i] = to_float(src[i * stride]) + (add != nullptr ? add[i] : 0.f);
     chunk.data = buf;
   }
   for (int64_t j = 0; j < kW; ++j) {
     int64_t i = chunk.full + j;
-    chunk.tail[j] = i < n ? to_float(src[i * stride]) : kNegInf;
+    chunk.tail[j] = i < n ? to_float(src[i * stride]) + (add != nullptr ? add[i] : 0.f) : kNegInf;
   }
 }
 
@@ -326,28 +335,6 @@ void run_typed(const RowPassArgs& a, int64_t begin, int64_t end) {
   }
 }
 
-// One row's piece of LM-head logits as float32 with the bias added (always copied into `buf`).
-template <typename T>
-inline void load_head_chunk(const T* src, const float* bias, int64_t n, float* buf, Chunk& chunk) {
-  chunk.n = n;
-  chunk.full = n / kW * kW;
-  for (int64_t i = 0; i < chunk.full; i += kW) {
-    Vec v;
-    if constexpr (std::is_same_v<T, float>) {
-      v = Vec::loadu(src + i);
-    } else {
-      at::vec::load_to_float<T>(src + i, v);
-    }
-    if (bias != nullptr) v = v + Vec::loadu(bias + i);
-    v.store(buf + i);
-  }
-  chunk.data = buf;
-  for (int64_t j = 0; j < kW; ++j) {
-    const int64_t i = chunk.full + j;
-    chunk.tail[j] = i < n ? to_float(src[i]) + (bias != nullptr ? bias[i] : 0.f) : kNegInf;
-  }
-}
-
 template <typename T, bool kTop>
 void head_piece_rows(const HeadPieceArgs& a, int64_t begin, int64_t end) {
   const T* logits = static_cast<const T*>(a.logits);
@@ -357,7 +344,7 @@ void head_piece_rows(const HeadPieceArgs& a, int64_t begin, int64_t end) {
     RowStats& st = a.stats[r];
     const T* row = logits + r * a.ld;
     for (int64_t c = 0; c < a.cols && !st.bad; c += kChunk) {
-      load_head_chunk<T>(row + c, a.bias != nullptr ? a.bias + c : nullptr, std::min(kChunk, a.cols - c), buf, chunk);
+      load_chunk<T>(row, 1, c, std::min(kChunk, a.cols - c), buf, chunk, a.bias);
       accumulate_chunk<kTop, false>(st, chunk, a.col_offset + c, 1.f);
     }
   }

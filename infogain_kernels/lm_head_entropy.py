@@ -147,6 +147,12 @@ def _empty_top(like: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor, 
     return (like.new_zeros(n), like.new_full((n,), SKIPPED_ID, dtype=torch.int64), like.new_zeros(n))
 
 
+def _skipped_outputs(n_rows: int, device: torch.device, with_top: bool) -> Tuple[torch.Tensor, ...]:
+    """Flat outputs of ``n_rows`` positions holding the values of skipped (masked-out) positions."""
+    entropy = torch.full((n_rows,), SKIPPED_ENTROPY, dtype=torch.float32, device=device)
+    return (entropy, *_empty_top(entropy, n_rows)) if with_top else (entropy,)
+
+
 def lm_head_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                               keep: Optional[torch.Tensor], with_top: bool = False):
     """Torch reference (the specification): flat float32 entropy [prod(hidden.shape[:-1])], or with
@@ -161,8 +167,7 @@ def lm_head_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: 
     lead_shape = hidden.shape[:-1]
     n_rows = lead_shape.numel()
     n_vocab = weight.shape[0]
-    entropy = torch.full((n_rows,), SKIPPED_ENTROPY, dtype=torch.float32, device=hidden.device)
-    outputs = (entropy, *_empty_top(entropy, n_rows)) if with_top else (entropy,)
+    outputs = _skipped_outputs(n_rows, hidden.device, with_top)
     selected = torch.arange(n_rows, device=hidden.device) if keep is None else keep.reshape(-1).nonzero().squeeze(-1)
     if selected.numel() > 0:
         rows_per_chunk = min(selected.numel(), _MAX_CHUNK_ROWS)
@@ -172,7 +177,7 @@ def lm_head_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: 
             rows = hidden[torch.unravel_index(chunk, lead_shape)] if lead_shape else hidden.unsqueeze(0)
             for output, value in zip(outputs, _rows_stats(rows, weight, bias, cols_per_chunk, with_top)):
                 output[chunk] = value
-    return outputs if with_top else entropy
+    return outputs if with_top else outputs[0]
 
 
 def _native_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -186,8 +191,7 @@ def _native_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         return torch.ops.infogain._lm_head_stats_cpu(flat, weight, bias, with_top)
     selected = keep.reshape(-1).nonzero().squeeze(-1)
     stats = torch.ops.infogain._lm_head_stats_cpu(flat[selected], weight, bias, with_top)
-    entropy = torch.full((n_rows,), SKIPPED_ENTROPY, dtype=torch.float32, device=hidden.device)
-    outputs = (entropy, *_empty_top(entropy, n_rows)) if with_top else (entropy,)
+    outputs = _skipped_outputs(n_rows, hidden.device, with_top)
     for output, value in zip(outputs, stats):
         output[selected] = value
     return outputs + stats[len(outputs):]

@@ -248,11 +248,12 @@ class InfoGainLM(LM):
         if self._device.type == "cpu":
             # The package's thread policy (infogain._threads), the free cores shared among this machine's
             # processes of the run.
-            local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by torchrun / accelerate
+            from .evaluation.runner import Dist
+
             _threads.apply_threads(None if threads is None else _coerce("threads", threads, int),
                                    num_parameters=_threads.model_parameters(self.model),
                                    tokens_per_forward=self.batch_size * self.max_length,
-                                   local_processes=local_processes)
+                                   local_processes=Dist.from_env().local_world_size)
         self.eos_id = self.tokenizer.eos_token_id
         self.prefix_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
         if self.prefix_id is None:

@@ -758,7 +758,8 @@ class _Run:
         stats = self.head_stats
         if not all(self.head_stats_rows):
             fresh = host_ints_to_device([int(f) for f in self.head_stats_rows], self.device).bool()[:, None]
-            computed = step_stats(self.block_logits, masked, check_values=False)[:4]
+            # The other rows' statistics; the reused rows' logits are stale and not read.
+            computed = step_stats(self.block_logits, masked & ~fresh, check_values=False)[:4]
             stats = tuple(torch.where(fresh, reused, other) for reused, other in zip(stats, computed))
         # Positions filled since (the EOS fill) hold step_stats' fill values.
         entropy, top1_prob, top1_id, top2_prob = (torch.where(masked, value, fill) for value, fill in zip(
