@@ -14,7 +14,7 @@ import torch
 from scipy import stats as scipy_stats
 from torch import nn
 
-from infogain import bench
+from infogain import bench, bench_timing
 from infogain.naive import NaiveInfoGainSampler, compute_entropy, schedule
 
 TINY_CHECKPOINTS = os.path.join(os.path.dirname(__file__), "tiny_checkpoints.py")
@@ -122,7 +122,7 @@ class _Nested(nn.Module):
 
 def test_forward_timer_counts_outermost_calls_and_restores_methods():
     model = _Nested()
-    with bench.ForwardTimer(model, torch.device("cpu")) as timer:
+    with bench_timing.ForwardTimer(model, torch.device("cpu")) as timer:
         model(torch.zeros(2))
         model.prefill(torch.zeros(2))
         assert "forward" in model.__dict__

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import infogain.models
-import infogain.samplers.sampler as sampler_module
+import infogain.samplers.lookahead as lookahead_module
 from infogain.samplers import InfoGainSampler
-from infogain.samplers.sampler import _Run
+from infogain.samplers.run import _Run
 from test_samplers_cache import PROMPTS as RAGGED_PROMPTS  # ragged: lengths 5, 1, 3
 from test_samplers_cache import SETTINGS, models  # noqa: F401  (the tiny LLaDA / Dream / SDAR fixture)
 from test_samplers_helpers import single_thread  # noqa: F401  (autouse fixture)
@@ -19,13 +19,13 @@ from tiny_checkpoints import write_tiny_checkpoint
 def fused_calls(monkeypatch):
     """Counts the sampler's calls of lm_head_entropy."""
     calls = []
-    original = sampler_module.lm_head_entropy
+    original = lookahead_module.lm_head_entropy
 
     def spy(*args, **kwargs):
         calls.append(args[0].shape)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(sampler_module, "lm_head_entropy", spy)
+    monkeypatch.setattr(lookahead_module, "lm_head_entropy", spy)
     return calls
 
 

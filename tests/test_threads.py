@@ -84,3 +84,23 @@ def test_busy_cpus_now_reads_the_machine():
 
 def test_physical_cores_is_positive():
     assert 1 <= _threads.physical_cores() <= (torch.multiprocessing.cpu_count() or 1)
+
+
+def test_local_processes_come_from_the_launcher(monkeypatch):
+    """Under torchrun / accelerate launch the policy shares the free cores among this machine's processes of
+    the run (LOCAL_WORLD_SIZE, else WORLD_SIZE), and eval's process layout reads the same variables."""
+    from infogain.evaluation.runner import Dist
+
+    for name in ("LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK", "LOCAL_RANK", _threads.ENV_VAR):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(_threads, "free_cores", lambda: 4)
+    assert _threads.local_world_size() == 1 and _threads.choose_threads() == 4
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert _threads.local_world_size() == 4 and _threads.choose_threads() == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")   # two machines, two processes each
+    assert _threads.local_world_size() == 2 and _threads.choose_threads() == 2
+    assert _threads.choose_threads(local_processes=1) == 4   # an explicit count wins
+    assert Dist.from_env().local_world_size == 2
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="LOCAL_WORLD_SIZE='two' is not an integer"):
+        _threads.choose_threads()

@@ -1,5 +1,5 @@
 """Helpers shared by the command-line subcommands (``python -m infogain ...``) and ``benches/``:
-comma-separated option values, output locations, plain-text tables."""
+sampler-option flags, comma-separated option values, output locations, plain-text tables."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +16,24 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if "default" in text or action.default is None or action.default is False:
             return text
         return super()._get_help_string(action)
+
+
+def option_type(name: str):
+    """An argparse ``type`` reading ``generate`` option ``name`` with the package's one option parser
+    (:func:`infogain.samplers.options.parse_option`); a bad value is a usage error with its message."""
+    from .samplers.options import option_types, parse_option
+
+    if name not in option_types():
+        raise ValueError(f"{name!r} is not a generate option")
+
+    def parse(text: str):
+        try:
+            return parse_option(name, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = name   # argparse names the type in some of its messages
+    return parse
 
 
 def split_list(option: str, text: str) -> List[str]:

@@ -13,7 +13,9 @@ leaves free (at least 1; the last minute's load average, checked against the pre
 reports other work, see :func:`free_cores`): on a busy machine extra threads wait on each other
 (measured here: the demo's sudoku runs took 3.7 s at 1 thread and 38 s at 2 with another job
 running). When several processes of one run share the machine (data-parallel ranks of ``infogain
-eval``), each takes its share of those cores; the flag and the variable are per process. The
+eval`` or of the lm-evaluation-harness model under torchrun / accelerate launch, counted by
+:func:`local_world_size`), each takes its share of those cores; the flag and the variable are per
+process. The
 library itself never changes the thread count; the entry points call :func:`apply_threads` and
 print and record the result.
 """
@@ -21,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import time
 from typing import Optional
 
 import torch
+
+from infogain_kernels._validation import check_positive_int
 
 ENV_VAR = "INFOGAIN_THREADS"
 # Parameters x tokens of one forward below which one thread is best: the toy model (0.66M
@@ -49,14 +54,36 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+def _decimal(value) -> Optional[int]:
+    """An int, or the int its decimal text spells (``"3"``, not ``"3.0"``); None for anything else."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = value.strip() if isinstance(value, str) else ""
+    return int(text) if re.fullmatch(r"[-+]?[0-9]+", text) else None
+
+
 def _positive_int(name: str, value) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
-    if number < 1 or str(number) != str(value).strip():
+    number = _decimal(value)
+    if number is None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return check_positive_int(name, number)
+
+
+def launch_variable(name: str, default: int) -> int:
+    """An integer that torchrun / accelerate launch set for this process (``WORLD_SIZE``, ``RANK``,
+    ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``), ``default`` when unset; ValueError naming it otherwise."""
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return default
+    number = _decimal(value)
+    if number is None:
+        raise ValueError(f"environment variable {name}={value!r} is not an integer")
     return number
+
+
+def local_world_size() -> int:
+    """The processes of this run on this machine: ``LOCAL_WORLD_SIZE``, else ``WORLD_SIZE``, else 1."""
+    return launch_variable("LOCAL_WORLD_SIZE", launch_variable("WORLD_SIZE", 1))
 
 
 # How long :func:`busy_cpus_now` watches the machine (seconds): 10 ticks of /proc/stat per CPU.
@@ -108,11 +135,13 @@ def free_cores() -> int:
 
 
 def choose_threads(threads: Optional[int] = None, *, num_parameters: Optional[int] = None,
-                   tokens_per_forward: int = 1, local_processes: int = 1) -> int:
+                   tokens_per_forward: int = 1, local_processes: Optional[int] = None) -> int:
     """The thread count to use: ``threads`` if given, else ``$INFOGAIN_THREADS``, else 1 when
     ``num_parameters * tokens_per_forward`` is below :data:`TINY_WORK`, else :func:`free_cores`
-    divided among the ``local_processes`` processes of the run on this machine (at least 1 each)."""
-    local_processes = _positive_int("local_processes", local_processes)
+    divided among the ``local_processes`` processes of the run on this machine (at least 1 each;
+    None: :func:`local_world_size`, from the launcher's environment)."""
+    local_processes = _positive_int("local_processes",
+                                    local_world_size() if local_processes is None else local_processes)
     if threads is not None:
         return _positive_int("--threads", threads)
     env = os.environ.get(ENV_VAR, "").strip()
@@ -124,7 +153,7 @@ def choose_threads(threads: Optional[int] = None, *, num_parameters: Optional[in
 
 
 def apply_threads(threads: Optional[int] = None, *, num_parameters: Optional[int] = None,
-                  tokens_per_forward: int = 1, local_processes: int = 1) -> int:
+                  tokens_per_forward: int = 1, local_processes: Optional[int] = None) -> int:
     """:func:`choose_threads`, then ``torch.set_num_threads``; returns the count now in effect."""
     count = choose_threads(threads, num_parameters=num_parameters, tokens_per_forward=tokens_per_forward,
                            local_processes=local_processes)

@@ -55,16 +55,17 @@ import os
 import platform
 import statistics
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
 
 from . import _threads, models
-from ._cliutil import HelpFormatter, format_table, make_output_dir, parse_device, split_list
+from infogain_kernels._validation import check_positive_int
+
+from .bench_timing import profiled, step_profile, timed
+from ._cliutil import HelpFormatter, format_table, make_output_dir, option_type, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
-CACHE_MODES = ("none", "prefix", "dual")
 RANDOM_WEIGHT_PRESETS = ("llada-8b", "dream-7b", "sdar-8b")
 
 # Per-source defaults: the toy model's context is 64 positions, the real
@@ -99,6 +100,8 @@ def _bench_common():
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .samplers import GenerateOptions
+
     parser = argparse.ArgumentParser(
         prog="python -m infogain bench", formatter_class=HelpFormatter,
         description="End-to-end tokens/s, NFE, bypass rate and sampler overhead of each sampler x cache "
@@ -116,12 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache", default="none,prefix,dual", help="comma-separated cache modes")
     for name, text in (("prompt-length", "random prompt tokens per row"), ("gen-length", "gen_length"),
                        ("steps", "steps"), ("block-length", "block_length")):
-        parser.add_argument(f"--{name}", type=int, default=None,
-                            help=f"{text} (default: {_TOY_DEFAULTS[name.replace('-', '_')]} for the toy model, "
-                                 f"{_FULL_DEFAULTS[name.replace('-', '_')]} otherwise)")
-    parser.add_argument("--candidates", type=int, default=8, help="candidate_number")
-    parser.add_argument("--position-temperature", type=float, default=0.2, help="position_temperature")
-    parser.add_argument("--threshold", type=float, default=0.8, help="bypass threshold")
+        key = name.replace("-", "_")
+        parser.add_argument(f"--{name}", type=int if key == "prompt_length" else option_type(key), default=None,
+                            help=f"{text} (default: {_TOY_DEFAULTS[key]} for the toy model, "
+                                 f"{_FULL_DEFAULTS[key]} otherwise)")
+    # The sampler options take generate's own defaults (infogain.samplers.options).
+    parser.add_argument("--candidates", "--candidate-number", dest="candidates", type=option_type("candidate_number"),
+                        default=GenerateOptions.candidate_number, help="candidate_number")
+    parser.add_argument("--position-temperature", type=option_type("position_temperature"),
+                        default=GenerateOptions.position_temperature, help="position_temperature")
+    parser.add_argument("--threshold", type=option_type("threshold"), default=GenerateOptions.threshold,
+                        help="bypass threshold")
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call")
     parser.add_argument("--settings", default=None,
                         help=f"comma-separated, from {', '.join(SETTINGS)} (default: all three for the toy model, "
@@ -160,13 +168,11 @@ def parse_config_overrides(text: Optional[str]) -> Dict[str, int]:
 def _check_args(args) -> None:
     if args.config is not None and not args.random_weights:
         raise ValueError("--config only applies with --random-weights")
-    for name in ("prompt_length", "gen_length", "steps", "block_length"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    for name in ("candidates", "batch_size", "repeats"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    from .samplers import CACHE_MODES
+
+    for name in ("prompt_length", "gen_length", "steps", "block_length", "candidates", "batch_size", "repeats"):
+        if getattr(args, name) is not None:
+            check_positive_int(f"--{name.replace('_', '-')}", getattr(args, name))
     unknown = [c for c in args.cache_modes if c not in CACHE_MODES]
     if unknown:
         raise ValueError(f"--cache: unknown mode(s) {unknown}; choose from {list(CACHE_MODES)}")
@@ -174,6 +180,14 @@ def _check_args(args) -> None:
         unknown = [s for s in split_list("--settings", args.settings) if s not in SETTINGS]
         if unknown:
             raise ValueError(f"--settings: unknown setting(s) {unknown}; choose from {list(SETTINGS)}")
+
+
+def generate_options(args, shape: Dict[str, int]) -> Dict[str, object]:
+    """The ``generate`` options of the command's "bench" setting: ``shape`` (gen_length, steps,
+    block_length), the sampler flags, temperature 0 (the token comparison needs it) and ``--seed``."""
+    return {"gen_length": shape["gen_length"], "steps": shape["steps"], "block_length": shape["block_length"],
+            "candidate_number": args.candidates, "position_temperature": args.position_temperature,
+            "threshold": args.threshold, "temperature": 0.0, "seed": args.seed}
 
 
 def _load_model(args, device: torch.device, dtype: torch.dtype):
@@ -217,75 +231,6 @@ def random_prompts(batch_size: int, prompt_length: int, vocab_size: int, special
     return allowed[picks].to(device)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class ForwardTimer:
-    """Times every model forward (``forward``, ``prefill``, ``forward_window`` and the
-    hidden-state / LM-head entry points of :class:`infogain.models.Transformer`)
-    between device synchronisations, while active.
-
-    It patches the model *instance*'s methods (``model(x)`` resolves
-    ``self.forward`` on the instance) and restores them on exit; nested calls
-    (``prefill`` calling ``forward``) are counted once. Use it only in a
-    profiled pass: the synchronisations perturb the timing of asynchronous code.
-    """
-
-    METHODS = ("forward", "prefill", "forward_window", "window_hidden_states", "hidden_states",
-               "logits_from_hidden")
-
-    def __init__(self, model, device: torch.device):
-        self.model = model
-        self.device = device
-        self.seconds = 0.0
-        self.calls = 0
-        self._depth = 0
-
-    def _wrap(self, method):
-        def timed(*args, **kwargs):
-            if self._depth:
-                return method(*args, **kwargs)
-            _synchronize(self.device)
-            start = time.perf_counter()
-            self._depth += 1
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self._depth -= 1
-                _synchronize(self.device)
-                self.seconds += time.perf_counter() - start
-                self.calls += 1
-        return timed
-
-    def __enter__(self):
-        for name in self.METHODS:
-            if hasattr(type(self.model), name):
-                setattr(self.model, name, self._wrap(getattr(self.model, name)))
-        return self
-
-    def __exit__(self, *exc):
-        for name in self.METHODS:
-            self.model.__dict__.pop(name, None)
-        return False
-
-
-def _timed(fn, device: torch.device):
-    _synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    _synchronize(device)
-    return result, time.perf_counter() - start
-
-
-def _profiled(fn, model, device: torch.device) -> Dict[str, float]:
-    with ForwardTimer(model, device) as timer:
-        _, wall = _timed(fn, device)
-    return {"wall_s": wall, "forward_s": timer.seconds, "forward_calls": timer.calls,
-            "overhead": max(0.0, 1.0 - timer.seconds / wall) if wall > 0 else None}
-
-
 def compare_sequences(fast: torch.Tensor, naive: torch.Tensor) -> Optional[str]:
     """None when equal, else a one-line description of the first difference."""
     fast, naive = fast.detach().cpu(), naive.detach().cpu()
@@ -308,62 +253,6 @@ def setting_kwargs(setting: str, base: Dict[str, object]) -> Dict[str, object]:
 
         return dict(base, **DEMO_SETTINGS, steps=base["gen_length"], block_length=base["gen_length"])
     return dict(base)
-
-
-def step_profile(fn) -> Dict[str, object]:
-    """Run ``fn`` (a fast-sampler generate) with every decoding step timed; returns the steps of each
-    kind and the lookahead premium.
-
-    A step is the driver's loop iteration: the fresh forward of the rows that need one, then
-    ``_step`` (decision, commits and, for lookahead rows, the candidates' batched forward). Steps
-    are counted per row by the kind of their commit (``steps_<kind>``). ``lookahead_premium`` is
-    the mean wall time of a step that ran the lookahead divided by that of a plain window step (a
-    fresh forward and no lookahead), both from this one run (None when the run has no step of one of
-    the two kinds: at threshold 1.0 every non-fill step looks ahead and reuses the winner's logits).
-    """
-    from .samplers.sampler import _Run
-    from .stats import COMMIT_KINDS, KIND_LOOKAHEAD
-
-    counts = {kind: 0 for kind in ("none",) + COMMIT_KINDS}
-    lookahead_s, plain_s = [], []
-    pending = {"forward_s": 0.0}
-    original_forward, original_step = _Run._forward_rows, _Run._step
-
-    def forward_rows(self, *args, **kwargs):
-        begin = time.perf_counter()
-        try:
-            return original_forward(self, *args, **kwargs)
-        finally:
-            pending["forward_s"] += time.perf_counter() - begin
-
-    def step(self, *args, **kwargs):
-        begin = time.perf_counter()
-        kinds, masks_left = original_step(self, *args, **kwargs)
-        elapsed = time.perf_counter() - begin + pending["forward_s"]
-        forwarded = pending["forward_s"] > 0
-        pending["forward_s"] = 0.0
-        for kind in kinds:
-            counts["none" if kind == 0 else COMMIT_KINDS[kind - 1]] += 1
-        if KIND_LOOKAHEAD in kinds:
-            lookahead_s.append(elapsed)
-        elif forwarded:
-            plain_s.append(elapsed)
-        return kinds, masks_left
-
-    _Run._forward_rows, _Run._step = forward_rows, step
-    try:
-        fn()
-    finally:
-        _Run._forward_rows, _Run._step = original_forward, original_step
-    result: Dict[str, object] = {f"steps_{kind}": n for kind, n in counts.items()}
-    result["steps"] = len(lookahead_s) + len(plain_s)
-    result["lookahead_steps"] = len(lookahead_s)
-    result["plain_steps"] = len(plain_s)
-    result["lookahead_step_ms"] = statistics.mean(lookahead_s) * 1e3 if lookahead_s else None
-    result["plain_step_ms"] = statistics.mean(plain_s) * 1e3 if plain_s else None
-    result["lookahead_premium"] = (statistics.mean(lookahead_s) / statistics.mean(plain_s)
-                                   if lookahead_s and plain_s else None)
-    return result
 
 
 def _median(values: List[float]) -> float:
@@ -393,7 +282,7 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        fast_result, _ = _timed(fast_call, device)  # warm-up; its tokens are the ones compared
+        fast_result, _ = timed(fast_call, device)  # warm-up; its tokens are the ones compared
         if device.type == "cuda":
             row["fast_peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
         fast_stats = fast_result.stats.to_dict()
@@ -403,7 +292,7 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
         if naive_call is not None:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            naive_result, _ = _timed(naive_call, device)
+            naive_result, _ = timed(naive_call, device)
             if device.type == "cuda":
                 row["naive_peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
             row["naive_nfe"] = naive_result.stats.get("nfe")
@@ -415,12 +304,12 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
 
         fast_times, naive_times = [], []
         for _ in range(repeats):  # interleaved so that slow drifts (clocks, other load) hit both alike
-            fast_times.append(_timed(fast_call, device)[1])
+            fast_times.append(timed(fast_call, device)[1])
             if naive_call is not None:
-                naive_times.append(_timed(naive_call, device)[1])
+                naive_times.append(timed(naive_call, device)[1])
         row["fast_wall_s"] = _median(fast_times)
         row["fast_tok_s"] = generated / row["fast_wall_s"]
-        profile = _profiled(fast_call, model, device)
+        profile = profiled(fast_call, model, device)
         row["overhead"] = profile["overhead"]
         row["profiled_wall_s"] = profile["wall_s"]
         row["profiled_forward_s"] = profile["forward_s"]
@@ -430,7 +319,7 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
             row["naive_wall_s"] = _median(naive_times)
             row["naive_tok_s"] = generated / row["naive_wall_s"]
             row["speedup"] = row["naive_wall_s"] / row["fast_wall_s"]
-            row["naive_overhead"] = _profiled(naive_call, model, device)["overhead"]
+            row["naive_overhead"] = profiled(naive_call, model, device)["overhead"]
     except Exception as exc:  # one broken configuration must not hide the others' results
         row["error"] = f"{type(exc).__name__}: {exc}"
     return row
@@ -507,11 +396,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     config = model.config
     prompts = random_prompts(args.batch_size, shape["prompt_length"], config.vocab_size,
                              (config.mask_token_id, config.eos_token_id, config.pad_token_id), args.seed, device)
-    generate_kwargs = {
-        "gen_length": shape["gen_length"], "steps": shape["steps"], "block_length": shape["block_length"],
-        "candidate_number": args.candidates, "position_temperature": args.position_temperature,
-        "threshold": args.threshold, "temperature": 0.0, "seed": args.seed,
-    }
+    generate_kwargs = generate_options(args, shape)
     settings = {"model": source, "dtype": str(dtype).replace("torch.", ""), "threads": threads,
                 "batch_size": args.batch_size,
                 "prompt_length": shape["prompt_length"], "repeats": args.repeats,

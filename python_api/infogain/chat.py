@@ -24,16 +24,9 @@ from typing import List, Optional, TextIO
 
 import torch
 
-from ._options import generate_option_kinds
+from ._cliutil import option_type
 from .models import DTYPES
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in ("true", "1", "yes"):
-        return True
-    if text.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+from .samplers.options import option_types
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -49,10 +42,15 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: the checkpoint's dtype")
     options = parser.add_argument_group("sampler options (GenerateOptions; unset = its default)")
-    for name, kind in generate_option_kinds().items():
-        options.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
-                             type=_bool if kind is bool else kind, metavar=kind.__name__.upper())
+    for name, (kind, _) in option_types().items():
+        options.add_argument("--" + name.replace("_", "-"), dest=name, default=None, type=option_type(name),
+                             metavar=kind.__name__.upper())
     return parser
+
+
+def generate_options(args: argparse.Namespace) -> dict:
+    """The ``generate`` options set on the command line (unset flags and null values keep the defaults)."""
+    return {name: getattr(args, name) for name in option_types() if getattr(args, name) is not None}
 
 
 class _BlockPrinter:
@@ -138,7 +136,7 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
     args = parser.parse_args(argv)
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
-    options = {name: getattr(args, name) for name in generate_option_kinds() if getattr(args, name) is not None}
+    options = generate_options(args)
 
     from ._cliutil import parse_device
     from .evaluation import load_generator

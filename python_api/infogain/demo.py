@@ -27,13 +27,15 @@ import torch
 
 from . import _allocator, _threads
 from ._cliutil import HelpFormatter, make_output_dir, parse_device, split_list
+from .samplers.options import CACHE_MODES, GenerateOptions
 from .tasks import TASKS, CharCodec, get_task
 
 DEMO_SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm")
 DEFAULT_NUM_SAMPLES = 100
-# Sampler settings shared by every run of the demo (the Info-Gain paper's defaults
-# where they apply).
-DEMO_SETTINGS = {"candidate_number": 8, "position_temperature": 0.2, "threshold": 0.9}
+# Sampler settings shared by every run of the demo: generate's defaults (the Info-Gain paper's), except a
+# higher bypass threshold, the demo's one deliberate difference.
+DEMO_SETTINGS = {"candidate_number": GenerateOptions.candidate_number,
+                 "position_temperature": GenerateOptions.position_temperature, "threshold": 0.9}
 # Token temperature per task. Multiplication starts every row from the same empty
 # prompt, so argmax tokens would give one equation repeated N times: its tokens
 # are sampled. Sudoku prompts differ, and a puzzle has a right answer: argmax.
@@ -63,7 +65,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="selects the held-out problems and seeds the samplers")
     parser.add_argument("--out", default="./infogain-demo", help="folder for demo.json and demo.png")
     parser.add_argument("--model", default=None, help="checkpoint folder (default: the embedded toy model)")
-    parser.add_argument("--cache", default="none", choices=("none", "prefix", "dual"), help="KV-cache mode")
+    parser.add_argument("--cache", default=GenerateOptions.cache, choices=CACHE_MODES, help="KV-cache mode")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _threads.add_threads_argument(parser)

@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from infogain_kernels import sample_logprob, topk_logprobs
+from infogain_kernels._validation import check_int
 
 ROLLOUT_MODES = ("greedy", "sample")
 _GENERATION_KEYS = ("max_new_tokens", "eos_token_id", "pad_token_id")
@@ -69,14 +70,6 @@ def _cache_keyword(model) -> str:
     except (AttributeError, TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return value
 
 
 class ExtendedInferenceSampler:
@@ -107,9 +100,9 @@ class ExtendedInferenceSampler:
             raise TypeError(f"model must be a callable transformers model, got {type(model).__name__}")
         self.model = model
         self.tokenizer = tokenizer
-        self.lookahead_steps = _check_int("lookahead_steps", lookahead_steps, 0)
+        self.lookahead_steps = check_int("lookahead_steps", lookahead_steps, 0)
         self.discount_factor = _check_number("discount_factor", discount_factor, 0.0, 1.0)
-        self.top_k = _check_int("top_k", top_k, 1)
+        self.top_k = check_int("top_k", top_k, 1)
         self.temperature = _check_number("temperature", temperature, 0.0, math.inf)
         if math.isinf(self.temperature):
             raise ValueError(f"temperature must be finite, got {temperature}")
@@ -146,7 +139,7 @@ class ExtendedInferenceSampler:
         max_new_tokens = first("max_new_tokens")
         if max_new_tokens is None:
             raise ValueError("max_new_tokens must be given (kwarg, generation_config or model.generation_config)")
-        max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0)
+        max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
         eos = first("eos_token_id")
         if eos is None and self.tokenizer is not None:
             eos = getattr(self.tokenizer, "eos_token_id", None)

@@ -82,48 +82,26 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from infogain_kernels._validation import check_positive_int
+
 from . import _threads, models
-from ._options import generate_option_kinds
+from .evaluation.likelihood import mc_loglikelihood
 from .samplers import SAMPLERS, GenerateOptions
+from .samplers.options import option_types, parse_value
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
-EIS_OPTIONS = {"lookahead_steps": int, "discount_factor": float, "top_k": int, "top_p": float,
-               "rollout_mode": str, "use_cache": bool}
+# {argument: (type, nullable)} of the EIS sampler's options; the diffusion options are generate's own
+# (infogain.samplers.options.option_types). Both are read with the package's one option parser.
+EIS_OPTIONS = {"lookahead_steps": (int, False), "discount_factor": (float, False), "top_k": (int, False),
+               "top_p": (float, False), "rollout_mode": (str, False), "use_cache": (bool, False),
+               "temperature": (float, False), "seed": (int, True)}
 
-DIFFUSION_OPTIONS = generate_option_kinds()
 
-
-def _coerce(name: str, value, kind):
-    """A model argument (string from the CLI, or already typed) as ``kind``; ValueError names it."""
-    if value is None:
-        return None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-            return value.lower() in ("true", "1")
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ValueError(f"model argument {name} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value) if isinstance(value, int) else int(str(value), 10)
-        except ValueError:
-            raise ValueError(f"model argument {name} must be an integer, got {value!r}") from None
-    if kind is float:
-        try:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"model argument {name} must be a number, got {value!r}") from None
-    return str(value)
+def _argument(name: str, value, kind: type):
+    """A model argument that is not a sampler option (None stays None: the argument's default)."""
+    return None if value is None else parse_value(name, value, kind)
 
 
 def _distributed():
@@ -145,6 +123,16 @@ def _is_diffusion_checkpoint(path: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def sampler_options(arguments: dict, *, diffusion: bool, sampler: str) -> dict:
+    """The sampler's options among the model ``arguments`` (text or typed, as the harness passes them),
+    read with the package's one option parser; ValueError for an unknown argument or a bad value."""
+    allowed = option_types() if diffusion else EIS_OPTIONS
+    unknown = sorted(set(arguments) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown model argument(s) {unknown} for sampler={sampler}; accepted: {sorted(allowed)}")
+    return {name: parse_value(name, value, *allowed[name]) for name, value in arguments.items()}
 
 
 def _request_seed(seed: int, *texts: str) -> int:
@@ -188,20 +176,14 @@ class InfoGainLM(LM):
         self.diffusion = diffusion
         self.sampler_name = sampler
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None or str(batch_size).startswith("auto") \
-            else _coerce("batch_size", batch_size, int)
-        self.mc_num = _coerce("mc_num", mc_num, int)
-        self.mc_batch_size = _coerce("mc_batch_size", mc_batch_size, int)
+            else _argument("batch_size", batch_size, int)
+        self.mc_num = _argument("mc_num", mc_num, int)
+        self.mc_batch_size = _argument("mc_batch_size", mc_batch_size, int)
         for name in ("batch_size", "mc_num", "mc_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model argument {name} must be >= 1, got {getattr(self, name)}")
-        self.greedy_check = _coerce("greedy_check", greedy_check, bool)
-        self.add_bos_token = _coerce("add_bos_token", add_bos_token, bool)
-        allowed = DIFFUSION_OPTIONS if diffusion else {**EIS_OPTIONS, "temperature": float, "seed": int}
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown model argument(s) {unknown} for sampler={sampler}; "
-                             f"accepted: {sorted(allowed)}")
-        options = {k: _coerce(k, v, allowed[k]) for k, v in options.items()}
+            check_positive_int(name, getattr(self, name))
+        self.greedy_check = _argument("greedy_check", greedy_check, bool)
+        self.add_bos_token = _argument("add_bos_token", add_bos_token, bool)
+        options = sampler_options(options, diffusion=diffusion, sampler=sampler)
         self.seed = options.pop("seed", None)
         self.seed = 1234 if self.seed is None else self.seed
         self.gen_length = options.pop("gen_length", None) if diffusion else None
@@ -244,16 +226,13 @@ class InfoGainLM(LM):
 
             ExtendedInferenceSampler(self.model, self.tokenizer, **options)  # validates the EIS options now
             config_max = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        self.max_length = _coerce("max_length", max_length, int) or config_max or 2048
+        self.max_length = _argument("max_length", max_length, int) or config_max or 2048
         if self._device.type == "cpu":
             # The package's thread policy (infogain._threads), the free cores shared among this machine's
             # processes of the run.
-            from .evaluation.runner import Dist
-
-            _threads.apply_threads(None if threads is None else _coerce("threads", threads, int),
+            _threads.apply_threads(_argument("threads", threads, int),
                                    num_parameters=_threads.model_parameters(self.model),
-                                   tokens_per_forward=self.batch_size * self.max_length,
-                                   local_processes=Dist.from_env().local_world_size)
+                                   tokens_per_forward=self.batch_size * self.max_length)
         self.eos_id = self.tokenizer.eos_token_id
         self.prefix_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
         if self.prefix_id is None:
@@ -524,34 +503,3 @@ class InfoGainLM(LM):
             ids[0, start + position] = tokens[position]
         return ids[0, start:].tolist() == list(continuation_ids)
 
-
-def mc_loglikelihood(logits_fn, context_ids: List[int], continuation_ids: List[int], mask_id: int,
-                     num_samples: int, batch_size: int, generator: torch.Generator) -> float:
-    """Monte-Carlo masked estimate of ``log p(continuation | context)`` for a masked diffusion LM.
-
-    ``logits_fn(ids [b, T]) -> float logits [b, T, V]``. Sample i masks ``l_i``
-    continuation positions chosen uniformly at random, with ``l_i = 1 + floor(L * ((r +
-    i / n) mod 1))`` (``r`` uniform, one draw: each ``l_i`` is uniform in 1..L and the
-    samples are stratified over that range), and contributes ``L / l_i`` times the summed
-    log-probabilities of the masked tokens. Returns the mean over the ``n`` samples.
-    Draws come from ``generator`` (CPU).
-    """
-    length = len(continuation_ids)
-    sequence = torch.tensor(context_ids + continuation_ids, dtype=torch.long)
-    target = sequence[len(context_ids):]
-    offset = torch.rand((), generator=generator)
-    fractions = (offset + torch.arange(num_samples) / num_samples) % 1.0
-    masked_counts = (1 + (fractions * length).floor().long()).clamp(max=length)
-    total = 0.0
-    for start in range(0, num_samples, batch_size):
-        counts = masked_counts[start:start + batch_size]
-        rows = counts.numel()
-        # Rank of a random key per position: the ``l`` smallest ranks form a uniform random subset.
-        ranks = torch.rand(rows, length, generator=generator).argsort(dim=1).argsort(dim=1)
-        masked = ranks < counts[:, None]
-        ids = sequence.repeat(rows, 1)
-        ids[:, len(context_ids):] = torch.where(masked, torch.full_like(target, mask_id), target)
-        logprobs = torch.log_softmax(logits_fn(ids)[:, len(context_ids):], dim=-1).cpu()
-        token_logprobs = logprobs.gather(2, target.expand(rows, length)[:, :, None]).squeeze(2)
-        total += ((token_logprobs * masked).sum(dim=1) * length / counts).sum().item()
-    return total / num_samples

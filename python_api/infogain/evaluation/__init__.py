@@ -5,7 +5,9 @@
   model and chat);
 * :func:`load_config` / :class:`EvalConfig` -- YAML configs with ``--key value`` overrides;
 * :func:`run` -- one evaluation (single process, torchrun or accelerate launch);
-* :mod:`.summary` -- accuracy with Wilson intervals, throughput, TPF, comparisons.
+* :mod:`.summary` -- accuracy with Wilson intervals, throughput, TPF, comparisons;
+* :mod:`.likelihood` -- the Monte-Carlo masked log-likelihood of a diffusion LM (the
+  lm-evaluation-harness model's ``loglikelihood``).
 """
 from .config import EvalConfig, config_hash, load_config, shipped_configs
 from .generation import Generator, load_generator

@@ -17,8 +17,11 @@ import os
 from dataclasses import dataclass, fields
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from infogain_kernels._validation import check_positive_int
+
 from ..models import DTYPES as MODEL_DTYPES
-from ..samplers import CACHE_MODES, SAMPLERS, VARIANTS
+from ..samplers import SAMPLERS, VARIANTS
+from ..samplers.options import GenerateOptions, field_types, option_types, parse_value
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -29,6 +32,16 @@ KEY_ALIASES = {"use_cache": "cache", "mode": "sampler", "result_dir": "output_di
                "max_new_tokens": "gen_length", "block_size": "block_length"}
 # auto: bfloat16 on GPU, float32 on CPU; checkpoint: the checkpoint's own dtype (models.resolve_dtype).
 DTYPES = ("auto", "checkpoint", *MODEL_DTYPES)
+
+# The sampler options take generate's own defaults (GenerateOptions), except these, where an evaluation
+# deliberately differs: a benchmark prompt is long (few-shot examples, a chat template), so eval keeps the K/V
+# of the prompt and the finished blocks by default. The one place eval overrides a generate default.
+EVAL_OPTION_DEFAULTS = {"cache": "prefix"}
+# Options of generate that eval sets differently: seed is the run's (each batch's generator seed is derived
+# from it, see runner.sample_seed), chat comes from chat_template, variant and lookahead_eos_fill are
+# nullable here (null keeps the sampler's own default), fused_head is generate's (an implementation choice).
+_NOT_PLAIN_OPTIONS = ("seed", "chat", "variant", "lookahead_eos_fill", "fused_head")
+_G = GenerateOptions
 
 
 @dataclass
@@ -47,7 +60,8 @@ class EvalConfig:
     the package's policy, :mod:`infogain._threads`: ``$INFOGAIN_THREADS``, else
     the free physical cores shared among the run's processes on this machine). Sampler:
     ``sampler`` and the options of :meth:`~infogain.samplers.DiffusionSampler.generate`
-    (``variant`` and ``lookahead_eos_fill`` left null keep the sampler's defaults).
+    with generate's defaults, except ``cache`` (``prefix``, :data:`EVAL_OPTION_DEFAULTS`);
+    ``variant`` and ``lookahead_eos_fill`` left null keep the sampler's defaults.
     Run: ``seed`` (each problem's generator is seeded from it and the problem's
     id only), ``batch_size`` (problems per ``generate`` call; batches are formed
     before sharding, so results do not depend on the number of processes),
@@ -69,19 +83,19 @@ class EvalConfig:
     threads: Optional[int] = None
     sampler: str = "info_gain"
     variant: Optional[str] = None
-    candidate_number: int = 8
-    position_temperature: float = 0.2
-    threshold: float = 0.8
-    cache: str = "prefix"
-    temperature: float = 0.0
-    gen_length: int = 256
-    steps: int = 256
-    block_length: int = 32
-    parallel_bypass: bool = False
-    eos_penalty: float = 0.0
-    stop_at_eos: bool = True
+    candidate_number: int = _G.candidate_number
+    position_temperature: float = _G.position_temperature
+    threshold: float = _G.threshold
+    cache: str = EVAL_OPTION_DEFAULTS["cache"]
+    temperature: float = _G.temperature
+    gen_length: int = _G.gen_length
+    steps: int = _G.steps
+    block_length: int = _G.block_length
+    parallel_bypass: bool = _G.parallel_bypass
+    eos_penalty: float = _G.eos_penalty
+    stop_at_eos: bool = _G.stop_at_eos
     lookahead_eos_fill: Optional[bool] = None
-    gamma: float = 0.01
+    gamma: float = _G.gamma
     seed: int = 0
     batch_size: int = 1
     output_dir: Optional[str] = None
@@ -103,23 +117,17 @@ class EvalConfig:
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler: unknown {self.sampler!r}; choose from {list(SAMPLERS)} (or the standalone "
                              f"mode names {sorted(SAMPLER_ALIASES)})")
-        if self.variant is not None:
-            if self.variant not in VARIANTS:
-                raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
-            if self.sampler not in ("info_gain", "lookum") or (self.sampler == "lookum" and self.variant != "lookum"):
-                raise ValueError(f"variant={self.variant!r} applies to sampler info_gain only (sampler is "
-                                 f"{self.sampler!r})")
-        if self.cache not in CACHE_MODES:
-            raise ValueError(f"cache must be one of {CACHE_MODES}, got {self.cache!r}")
+        if self.variant is not None and self.variant in VARIANTS and (
+                self.sampler not in ("info_gain", "lookum") or (self.sampler == "lookum" and self.variant != "lookum")):
+            raise ValueError(f"variant={self.variant!r} applies to sampler info_gain only (sampler is "
+                             f"{self.sampler!r})")
+        # The sampler options: generate's own checks, naming the key.
+        GenerateOptions(**self.generate_options()).validate()
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads must be >= 1 or null, got {self.threads}")
-        for name in ("batch_size", "code_memory_mb"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1 or null, got {self.max_samples}")
+        for name in ("threads", "batch_size", "code_memory_mb", "max_samples"):
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
         for name in ("code_timeout_s", "dist_timeout_min"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -127,9 +135,7 @@ class EvalConfig:
 
     def generate_options(self) -> Dict[str, object]:
         """Keyword arguments of ``DiffusionSampler.generate`` (seed excluded: it is per problem)."""
-        options = {name: getattr(self, name) for name in (
-            "gen_length", "steps", "block_length", "candidate_number", "position_temperature", "threshold",
-            "temperature", "cache", "parallel_bypass", "eos_penalty", "stop_at_eos", "gamma")}
+        options = {name: getattr(self, name) for name in option_types() if name not in _NOT_PLAIN_OPTIONS}
         options["chat"] = self.chat_template
         # None keys keep the sampler's own default (lookahead_eos_fill: the reference behaviour).
         for name in ("variant", "lookahead_eos_fill"):
@@ -142,53 +148,16 @@ class EvalConfig:
 
 
 _FIELDS = {f.name: f for f in fields(EvalConfig)}
+_TYPES = field_types(EvalConfig)
 # Keys that say where or how fast a run happens, not what it computes: excluded from the config hash,
 # so that a run can be resumed on other devices, with more samples or another output folder.
 NOT_HASHED = ("data_path", "data_dir", "max_samples", "device", "threads", "output_dir", "progress",
               "dist_timeout_min")
 
 
-def _field_type(name: str) -> Tuple[type, bool]:
-    """(base type, nullable) of a config field, from its annotation string."""
-    annotation = str(_FIELDS[name].type)
-    nullable = annotation.startswith("Optional[")
-    base = annotation[len("Optional["):-1] if nullable else annotation
-    return {"str": str, "int": int, "float": float, "bool": bool}[base], nullable
-
-
 def coerce(name: str, value):
     """``value`` (from YAML or the command line) as the type of config key ``name``; raises naming the key."""
-    kind, nullable = _field_type(name)
-    if value is None or (isinstance(value, str) and value.lower() in ("null", "none") and kind is not str):
-        if nullable:
-            return None
-        raise ValueError(f"{name} must not be null")
-    if isinstance(value, str) and value.lower() == "null" and nullable:
-        return None
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    if kind is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        try:
-            as_float = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be an integer, got {value!r}") from None
-        if not as_float.is_integer():
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return int(as_float)
-    if kind is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-    return str(value)
+    return parse_value(name, value, *_TYPES[name])
 
 
 def _apply(values: Dict[str, object], key: str, value, source: str) -> None:

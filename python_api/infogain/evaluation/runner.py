@@ -49,19 +49,12 @@ class Dist:
 
     @classmethod
     def from_env(cls) -> "Dist":
-        def env_int(name: str, default: int) -> int:
-            value = os.environ.get(name)
-            try:
-                return int(value) if value not in (None, "") else default
-            except ValueError:
-                raise ValueError(f"environment variable {name}={value!r} is not an integer") from None
-
-        world = env_int("WORLD_SIZE", 1)
-        rank = env_int("RANK", 0)
+        world = _threads.launch_variable("WORLD_SIZE", 1)
+        rank = _threads.launch_variable("RANK", 0)
         if not 0 <= rank < world:
             raise ValueError(f"RANK={rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
-        return cls(rank=rank, world_size=world, local_rank=env_int("LOCAL_RANK", rank),
-                   local_world_size=env_int("LOCAL_WORLD_SIZE", world))
+        return cls(rank=rank, world_size=world, local_rank=_threads.launch_variable("LOCAL_RANK", rank),
+                   local_world_size=_threads.local_world_size())
 
     def init(self, device: torch.device, timeout_min: float) -> None:
         if self.world_size == 1:
@@ -201,8 +194,8 @@ def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Di
     from tqdm import tqdm
 
     gen = load_generator(cfg, local_rank=dist.local_rank, world_size=dist.world_size)
-    # The package's thread policy: threads, else $INFOGAIN_THREADS, else 1 for tiny work, else this process's
-    # share of the free cores (the run's processes on this machine share them).
+    # The package's thread policy (infogain._threads): threads, else $INFOGAIN_THREADS, else 1 for tiny work,
+    # else this process's share of the free cores among the run's processes on this machine.
     threads = _threads.apply_threads(
         cfg.threads, num_parameters=_threads.model_parameters(gen.model),
         tokens_per_forward=cfg.batch_size * gen.model.config.max_position_embeddings,

@@ -7,7 +7,8 @@ full-size configs. Every model implements :class:`DiffusionLM`.
 """
 from .base import DiffusionLM, KVCache, ModelConfig
 from .hub import DTYPES, build, find_mask_token_id, load, preset_config, resolve_dtype, save
-from .transformer import ArchSpec, Transformer
+from .layers import ArchSpec
+from .transformer import Transformer
 
 __all__ = ["DTYPES", "ArchSpec", "DiffusionLM", "KVCache", "ModelConfig", "Transformer", "build", "find_mask_token_id",
            "load", "preset_config", "resolve_dtype", "save"]

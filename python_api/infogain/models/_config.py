@@ -1,35 +1,48 @@
-"""Reading config.json fields with errors that name the field."""
+"""Reading config.json fields with errors that name the field.
+
+A bad field is a ``ValueError`` (a bad file, not a bad call), also where the package's argument
+checks would raise ``TypeError``.
+"""
 from __future__ import annotations
 
 from typing import Any
 
+from infogain_kernels._validation import check_int
+
 _MISSING = object()
 
 
-def get_int(config: dict, name: str, default: Any = _MISSING, *, minimum: int = 1) -> int:
+def _field(config: dict, name: str, default: Any):
+    """The field ``name``, else ``default``; a field without a default is required."""
     value = config.get(name, default)
     if value is _MISSING:
         raise ValueError(f"config.json is missing the field {name!r}")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"config field {name!r} must be an integer, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"config field {name!r} must be >= {minimum}, got {value}")
     return value
 
 
+def _config_int(name: str, value, minimum: int) -> int:
+    """``value`` of the config field ``name`` checked by the package's int check."""
+    try:
+        return check_int(f"config field {name!r}", value, minimum)
+    except TypeError as exc:
+        raise ValueError(f"{exc} ({value!r})") from None
+
+
+def get_int(config: dict, name: str, default: Any = _MISSING) -> int:
+    """The positive int field ``name`` (``default`` when absent; without one, it is required)."""
+    value = _field(config, name, default)
+    return _config_int(name, value, 1)
+
+
 def get_float(config: dict, name: str, default: Any = _MISSING) -> float:
-    value = config.get(name, default)
-    if value is _MISSING:
-        raise ValueError(f"config.json is missing the field {name!r}")
+    value = _field(config, name, default)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"config field {name!r} must be a positive number, got {value!r}")
     return float(value)
 
 
 def get_bool(config: dict, name: str, default: Any = _MISSING) -> bool:
-    value = config.get(name, default)
-    if value is _MISSING:
-        raise ValueError(f"config.json is missing the field {name!r}")
+    value = _field(config, name, default)
     if not isinstance(value, bool):
         raise ValueError(f"config field {name!r} must be true or false, got {value!r}")
     return value
@@ -45,6 +58,7 @@ def require(config: dict, name: str, allowed, default: Any = _MISSING) -> None:
 
 
 def optional_int(config: dict, name: str):
+    """The non-negative int field ``name``, or None when absent or null."""
     value = config.get(name)
     if value is None:
         return None
@@ -52,9 +66,7 @@ def optional_int(config: dict, name: str):
         value = value[0] if value else None
         if value is None:
             return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"config field {name!r} must be a non-negative integer, got {value!r}")
-    return value
+    return _config_int(name, value, 0)
 
 
 def check_head_geometry(hidden: int, heads: int, kv_heads: int, head_dim: int) -> None:

@@ -1,4 +1,5 @@
-"""Attention for the cache-aware models: plain attention and the cascade used by candidate lookahead.
+"""Attention for the cache-aware models: plain attention, the cascade used by candidate lookahead,
+the masks the layers take, and which attention a layer runs.
 
 Cascade attention (shared-prefix attention, as in FlashInfer's cascade
 inference): softmax attention over a key set that is the union of two disjoint
@@ -21,11 +22,17 @@ shared keys and :data:`STACKED_MAX_OWN_KEYS` window keys), :func:`stacked_attent
 runs ONE attention per cache row instead: all candidates' queries over [shared
 keys | every candidate's own keys] with a block-diagonal mask (each candidate
 sees only its own window). :func:`use_cascade` makes the choice (measured; see
-the constants).
+the constants) and :func:`candidate_masks` builds the masks of the chosen route.
+
+The masks the model's layers take live here too: a boolean attention mask (True =
+attend) for full and plain window forwards (:func:`canvas_mask`,
+:func:`window_mask`), or :class:`CascadeMasks` / :class:`StackedMasks` for a
+candidate window forward; :func:`attend_layer` routes a layer by that type.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from dataclasses import dataclass
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -173,30 +180,7 @@ def merge_attention_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torc
     return torch.lerp(out_b.float(), out_a.float(), weight_a[..., None])
 
 
-# ----------------------------------------------------------------------------- cascade or stacked
-
-# When one stacked attention beats the cascade, per device type: fewer than CASCADE_MIN_SHARED_KEYS
-# shared keys AND at most STACKED_MAX_OWN_KEYS window keys in the stacked block-diagonal part (the
-# n candidates' windows together: the mask wastes (n - 1) / n of those scores). Measured with
-# benches/bench_attention.py at 1 CPU thread, fp32, 8 candidates of one cache row (median of 20,
-# on a shared 2-core machine, so +-20%); cascade time / stacked time:
-#   H=4 D=32 (toy),  W=8  (64 own keys):  S=32 0.78, 128 0.89, 256 0.99, 512 1.09, 1024 1.13, 2048 1.32
-#   H=8 D=64 (52M),  W=8  (64 own keys):  S=32 1.11, 128 1.07, 256 1.09, 512 1.01, 1024 3.5
-#   W=32 (256 own keys), both shapes:     cascade 1.2-14x faster at every S from 32 to 2048
-# so the stacked form pays only for short windows on small caches; the cascade's two kernel calls
-# and merge are cheap on CPU once the own part is larger. CUDA keeps the cascade everywhere (its
-# kernels take no block-diagonal mask at full speed; not measured in this project yet).
-CASCADE_MIN_SHARED_KEYS = {"cpu": 512, "cuda": 0}
-STACKED_MAX_OWN_KEYS = {"cpu": 64, "cuda": 0}
-
-
-def use_cascade(shared_keys: int, own_keys: int, device: torch.device) -> bool:
-    """Whether a candidate batch reading ``shared_keys`` cached keys per cache row, with ``own_keys``
-    window keys of all candidates of a cache row together, should use :func:`cascade_attention`
-    (True) or :func:`stacked_attention` (False)."""
-    kind = device.type if device.type in CASCADE_MIN_SHARED_KEYS else "cuda"
-    return shared_keys >= CASCADE_MIN_SHARED_KEYS[kind] or own_keys > STACKED_MAX_OWN_KEYS[kind]
-
+# ----------------------------------------------------------------------------- cascade and stacked attention
 
 def stacked_mask(shared_key_mask: Optional[torch.Tensor], own_key_mask: Optional[torch.Tensor], *, groups: int,
                  per_group: int, queries: int, shared_keys: int, own_keys: int, device) -> torch.Tensor:
@@ -217,8 +201,7 @@ def stacked_mask(shared_key_mask: Optional[torch.Tensor], own_key_mask: Optional
         shared = torch.ones(G, 1, n * L, S, dtype=torch.bool, device=device)
     else:
         shared = shared_key_mask[:, None, None, :].expand(G, 1, n * L, S)
-    mask = torch.cat([shared, own], dim=3)
-    return mask | ~mask.any(-1, keepdim=True)
+    return no_empty_rows(torch.cat([shared, own], dim=3))
 
 
 def stacked_attention(q: torch.Tensor, shared_k: torch.Tensor, shared_v: torch.Tensor, own_k: torch.Tensor,
@@ -307,3 +290,145 @@ def cascade_attention(q: torch.Tensor, shared_k: torch.Tensor, shared_v: torch.T
     shared_lse = shared_lse.reshape(G, H, n, L).transpose(1, 2).reshape(R, H, L)
     own_out, own_lse = attention_with_lse(q, own_k, own_v, own_key_mask)
     return merge_attention_states(shared_out, shared_lse, own_out, own_lse).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------- the layers' masks
+
+@dataclass(frozen=True)
+class CascadeMasks:
+    """Key masks of a candidate window forward, passed to the layers in place of an attention mask.
+
+    The layers' ``past`` is then the shared cache ``[G, H_kv, S, D]`` and their
+    queries are ``G * n`` rows, each n consecutive rows reading one shared row.
+    """
+
+    shared: Optional[torch.Tensor]   # [G, S] bool, True = attend; None = all
+    own: Optional[torch.Tensor]      # [G * n, W] bool over the fresh window keys; None = all
+
+
+@dataclass(frozen=True)
+class StackedMasks:
+    """The block-diagonal mask ``[G, 1, n*L, S + n*W]`` of a candidate window forward that runs
+    :func:`stacked_attention` (layers' ``past`` as for :class:`CascadeMasks`)."""
+
+    mask: torch.Tensor
+
+
+# What a layer takes as its mask: none, a bool attention mask [G, 1, L, keys], or a candidate form.
+LayerMask = Union[None, torch.Tensor, CascadeMasks, StackedMasks]
+
+
+def no_empty_rows(mask: torch.Tensor) -> torch.Tensor:
+    """Let query rows with no allowed key (padding queries) attend to everything.
+
+    Their outputs are never read, and padded keys stay masked for every real
+    query, so this only keeps softmax from producing NaN that would spread.
+    """
+    return mask | ~mask.any(-1, keepdim=True)
+
+
+def segment_ids(T: int, gen_start: int, block_length: int, device) -> torch.Tensor:
+    """SDAR segments: 0 for the prompt ``[0, gen_start)``, ``1 + j`` for generation block j."""
+    idx = torch.arange(T, device=device)
+    return torch.where(idx < gen_start, 0, 1 + torch.div(idx - gen_start, block_length, rounding_mode="floor"))
+
+
+def canvas_mask(attention_mask: Optional[torch.Tensor], segments: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The mask ``[B, 1, T, T]`` of a full forward, shared by all layers: padded keys (``attention_mask
+    [B, T]``, None = no padding) and, for a block-causal model, keys of later ``segments [T]``
+    (:func:`segment_ids`) are masked. None when nothing is."""
+    mask = None
+    if attention_mask is not None:
+        B, T = attention_mask.shape
+        mask = attention_mask[:, None, None, :].expand(B, 1, T, T)
+    if segments is not None:
+        causal = (segments[None, :] <= segments[:, None])[None, None]
+        mask = causal if mask is None else mask & causal
+    return None if mask is None else no_empty_rows(mask)
+
+
+def cached_key_mask(attention_mask: torch.Tensor, cached: int, start: int, W: int, dual: bool) -> torch.Tensor:
+    """Which of the ``cached`` keys of each row a window ``[start, start + W)`` attends to: the real
+    ones, except (``dual``) those of the window itself, which its fresh keys replace. ``[rows, cached]``."""
+    mask = attention_mask[:, :cached].clone()
+    if dual:
+        mask[:, start:start + W] = False
+    return mask
+
+
+def window_mask(attention_mask: torch.Tensor, *, cached: int, start: int, W: int, queries: int, dual: bool,
+                all_real: bool) -> Optional[torch.Tensor]:
+    """The mask ``[R, 1, queries, cached + W]`` of a plain window forward (keys ``[cache | fresh
+    window]``, ``attention_mask [R, T]`` of the rows read), or None when the host knows that nothing
+    is masked (``all_real``: no padding, and outside dual mode no cached key is replaced)."""
+    if all_real and not dual:
+        return None
+    R = attention_mask.shape[0]
+    cache_ok = cached_key_mask(attention_mask, cached, start, W, dual)
+    window_ok = attention_mask[:, start:start + W]
+    mask = torch.cat([cache_ok[:, None, :].expand(R, queries, cached),
+                      window_ok[:, None, :].expand(R, queries, W)], dim=2)[:, None]
+    return no_empty_rows(mask)
+
+
+# ----------------------------------------------------------------------------- the route of a candidate batch
+
+# When one stacked attention beats the cascade, per device type: fewer than CASCADE_MIN_SHARED_KEYS
+# shared keys AND at most STACKED_MAX_OWN_KEYS window keys in the stacked block-diagonal part (the
+# n candidates' windows together: the mask wastes (n - 1) / n of those scores). Measured with
+# benches/bench_attention.py at 1 CPU thread, fp32, 8 candidates of one cache row (median of 20,
+# on a shared 2-core machine, so +-20%); cascade time / stacked time:
+#   H=4 D=32 (toy),  W=8  (64 own keys):  S=32 0.78, 128 0.89, 256 0.99, 512 1.09, 1024 1.13, 2048 1.32
+#   H=8 D=64 (52M),  W=8  (64 own keys):  S=32 1.11, 128 1.07, 256 1.09, 512 1.01, 1024 3.5
+#   W=32 (256 own keys), both shapes:     cascade 1.2-14x faster at every S from 32 to 2048
+# so the stacked form pays only for short windows on small caches; the cascade's two kernel calls
+# and merge are cheap on CPU once the own part is larger. CUDA keeps the cascade everywhere (its
+# kernels take no block-diagonal mask at full speed; not measured in this project yet).
+CASCADE_MIN_SHARED_KEYS = {"cpu": 512, "cuda": 0}
+STACKED_MAX_OWN_KEYS = {"cpu": 64, "cuda": 0}
+
+
+def use_cascade(shared_keys: int, own_keys: int, device: torch.device) -> bool:
+    """Whether a candidate batch reading ``shared_keys`` cached keys per cache row, with ``own_keys``
+    window keys of all candidates of a cache row together, should use :func:`cascade_attention`
+    (True) or :func:`stacked_attention` (False)."""
+    kind = device.type if device.type in CASCADE_MIN_SHARED_KEYS else "cuda"
+    return shared_keys >= CASCADE_MIN_SHARED_KEYS[kind] or own_keys > STACKED_MAX_OWN_KEYS[kind]
+
+
+def candidate_masks(group_mask: torch.Tensor, *, cached: int, start: int, W: int, per_group: int, queries: int,
+                    dual: bool, all_real: bool, check_values: bool) -> "CascadeMasks | StackedMasks":
+    """The masks of a candidate window forward, in the form of the route :func:`use_cascade` picks.
+
+    ``group_mask [G, T]``: the canvas mask of each group's cache row; each group has ``per_group``
+    candidate rows of ``queries`` queries over ``cached`` shared keys and ``W`` own window keys.
+    All-True masks are dropped so the fused kernels run without a mask: known on the host without
+    padding (``all_real``; dual's shared mask still excludes the window), else read back when
+    ``check_values`` allows it; otherwise they are applied as they are (same result).
+    """
+    def reduced(mask, known_all_true):
+        return None if known_all_true or (check_values and bool(mask.all())) else mask
+
+    n = per_group
+    masks = CascadeMasks(shared=reduced(cached_key_mask(group_mask, cached, start, W, dual), all_real and not dual),
+                         own=reduced(group_mask[:, start:start + W].repeat_interleave(n, 0), all_real))
+    if use_cascade(cached, n * W, group_mask.device):
+        return masks
+    return StackedMasks(stacked_mask(masks.shared, masks.own, groups=group_mask.shape[0], per_group=n,
+                                     queries=queries, shared_keys=cached, own_keys=W, device=group_mask.device))
+
+
+def attend_layer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: LayerMask,
+                 past: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """One layer's attention of ``q [G, H, L, D]`` over the keys ``[past | fresh k]``, routed by the
+    type of ``mask``: the candidate forms run :func:`cascade_attention` or :func:`stacked_attention`
+    (``past`` is then the shared cache of the row groups, read in place); a bool mask or None runs
+    :func:`attend` over the concatenated keys."""
+    if isinstance(mask, CascadeMasks):
+        return cascade_attention(q, past[0], past[1], k, v, shared_key_mask=mask.shared, own_key_mask=mask.own)
+    if isinstance(mask, StackedMasks):
+        return stacked_attention(q, past[0], past[1], k, v, mask.mask)
+    keys, values = k, v
+    if past is not None:
+        keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    return attend(q, keys, values, mask)

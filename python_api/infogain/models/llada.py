@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Dict
 
 from . import _config as C
-from .transformer import ArchSpec
+from .layers import ArchSpec
 
 NAME = "llada"
 DEFAULT_MASK_ID = 126336

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Dict
 
 from . import _config as C
-from .transformer import ArchSpec
+from .layers import ArchSpec
 
 
 def qwen_key_map(spec: ArchSpec) -> Dict[str, str]:

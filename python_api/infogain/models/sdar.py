@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Dict
 
 from . import _config as C
-from .transformer import ArchSpec
+from .layers import ArchSpec
 from .qwen_keys import qwen_key_map, qwen_spec
 
 NAME = "sdar"

@@ -1,4 +1,4 @@
-"""The transformer shared by LLaDA, Dream and SDAR, with the three cache modes.
+"""The transformer shared by LLaDA, Dream and SDAR: its forwards, with the three cache modes.
 
 All three architectures are pre-norm LLaMA-style stacks: RMSNorm, rotary
 attention (half-split ``rotate_half``) with grouped KV heads, SwiGLU MLP, final
@@ -6,6 +6,13 @@ RMSNorm and an untied LM head. What differs is captured by :class:`ArchSpec`:
 qkv bias (Dream), qk-norm (SDAR), the one-position logit shift (Dream) and
 block-causal attention (SDAR). The per-architecture modules only translate
 config.json fields and state-dict key names.
+
+This module holds the forwards only: the full forwards (:meth:`Transformer.forward`,
+:meth:`~Transformer.hidden_states`), :meth:`~Transformer.prefill` and the window entry
+(:meth:`~Transformer.forward_window`, :meth:`~Transformer.window_hidden_states`). The layers and
+:class:`ArchSpec` are in :mod:`infogain.models.layers`, the cache type, candidate-row layout and
+cache building in :mod:`infogain.models.cache`, the masks and the attention route in
+:mod:`infogain.models.attention`, the argument checks in :mod:`infogain.models.validation`.
 
 Attention goes through :mod:`infogain.models.attention`. Full forwards and
 plain window forwards use ``scaled_dot_product_attention`` with a boolean mask
@@ -32,280 +39,20 @@ once per distinct cache row per layer, never copied per candidate.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from infogain_kernels import kv_block_replace
 from infogain_kernels._validation import check_bool
 
-from .._device import host_ints_to_device
-from .attention import attend, cascade_attention, stacked_attention, stacked_mask, use_cascade
-from .base import DiffusionLM, KVCache, ModelConfig
+from .attention import canvas_mask, candidate_masks, segment_ids, window_mask
+from .base import DiffusionLM, ModelConfig
+from .cache import CandidateRows, cached_past, candidate_rows, prefill_cache, write_window
+from .layers import ArchSpec, Block, RMSNorm, position_ids, rope_cos_sin
+from .validation import (check_cache_rows, check_canvas, check_keep, check_prefill_mode, check_prefill_start,
+                         check_segments, check_window)
 
-MODES = ("prefix", "dual", "block_causal")
-
-
-@dataclass
-class TransformerKVCache(KVCache):
-    """A :class:`KVCache` that also records, on the host, that its canvas had no padding.
-
-    ``all_real`` lets window forwards drop the attention mask without reading it back;
-    copies made as plain :class:`KVCache` (no flag) simply keep the mask.
-    """
-
-    all_real: bool = False
-
-
-@dataclass(frozen=True)
-class CandidateRows:
-    """The layout of a candidate window forward, computed on the host from ``cache_rows``.
-
-    Window rows are laid out as ``G`` groups (one per distinct cache row, ascending) of
-    ``n`` slots (n = the largest group); the spare slots of smaller groups repeat a real
-    row and are dropped at the end.
-    """
-
-    rows: torch.Tensor          # [R] long, the cache row of each window row
-    groups: torch.Tensor        # [G] long, the distinct cache rows
-    slot_of_row: torch.Tensor   # [R] long, the slot of each window row
-    slots_per_group: int        # n
-    every_cache_row: bool       # groups == arange(cache batch): no gather of the cache needed
-
-
-def candidate_rows(cache_rows: Sequence[int], device: torch.device, batch_size: int) -> CandidateRows:
-    """The :class:`CandidateRows` of the host list ``cache_rows`` (validated by the caller)."""
-    groups = sorted(set(cache_rows))
-    group_of = {row: g for g, row in enumerate(groups)}
-    filled = [0] * len(groups)
-    group_and_rank = []
-    for row in cache_rows:
-        g = group_of[row]
-        group_and_rank.append((g, filled[g]))   # rank = order of appearance inside the group
-        filled[g] += 1
-    n = max(filled)
-    slots = [g * n + rank for g, rank in group_and_rank]
-    packed = host_ints_to_device(list(cache_rows) + groups + slots, device)   # one copy
-    R, G = len(cache_rows), len(groups)
-    return CandidateRows(rows=packed[:R], groups=packed[R:R + G], slot_of_row=packed[R + G:],
-                         slots_per_group=n, every_cache_row=groups == list(range(batch_size)))
-
-
-@dataclass(frozen=True)
-class CascadeMasks:
-    """Key masks of a candidate window forward, passed to the layers in place of an attention mask.
-
-    The layers' ``past`` is then the shared cache ``[G, H_kv, S, D]`` and their
-    queries are ``G * n`` rows, each n consecutive rows reading one shared row.
-    """
-
-    shared: Optional[torch.Tensor]   # [G, S] bool, True = attend; None = all
-    own: Optional[torch.Tensor]      # [G * n, W] bool over the fresh window keys; None = all
-
-
-@dataclass(frozen=True)
-class StackedMasks:
-    """The block-diagonal mask ``[G, 1, n*L, S + n*W]`` of a candidate window forward that runs
-    :func:`~infogain.models.attention.stacked_attention` (layers' ``past`` as for
-    :class:`CascadeMasks`)."""
-
-    mask: torch.Tensor
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """Geometry and the architecture switches of one model."""
-
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    rope_theta: float
-    qkv_bias: bool = False
-    qk_norm: bool = False
-    tie_embeddings: bool = False
-    shift_logits: bool = False     # Dream: hidden state i-1 predicts token i
-    block_causal: bool = False     # SDAR
-
-
-# ----------------------------------------------------------------------------- layers
-
-class RMSNorm(nn.Module):
-    """``weight * (x / rms(x))``; normalised in float32, cast back before the weight."""
-
-    def __init__(self, dim: int, eps: float, *, device=None, dtype=None):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim, device=device, dtype=dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        # In place on the fresh product: one pass and one allocation fewer, same values.
-        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype).mul_(self.weight)
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin tables ``[G, L, head_dim]`` (float32) for integer ``positions [G, L]``
-    (G may be 1 for positions shared by every row: the tables broadcast).
-
-    The sin table's first half is negated: the half-split ``rotate_half(x) = [-x2, x1]`` times
-    sin is then ``[x2, x1]`` (a roll of x) times the signed table, exactly (only signs move).
-    """
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = positions.float()[..., None] * inv_freq
-    sin = freqs.sin()
-    return torch.cat([freqs, freqs], dim=-1).cos(), torch.cat([-sin, sin], dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x [G, H, L, D]`` (half-split convention) in float32 by the tables of
-    :func:`rope_cos_sin`; returns x's dtype. ``x * cos + rotate_half(x) * sin`` in three passes."""
-    x32 = x.float()
-    out = x32 * cos[:, None]
-    return out.add_(torch.roll(x32, x32.shape[-1] // 2, dims=-1).mul_(signed_sin[:, None])).to(x.dtype)
-
-
-class Attention(nn.Module):
-    def __init__(self, spec: ArchSpec, *, device=None, dtype=None):
-        super().__init__()
-        self.spec = spec
-        q_width, kv_width = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-        kw = dict(device=device, dtype=dtype)
-        self.q_proj = nn.Linear(spec.hidden_size, q_width, bias=spec.qkv_bias, **kw)
-        self.k_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
-        self.v_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
-        self.o_proj = nn.Linear(q_width, spec.hidden_size, bias=False, **kw)
-        if spec.qk_norm:
-            self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, **kw)
-            self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, **kw)
-
-    def forward(self, x, cos, sin, mask, past: Optional[Tuple[torch.Tensor, torch.Tensor]],
-                fresh_key_index: Optional[torch.Tensor], keep: Optional[slice] = None):
-        """``x [G, L, hidden]`` -> (output ``[G, L, hidden]``, fresh k, fresh v ``[G, H_kv, L', D]``).
-
-        Keys are ``[past | fresh]``; ``fresh_key_index`` (long) selects which of the
-        L fresh positions are keys (Dream's extra shift query is not one). ``mask`` is
-        a bool attention mask ``[G, 1, L, keys]`` or None, or :class:`CascadeMasks`
-        for a candidate forward (then ``past`` is the shared cache of the row groups).
-        ``keep`` (a slice of the L positions, plain masks only): queries, and so the
-        output ``[G, len(keep), hidden]``, only there; keys and values still cover all L.
-        """
-        G, L, _ = x.shape
-        s = self.spec
-        x_q, cos_q, sin_q = x, cos, sin
-        if keep is not None:
-            x_q, cos_q, sin_q = x[:, keep], cos[:, keep], sin[:, keep]
-            if mask is not None:
-                mask = mask[:, :, keep]
-        Lq = x_q.shape[1]
-        q = self.q_proj(x_q).view(G, Lq, s.num_heads, s.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        if s.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
-        if fresh_key_index is not None:
-            k, v = k.index_select(2, fresh_key_index), v.index_select(2, fresh_key_index)
-        if isinstance(mask, CascadeMasks):
-            out = cascade_attention(q, past[0], past[1], k, v, shared_key_mask=mask.shared, own_key_mask=mask.own)
-        elif isinstance(mask, StackedMasks):
-            out = stacked_attention(q, past[0], past[1], k, v, mask.mask)
-        else:
-            keys, values = k, v
-            if past is not None:
-                keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-            out = attend(q, keys, values, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(G, Lq, -1)), k, v
-
-
-class MLP(nn.Module):
-    def __init__(self, spec: ArchSpec, *, device=None, dtype=None):
-        super().__init__()
-        kw = dict(bias=False, device=device, dtype=dtype)
-        self.gate_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, **kw)
-        self.up_proj = nn.Linear(spec.hidden_size, spec.intermediate_size, **kw)
-        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, **kw)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)).mul_(self.up_proj(x)))
-
-
-class Block(nn.Module):
-    def __init__(self, spec: ArchSpec, *, device=None, dtype=None):
-        super().__init__()
-        self.attn_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
-        self.attn = Attention(spec, device=device, dtype=dtype)
-        self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
-        self.mlp = MLP(spec, device=device, dtype=dtype)
-
-    def forward(self, x, cos, sin, mask, past, fresh_key_index, keep: Optional[slice] = None,
-                mlp_at: Optional[torch.Tensor] = None):
-        """``keep``: see :meth:`Attention.forward`; the block's output is then ``[G, len(keep), hidden]``.
-        ``mlp_at`` (bool ``[G, L]``): run the MLP at those positions only; the others' outputs lack
-        it (their values are unspecified)."""
-        h, k, v = self.attn(self.attn_norm(x), cos, sin, mask, past, fresh_key_index, keep)
-        # Residual sums in place on the fresh branch outputs (x + h == h + x exactly).
-        x = h.add_(x if keep is None else x[:, keep])
-        if mlp_at is not None:
-            selected = x[mlp_at]
-            x[mlp_at] = self.mlp(self.mlp_norm(selected)).add_(selected)
-            return x, k, v
-        return self.mlp(self.mlp_norm(x)).add_(x), k, v
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``cumsum(mask) - 1`` clamped at 0: left padding does not shift real positions."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-
-
-def _no_empty_rows(mask: torch.Tensor) -> torch.Tensor:
-    """Let query rows with no allowed key (padding queries) attend to everything.
-
-    Their outputs are never read, and padded keys stay masked for every real
-    query, so this only keeps softmax from producing NaN that would spread.
-    """
-    return mask | ~mask.any(-1, keepdim=True)
-
-
-def _check_keep(keep: Optional[slice], T: int) -> Tuple[int, int]:
-    """``[start, stop)`` of the ``keep`` argument of the full forwards (None = every position)."""
-    if keep is None:
-        return 0, T
-    if not isinstance(keep, slice):
-        raise TypeError(f"keep must be a slice of positions or None, got {type(keep).__name__}")
-    try:
-        start, stop, step = keep.indices(T)
-    except TypeError:
-        raise TypeError(f"keep must be a slice of int positions, got {keep}") from None
-    if step != 1 or start >= stop:
-        raise ValueError(f"keep must be a non-empty slice of [0, {T}) with step 1, got {keep}")
-    return start, stop
-
-
-def segment_ids(T: int, gen_start: int, block_length: int, device) -> torch.Tensor:
-    """SDAR segments: 0 for the prompt ``[0, gen_start)``, ``1 + j`` for generation block j."""
-    idx = torch.arange(T, device=device)
-    return torch.where(idx < gen_start, 0, 1 + torch.div(idx - gen_start, block_length, rounding_mode="floor"))
-
-
-def write_blocks(caches: List[torch.Tensor], blocks: List[torch.Tensor], start: int) -> None:
-    """For each pair, write ``block [B, H, W, D]`` into ``cache [B, H, T, D]`` at columns ``[start, start+W)``.
-
-    The single place where caches are written: one fused ``kv_block_replace`` call for all layers.
-    """
-    kv_block_replace(caches, blocks, start)
-
-
-# ----------------------------------------------------------------------------- the model
 
 class Transformer(DiffusionLM):
     """Cache-aware pre-norm transformer; see :mod:`infogain.models.base` for the contract."""
@@ -380,60 +127,24 @@ class Transformer(DiffusionLM):
             return None
         return attention_mask
 
-    # -- validation -------------------------------------------------------------
-    def _check_canvas(self, input_ids, attention_mask, check_values=True):
-        if not isinstance(input_ids, torch.Tensor):
-            raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
-        if input_ids.dim() != 2 or input_ids.dtype != torch.long:
-            raise ValueError(f"input_ids must be a 2-D long tensor [B, T], got {tuple(input_ids.shape)} {input_ids.dtype}")
-        if input_ids.shape[1] < 1:
-            raise ValueError("input_ids must have at least one position")
-        if input_ids.device != self.embed.weight.device:
-            raise ValueError(f"input_ids is on {input_ids.device} but the model is on {self.embed.weight.device}")
-        if check_values:
-            self._check_ids("input_ids", input_ids)
-        if attention_mask is not None:
-            if not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool:
-                raise TypeError("attention_mask must be a bool tensor (True = real token)")
-            if attention_mask.shape != input_ids.shape:
-                raise ValueError(f"attention_mask must have shape {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
-            if attention_mask.device != input_ids.device:
-                raise ValueError(f"attention_mask is on {attention_mask.device} but input_ids is on {input_ids.device}")
-
-    def _check_ids(self, name: str, ids: torch.Tensor) -> None:
-        """Token ids in ``[0, V)``: the one host synchronisation of a checked forward."""
-        if ids.numel() and bool(((ids < 0) | (ids >= self.spec.vocab_size)).any()):
-            raise ValueError(f"{name} must lie in [0, {self.spec.vocab_size})")
+    # -- argument checks (models/validation.py) and segments ------------------------
+    def _check_canvas(self, input_ids, attention_mask, check_values):
+        check_canvas(input_ids, attention_mask, device=self.embed.weight.device, vocab_size=self.spec.vocab_size,
+                     check_values=check_values)
 
     def _segments(self, T, gen_start, block_length, device):
         """Segment ids for block-causal models (None for bidirectional ones)."""
         if not self.spec.block_causal:
             return None
-        if gen_start is None or block_length is None:
-            raise ValueError("gen_start and block_length are required for a block-causal (SDAR) model")
-        for name, value in (("gen_start", gen_start), ("block_length", block_length)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-        if not 0 <= gen_start <= T:
-            raise ValueError(f"gen_start must lie in [0, {T}], got {gen_start}")
-        if block_length < 1:
-            raise ValueError(f"block_length must be >= 1, got {block_length}")
+        check_segments(T, gen_start, block_length)
         return segment_ids(T, gen_start, block_length, device)
 
     # -- full forwards ------------------------------------------------------------
     def _full(self, input_ids, attention_mask, gen_start, block_length, collect, keep=None):
         """Run the full canvas; ``attention_mask`` is the already reduced :meth:`_padding_mask`;
         ``keep``: as in :meth:`_run`."""
-        B, T = input_ids.shape
-        seg = self._segments(T, gen_start, block_length, input_ids.device)
-        mask = None
-        if attention_mask is not None:
-            mask = attention_mask[:, None, None, :].expand(B, 1, T, T)
-        if seg is not None:
-            causal = (seg[None, :] <= seg[:, None])[None, None]
-            mask = causal if mask is None else mask & causal
-        if mask is not None:
-            mask = _no_empty_rows(mask)
+        T = input_ids.shape[1]
+        mask = canvas_mask(attention_mask, self._segments(T, gen_start, block_length, input_ids.device))
         # Without padding every row has positions 0..T-1: one row of rotary tables, broadcast.
         positions = (position_ids(attention_mask) if attention_mask is not None
                      else torch.arange(T, device=input_ids.device)[None])
@@ -454,7 +165,7 @@ class Transformer(DiffusionLM):
     def _kept_hidden(self, input_ids, mask, gen_start, block_length, keep, collect):
         """Full forward of the canvas: (aligned final hidden states of the ``keep`` positions
         ``[B, len(keep), hidden]``, per-layer fresh (k, v) of every position or None)."""
-        start, stop = _check_keep(keep, input_ids.shape[1])
+        start, stop = check_keep(keep, input_ids.shape[1])
         # Dream's logit of position i comes from hidden state i-1: one more position in front.
         lo = start - 1 if (self.spec.shift_logits and start > 0) else start
         hidden, fresh = self._full(input_ids, mask, gen_start, block_length, collect=collect,
@@ -488,43 +199,21 @@ class Transformer(DiffusionLM):
                 check_values=True, keep=None):
         """Full forward plus the cache for ``mode`` (see :mod:`infogain.models.base`).
 
-        The cache has capacity T for "dual" and "block_causal" (so block writes are
-        in place) and exactly ``start`` positions for "prefix". It also records the
-        canvas ids and mask, which window forwards fall back to, and (host flag
-        ``all_real`` of :class:`TransformerKVCache`) whether the canvas is known to
-        have no padding. ``check_values`` and ``keep`` (the logits of those positions
+        The cache is built by :func:`~infogain.models.cache.prefill_cache`: capacity T for
+        "dual" and "block_causal" (so block writes are in place), exactly ``start`` positions
+        for "prefix"; it also records the canvas ids and mask, which window forwards fall back
+        to, and (host flag ``all_real`` of :class:`~infogain.models.cache.TransformerKVCache`)
+        whether the canvas is known to have no padding. ``check_values`` and ``keep`` (the logits of those positions
         only; the cache still covers every position): as in :meth:`forward`.
         """
         check_values = check_bool("check_values", check_values)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode == "block_causal" and not self.spec.block_causal:
-            raise ValueError(f"mode 'block_causal' needs a block-causal model; {self.config.arch} is bidirectional")
-        if mode != "block_causal" and self.spec.block_causal:
-            raise ValueError(f"mode must be 'block_causal' for the block-causal model {self.config.arch}, got {mode!r}")
+        check_prefill_mode(mode, block_causal=self.spec.block_causal, arch=self.config.arch)
         self._check_canvas(input_ids, attention_mask, check_values)
-        T = input_ids.shape[1]
-        if isinstance(start, bool) or not isinstance(start, int):
-            raise TypeError(f"start must be an int, got {type(start).__name__}")
-        if not 0 <= start <= T:
-            raise ValueError(f"start must lie in [0, {T}], got {start}")
-        if mode == "block_causal":
-            self._segments(T, gen_start, block_length, input_ids.device)   # validates gen_start, block_length
-            # Segment boundaries (see segment_ids), decided on the host.
-            if start < gen_start or (start < T and (start - gen_start) % block_length != 0):
-                raise ValueError(f"start={start} must be a block boundary at or after gen_start={gen_start}")
+        check_prefill_start(start, input_ids.shape[1], mode, gen_start, block_length)
         mask = self._padding_mask(attention_mask, check_values)
         hidden, fresh = self._kept_hidden(input_ids, mask, gen_start, block_length, keep, collect=True)
-        if mode == "prefix":
-            keys = [k[:, :, :start].contiguous() for k, _ in fresh]
-            values = [v[:, :, :start].contiguous() for _, v in fresh]
-            length = start
-        else:
-            keys, values = [k for k, _ in fresh], [v for _, v in fresh]
-            length = T if mode == "dual" else start
-        canvas_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        cache = TransformerKVCache(keys=keys, values=values, length=length, token_ids=input_ids.clone(),
-                                   attention_mask=canvas_mask.clone(), mode=mode, all_real=mask is None)
+        cache = prefill_cache(fresh, mode=mode, start=start, input_ids=input_ids, attention_mask=attention_mask,
+                              all_real=mask is None)
         return self.logits_from_hidden(hidden), cache
 
     # -- window forwards ----------------------------------------------------------
@@ -538,8 +227,16 @@ class Transformer(DiffusionLM):
         Selecting them reads a count back: meant for the CPU, where that costs nothing.
         """
         check_values = check_bool("check_values", check_values)
-        R, W, layout, attention_mask, all_real = self._check_window(window_ids, start, cache, mode, attention_mask,
-                                                                    cache_rows, write, check_values)
+        check_window(window_ids, start, cache, mode, attention_mask, num_layers=self.spec.num_layers,
+                     vocab_size=self.spec.vocab_size, check_values=check_values)
+        (R, W), B = window_ids.shape, cache.token_ids.shape[0]
+        cache_rows = check_cache_rows(cache_rows, R, B, write)
+        layout = None if cache_rows is None else candidate_rows(cache_rows, window_ids.device, B)
+        all_real = False
+        if attention_mask is None:
+            attention_mask = cache.attention_mask
+            all_real = bool(getattr(cache, "all_real", False))   # a host flag, not a tensor
+        attention_mask = attention_mask.to(window_ids.device)
         # Dream needs the hidden state of position start-1 for the logit at start: it
         # is forwarded as one extra query whose key/value stay the cached ones.
         extra = 1 if (self.spec.shift_logits and start > 0) else 0
@@ -581,33 +278,19 @@ class Transformer(DiffusionLM):
                      canvas_rows=None):
         """Window row r against cache row r (``canvas_rows[r]`` when given: a long tensor of cache
         rows): keys ``[cache[0, cached) | fresh window]``, one mask (none when nothing is masked)."""
-        R, W = window_ids.shape
+        W = window_ids.shape[1]
         if canvas_rows is not None:
             attention_mask = attention_mask[canvas_rows]
         ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache,
                                                     slice(None) if canvas_rows is None else canvas_rows)
         Lq = ids.shape[1]
         positions = position_ids(attention_mask)[:, start - extra:start + W]
-        if all_real and mode != "dual":
-            mask = None   # known on the host: no padding, and no cached key is replaced
-        else:
-            cache_ok = attention_mask[:, :cached].clone()
-            if mode == "dual":
-                cache_ok[:, start:start + W] = False   # the window's fresh keys replace them
-            window_ok = attention_mask[:, start:start + W]
-            mask = torch.cat([cache_ok[:, None, :].expand(R, Lq, cached),
-                              window_ok[:, None, :].expand(R, Lq, W)], dim=2)[:, None]
-            mask = _no_empty_rows(mask)
-
-        def past(i):
-            k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
-            if canvas_rows is not None:
-                k, v = k.index_select(0, canvas_rows), v.index_select(0, canvas_rows)
-            return k, v
-
-        hidden, fresh = self._run(ids, positions, mask, past, fresh_key_index, collect=write)
+        mask = window_mask(attention_mask, cached=cached, start=start, W=W, queries=Lq, dual=mode == "dual",
+                           all_real=all_real)
+        hidden, fresh = self._run(ids, positions, mask, cached_past(cache, cached, canvas_rows), fresh_key_index,
+                                  collect=write)
         if write:
-            self._write(cache, fresh, start, W, mode, window_ids)
+            write_window(cache, fresh, start, window_ids, mode)
         return hidden
 
     def _window_candidates(self, window_ids, layout: CandidateRows, start, extra, cached, cache, mode,
@@ -615,8 +298,10 @@ class Transformer(DiffusionLM):
         """Window row r against cache row ``layout.rows[r]`` by cascade attention (no cache copy).
 
         Rows are grouped by the cache row they read and laid out as ``G`` groups of
-        ``n`` slots (see :class:`CandidateRows`), so that :func:`cascade_attention` can
-        attend each group's queries to its cache row in one call.
+        ``n`` slots (see :class:`CandidateRows`), so that
+        :func:`~infogain.models.attention.cascade_attention` can attend each group's queries to its
+        cache row in one call (or one stacked attention runs per group, as
+        :func:`~infogain.models.attention.candidate_masks` picks).
         """
         W = window_ids.shape[1]
         groups, slot_of_row, n = layout.groups, layout.slot_of_row, layout.slots_per_group
@@ -626,29 +311,9 @@ class Transformer(DiffusionLM):
         slotted[slot_of_row] = ids
         group_mask = attention_mask[groups]                                          # [G, T]
         positions = position_ids(group_mask)[:, start - extra:start + W].repeat_interleave(n, 0)
-
-        shared_key_mask = group_mask[:, :cached].clone()
-        if mode == "dual":
-            shared_key_mask[:, start:start + W] = False   # the window's fresh keys replace them
-        own_key_mask = group_mask[:, start:start + W].repeat_interleave(n, 0)
-
-        # All-True masks are dropped so the fused kernels run without a mask: known on the host
-        # without padding (dual's shared mask still excludes the window), else read back when
-        # values may be checked; otherwise they are applied as they are (same result).
-        def reduced(mask, known_all_true):
-            return None if known_all_true or (check_values and bool(mask.all())) else mask
-
-        masks = CascadeMasks(shared=reduced(shared_key_mask, all_real and mode != "dual"),
-                             own=reduced(own_key_mask, all_real))
-        if not use_cascade(cached, n * W, window_ids.device):
-            masks = StackedMasks(stacked_mask(masks.shared, masks.own, groups=G, per_group=n, queries=ids.shape[1],
-                                              shared_keys=cached, own_keys=W, device=window_ids.device))
-
-        def past(i):
-            k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
-            if not layout.every_cache_row:
-                k, v = k.index_select(0, groups), v.index_select(0, groups)
-            return k, v
+        masks = candidate_masks(group_mask, cached=cached, start=start, W=W, per_group=n, queries=ids.shape[1],
+                                dual=mode == "dual", all_real=all_real, check_values=check_values)
+        past = cached_past(cache, cached, None if layout.every_cache_row else groups)
 
         mlp_at = None
         if read is not None:
@@ -688,77 +353,3 @@ class Transformer(DiffusionLM):
         return self.logits_from_hidden(self.window_hidden_states(
             window_ids, start=start, cache=cache, mode=mode, attention_mask=attention_mask,
             cache_rows=cache_rows, write=write, check_values=check_values))
-
-    def _write(self, cache: KVCache, fresh, start: int, W: int, mode: str, window_ids) -> None:
-        write_blocks(cache.keys + cache.values, [k for k, _ in fresh] + [v for _, v in fresh], start)
-        cache.token_ids[:, start:start + W] = window_ids
-        if mode == "block_causal":
-            cache.length = start + W
-
-    def _check_window(self, window_ids, start, cache, mode, attention_mask, cache_rows, write, check_values):
-        """Validate a window forward; returns ``(R, W, layout or None, canvas mask [B, T], all_real)``."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if not isinstance(cache, KVCache):
-            raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
-        if cache.mode is not None and cache.mode != mode:
-            raise ValueError(f"mode={mode!r} but the cache was built for mode {cache.mode!r}")
-        if len(cache.keys) != self.spec.num_layers or len(cache.values) != self.spec.num_layers:
-            raise ValueError(f"cache must hold {self.spec.num_layers} layers, got {len(cache.keys)}")
-        if cache.token_ids is None:
-            raise ValueError("cache has no token_ids; build it with prefill()")
-        if not isinstance(window_ids, torch.Tensor):
-            raise TypeError(f"window_ids must be a torch.Tensor, got {type(window_ids).__name__}")
-        if window_ids.dim() != 2 or window_ids.dtype != torch.long or window_ids.shape[0] < 1 or window_ids.shape[1] < 1:
-            raise ValueError(f"window_ids must be a non-empty 2-D long tensor [R, W], got {tuple(window_ids.shape)} {window_ids.dtype}")
-        if window_ids.device != cache.keys[0].device:
-            raise ValueError(f"window_ids is on {window_ids.device} but the cache is on {cache.keys[0].device}")
-        if check_values:
-            self._check_ids("window_ids", window_ids)
-        R, W = window_ids.shape
-        B, T = cache.token_ids.shape
-        if isinstance(start, bool) or not isinstance(start, int):
-            raise TypeError(f"start must be an int, got {type(start).__name__}")
-        if mode == "prefix":
-            if start != cache.length or start + W != T:
-                raise ValueError(f"prefix mode: the window must be [cache.length={cache.length}, T={T}); "
-                                 f"got start={start}, W={W}")
-        elif mode == "dual":
-            if not 0 <= start or start + W > T:
-                raise ValueError(f"dual mode: the window [start, start+W) = [{start}, {start + W}) must lie in [0, {T})")
-        else:
-            if start != cache.length or start + W > T:
-                raise ValueError(f"block_causal mode: start must equal cache.length={cache.length} and "
-                                 f"start+W <= T={T}; got start={start}, W={W}")
-        all_real = False
-        if attention_mask is None:
-            attention_mask = cache.attention_mask
-            all_real = bool(getattr(cache, "all_real", False))   # a host flag, not a tensor
-        elif not isinstance(attention_mask, torch.Tensor) or attention_mask.dtype != torch.bool:
-            raise TypeError("attention_mask must be a bool tensor [B, T]")
-        elif tuple(attention_mask.shape) != (B, T):
-            raise ValueError(f"attention_mask must have the cache's canvas shape {(B, T)}, got {tuple(attention_mask.shape)}")
-        layout = None
-        if cache_rows is not None:
-            if isinstance(cache_rows, torch.Tensor):
-                if cache_rows.dtype != torch.long:
-                    raise TypeError("cache_rows must be a long tensor [R] or a tuple of ints")
-                if tuple(cache_rows.shape) != (R,):
-                    raise ValueError(f"cache_rows must have shape ({R},), got {tuple(cache_rows.shape)}")
-                cache_rows = tuple(cache_rows.tolist())   # the layout is built on the host: one read-back
-            elif isinstance(cache_rows, tuple):
-                if not all(isinstance(r, int) and not isinstance(r, bool) for r in cache_rows):
-                    raise TypeError("cache_rows must be a long tensor [R] or a tuple of ints")
-                if len(cache_rows) != R:
-                    raise ValueError(f"cache_rows must hold {R} rows (one per window row), got {len(cache_rows)}")
-            else:
-                raise TypeError("cache_rows must be a long tensor [R] or a tuple of ints, "
-                                f"got {type(cache_rows).__name__}")
-            if any(r < 0 or r >= B for r in cache_rows):
-                raise ValueError(f"cache_rows must lie in [0, {B})")
-            if write:
-                raise ValueError("write=True is not allowed with cache_rows (candidates never write the cache)")
-            layout = candidate_rows(cache_rows, window_ids.device, B)
-        elif R != B:
-            raise ValueError(f"window_ids has {R} rows but the cache has {B}; pass cache_rows to map them")
-        return R, W, layout, attention_mask.to(window_ids.device), all_real

@@ -11,7 +11,8 @@ Sampler names (:data:`SAMPLERS`): ``info_gain``, ``lookum`` (Info-Gain with
 and ``eb`` (entropy-bounded). All return a :class:`GenerationResult` with the
 same :class:`~infogain.stats.RunStats`.
 """
-from .sampler import CACHE_MODES, VARIANTS, DiffusionSampler, GenerateOptions, GenerationResult
+from .options import CACHE_MODES, VARIANTS, GenerateOptions, GenerationResult
+from .sampler import DiffusionSampler
 from .strategies import (Candidates, EntropyBoundedStrategy, FastDLLMStrategy, InfoGainStrategy, ScoreStrategy,
                          StepDecision, StepState, Strategy)
 

@@ -1,6 +1,7 @@
 """One Info-Gain decoding step as pure device work, so that it can be captured in a CUDA graph.
 
-It shares the decision with the sampler (``_Run._decide``). The sampler's ``_Run._step`` reads one small tensor back per step, and forwards only the kept
+It shares the decision with the sampler's eager step (the pure :func:`.step.decide`). The eager
+step (``_Run._step`` in :mod:`.run`) reads one small tensor back per step, and forwards only the kept
 (distinct) candidates of the lookahead rows, a batch whose size is known only after that
 read-back. :func:`device_step` does the same step with fixed shapes instead: it forwards all
 N x B candidates (one window per candidate and row, against the shared cache) and lets only the
@@ -25,11 +26,13 @@ import torch
 from infogain_kernels import lookahead_objective
 
 from ..stats import KIND_LOOKAHEAD
+from .step import decide
 
 
 def device_step(run, start: int, quota: torch.Tensor, max_quota: int) -> dict:
-    """The device work of ``run._step`` for every row of the block at ``start`` (see the module
-    docstring). ``run``: the sampler's ``_Run`` with its dual cache and block logits in place.
+    """The device work of the eager step for every row of the block at ``start`` (see the module
+    docstring). ``run``: the sampler's run state (:mod:`.run`) with its dual cache and block logits
+    in place; only its public attributes are read.
 
     Returns tensors: ``kind`` int64 [B], ``block`` int64 [B, L] (the block's tokens after the
     step), ``commit`` bool [B, L], ``next_logits`` [B, L, V] (the block logits of the next step for
@@ -39,7 +42,10 @@ def device_step(run, start: int, quota: torch.Tensor, max_quota: int) -> dict:
         raise ValueError(f"device_step supports cache='dual', got {run.mode!r}")
     opts = run.opts
     logits = run.block_logits
-    block_ids, _, entropy, kind, commit, decision, _ = run._decide(start, quota, False, max_quota, for_graph=True)
+    # Candidates are never deferred here: the step has no read-back to defer them behind.
+    block_ids, _, entropy, kind, commit, decision, _ = decide(
+        run.strategy, opts, logits, run.canvas[:, start:start + run.length], run.mask_id, quota, last=False,
+        max_quota=max_quota, generator=run.generator, reused=run.reused)
     block = torch.where(commit, decision.tokens, block_ids)
     bad = ~torch.isfinite(entropy).all()
     candidates = decision.candidates
@@ -50,8 +56,8 @@ def device_step(run, start: int, quota: torch.Tensor, max_quota: int) -> dict:
     cand_block = torch.where(candidates.commit, candidates.tokens, block[None])          # [N, B, L]
     window = cand_block.reshape(num_candidates * batch, length)
     cache_rows = tuple(b for _ in range(num_candidates) for b in range(batch))          # host ints: no sync
-    next_logits = run._logits(run.model.forward_window(
-        window, start=start, cache=run.cache, mode=run.mode, attention_mask=run.model_attention,
+    next_logits = run.calls.logits(run.model.forward_window(
+        window, start=start, cache=run.calls.cache, mode=run.mode, attention_mask=run.model_attention,
         cache_rows=cache_rows, check_values=False))
     cost = candidates.cost.reshape(-1) if opts.variant == "info_gain" else None
     objective, _ = lookahead_objective(next_logits, window == run.mask_id, cost, variant=opts.variant,

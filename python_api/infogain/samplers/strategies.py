@@ -267,6 +267,9 @@ class InfoGainStrategy(Strategy):
 
     name = "info_gain"
 
+    def __init__(self):
+        self._constant_cache = {}
+
     def num_token_samples(self, options) -> int:
         return max(1, options.candidate_number) if options.temperature > 0 else 0
 
@@ -301,6 +304,17 @@ class InfoGainStrategy(Strategy):
         kind = torch.where(rest, KIND_TRIVIAL, kind)
         return StepDecision(kind=kind, commit=bypass_commit | trivial_commit, tokens=tokens)
 
+    def _constants(self, num_candidates: int, width: int, device: torch.device):
+        """``(slot, earlier)``: int64 [width] the slot indices, bool [N, N] ``earlier[n, m]``: m < n.
+        Built once per shape and device, not every step."""
+        key = (num_candidates, width, device)
+        constants = self._constant_cache.get(key)
+        if constants is None:
+            constants = self._constant_cache[key] = (
+                torch.arange(width, device=device),
+                torch.ones(num_candidates, num_candidates, dtype=torch.bool, device=device).tril(diagonal=-1))
+        return constants
+
     def skip_candidates(self, state: StepState) -> None:
         # candidates() draws exactly one seed (its one gumbel_topk call with 2 samples).
         _random.draw_seed(state.generator, state.masked.device)
@@ -327,14 +341,12 @@ class InfoGainStrategy(Strategy):
         # Candidate 0: the deterministic top-k (sample 0); candidates >= 1: their Gumbel sample (1).
         positions = torch.cat([positions[0, :batch], positions[1, batch:]], dim=0)
         positions = positions.reshape(num_candidates, batch, -1)
-        slot = torch.arange(positions.shape[-1], device=positions.device)
+        slot, earlier = self._constants(num_candidates, positions.shape[-1], positions.device)
         in_quota = (slot < quota[None, :, None]) & (positions >= 0)
         commit = torch.zeros(num_candidates, batch, length, dtype=torch.bool, device=positions.device)
         commit.scatter_(2, positions.clamp(min=0), in_quota)
         # A later candidate repeating an earlier candidate's position set adds nothing: drop it.
         same_set = (commit[:, None] == commit[None, :]).all(dim=-1)          # [N, N, B]
-        earlier = torch.ones(num_candidates, num_candidates, dtype=torch.bool,
-                             device=commit.device).tril(diagonal=-1)          # earlier[n, m]: m < n
         duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
         keep = ~duplicate & lookahead_rows[None, :]
         cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)

@@ -1,0 +1,119 @@
+"""The transformer's KV cache: its type, the layout of candidate rows over it, and building, reading
+and writing it.
+
+A window forward with ``cache_rows`` groups its rows by the cache row they read
+(:class:`CandidateRows`); every layer then reads each distinct cache row once, in place
+(:func:`cached_past`), never a per-candidate copy. Caches are written in one place,
+:func:`write_blocks` (one fused ``kv_block_replace`` call for all layers).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+
+from infogain_kernels import kv_block_replace
+
+from .._device import host_ints_to_device
+from .base import KVCache
+
+# Per-layer fresh keys and values of a forward, as the stack collects them.
+FreshKV = List[Tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class TransformerKVCache(KVCache):
+    """A :class:`KVCache` that also records, on the host, that its canvas had no padding.
+
+    ``all_real`` lets window forwards drop the attention mask without reading it back;
+    copies made as plain :class:`KVCache` (no flag) simply keep the mask.
+    """
+
+    all_real: bool = False
+
+
+@dataclass(frozen=True)
+class CandidateRows:
+    """The layout of a candidate window forward, computed on the host from ``cache_rows``.
+
+    Window rows are laid out as ``G`` groups (one per distinct cache row, ascending) of
+    ``n`` slots (n = the largest group); the spare slots of smaller groups repeat a real
+    row and are dropped at the end.
+    """
+
+    rows: torch.Tensor          # [R] long, the cache row of each window row
+    groups: torch.Tensor        # [G] long, the distinct cache rows
+    slot_of_row: torch.Tensor   # [R] long, the slot of each window row
+    slots_per_group: int        # n
+    every_cache_row: bool       # groups == arange(cache batch): no gather of the cache needed
+
+
+def candidate_rows(cache_rows: Sequence[int], device: torch.device, batch_size: int) -> CandidateRows:
+    """The :class:`CandidateRows` of the host list ``cache_rows`` (validated by the caller)."""
+    groups = sorted(set(cache_rows))
+    group_of = {row: g for g, row in enumerate(groups)}
+    filled = [0] * len(groups)
+    group_and_rank = []
+    for row in cache_rows:
+        g = group_of[row]
+        group_and_rank.append((g, filled[g]))   # rank = order of appearance inside the group
+        filled[g] += 1
+    n = max(filled)
+    slots = [g * n + rank for g, rank in group_and_rank]
+    packed = host_ints_to_device(list(cache_rows) + groups + slots, device)   # one copy
+    R, G = len(cache_rows), len(groups)
+    return CandidateRows(rows=packed[:R], groups=packed[R:R + G], slot_of_row=packed[R + G:],
+                         slots_per_group=n, every_cache_row=groups == list(range(batch_size)))
+
+
+def prefill_cache(fresh: FreshKV, *, mode: str, start: int, input_ids: torch.Tensor,
+                  attention_mask: Optional[torch.Tensor], all_real: bool) -> TransformerKVCache:
+    """The cache of a prefill from its per-layer ``fresh`` keys and values of the whole canvas.
+
+    Capacity T for "dual" and "block_causal" (so block writes are in place), exactly ``start``
+    positions for "prefix". It records the canvas ids and mask (all True for ``attention_mask``
+    None), which window forwards fall back to, and the host flag ``all_real``.
+    """
+    T = input_ids.shape[1]
+    if mode == "prefix":
+        keys = [k[:, :, :start].contiguous() for k, _ in fresh]
+        values = [v[:, :, :start].contiguous() for _, v in fresh]
+        length = start
+    else:
+        keys, values = [k for k, _ in fresh], [v for _, v in fresh]
+        length = T if mode == "dual" else start
+    canvas_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    return TransformerKVCache(keys=keys, values=values, length=length, token_ids=input_ids.clone(),
+                              attention_mask=canvas_mask.clone(), mode=mode, all_real=all_real)
+
+
+def cached_past(cache: KVCache, cached: int,
+                rows: Optional[torch.Tensor] = None) -> Callable[[int], Tuple[torch.Tensor, torch.Tensor]]:
+    """Layer index -> that layer's cached keys and values ``[:, :, :cached]``, of the cache rows
+    ``rows`` (a long tensor; None = every row, no gather)."""
+    def past(i):
+        k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
+        if rows is not None:
+            k, v = k.index_select(0, rows), v.index_select(0, rows)
+        return k, v
+
+    return past
+
+
+def write_blocks(caches: List[torch.Tensor], blocks: List[torch.Tensor], start: int) -> None:
+    """For each pair, write ``block [B, H, W, D]`` into ``cache [B, H, T, D]`` at columns ``[start, start+W)``.
+
+    The single place where caches are written: one fused ``kv_block_replace`` call for all layers.
+    """
+    kv_block_replace(caches, blocks, start)
+
+
+def write_window(cache: KVCache, fresh: FreshKV, start: int, window_ids: torch.Tensor, mode: str) -> None:
+    """Write a window forward's fresh keys and values and its ids into ``cache`` at ``start``;
+    block-causal caches grow by the window."""
+    W = window_ids.shape[1]
+    write_blocks(cache.keys + cache.values, [k for k, _ in fresh] + [v for _, v in fresh], start)
+    cache.token_ids[:, start:start + W] = window_ids
+    if mode == "block_causal":
+        cache.length = start + W

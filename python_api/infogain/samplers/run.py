@@ -1,0 +1,306 @@
+"""The sampler's driver: the state of one ``generate`` call and its block loop.
+
+:class:`_Run` holds the canvas, the cache (through :class:`~.model_calls.ModelCalls`), the block
+logits and the statistics, and runs blocks (:meth:`_Run.decode`) and steps (:meth:`_Run._step`).
+A step is the pure pieces of :mod:`.step` and :mod:`.lookahead` around the model calls; only this
+driver changes the run's state. See :meth:`infogain.samplers.DiffusionSampler.generate` for the
+algorithm, the cache modes and the synchronisation budget.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+
+from .._device import host_ints_to_device
+from ..stats import KIND_LOOKAHEAD, KIND_NONE, StatsRecorder
+from . import lookahead as la
+from .model_calls import ModelCalls, exposes_hidden_states
+from .options import GenerateOptions
+from .step import Decided, Reused, decide, fill_after_eos, kept_pairs, masks_left, read_back
+from .trace import step_record
+
+
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a small tensor back from ``device`` costs no synchronisation (the CPU).
+
+    Then the driver reads the decision kinds back before it builds the lookahead candidates and
+    builds them only on steps where some row looks ahead (a second read, of their kept mask, on
+    those steps); on an accelerator it builds them before its one read-back per step."""
+    return device.type == "cpu"
+
+
+class _Run:
+    """State of one ``generate`` call (canvas, cache, block logits, statistics) and its block loop.
+
+    ``reads_free``: see :func:`host_reads_are_free` (its value for the canvas' device by default)."""
+
+    def __init__(self, sampler, opts: GenerateOptions, mode: str, canvas, attention, gen_start: int, generator,
+                 padded: bool, reads_free: Optional[bool] = None):
+        self.sampler = sampler
+        self.model = sampler.model
+        self.strategy = sampler.strategy
+        self.opts = opts
+        self.mode = mode
+        self.canvas = canvas
+        self.attention = attention
+        self.gen_start = gen_start
+        self.generator = generator
+        self.batch = canvas.shape[0]
+        self.length = opts.block_length
+        self.device = canvas.device
+        self.mask_id = sampler.mask_id
+        self.eos_id = sampler.eos_id if opts.stop_at_eos else None
+        # The lookahead's windows hold their commit's EOS fill only with lookahead_eos_fill.
+        self.window_eos_id = self.eos_id if opts.lookahead_eos_fill else None
+        self.recorder = StatsRecorder(self.batch, self.device)
+        self.trace: List[dict] = []
+        # The mask the model receives: None when no prompt is padded (known on the host).
+        self.model_attention = attention if padded else None
+        self.calls = ModelCalls(self.model, mode, self.model_attention, gen_start, self.length, sampler.block_causal,
+                                self.mask_id, sorted({t for t in (sampler.eos_id, sampler.pad_id) if t is not None}),
+                                opts.eos_penalty)
+        self.block_logits: Optional[torch.Tensor] = None  # [B, L, V], model dtype
+        # Device flag of the last lookahead's non-finite objective, read with the next step.
+        self.lookahead_bad: Optional[torch.Tensor] = None
+        # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
+        self.hidden_head = exposes_hidden_states(self.model, mode)
+        self.fused_head = opts.fused_head and self.hidden_head
+        # On the CPU the candidates are built after the read-back (deferred) and the lookahead's last
+        # layer skips the positions nobody reads, both because a read-back costs nothing there.
+        self.reads_free = host_reads_are_free(self.device) if reads_free is None else reads_free
+        # At temperature 0 a step needs only the statistics of its block, which the fused lookahead
+        # computes for every candidate anyway (with_top): the winner's are kept, and its block logits
+        # are never computed. head_stats_rows: host flags of the rows whose statistics are those.
+        self.reuse_head_stats = self.fused_head and opts.temperature == 0
+        self.head_stats = None  # entropy, top1_prob, top1_id, top2_prob [B, L]
+        self.head_stats_rows = [False] * self.batch
+
+    @property
+    def cache(self):
+        """The model's cache (None before the first prefill)."""
+        return self.calls.cache
+
+    @property
+    def reused(self) -> Optional[Reused]:
+        """The block statistics kept from the last fused lookahead, when some row holds them."""
+        return Reused(self.head_stats, self.head_stats_rows) if any(self.head_stats_rows) else None
+
+    # -------------------------------------------------------------- block logits
+
+    def _store_block_logits(self, rows: Optional[torch.Tensor], logits: torch.Tensor,
+                            host_rows: Optional[Sequence[int]] = None) -> None:
+        """Store the block logits of ``rows`` (device index, None = all; ``host_rows`` the same rows
+        as host ints when known): their statistics come from these logits again."""
+        for r in (range(self.batch) if rows is None else host_rows or ()):
+            self.head_stats_rows[r] = False
+        if self.block_logits is None:
+            self.block_logits = logits.new_empty(self.batch, self.length, logits.shape[-1])
+        if rows is None:
+            self.block_logits.copy_(logits)
+        else:
+            self.block_logits[rows] = logits
+
+    def _enter_block(self, start: int) -> List[bool]:
+        """Block-entry work of the cache modes; returns which rows still need a forward."""
+        end = start + self.length
+        if self.mode in ("prefix", "dual") or (self.mode == "block_causal" and self.calls.cache is None):
+            prefill_start = self.gen_start if self.mode == "block_causal" else start
+            # Only the block's logits are read: a model that can returns only those.
+            logits = self.calls.prefill(self.canvas, prefill_start, slice(start, end))
+            self.recorder.count_forward(range(self.batch))
+            self._store_block_logits(None, logits)
+            return [False] * self.batch
+        return [True] * self.batch
+
+    def _forward_rows(self, rows: List[int], start: int) -> None:
+        end = start + self.length
+        # All rows (the common case): views of the canvas, no index tensor, no gather.
+        every = len(rows) == self.batch
+        index = None if every else host_ints_to_device(rows, self.device)
+        canvas = self.canvas if every else self.canvas[index]
+        calls = self.calls
+        if self.mode == "none":
+            logits = calls.full(canvas, index, slice(start, end))
+        else:
+            # All rows: one plain window forward, row r against cache row r (a subset: the
+            # plain forward over those cache rows, see forward_window).
+            cache_rows = None if every else rows
+            if self.mode == "prefix" and self.hidden_head:
+                # The window runs from the block to the end, but only the block's logits are read.
+                hidden = calls.window(canvas[:, start:], start, cache_rows, hidden=True)
+                logits = calls.logits(self.model.logits_from_hidden(hidden[:, :self.length]))
+            elif self.mode == "prefix":
+                logits = calls.window(canvas[:, start:], start, cache_rows)[:, :self.length]
+            else:  # dual and block_causal forward the block only
+                logits = calls.window(canvas[:, start:end], start, cache_rows)
+        self.recorder.count_forward(rows)
+        self._store_block_logits(index, logits, rows)
+
+    # -------------------------------------------------------------- decoding
+
+    def decode(self) -> None:
+        opts = self.opts
+        num_blocks = opts.gen_length // self.length
+        base_steps, extra_steps = divmod(opts.steps, num_blocks)
+        progress = None
+        if opts.progress:
+            from tqdm.auto import tqdm
+            progress = tqdm(total=num_blocks, desc=f"{self.sampler.name} blocks")
+        for block in range(num_blocks):
+            start = self.gen_start + block * self.length
+            steps = base_steps + (1 if block < extra_steps else 0)
+            self._decode_block(block, start, steps)
+            if self.mode == "block_causal" and block + 1 < num_blocks:
+                # Append the finished block's K/V (exact block-causal cache).
+                self.calls.window(self.canvas[:, start:start + self.length], start, None, write=True)
+                self.recorder.count_forward(range(self.batch))
+            if opts.on_block is not None:
+                opts.on_block(block, self.canvas[:, self.gen_start:].clone())
+            if progress is not None:
+                progress.update(1)
+        if progress is not None:
+            progress.close()
+        if self.lookahead_bad is not None:  # unreachable by the schedule; kept as a guard
+            if bool(self.lookahead_bad):
+                raise ValueError("the model produced NaN / all -inf logits in the last lookahead forward")
+
+    def _decode_block(self, block: int, start: int, steps: int) -> None:
+        end = start + self.length
+        scheduled = self.strategy.scheduled
+        stale = self._enter_block(start)
+        left = [1] * self.batch  # unknown until the first read-back; assume some
+        initial = (self.canvas[:, start:end] == self.mask_id).sum(dim=1)
+        base_quota, extra_quota = initial // steps, initial % steps
+        max_steps = steps if scheduled else self.length
+        max_quota = -(-self.length // steps)
+        # Row b's quota at step s: the base, plus one in the first (initial % steps) steps.
+        quotas = base_quota + (torch.arange(max_steps, device=self.device)[:, None] < extra_quota)
+        for step in range(max_steps):
+            need = [r for r in range(self.batch) if stale[r] and left[r] > 0]
+            if need:
+                self._forward_rows(need, start)
+                for r in need:
+                    stale[r] = False
+            kinds, left = self._step(block, step, start, quotas[step], last=scheduled and step == steps - 1,
+                                     max_quota=max_quota)
+            for r, kind in enumerate(kinds):
+                # A row that committed anything but the lookahead winner has no logits for its new state.
+                if kind != KIND_NONE and kind != KIND_LOOKAHEAD:
+                    stale[r] = True
+            if not any(left):
+                return
+        if not scheduled:
+            raise RuntimeError(f"{self.strategy.name}: block {block} still has masks after {max_steps} steps")
+
+    def _decide(self, start: int, quota: torch.Tensor, last: bool, max_quota: int) -> Decided:
+        """The step's device work up to the strategy's decision (:func:`.step.decide` on the run's state)."""
+        return decide(self.strategy, self.opts, self.block_logits, self.canvas[:, start:start + self.length],
+                      self.mask_id, quota, last=last, max_quota=max_quota, generator=self.generator,
+                      reused=self.reused, defer_candidates=self.reads_free)
+
+    def _eos_fill(self) -> None:
+        """EOS fill of the generation region (``stop_at_eos``)."""
+        if self.eos_id is not None:
+            self.recorder.add_eos_fill(fill_after_eos(self.canvas[:, self.gen_start:], self.mask_id, self.eos_id))
+
+    def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
+        """One denoising step of every row; returns (kinds, masks left) as host lists.
+
+        One host read-back; on the CPU a second one on steps that look ahead (see
+        :meth:`DiffusionSampler.generate`)."""
+        end = start + self.length
+        decided = self._decide(start, quota, last, max_quota)
+        decision, kind, commit = decided.decision, decided.kind, decided.commit
+        self.canvas[:, start:end] = torch.where(commit, decision.tokens, decided.block_ids)
+        self._eos_fill()
+
+        candidates = decision.candidates
+        left = masks_left(self.canvas[:, start:end], self.mask_id, decided, quota)
+        kinds, left_host, keep = read_back(kind, left, decided.entropy, self.lookahead_bad,
+                                           None if candidates is None else candidates.keep, block=block, step=step)
+        self.lookahead_bad = None
+
+        lookahead_rows = [r for r in range(self.batch) if kinds[r] == KIND_LOOKAHEAD]
+        outcome = None
+        if decision.candidates_deferred and not lookahead_rows:
+            self.strategy.skip_candidates(decided.state)
+        if lookahead_rows:
+            if decision.candidates_deferred:
+                # Reads are free here (see host_reads_are_free): the candidates of the rows that
+                # look ahead only, and their kept mask read back.
+                candidates = self.strategy.candidates(decided.state, kind == KIND_LOOKAHEAD)
+                keep = candidates.keep.reshape(-1).tolist()
+            outcome = self._lookahead(start, candidates, kept_pairs(keep, self.batch), lookahead_rows, left_host)
+            rows = outcome.rows
+            self.canvas[rows, start:end] = torch.where(outcome.commit, outcome.tokens, self.canvas[rows, start:end])
+            commit[rows] = outcome.commit
+            self._eos_fill()
+        self.recorder.add_commits(kind, commit, decided.entropy)
+        if self.opts.record:
+            self.trace.append(step_record(block, step, start, kinds, commit, self.canvas[:, start:end], outcome,
+                                          candidates))
+        return kinds, left_host
+
+    def _lookahead(self, start: int, candidates, pairs, lookahead_rows, masks_left) -> la.Outcome:
+        """Forward the kept candidates ``pairs`` of all rows as one batch and pick each row's best.
+        ``masks_left``: host ints [B], the masks a lookahead row's winner leaves in the block."""
+        length = self.length
+        batch = la.candidate_batch(candidates, pairs, lookahead_rows, self.canvas[:, start:start + length])
+        fill_from = self.gen_start if self.mode == "none" else 0
+        window, offset = la.candidate_windows(self.mode, self.canvas, batch, start, fill_from, self.mask_id,
+                                              self.window_eos_id)
+        # H_next window: everything from the block on, except for block-causal models (the block only).
+        h_end = offset + length if (self.sampler.block_causal or self.mode == "dual") else window.shape[1]
+        # With the fused head, the forward stops at the hidden states (no [R, W, V] logits). A full
+        # forward returns the read positions [offset, h_end) only: out_offset is the block's column in it.
+        remaining = window[:, offset:h_end] == self.mask_id
+        cache_rows = [b for _, b in pairs]
+        if self.mode == "none":
+            next_out = self.calls.full(window, batch.row_index, slice(offset, h_end), hidden=self.fused_head)
+            out_offset = 0
+        else:
+            read_positions = None
+            if self.fused_head and self.reads_free:
+                # Only the still-masked positions are read (the objective, the winner's logits): where
+                # selecting them costs no sync, the last layer's MLP skips the others.
+                if offset == 0 and h_end == window.shape[1]:
+                    read_positions = remaining   # the window is the read range (dual, block causal)
+                else:
+                    read_positions = torch.zeros_like(window, dtype=torch.bool)
+                    read_positions[:, offset:h_end] = remaining
+            next_out = self.calls.window(window, start, cache_rows, hidden=self.fused_head, read=read_positions)
+            out_offset = offset
+        read = next_out[:, out_offset:out_offset + h_end - offset]
+        self.recorder.count_lookahead(cache_rows)
+        cost = candidates.cost[batch.cand_index, batch.row_index] if self.opts.variant == "info_gain" else None
+        head = None
+        if self.fused_head:
+            weight = self.model.lm_head_weight
+            head = (weight, self.calls.head_bias(weight.shape[0], self.device))
+        objective, h_next, fused = la.objective(read, remaining, cost, self.opts.variant, head,
+                                                with_top=self.reuse_head_stats)
+        # Checked with the next step's read-back (before anything reads the winner's logits there).
+        self.lookahead_bad = ~torch.isfinite(objective).all()
+        best, winner = la.winners(objective, batch, candidates.keep.shape[0], self.batch)
+        rows = batch.rows
+        if self.reuse_head_stats:
+            # The winners' block statistics, already computed at every still-masked position.
+            winner_stats = (fused.entropy, fused.top1_prob, fused.top1_id, fused.top2_prob)
+            if self.head_stats is None:
+                self.head_stats = tuple(t.new_zeros(self.batch, length) for t in winner_stats)
+            for stored, value in zip(self.head_stats, winner_stats):
+                stored[rows] = value[winner, :length]
+            for r in lookahead_rows:
+                self.head_stats_rows[r] = True
+        elif self.fused_head:
+            winner_out = next_out[winner, out_offset:out_offset + length]
+            # The next step reads the winners' block logits only where the block is still masked: the
+            # head runs on those positions (masked ones first; rows with fewer masks repeat others).
+            positions = la.still_masked_positions(remaining[winner, :length], max(masks_left[r] for r in lookahead_rows))
+            hidden = winner_out.gather(1, positions[..., None].expand(-1, -1, winner_out.shape[-1]))
+            self.block_logits[rows[:, None], positions] = self.calls.logits(self.model.logits_from_hidden(hidden))
+        else:
+            self._store_block_logits(rows, next_out[winner, out_offset:out_offset + length], lookahead_rows)
+        return la.Outcome(rows, batch.commit[winner], batch.block[winner], best, pairs, objective, h_next,
+                          batch.commit, batch.block)

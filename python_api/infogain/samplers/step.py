@@ -1,0 +1,157 @@
+"""The pure pieces of one denoising step, shared by the driver's eager step
+(:meth:`infogain.samplers.run._Run._step`) and the CUDA-graph step
+(:func:`infogain.samplers.graph_step.device_step`): the statistics of the block and the
+strategy's decision with the driver's last-step fill (:func:`decide`), the statistics reused from
+the previous step's fused lookahead (:func:`reused_statistics`), the EOS fill
+(:func:`fill_after_eos`) and the step's one packed read-back (:func:`read_back`).
+
+Nothing here reads a tensor back to the host except :func:`read_back`."""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from infogain_kernels import step_stats
+from infogain_kernels.step_stats import SKIPPED_ENTROPY, SKIPPED_ID, SKIPPED_PROB
+
+from .._device import host_ints_to_device
+from ..stats import KIND_FILL, KIND_LOOKAHEAD
+from .strategies import StepDecision, StepState, Strategy
+
+_SKIPPED = (SKIPPED_ENTROPY, SKIPPED_PROB, SKIPPED_ID, SKIPPED_PROB)
+
+
+class Reused(NamedTuple):
+    """Block statistics kept from the previous step's fused lookahead: ``stats`` (entropy,
+    top1_prob, top1_id, top2_prob, each [B, L]) and ``rows``, host flags of the rows they hold."""
+
+    stats: Tuple[torch.Tensor, ...]
+    rows: List[bool]
+
+
+class Decided(NamedTuple):
+    """What :func:`decide` returns: the block's tokens before the step ``block_ids`` int64 [B, L],
+    ``masked_count`` int64 [B], the statistics' ``entropy`` float32 [B, L], ``kind`` int64 [B]
+    (the driver's last-step fill applied), ``commit`` bool [B, L] (the positions committed now:
+    none for lookahead rows, whose winner is committed after the lookahead), the strategy's
+    ``decision`` and the ``state`` it decided from."""
+
+    block_ids: torch.Tensor
+    masked_count: torch.Tensor
+    entropy: torch.Tensor
+    kind: torch.Tensor
+    commit: torch.Tensor
+    decision: StepDecision
+    state: StepState
+
+
+def masks_after_first_eos(ids: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
+    """bool [R, W]: the masks of ``ids`` [R, W] that follow the first EOS of their row (the EOS fill)."""
+    return ((ids == eos_id).cumsum(dim=1) > 0) & (ids == mask_id)
+
+
+def fill_after_eos(region: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
+    """Fill, in place, the masks of ``region`` [R, W] after each row's first EOS with EOS; returns
+    int64 [R], the masks filled per row."""
+    filled = masks_after_first_eos(region, mask_id, eos_id)
+    region.masked_fill_(filled, eos_id)
+    return filled.sum(dim=1)
+
+
+def reused_statistics(reused: Reused, block_logits: Optional[torch.Tensor], masked: torch.Tensor,
+                      num_samples: int) -> Tuple[torch.Tensor, ...]:
+    """``step_stats``' outputs at temperature 0 where some rows' statistics came from the fused
+    lookahead (``reused``); the other rows' from their block logits."""
+    stats = reused.stats
+    if not all(reused.rows):
+        fresh = host_ints_to_device([int(f) for f in reused.rows], masked.device).bool()[:, None]
+        # The other rows' statistics; the reused rows' logits are stale and not read.
+        computed = step_stats(block_logits, masked & ~fresh, check_values=False)[:4]
+        stats = tuple(torch.where(fresh, kept, other) for kept, other in zip(stats, computed))
+    # Positions filled since (the EOS fill) hold step_stats' fill values.
+    entropy, top1_prob, top1_id, top2_prob = (torch.where(masked, value, fill)
+                                              for value, fill in zip(stats, _SKIPPED))
+    # At T = 0 every draw is the arg-max.
+    shape = (*top1_id.shape, num_samples)
+    tokens, token_probs = top1_id[..., None].expand(shape), top1_prob[..., None].expand(shape)
+    return entropy, top1_prob, top1_id, top2_prob, tokens, token_probs
+
+
+def decide(strategy: Strategy, options, block_logits: Optional[torch.Tensor], block_ids: torch.Tensor, mask_id: int,
+           quota: torch.Tensor, *, last: bool, max_quota: int, generator: Optional[torch.Generator],
+           reused: Optional[Reused] = None, defer_candidates: bool = False) -> Decided:
+    """The step's device work up to the strategy's decision (no host sync): the block's statistics
+    and token draws (one read of ``block_logits`` [B, L, V], or ``reused``), the driver's
+    last-step fill (``last``: the block's last step) and the strategy's decision.
+
+    ``block_ids`` int64 [B, L]: the block's tokens; ``quota`` int64 [B] and its host bound
+    ``max_quota``: the step's schedule; ``defer_candidates``: see :class:`StepState`."""
+    masked = block_ids == mask_id
+    masked_count = masked.sum(dim=1)
+    num_samples = strategy.num_token_samples(options)
+    logits = block_logits
+    if reused is not None:
+        entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = reused_statistics(
+            reused, block_logits, masked, num_samples)
+        logits = None  # stale for those rows: the strategy decides from the statistics
+    else:
+        # One read of the block logits for the statistics and the token draws (none at T = 0).
+        entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = step_stats(
+            logits, masked, num_samples=num_samples, temperature=options.temperature, generator=generator,
+            check_values=False)
+    has_masks = masked_count > 0
+    if not strategy.scheduled:
+        fill = None
+    elif last:
+        fill = has_masks
+    else:
+        fill = has_masks & (quota >= masked_count)
+    state = StepState(logits=logits, masked=masked, quota=quota,
+                      active=has_masks if fill is None else has_masks & ~fill, entropy=entropy,
+                      top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
+                      token_probs=token_probs, options=options, max_quota=max_quota, generator=generator,
+                      may_lookahead=not (last and strategy.scheduled), defer_candidates=defer_candidates)
+    decision = strategy.decide(state)
+    if fill is None:
+        return Decided(block_ids, masked_count, entropy, decision.kind, decision.commit, decision, state)
+    kind = torch.where(fill, KIND_FILL, decision.kind)
+    commit = torch.where(fill[:, None], masked, decision.commit)
+    return Decided(block_ids, masked_count, entropy, kind, commit, decision, state)
+
+
+def masks_left(block_after: torch.Tensor, mask_id: int, decided: Decided, quota: torch.Tensor) -> torch.Tensor:
+    """int64 [B]: the masks each row's block holds after the step, ``block_after`` its tokens after
+    the commits and the EOS fill; a lookahead row's winner will commit its quota."""
+    left = (block_after == mask_id).sum(dim=1)
+    return torch.where(decided.kind == KIND_LOOKAHEAD, decided.masked_count - quota, left)
+
+
+def read_back(kind: torch.Tensor, left: torch.Tensor, entropy: torch.Tensor, lookahead_bad: Optional[torch.Tensor],
+              keep: Optional[torch.Tensor], *, block: int, step: int) -> Tuple[List[int], List[int], List[int]]:
+    """The step's one host read-back, of one packed tensor: the rows' kinds and masks left
+    (``kind``, ``left`` [B]), a NaN / all -inf flag of the block logits (non-finite ``entropy``), the
+    previous lookahead's flag ``lookahead_bad`` (when it ran) and the kept mask of the candidates
+    ``keep`` [N, B] (when they were built).
+
+    Returns host lists ``(kinds, masks_left, keep)`` (``keep`` flattened, empty without
+    candidates); raises ValueError on a flagged forward."""
+    batch = kind.shape[0]
+    # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
+    packed = [kind, left, torch.isfinite(entropy).all()[None]]
+    if lookahead_bad is not None:
+        packed.append(lookahead_bad[None])
+    if keep is not None:
+        packed.append(keep.reshape(-1))
+    host = torch.cat(packed).tolist()
+    if lookahead_bad is not None and host[2 * batch + 1]:
+        raise ValueError(f"the model produced NaN / all -inf logits in the lookahead forward of block {block} "
+                         f"step {step - 1}")
+    if not host[2 * batch]:
+        raise ValueError(f"the model produced NaN / all -inf logits at block {block} step {step}")
+    return host[:batch], host[batch:2 * batch], host[2 * batch + 1 + (lookahead_bad is not None):]
+
+
+def kept_pairs(keep: Sequence[int], batch: int) -> List[Tuple[int, int]]:
+    """``(candidate, row)`` of each kept candidate, candidate-major, from the flattened kept mask."""
+    return [(n, b) for n in range(len(keep) // batch) for b in range(batch) if keep[n * batch + b]]
