@@ -34,12 +34,14 @@ aot: install
 # GPU targets: the machine's Python (CUDA torch), no venv, no pip, no network.
 GPU_ENV := PYTHONPATH=$(CURDIR):$(CURDIR)/python_api$(if $(PYTHONPATH),:$(PYTHONPATH))
 
+# INFOGAIN_BACKEND is cleared: a leftover `reference` would send CUDA tensors to the torch reference.
 test-gpu:
+	@if [ -n "$$INFOGAIN_BACKEND" ]; then echo "test-gpu: ignoring INFOGAIN_BACKEND=$$INFOGAIN_BACKEND (the GPU lane tests the default Triton path)" >&2; fi
 	$(PYTHON) setup.py build_ext --inplace --force
-	$(GPU_ENV) $(PYTHON) -m pytest -q -m gpu tests
+	env -u INFOGAIN_BACKEND $(GPU_ENV) $(PYTHON) -m pytest -q -m gpu tests
 
 gpu-check:
-	$(GPU_ENV) $(PYTHON) -m infogain.gpu_check
+	env -u INFOGAIN_BACKEND $(GPU_ENV) $(PYTHON) -m infogain.gpu_check
 
 # Regenerates the tracked results in benches/results/ (the scripts alone write to the working directory).
 bench: install

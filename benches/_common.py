@@ -223,3 +223,19 @@ def pick_device(arg: Optional[str] = None) -> torch.device:
     if arg:
         return torch.device(arg)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def add_case_arguments(parser: argparse.ArgumentParser, *, quick: str, dtype: Optional[str] = "bfloat16") -> None:
+    """``--quick`` (a smoke run; ``quick`` says what it shortens), ``--device`` and, unless ``dtype``
+    is None, ``--dtype`` (default ``dtype``) of the measured tensors; read them back with
+    :func:`device_and_dtype`."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    if dtype is not None:
+        parser.add_argument("--dtype", default=dtype, choices=["bfloat16", "float16", "float32"])
+
+
+def device_and_dtype(args: argparse.Namespace) -> Tuple[torch.device, Optional[torch.dtype]]:
+    """The device and dtype chosen by the options of :func:`add_case_arguments`."""
+    dtype = getattr(args, "dtype", None)
+    return pick_device(args.device), (getattr(torch, dtype) if dtype is not None else None)

@@ -20,8 +20,9 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (add_output_arguments, apply_threads, median_time, output_path, pick_device,  # noqa: E402
-                     print_table, write_results)
+from _common import (  # noqa: E402
+    add_case_arguments, add_output_arguments, apply_threads, device_and_dtype, median_time, output_path,
+    print_table, write_results)
 
 from infogain import _threads  # noqa: E402
 from infogain.models import attention  # noqa: E402
@@ -53,16 +54,13 @@ def measure(device, dtype, heads, head_dim, n, window, shared, repeats):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two sizes, few repeats (smoke run)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    add_case_arguments(parser, quick="two sizes, few repeats (smoke run)", dtype="float32")
     parser.add_argument("--candidates", type=int, default=8)
     _threads.add_threads_argument(parser)
     add_output_arguments(parser, "attention")
     args = parser.parse_args(argv)
     threads = apply_threads(args.threads)
-    device = pick_device(args.device)
-    dtype = getattr(torch, args.dtype)
+    device, dtype = device_and_dtype(args)
     print(f"attention choice on {device}, {args.dtype}, {threads} thread(s)")
     sizes = (32, 512) if args.quick else SHARED
     repeats = 3 if args.quick else 20

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, apply_threads, median_time, peak_bandwidth, pick_device, print_table, output_path,
-    write_results)
+    add_case_arguments, add_output_arguments, apply_threads, device_and_dtype, median_time, output_path,
+    peak_bandwidth, print_table, write_results)
 
 import infogain_kernels  # noqa: E402
 from infogain_kernels import _C  # noqa: E402
@@ -63,15 +63,12 @@ def loop_per_row(caches, blocks, dst, rows):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32", "float16"])
-    parser.add_argument("--quick", action="store_true", help="T = 256 and fewer repeats")
+    add_case_arguments(parser, quick="T = 256 and fewer repeats")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
     add_output_arguments(parser, "kv")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    dtype = getattr(torch, args.dtype)
+    device, dtype = device_and_dtype(args)
     apply_threads(args.threads)
     cache_len = 256 if args.quick else 1024
     start = min(BLOCK_START, cache_len - 2 * BLOCK)

@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, add_thread_counts_argument, median_time, output_path, peak_bandwidth, peak_extra_memory,
-    pick_device, print_table, threads_to_run, write_results)
+    add_case_arguments, add_output_arguments, add_thread_counts_argument, device_and_dtype, median_time,
+    output_path, peak_bandwidth, peak_extra_memory, print_table, threads_to_run, write_results)
 from bench_eis import _nucleus_log_softmax  # noqa: E402  (the naive filter of the EIS benchmark)
 
 from infogain_kernels import sample_logprob, topk_logprobs  # noqa: E402
@@ -87,17 +87,14 @@ def make_cases(device, dtype, vocabularies, generator):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="V = 32000 only, few repeats")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    add_case_arguments(parser, quick="V = 32000 only, few repeats")
     add_thread_counts_argument(parser)
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per case (default: 5 on CPU, 50 on CUDA)")
     add_output_arguments(parser, "nucleus")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
+    device, dtype = device_and_dtype(args)
     thread_counts, default_threads = threads_to_run(args, device)
     print(f"torch threads per run: {thread_counts} (default {default_threads})")
-    dtype = getattr(torch, args.dtype)
     vocabularies = [("small", 32000)] if args.quick else [("llada", 126464), ("dream", 152064)]
     repeats = args.repeats or (5 if device.type == "cpu" else 50)
     peak = peak_bandwidth(device)

@@ -27,8 +27,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, add_thread_counts_argument, median_time, peak_bandwidth, peak_extra_memory, pick_device,
-    print_table, output_path, threads_to_run, write_results)
+    add_case_arguments, add_output_arguments, add_thread_counts_argument, device_and_dtype, median_time,
+    output_path, peak_bandwidth, peak_extra_memory, print_table, threads_to_run, write_results)
 
 import infogain_kernels  # noqa: E402
 from infogain_kernels._backend import use_native  # noqa: E402
@@ -170,16 +170,13 @@ def measure(case: Dict[str, object], device: torch.device, repeats: int) -> Opti
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one small shape (V=32000, L=32), few repeats")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    add_case_arguments(parser, quick="one small shape (V=32000, L=32), few repeats")
     parser.add_argument("--ops", default="step_stats,token_stats,lookahead_objective,gumbel_sample,gumbel_topk")
     add_thread_counts_argument(parser)
     add_output_arguments(parser, "ops")
     args = parser.parse_args(argv)
-    device = pick_device(args.device)
+    device, dtype = device_and_dtype(args)
     thread_counts, default_threads = threads_to_run(args, device)
-    dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     repeats = 3 if device.type == "cpu" else (10 if args.quick else 50)
     wanted = set(args.ops.split(","))

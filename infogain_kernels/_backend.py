@@ -123,6 +123,11 @@ def device_guard(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= ``n`` (1 for ``n <= 1``): the block sizes of the Triton launches."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count_of(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count

@@ -1,55 +1,17 @@
 """Triton kernels of the entropy family: one split-vocabulary row pass for ``step_stats`` (and so
-``token_stats`` / ``gumbel_sample``) and for ``lookahead_objective``'s entropy reduction.
+``token_stats`` / ``gumbel_sample``) and for ``lookahead_objective``'s entropy reduction, its combine
+step, and the inverse-CDF draw kernel. The row pass keeps per lane, in float32, the running maximum
+``m``, ``z = sum exp(x - m)`` and ``s = sum exp(x - m) (x - m)`` (``H = log z - s / z``), with
+constexpr flags for the top-2 and the tempered chunk sums; rows split across programs when they are
+few; draws re-read only the chunk that holds them. Design notes: docs/kernels.md, "Entropy family".
 
-Design (memory-bound by construction):
-
-* **Row pass** (:func:`_row_pass_kernel`, grid ``[rows, splits]``). A program reads columns
-  ``[split * split_len, (split + 1) * split_len)`` of one row in ``BLOCK``-wide chunks and keeps, in
-  float32 whatever the logits dtype, the running maximum ``m``, ``z = sum exp(x - m)``,
-  ``s = sum exp(x - m) (x - m)`` (rescaled whenever ``m`` rises), so ``H = log z - s / z``; with
-  ``WITH_TOP`` per-lane top-1 value/column and top-2 value (element-wise work only, lanes merged
-  once at the end); with ``TEMPERED`` also, per chunk, its maximum and ``sum exp((x - max) / T)``
-  (the tempered CDF at chunk resolution: 8 bytes per 4096 logits). Constexpr flags drop what a
-  caller does not need: the lookahead entropy is the pass without the top and tempered parts.
-* **Split-K over the vocabulary.** When rows are fewer than a few times the SM count (8 x 32 block
-  positions, EIS's 1-4 rows), one program per row leaves most SMs idle. Each row is then split over
-  ``splits`` programs (chosen from the row count and the SM count, :func:`row_pass_config`) that
-  write partial states ``(m, z, s, top1, top1 column, top2)``; :func:`_combine_kernel`, one tiny
-  program per row, rescales them to the row max and finishes. With ``splits == 1`` and no draws the
-  row program finishes the row itself (no workspace, no second launch).
-* **Draws** (only when S > 0 and T > 0), by inverse CDF: draw s is the first column whose
-  cumulative tempered weight exceeds ``u_s * Z``. The combine step rescales the chunk sums to the
-  row max, takes their prefix sum (``tl.cumsum`` over at most a few dozen chunks) and places each of
-  the S targets ``u_s * Z`` in its chunk, keeping the remainder of the target inside the chunk.
-  :func:`_draw_kernel` (grid ``[rows, S]``) then re-reads only that chunk: one exponential per logit,
-  one ``tl.cumsum``, and the draw is the count of cumulative weights <= the remainder. So the draws
-  re-read at most S chunks per row (fewer when draws share a chunk, which the L2 cache then serves),
-  random work is O(rows * S * BLOCK) whatever V, and the logits are read once at T = 0 or S = 0.
-  Gumbel-max would instead need a random number and two logarithms per (sample, logit); sorting the
-  uniforms is not needed either, as placing S targets among the chunk prefixes is one small
-  ``[S, chunks]`` compare.
-* **Vector loads for every row layout.** The leading dimensions are collapsed on the host to at
-  most three (size, stride) pairs and each program computes its row start from them (no loaded
-  offsets), so slices such as ``next_logits[:, offset:h_end]`` keep 16-byte loads; when the host
-  proved the base pointer and every row stride 16-byte aligned and the vocabulary stride is 1,
-  ``tl.multiple_of`` tells the compiler so. The chunk loop is software-pipelined (``tl.range`` with
-  ``num_stages``): the next chunks arrive by 16-byte ``cp.async`` while the current one is reduced.
-* Values that decide a ranking (top-1/top-2 probabilities, token probabilities, entropies) use IEEE
-  division (``tl.math.div_rn``) so they do not depend on the GPU's approximate division.
-
-A row's status is encoded in its entropy so that callers need a single check on the outputs: NaN
-when the row contains a NaN, +inf when every entry of the row is -inf; other fields of such a row
-are undefined (the draw kernel gives it tokens -1 and probabilities NaN). Rows that the mask skips
-run zero-trip loops, so they issue no loads of the logits; they get the fill values (entropy 0,
-probabilities 0, ids and tokens -1).
-
-Only the launchers (:func:`launch_step_stats`, :func:`launch_row_stats`, :func:`launch_masked_mean`)
-are used by the ops; they expect inputs already validated by the public functions.
-:func:`aot_configs` lists the launcher configurations for the ahead-of-time compile lane.
+A row's status is encoded in its entropy (NaN or +inf for a bad row), so callers need a single check
+on the outputs. Only the launchers (:func:`launch_step_stats`, :func:`launch_row_stats`) are called
+from outside; this module is imported only where Triton runs.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import torch
 import triton
@@ -318,32 +280,6 @@ def _draw_kernel(
     tl.store(probs_ptr + out, prob)
 
 
-@triton.jit
-def _masked_mean_objective_kernel(
-    entropy_ptr,
-    keep_ptr,
-    cost_ptr,
-    objective_ptr,
-    mean_ptr,
-    n_positions,
-    HAS_COST: tl.constexpr,
-    BLOCK_L: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    positions = tl.arange(0, BLOCK_L)
-    in_row = positions < n_positions
-    entropy = tl.load(entropy_ptr + row * n_positions + positions, mask=in_row, other=0.0)
-    keep = tl.load(keep_ptr + row * n_positions + positions, mask=in_row, other=0) != 0
-    count = tl.sum(keep.to(tl.float32), axis=0)
-    # Skipped positions hold entropy 0, so the plain sum is the sum over kept positions.
-    mean = tl.sum(tl.where(keep, entropy, 0.0), axis=0) / tl.maximum(count, 1.0)
-    objective = -mean
-    if HAS_COST:
-        objective = objective - tl.load(cost_ptr + row)
-    tl.store(mean_ptr + row, mean)
-    tl.store(objective_ptr + row, objective)
-
-
 # ---- configuration (shared by the launchers and aot_configs) ------------------------------------
 
 def sm_count(device: torch.device) -> int:
@@ -504,26 +440,6 @@ def launch_step_stats(logits: torch.Tensor, keep: Optional[torch.Tensor], unifor
     return (*stats, tokens, token_probs)
 
 
-def launch_masked_mean(entropy: torch.Tensor, keep: torch.Tensor, cost: Optional[torch.Tensor]):
-    """Per row r of ``entropy`` [R, L] float32: mean over ``keep[r]`` (0 when none) and
-    ``objective = -cost[r] - mean`` (``-mean`` when ``cost`` is None). Returns (objective, mean) [R]."""
-    n_rows, n_positions = entropy.shape
-    objective = torch.empty(n_rows, dtype=torch.float32, device=entropy.device)
-    mean = torch.empty(n_rows, dtype=torch.float32, device=entropy.device)
-    if n_rows == 0:
-        return objective, mean
-    with device_guard(entropy):
-        _masked_mean_objective_kernel[(n_rows,)](
-            entropy.contiguous(),
-            keep.contiguous().view(torch.uint8),
-            cost.contiguous() if cost is not None else entropy,
-            objective,
-            mean,
-            n_positions,
-            HAS_COST=cost is not None,
-            BLOCK_L=triton.next_power_of_2(max(n_positions, 1)),
-        )
-    return objective, mean
 
 
 # ---- ahead-of-time compile lane --------------------------------------------------------------
@@ -587,8 +503,4 @@ def aot_configs():
                      top1_id_ptr="*i64", tokens_ptr="*i64", probs_ptr="*fp32", n_samples=8, **geometry,
                      UNIT_STRIDE=True, ALIGN=vector, BLOCK=cfg["block"]),
                 cfg["num_warps"])
-    for n_positions in (32, 256):
-        add(f"masked_mean L={n_positions}", _masked_mean_objective_kernel,
-            dict(entropy_ptr="*fp32", keep_ptr="*u8", cost_ptr="*fp32", objective_ptr="*fp32", mean_ptr="*fp32",
-                 n_positions=n_positions, HAS_COST=True, BLOCK_L=n_positions), 4)
     return configs

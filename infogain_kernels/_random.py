@@ -12,7 +12,8 @@ memory), and the generator advances exactly once per call.
 
 Inside the op the noise is derived from the seed:
 
-* Triton path: counter-based Philox (``tl.random.philox``) keyed by the seed,
+* Triton path: counter-based Philox (``tl.random.philox``) keyed by the seed
+  (:func:`._gumbel_triton.gumbel_noise_philox`),
   with the counters ``(column, row, sample)``. Every noise value is a function
   of ``(seed, sample, row, column)`` only, independent of block sizes and of the
   launch grid.
@@ -30,12 +31,9 @@ legal token that could then never be drawn) and ``u = 1`` would give
 """
 from __future__ import annotations
 
-import math
 import threading
 
 import torch
-
-from ._validation import check_nonnegative
 
 U_MIN = 2.0 ** -24
 U_MAX = 1.0 - 2.0 ** -24
@@ -95,35 +93,3 @@ def negated_gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
 def gumbel_noise(shape, generator: torch.Generator) -> torch.Tensor:
     """Standard Gumbel noise ``g`` (float32, ``shape``, on ``generator``'s device), clamped as documented."""
     return negated_gumbel_noise(shape, generator).neg_()
-
-
-def check_temperature(name: str, value) -> float:
-    """A finite temperature >= 0 (TypeError for non-numbers, ValueError for negative, NaN or inf)."""
-    value = check_nonnegative(name, value)
-    if math.isinf(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (n - 1).bit_length()
-
-
-try:
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - triton missing: only the reference path is available
-    triton = None
-
-if triton is not None:
-    _U_MIN: tl.constexpr = tl.constexpr(U_MIN)
-    _U_MAX: tl.constexpr = tl.constexpr(U_MAX)
-
-    @triton.jit
-    def gumbel_noise_philox(seed, column, row, sample):
-        """Gumbel noise from Philox keyed by ``seed`` (int64 scalar) at the counters
-        ``(column, row, sample)`` (int32 tensors of one broadcast shape)."""
-        bits, _, _, _ = tl.random.philox(seed, column, row, sample, column * 0)
-        u = tl.random.uint_to_uniform_float(bits)
-        u = tl.minimum(tl.maximum(u, _U_MIN), _U_MAX)
-        return -tl.log(-tl.log(u))

@@ -1,6 +1,7 @@
 """Argument checks shared by every op. Each raises with the argument's name."""
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional
 
 import torch
@@ -56,6 +57,23 @@ def check_nonnegative(name: str, value) -> float:
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not value >= 0:  # also rejects NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def check_temperature(name: str, value) -> float:
+    """A finite temperature >= 0 (TypeError for non-numbers, ValueError for negative, NaN or inf)."""
+    value = check_nonnegative(name, value)
+    if math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
+def check_top_p(name: str, value) -> float:
+    """A number in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value}")
     return float(value)
 
 

@@ -8,21 +8,19 @@ without replacement with probability proportional to ``exp(score / temperature)`
 positions identically for ``temperature > 0`` and cannot overflow for tiny
 temperatures.
 
-Registered as ``torch.ops.infogain.gumbel_topk``. Randomness: see
-:mod:`infogain_kernels._random`.
+Registered as ``torch.ops.infogain.gumbel_topk``; the Triton half is in
+:mod:`._gumbel_triton`. Randomness: see :mod:`infogain_kernels._random`.
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
 from . import _random
 from ._backend import call_op, device_guard, use_native, use_triton, value_checks_enabled
-from ._random import triton
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
-                          check_same_device, check_tensor)
+                          check_same_device, check_temperature, check_tensor)
 
 # Largest [BLOCK_S, BLOCK_P] tile one Triton program holds.
 _TRITON_TILE_ELEMENTS = 4096
@@ -82,7 +80,7 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
         check_tensor("scores", scores, dtypes=FLOAT_DTYPES, ndim=2)
     k = check_positive_int("k", k)
     num_samples = check_positive_int("num_samples", num_samples)
-    temperature = _random.check_temperature("temperature", temperature)
+    temperature = check_temperature("temperature", temperature)
     if valid is None:
         raise TypeError("valid must be a bool tensor of the scores' shape, got None")
     if not (type(valid) is torch.Tensor and valid.dtype == torch.bool and valid.shape == scores.shape):
@@ -120,8 +118,10 @@ def _gumbel_topk_impl(scores: torch.Tensor, k: int, num_samples: int, temperatur
     if use_native(scores):  # csrc/gumbel_topk_cpu.cpp: the reference's exact result in one call
         return torch.ops.infogain._gumbel_topk_cpu(scores, k, num_samples, temperature, valid, seed)
     if use_triton(scores):
+        from ._gumbel_triton import gumbel_topk_triton
+
         with device_guard(scores):
-            return _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
+            return gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed)
     return _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed)
 
 
@@ -154,78 +154,3 @@ def _gumbel_topk_reference(scores, k, num_samples, temperature, valid, seed):
     if kept == k:
         return order
     return torch.cat([order, order.new_full((num_samples, num_rows, k - kept), PADDING)], dim=2)
-
-
-def _triton_tile(num_positions: int, num_samples: int):
-    """(BLOCK_S, BLOCK_P) of the Triton launch: all positions of a row, as many samples as fit."""
-    block_p = _random.next_power_of_2(num_positions)
-    block_s = min(_random.next_power_of_2(num_samples), _TRITON_MAX_BLOCK_S, max(1, _TRITON_TILE_ELEMENTS // block_p))
-    return block_s, block_p
-
-
-def _gumbel_topk_triton(scores, k, num_samples, temperature, valid, seed):
-    num_rows, num_positions = scores.shape
-    indices = torch.empty((num_samples, num_rows, k), dtype=torch.int64, device=scores.device)
-    if num_rows > 0:
-        block_s, block_p = _triton_tile(num_positions, num_samples)
-        _gumbel_topk_kernel[(num_rows, triton.cdiv(num_samples, block_s))](
-            scores, scores.stride(0), scores.stride(1), valid, valid.stride(0), valid.stride(1), seed, indices,
-            num_rows, num_positions, num_samples, k, temperature,
-            BLOCK_S=block_s, BLOCK_P=block_p,
-        )
-    return indices
-
-
-if triton is not None:
-    import triton.language as tl
-
-    @triton.jit
-    def _gumbel_topk_kernel(scores_ptr, stride_sb, stride_sp, valid_ptr, stride_vb, stride_vp, seed_ptr,
-                            indices_ptr, num_rows, num_positions, num_samples, k, temperature,
-                            BLOCK_S: tl.constexpr, BLOCK_P: tl.constexpr):
-        # One program per (row, block of samples); the whole row fits one block (P is small:
-        # positions, not vocabulary), so it is loaded once for all the samples of the block.
-        row = tl.program_id(0)
-        samples = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-        positions = tl.arange(0, BLOCK_P)
-        valid_row = tl.load(valid_ptr + row.to(tl.int64) * stride_vb + positions * stride_vp,
-                            mask=positions < num_positions, other=0) != 0
-        x = tl.load(scores_ptr + row.to(tl.int64) * stride_sb + positions * stride_sp,
-                    mask=valid_row, other=0.0).to(tl.float32)
-        noise = _random.gumbel_noise_philox(
-            tl.load(seed_ptr),
-            tl.broadcast_to(positions[None, :], (BLOCK_S, BLOCK_P)),
-            tl.full((BLOCK_S, BLOCK_P), 0, tl.int32) + row,
-            tl.broadcast_to(samples[:, None], (BLOCK_S, BLOCK_P)))
-        # Sample 0 (and temperature 0) is the plain top-k: zero noise weight.
-        noise_weight = tl.where(samples == 0, 0.0, temperature)
-        key = x[None, :] + noise_weight[:, None] * noise
-        remaining = tl.broadcast_to(valid_row[None, :], (BLOCK_S, BLOCK_P))
-        out_ptrs = indices_ptr + (samples.to(tl.int64) * num_rows + row) * k
-        sample_in_range = samples < num_samples
-        # k rounds of "take the best remaining position". The choice is tracked by
-        # `remaining`, not by overwriting keys with -inf, so valid -inf scores still rank.
-        for slot in range(0, k):
-            best = tl.max(tl.where(remaining, key, -float("inf")), axis=1)
-            is_best = remaining & (key == best[:, None])
-            chosen = tl.min(tl.where(is_best, positions[None, :], BLOCK_P), axis=1)
-            tl.store(out_ptrs + slot, tl.where(chosen < BLOCK_P, chosen.to(tl.int64), -1), mask=sample_in_range)
-            remaining = remaining & (positions[None, :] != chosen[:, None])
-
-
-def aot_configs():
-    """Launch configurations of :func:`_gumbel_topk_triton` as the samplers call it (positions of a
-    block of 32 or 256, 2 samples, float32 confidences or half scores), for the compile lane."""
-    from . import _aot
-
-    configs = []
-    for dtype in _aot.DTYPES:
-        for num_positions, k in ((32, 4), (256, 8)):
-            block_s, block_p = _triton_tile(num_positions, 2)
-            args = dict(scores_ptr="*" + dtype, stride_sb=num_positions, stride_sp=1, valid_ptr="*i1",
-                        stride_vb=num_positions, stride_vp=1, seed_ptr="*i64", indices_ptr="*i64", num_rows=24,
-                        num_positions=num_positions, num_samples=2, k=k, temperature=0.5,
-                        BLOCK_S=block_s, BLOCK_P=block_p)
-            configs.append(_aot.launch_config(f"gumbel_topk {dtype} P={num_positions} S=2", _gumbel_topk_kernel,
-                                              args, num_warps=4))
-    return configs

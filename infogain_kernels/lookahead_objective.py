@@ -19,6 +19,24 @@ VARIANTS = ("info_gain", "lookum")
 _COST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
+def check_variant(variant, *, optional: bool = False) -> None:
+    """``variant`` names an objective of :data:`VARIANTS` (or is None, when ``optional``)."""
+    if not isinstance(variant, str):
+        raise TypeError(f"variant must be a str{' or None' if optional else ''}, got {type(variant).__name__}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be {'None or ' if optional else ''}one of {VARIANTS}, got {variant!r}")
+
+
+def check_cost(cost, variant: Optional[str], n_candidates: int) -> None:
+    """``cost``: the candidates' [n_candidates] floating cost, required by ``"info_gain"``."""
+    if cost is None and variant == "info_gain":
+        raise ValueError("cost is required for variant='info_gain' (J = -cost - h_next)")
+    if cost is not None:
+        check_tensor("cost", cost, dtypes=_COST_DTYPES, ndim=1)
+        if cost.shape[0] != n_candidates:
+            raise ValueError(f"cost must have shape ({n_candidates},), got {tuple(cost.shape)}")
+
+
 def objective_reference(entropy: torch.Tensor, remaining: torch.Tensor, cost: Optional[torch.Tensor]):
     """From per-position entropies [R, L] float32 (0 where not remaining) and ``remaining`` [R, L]
     bool: ``h_next`` = mean over remaining positions (0 when a row has none) and
@@ -41,7 +59,8 @@ def _lookahead_objective_impl(next_logits: torch.Tensor, remaining: torch.Tensor
         entropy = torch.ops.infogain._row_entropy_cpu(next_logits, remaining)
         return objective_reference(entropy, remaining, cost)
     if use_triton(next_logits):
-        from ._entropy_triton import launch_masked_mean, launch_row_stats
+        from ._entropy_triton import launch_row_stats
+        from ._objective_triton import launch_masked_mean
 
         with device_guard(next_logits):
             entropy = launch_row_stats(next_logits, remaining, with_top=False)[0]
@@ -100,16 +119,8 @@ def lookahead_objective(next_logits: torch.Tensor, remaining: torch.Tensor, cost
     check_tensor("next_logits", next_logits, ndim=3)
     check_tensor("remaining", remaining, dtypes=(torch.bool,), ndim=2)
     check_mask("remaining", remaining, next_logits.shape[:2])
-    if not isinstance(variant, str):
-        raise TypeError(f"variant must be a str, got {type(variant).__name__}")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if cost is None and variant == "info_gain":
-        raise ValueError("cost is required for variant='info_gain' (J = -cost - h_next)")
-    if cost is not None:
-        check_tensor("cost", cost, dtypes=_COST_DTYPES, ndim=1)
-        if cost.shape[0] != next_logits.shape[0]:
-            raise ValueError(f"cost must have shape ({next_logits.shape[0]},), got {tuple(cost.shape)}")
+    check_variant(variant)
+    check_cost(cost, variant, next_logits.shape[0])
     check_same_device(next_logits=next_logits, remaining=remaining, cost=cost)
     check_values = check_bool("check_values", check_values)
     if cost is not None:

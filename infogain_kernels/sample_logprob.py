@@ -1,9 +1,9 @@
 """Draw one token per row from the temperature + top-p filtered distribution, with its log-probability.
 
 The filtered distribution (temperature, sort-free top-p nucleus, ``T = 0``) is
-the one defined in :mod:`infogain_kernels.topk_logprobs`; this op shares its
-engine. ``mode="sample"`` draws by inverse CDF over the nucleus in token-id
-order: with the fixed-point masses ``q_i`` of the nucleus tokens (total ``Q``)
+the one of :mod:`infogain_kernels.topk_logprobs`; both ops run the nucleus
+engine of :mod:`._nucleus` (design: docs/kernels.md). ``mode="sample"`` draws
+by inverse CDF over the nucleus in token-id order: with the fixed-point masses ``q_i`` of the nucleus tokens (total ``Q``)
 and one uniform 53-bit fraction ``u`` per row, the draw is the token whose CDF
 interval ``[sum_{j<i} q_j, sum_{j<=i} q_j)`` holds ``floor(u * Q)``. That is an
 exact sample of the distribution ``q_i / Q`` up to the 2**-53 resolution of
@@ -12,9 +12,8 @@ of each mass (tokens with ``p < 2**-40`` are never drawn). ``mode="greedy"``
 or ``temperature = 0`` returns the arg-max token (lowest id among equal
 maxima). No random work per vocabulary entry: one random number per row.
 
-Reads of the vocabulary per row: the nucleus reads of
-:mod:`infogain_kernels.topk_logprobs` (one when ``top_p = 1`` or the nucleus
-lies within the 8 most probable tokens, at most five otherwise), then for a
+Reads of the vocabulary per row: the nucleus reads (one when ``top_p = 1`` or
+the nucleus lies within the 8 most probable tokens, at most five otherwise), then for a
 draw one read for each split's nucleus mass and one read of the split that
 holds the draw.
 
@@ -37,13 +36,11 @@ import torch
 
 from . import _random
 from ._backend import call_op
-from ._validation import check_generator, check_logits
-from .topk_logprobs import check_top_p, raise_on_invalid_rows, run_nucleus
+from ._nucleus import check_filter, check_row_logits, nucleus_outputs
+from ._nucleus_format import NUCLEUS_PROBE_K
+from ._validation import check_generator
 
 MODES = ("greedy", "sample")
-# Top-k width kept in the first read when sampling with top_p < 1: a nucleus inside it
-# needs no radix search.
-_NUCLEUS_PROBE_K = 8
 
 
 def sample_logprob(logits: torch.Tensor, *, mode: str = "greedy", temperature: float = 1.0,
@@ -72,13 +69,10 @@ def sample_logprob(logits: torch.Tensor, *, mode: str = "greedy", temperature: f
         or ranges, and ``ValueError`` for a row with NaN / +inf, an all ``-inf``
         row, or one that overflows after dividing by the temperature.
     """
-    check_logits("logits", logits)
-    if logits.dim() != 2:
-        raise ValueError(f"logits must have shape [B, V], got {tuple(logits.shape)}")
+    check_row_logits(logits)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    temperature = _random.check_temperature("temperature", temperature)
-    top_p = check_top_p("top_p", top_p)
+    temperature, top_p = check_filter(temperature, top_p)
     check_generator("generator", generator, logits.device)
     greedy = mode == "greedy" or temperature == 0
     seed = (torch.zeros(1, dtype=torch.int64, device=logits.device) if greedy
@@ -90,11 +84,10 @@ def _sample_logprob_impl(logits: torch.Tensor, greedy: bool, temperature: float,
                        seed: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Custom op behind :func:`sample_logprob`; ``seed`` (int64 [1]) is ignored when ``greedy``."""
     if greedy:
-        _, _, token, logprob, lse = run_nucleus(logits, 1, temperature, top_p, seed=None)
+        _, _, token, logprob = nucleus_outputs(logits, 1, temperature, top_p, seed=None)
     else:
-        probe_k = 1 if top_p >= 1.0 else min(_NUCLEUS_PROBE_K, logits.shape[1])
-        _, _, token, logprob, lse = run_nucleus(logits, probe_k, temperature, top_p, seed=seed)
-    raise_on_invalid_rows(logits, lse)
+        probe_k = 1 if top_p >= 1.0 else min(NUCLEUS_PROBE_K, logits.shape[1])
+        _, _, token, logprob = nucleus_outputs(logits, probe_k, temperature, top_p, seed=seed)
     return token, logprob
 
 

@@ -36,9 +36,8 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 
 from ._backend import call_op, use_native, use_triton, value_checks_enabled
-from ._random import check_temperature
 from ._validation import (bad_row_problem, check_bool, check_generator, check_int, check_logits, check_mask,
-                          check_same_device)
+                          check_same_device, check_temperature)
 
 try:
     from . import _C  # noqa: F401  (loading the extension registers its ops, if any)

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 
-from infogain_kernels import _aot
+from infogain_kernels import _aot, _aot_csrc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -47,8 +47,8 @@ def test_every_triton_kernel_compiles_for_sm90_and_sm80_within_budget(tmp_path):
         records = result["configs"]
         kernels = {r["kernel"] for r in records}
         assert {"infogain_kernels._entropy_triton._row_pass_kernel",
-                "infogain_kernels.topk_logprobs._partials_kernel",
-                "infogain_kernels.lm_head_entropy._lm_head_partial_kernel"} <= kernels
+                "infogain_kernels._nucleus_triton._partials_kernel",
+                "infogain_kernels._lm_head_triton._lm_head_partial_kernel"} <= kernels
         for record in records:
             assert "error" not in record, record
             if record["known_failure"] is None:
@@ -60,12 +60,12 @@ def test_every_triton_kernel_compiles_for_sm90_and_sm80_within_budget(tmp_path):
 
 
 def test_csrc_compiles_and_links_with_nvcc_for_sm80_and_sm90(tmp_path):
-    nvcc = _aot.find_nvcc()
+    nvcc = _aot_csrc.find_nvcc()
     if nvcc is None:
         warnings.warn("nvcc not found: csrc/*.cu was NOT compiled for sm_80/sm_90 in this run")
         pytest.skip("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
     try:
-        result = _aot.compile_csrc(str(tmp_path), nvcc=nvcc)
+        result = _aot_csrc.compile_csrc(str(tmp_path), nvcc=nvcc)
     except subprocess.CalledProcessError as error:
         pytest.fail(f"nvcc failed: {' '.join(error.cmd)}\n{error.stdout}\n{error.stderr}"[-8000:])
     assert os.path.getsize(result["library"]) > 0
@@ -112,7 +112,7 @@ def test_ptx_load_widths():
 
 
 def test_launch_config_specialises_like_the_jit():
-    from infogain_kernels._entropy_triton import _masked_mean_objective_kernel
+    from infogain_kernels._objective_triton import _masked_mean_objective_kernel
 
     config = _aot.launch_config("x", _masked_mean_objective_kernel,
                                 dict(entropy_ptr="*fp32", keep_ptr="*u8", cost_ptr="*fp32", objective_ptr="*fp32",

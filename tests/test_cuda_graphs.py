@@ -25,8 +25,10 @@ def seeded(seed, device):
     return torch.Generator(device=device).manual_seed(seed)
 
 
-def op_calls(device):
-    """name -> function(generator) running the op on fixed inputs (data checks off: capture-safe)."""
+def op_calls(device, inputs=None):
+    """name -> function(generator) running the op on fixed inputs (data checks off: capture-safe).
+    The float and bool input tensors (KV caches included) are appended to ``inputs`` when given, for
+    :func:`refill` to overwrite in place."""
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(3, 5, 1000, generator=g) * 3).to(device)
     logits[0, 0, :10] = -math.inf
@@ -52,14 +54,25 @@ def op_calls(device):
         return caches
 
     calls["kv_block_replace"] = kv_block_replace
+    hidden = torch.randn(3, 5, 64, generator=g).to(device)
+    weight = (torch.randn(1000, 64, generator=g) * 0.1).to(device)
     if hasattr(ik, "lm_head_entropy"):
-        hidden = torch.randn(3, 5, 64, generator=g).to(device)
-        weight = (torch.randn(1000, 64, generator=g) * 0.1).to(device)
         calls["lm_head_entropy"] = lambda gen: ik.lm_head_entropy(hidden, weight, None, mask, check_values=False)
     if hasattr(ik, "step_stats"):
         calls["step_stats"] = lambda gen: ik.step_stats(logits, mask, num_samples=4, temperature=0.8, generator=gen,
                                                         check_values=False)
+    if inputs is not None:
+        inputs += [logits, mask, scores, valid, cost, hidden, weight, *caches, *blocks]
     return calls
+
+
+def refill(inputs, seed):
+    """Overwrite the inputs in place with values drawn from ``seed``: floats uniform in [0, 3) (finite,
+    non-negative, so valid for every op), bools true with probability 0.7."""
+    g = torch.Generator().manual_seed(seed)
+    for tensor in inputs:
+        fresh = torch.rand(tensor.shape, generator=g)
+        tensor.copy_(fresh > 0.3 if tensor.dtype == torch.bool else fresh * 3)
 
 
 def flat(result):
@@ -71,7 +84,10 @@ def flat(result):
 @pytest.mark.cuda_graph
 @pytest.mark.parametrize("name", sorted(op_calls("cpu")))
 def test_op_replayed_from_a_cuda_graph_equals_eager(name):
-    call = op_calls("cuda")[name]
+    """Each replay runs on inputs (and, for kv_block_replace, caches) refilled with values the warm-up
+    and the other replay never saw: a replay that did nothing would leave other values behind."""
+    inputs = []
+    call = op_calls("cuda", inputs)[name]
     generator = seeded(1, "cuda")
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
@@ -82,14 +98,31 @@ def test_op_replayed_from_a_cuda_graph_equals_eager(name):
     graph.register_generator_state(generator)
     with torch.cuda.graph(graph):
         captured = flat(call(generator))
+    replays = []
     for seed in (5, 6):
+        refill(inputs, seed)
         generator.manual_seed(seed)
         graph.replay()
-        replayed = [t.clone() for t in captured]
+        replays.append([t.clone() for t in captured])
+        refill(inputs, seed)
         generator.manual_seed(seed)
         eager = flat(call(generator))
-        for got, want in zip(replayed, eager):
+        for got, want in zip(replays[-1], eager):
             assert torch.equal(got, want), name
+    assert any(not torch.equal(a, b) for a, b in zip(*replays)), f"{name}: both replays wrote the same"
+
+
+@pytest.mark.parametrize("name", sorted(op_calls("cpu")))
+def test_refilled_inputs_change_every_ops_outputs(name):
+    """What makes the replay test able to fail, checked on any machine: the two refills give each op
+    different outputs, so a replay that left the previous outputs behind would not equal eager."""
+    inputs = []
+    call = op_calls("cpu", inputs)[name]
+    outputs = []
+    for seed in (5, 6):
+        refill(inputs, seed)
+        outputs.append([t.clone() for t in flat(call(seeded(seed, "cpu")))])
+    assert any(not torch.equal(a, b) for a, b in zip(*outputs)), name
 
 
 @pytest.mark.gpu
@@ -137,7 +170,10 @@ def test_device_step_takes_the_sampler_steps_decision(tmp_path, device):
     assert torch.equal(fixed["block"], run.canvas[:, start:end])
     # The next step reads the block logits only where the block is still masked.
     still_masked = run.canvas[:, start:end] == MASK_ID
-    assert torch.equal(fixed["next_logits"][still_masked], run.block_logits[still_masked])
+    # The eager step runs the LM head on the still-masked rows only, the graph step on the whole
+    # block: the same dot products in matmuls of other shapes, so equal up to float32 rounding.
+    torch.testing.assert_close(fixed["next_logits"][still_masked], run.block_logits[still_masked],
+                               rtol=1e-5, atol=1e-5)
     assert not bool(fixed["bad"])
 
 
@@ -158,13 +194,19 @@ def test_info_gain_step_replayed_from_a_cuda_graph_equals_eager(tmp_path):
         # CUDA events while the capture runs (the copy itself is captured like any other).
         with torch.cuda.graph(graph, capture_error_mode="relaxed"):
             captured = device_step(run, start, quota, max_quota)
-        run.generator.manual_seed(11)
-        run.block_logits.copy_(logits0)
-        graph.replay()
-        replayed = {k: v.clone() for k, v in captured.items()}
-        run.generator.manual_seed(11)
-        run.block_logits.copy_(logits0)
-        eager = device_step(run, start, quota, max_quota)
-    assert KIND_LOOKAHEAD in eager["kind"].tolist()
-    for key in ("kind", "block", "commit", "next_logits", "bad"):
-        assert torch.equal(replayed[key], eager[key]), key
+        # Each replay gets seeds and block logits the warm-up did not: a replay that did nothing
+        # would leave the outputs of another step behind.
+        replays = []
+        for seed, noise in ((11, 0.0), (12, 1.0)):
+            logits = logits0 + noise * torch.randn(logits0.shape, generator=torch.Generator().manual_seed(seed)).cuda()
+            run.generator.manual_seed(seed)
+            run.block_logits.copy_(logits)
+            graph.replay()
+            replays.append({k: v.clone() for k, v in captured.items()})
+            run.generator.manual_seed(seed)
+            run.block_logits.copy_(logits)
+            eager = device_step(run, start, quota, max_quota)
+            assert noise or KIND_LOOKAHEAD in eager["kind"].tolist(), "the test needs a lookahead step"
+            for key in ("kind", "block", "commit", "next_logits", "bad"):
+                assert torch.equal(replays[-1][key], eager[key]), key
+    assert any(not torch.equal(replays[0][k], replays[1][k]) for k in ("block", "commit", "next_logits"))

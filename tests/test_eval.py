@@ -150,8 +150,11 @@ def test_toy_tasks_with_shipped_configs(tmp_path, task, sampler):
     eval_main("--config", f"{task}_{sampler}", "--max_samples", "4", "--output_dir", out, "--progress", "false")
     summary = read_summary(out)
     assert summary["problems"] == 4 and summary["sampler"] == sampler
-    lo, hi = summary["accuracy_ci95"]
-    assert lo <= summary["accuracy"] <= hi
+    # The accuracy is the share of correct records and its interval the Wilson interval of those counts
+    # (wilson_interval is checked against published values below); any other interval fails here.
+    correct = sum(bool(r["correct"]) for r in read_jsonl(os.path.join(out, "samples.jsonl")))
+    assert summary["correct"] == correct and summary["accuracy"] == correct / 4
+    assert summary["accuracy_ci95"] == pytest.approx(list(wilson_interval(correct, 4)), abs=1e-12)
     env = summary["environment"]
     assert env["world_size"] == 1 and env["processes"][0]["chat_template_applied"] is False
     for key in ("torch", "transformers", "triton", "dtype", "device", "device_name", "git_commit",

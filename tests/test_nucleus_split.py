@@ -11,8 +11,8 @@ Nucleus membership may differ from the float64 spec only for tokens whose mass a
 ``NEAR_TIE`` of top_p (float32 log-sum-exp and 2**-40 fixed point on either side); such tokens are
 excluded from the comparison.
 """
+import importlib
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -22,7 +22,8 @@ from scipy import stats
 from infogain_kernels import sample_logprob, topk_logprobs, use_backend
 from test_topk_logprobs import filtered_logprobs  # the float64 full-sort spec
 
-nucleus_module = sys.modules["infogain_kernels.topk_logprobs"]  # the package attribute is the function
+# The Triton half of the nucleus op: launch configuration, the private split knob, the kernels.
+nucleus_module = importlib.import_module("infogain_kernels._nucleus_triton")
 
 NEAR_TIE = 1e-5
 
@@ -142,26 +143,61 @@ def test_draws_do_not_depend_on_the_split(triton_interpreted, monkeypatch, top_p
                                atol=2e-5, rtol=1e-5)
 
 
+def power_against_temperature_error(base, temperature, top_p, draws, factor=1.3):
+    """Probability that the chi-square test at P_VALUE_FLOOR rejects a sampler that draws at
+    ``temperature * factor`` or ``temperature / factor`` instead (the smaller of the two): the
+    statistic is then noncentral chi-square with noncentrality draws * sum (q - p)^2 / p over the
+    nucleus (draws outside it, which the test also rejects, are conservatively ignored)."""
+    p = filtered_logprobs(base[None], temperature, top_p)[0].exp().double()
+    support = p > 0
+    dof = int(support.sum()) - 1
+    critical = stats.chi2.ppf(1 - P_VALUE_FLOOR, dof)
+    powers = []
+    for wrong in (temperature * factor, temperature / factor):
+        q = filtered_logprobs(base[None], wrong, top_p)[0].exp().double()
+        noncentrality = draws * float(((q - p)[support] ** 2 / p[support]).sum())
+        powers.append(stats.ncx2.sf(critical, dof, noncentrality))
+    return min(powers)
+
+
+P_VALUE_FLOOR = 1e-3
+# A ladder of logits 0.56 apart (0.7 at T = 0.8) over 8 live tokens: the distribution whose frequencies
+# move most under a 1.3x temperature error per draw, so that 800 draws reject it with probability
+# >= 0.99 (test_split_draws_have_the_power_to_reject_a_temperature_error). -inf entries sit between.
+SPLIT_BASE = torch.tensor([0.0, -0.56, -math.inf, -1.12, -1.68, -2.24, -math.inf, -2.8, -3.36, -3.92])
+SPLIT_DRAWS, SPLIT_TEMPERATURE, SPLIT_TOP_P = 800, 0.8, 0.99
+
+
+def test_split_draws_have_the_power_to_reject_a_temperature_error():
+    assert power_against_temperature_error(SPLIT_BASE, SPLIT_TEMPERATURE, SPLIT_TOP_P, SPLIT_DRAWS) >= 0.99
+    assert power_against_temperature_error(SPLIT_BASE, SPLIT_TEMPERATURE, SPLIT_TOP_P, 120) < 0.1  # the old size
+
+
 @pytest.mark.slow
 def test_split_draw_frequencies_chi_square(triton_interpreted, monkeypatch):
-    # Few draws (the interpreter runs every program in Python); the reference lane tests 20000.
+    """The Triton lane's test of sample_logprob's draw frequencies (draws do not depend on the split,
+    test_draws_do_not_depend_on_the_split, so this covers unsplit rows too); the torch and native
+    lanes test 20000 draws in test_sample_logprob."""
     monkeypatch.setattr(nucleus_module, "_FORCE_SPLITS", 2)
-    base = torch.tensor([0.2, 1.5, -math.inf, 0.9, -0.4, 1.1, 0.0, -1.2, 0.6, -math.inf, 0.3, 1.0])
+    base = SPLIT_BASE
     logits = torch.full((1, 48), -math.inf)
-    logits[0, ::4] = base  # the support spreads over the 2 splits of 32 columns
-    draws = 120
+    logits[0, ::5] = base  # the support spreads over the 2 splits of 32 columns
+    draws = SPLIT_DRAWS
     with use_backend("triton"):
-        token, logprob = sample_logprob(logits.expand(draws, -1), mode="sample", temperature=0.8, top_p=0.85,
-                                        generator=torch.Generator().manual_seed(5))
-    assert (token % 4 == 0).all()
-    token = token // 4
-    base = base[None]
-    spec = filtered_logprobs(base, 0.8, 0.85)
+        token, logprob = sample_logprob(logits.expand(draws, -1), mode="sample", temperature=SPLIT_TEMPERATURE,
+                                        top_p=SPLIT_TOP_P, generator=torch.Generator().manual_seed(5))
+    assert (token % 5 == 0).all()
+    token = token // 5
+    spec = filtered_logprobs(base[None], SPLIT_TEMPERATURE, SPLIT_TOP_P)
     support = torch.isfinite(spec[0]).numpy()
-    counts = np.bincount(token.numpy(), minlength=base.shape[1])
+    counts = np.bincount(token.numpy(), minlength=base.shape[0])
     assert counts[~support].sum() == 0, "a token outside the nucleus was drawn"
     torch.testing.assert_close(logprob, spec[0, token].float(), atol=2e-5, rtol=1e-5)
-    assert stats.chisquare(counts[support], spec[0].exp().numpy()[support] * draws).pvalue > 1e-3
+    assert stats.chisquare(counts[support], spec[0].exp().numpy()[support] * draws).pvalue > P_VALUE_FLOOR
+    # The same counts reject a 1.3x temperature error either way (the power shown above).
+    for wrong in (SPLIT_TEMPERATURE * 1.3, SPLIT_TEMPERATURE / 1.3):
+        q = filtered_logprobs(base[None], wrong, SPLIT_TOP_P)[0].exp().numpy()
+        assert stats.chisquare(counts[support], q[support] / q[support].sum() * draws).pvalue < P_VALUE_FLOOR
 
 
 def test_launch_config_uses_the_sms():
@@ -185,7 +221,8 @@ def test_aot_configs_cover_every_kernel():
         assert set(c["signature"]) == set(c["kernel"].arg_names)
         assert all(c["signature"][name] == "constexpr" for name in c["constexprs"])
         # 16-byte loads everywhere but in the radix pass (one element per thread for its scatter).
-        width = 16 // {"bf16": 2, "fp16": 2, "fp32": 4}[c["signature"]["x_ptr"][1:]]
+        dtype = c["signature"]["x_ptr"][1:].split(":")[0]   # "*bf16", or "*bf16:16" with an alignment hint
+        width = 16 // {"bf16": 2, "fp16": 2, "fp32": 4}[dtype]
         assert c["constexprs"]["VEC"] == (1 if c["kernel"] is nucleus_module._radix_pass_kernel else width)
 
 

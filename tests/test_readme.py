@@ -33,15 +33,25 @@ def test_ci_runs_the_verbatim_readme_commands():
         assert "readme_commands.py" in fh.read()
 
 
-def test_verbatim_commands_parse_here():
-    """Each verbatim command with ``--help`` appended runs with this interpreter (the command
-    itself runs in CI, after ``make test`` created .venv)."""
+def test_readme_commands_parse_with_their_own_parsers():
+    """Every Python / make command of the README's bash blocks, checked by its own argparse parser
+    without running it (``readme_commands.py --check-arguments``; no ``--help`` appended, which would
+    exit before unknown arguments are reported). The last command is the negative control."""
+    module = _readme_commands_module()
+    commands = module.python_commands(README)
+    assert set(module.verbatim_commands(README)) <= set(commands)
+    assert any(c.startswith("python -m infogain.lm_eval") for c in commands)       # continuation lines
+    bad = ".venv/bin/python -m infogain demo --no-such-flag 3"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python_api")]))
-    for command in _readme_commands_module().verbatim_commands(README):
-        argv = shlex.split(command, comments=True)
-        argv = [sys.executable] + argv[1:] + ["--help"]
-        done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, (command, done.stderr)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, ".ci", "readme_commands.py"), "--check-arguments",
+                           *commands, bad, bad + " --help"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["command"] for r in results] == commands + [bad, bad + " --help"], done.stderr[-2000:]
+    assert [r for r in results[:-2] if r["problem"] is not None] == []
+    for control in results[-2:]:
+        assert control["problem"] == "infogain demo: unrecognized arguments: --no-such-flag 3", control
+    assert done.returncode == 1
 
 
 def test_readme_names_each_ops_shape():

@@ -9,7 +9,7 @@ import torch
 from infogain import models
 from infogain.demo import toy_model_path
 from infogain.tasks import CharCodec, get_task
-from infogain.train_toy import TOY_CHARSET, build_tokenizer, main, masked_diffusion_loss
+from infogain.train_toy import MIN_MASK_PROB, TOY_CHARSET, build_tokenizer, main, masked_diffusion_loss
 
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden_size": 64}
 
@@ -45,6 +45,48 @@ def test_loss_is_an_unbiased_elbo_weighting_and_never_masks_the_prompt():
     assert torch.equal(generation[~masked], target[~masked])
     # t ~ U(0, 1], so on average half the generation tokens are masked.
     assert masked.float().mean().item() == pytest.approx(0.5, abs=0.02)
+
+
+class _MaskCountModel(torch.nn.Module):
+    """Logits under which a masked position of a row with k masked tokens costs exactly RATE * k nats
+    when the target is token 5: p(5) = exp(-RATE k), the rest spread evenly (a model that finds a row
+    harder the more of it is masked, as real models do)."""
+
+    RATE = 0.1
+
+    def __init__(self, vocab, mask_id, prompt_length):
+        super().__init__()
+        self.vocab, self.mask_id, self.prompt_length = vocab, mask_id, prompt_length
+
+    def forward(self, ids):
+        k = (ids[:, self.prompt_length:] == self.mask_id).sum(1).double()
+        p_target = torch.exp(-self.RATE * k)
+        others = torch.log((1 - p_target) / (self.vocab - 1))
+        logits = others[:, None, None].expand(*ids.shape, self.vocab).clone()
+        logits[..., 5] = torch.log(p_target)[:, None]
+        return logits.float()
+
+
+def test_loss_weights_each_row_by_one_over_t():
+    """Where the per-token loss depends on how much of the row is masked, the 1/t ELBO weighting has
+    its own expectation, unlike averaging over the masked tokens or not weighting at all (with a
+    uniform model all three give log V). A row with k ~ Binomial(G, t) masked tokens costs RATE k^2,
+    and E[k^2 | t] / t = G (1 - t) + G^2 t, so the 1/t-weighted loss per token has expectation
+    RATE ((1 - E[t]) + G E[t]) with t ~ U(m, 1], E[t] = (1 + m) / 2. Averaging over the masked tokens
+    gives RATE E[k^2] / E[k] instead, not weighting RATE E[k^2] / G: both 15% or more away."""
+    vocab, mask_id, gen = 17, 3, 6
+    rate = _MaskCountModel.RATE
+    prompt = torch.randint(6, vocab, (20000, 2), generator=torch.Generator().manual_seed(1))
+    target = torch.full((20000, gen), 5)
+    loss = masked_diffusion_loss(_MaskCountModel(vocab, mask_id, 2), prompt, target, mask_id,
+                                 torch.Generator().manual_seed(0)).item()
+    m = MIN_MASK_PROB
+    mean_t, mean_t2 = (1 + m) / 2, (1 + m + m * m) / 3
+    elbo = rate * ((1 - mean_t) + gen * mean_t)
+    mean_k, mean_k2 = gen * mean_t, gen * (mean_t - mean_t2) + gen * gen * mean_t2
+    per_masked_token, unweighted = rate * mean_k2 / mean_k, rate * mean_k2 / gen
+    assert abs(per_masked_token - elbo) > 0.15 * elbo and abs(unweighted - elbo) > 0.15 * elbo
+    assert loss == pytest.approx(elbo, rel=0.04)
 
 
 def test_loss_is_deterministic_per_generator():

@@ -29,7 +29,7 @@ reads them back once at the end.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -121,8 +121,8 @@ class StatsRecorder:
 
     Args:
         batch_size: number of rows B.
-        device: device of the sampler's tensors (the per-kind token counts and the
-            entropy sums live there until :meth:`finish`).
+        device: device of the sampler's tensors (each step's kinds, commits and entropies
+            stay there until :meth:`finish` reduces them all at once).
     """
 
     def __init__(self, batch_size: int, device: torch.device):
@@ -131,10 +131,12 @@ class StatsRecorder:
         self.lookahead_batches = 0
         self.row_nfe = [0] * batch_size
         self.row_candidate_evals = [0] * batch_size
-        # Column 0 collects "no commit" rows (always 0 tokens); columns 1.. follow COMMIT_KINDS.
-        self._kind_tokens = torch.zeros(batch_size, len(COMMIT_KINDS) + 1, dtype=torch.int64, device=device)
-        self._eos_fill = torch.zeros(batch_size, dtype=torch.int64, device=device)
-        self._entropy = torch.zeros(batch_size, dtype=torch.float64, device=device)
+        self._device = device
+        # Each step's (kind, committed, entropy) and each EOS fill's counts, kept as they come and
+        # reduced in :meth:`finish`: a step then adds no device op, only a list entry (the tensors are
+        # the step's own, never written again).
+        self._commits: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self._eos_fills: List[torch.Tensor] = []
 
     def count_forward(self, rows: Sequence[int]) -> None:
         """One model call over the batch rows ``rows`` (host indices)."""
@@ -160,19 +162,32 @@ class StatsRecorder:
             entropy: float [B, L], entropies of the current logits (only the
                 committed positions are read).
         """
-        counts = committed.sum(dim=1)
-        self._kind_tokens.scatter_add_(1, kind[:, None], counts[:, None])
-        self._entropy += torch.where(committed, entropy, 0.0).sum(dim=1, dtype=torch.float64)
+        self._commits.append((kind, committed, entropy))
 
     def add_eos_fill(self, counts: torch.Tensor) -> None:
         """Record masks filled with EOS (int64 [B])."""
-        self._eos_fill += counts
+        self._eos_fills.append(counts)
 
     def finish(self, sampler: str, wall_time_s: float, gen_length: int) -> RunStats:
         """Read the device counters back (one synchronisation) and build the :class:`RunStats`."""
-        kind_tokens = self._kind_tokens.cpu().tolist()
-        eos_fill = self._eos_fill.cpu().tolist()
-        entropy = self._entropy.cpu().tolist()
+        batch = self.batch_size
+        # Column 0 collects "no commit" rows (always 0 tokens); columns 1.. follow COMMIT_KINDS.
+        kind_tokens = torch.zeros(batch, len(COMMIT_KINDS) + 1, dtype=torch.int64, device=self._device)
+        step_entropy = [[] for _ in range(batch)]
+        if self._commits:
+            kinds, committed, entropy = (torch.stack(parts, dim=1) for parts in zip(*self._commits))  # [B, S(, L)]
+            kind_tokens.scatter_add_(1, kinds, committed.sum(dim=2))
+            # Each step's sum in float64 (as a step of [B, L] sums it), added up step by step below.
+            step_entropy = torch.where(committed, entropy, 0.0).sum(dim=2, dtype=torch.float64).cpu().tolist()
+        eos_fill = ([0] * batch if not self._eos_fills
+                    else torch.stack(self._eos_fills).sum(dim=0).cpu().tolist())
+        kind_tokens = kind_tokens.cpu().tolist()
+        entropy = []
+        for sums in step_entropy:
+            total = 0.0
+            for value in sums:   # in step order: the float64 accumulation of the run, step by step
+                total += value
+            entropy.append(total)
         rows = []
         for r in range(self.batch_size):
             tokens = {name: kind_tokens[r][i + 1] for i, name in enumerate(COMMIT_KINDS)}

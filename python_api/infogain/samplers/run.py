@@ -66,6 +66,8 @@ class _Run:
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
         self.hidden_head = exposes_hidden_states(self.model, mode)
         self.fused_head = opts.fused_head and self.hidden_head
+        # The fused head's arguments are checked at the run's first lookahead only (same kinds later).
+        self.head_checked = False
         # On the CPU the candidates are built after the read-back (deferred) and the lookahead's last
         # layer skips the positions nobody reads, both because a read-back costs nothing there.
         self.reads_free = host_reads_are_free(self.device) if reads_free is None else reads_free
@@ -232,9 +234,14 @@ class _Run:
                 candidates = self.strategy.candidates(decided.state, kind == KIND_LOOKAHEAD)
                 keep = candidates.keep.reshape(-1).tolist()
             outcome = self._lookahead(start, candidates, kept_pairs(keep, self.batch), lookahead_rows, left_host)
-            rows = outcome.rows
-            self.canvas[rows, start:end] = torch.where(outcome.commit, outcome.tokens, self.canvas[rows, start:end])
-            commit[rows] = outcome.commit
+            # The winner's block is the row's block with the winner's commit applied (see candidate_batch:
+            # a lookahead row's block is unchanged since), so it is written as it is.
+            if len(lookahead_rows) == self.batch:   # every row: plain slices, no index
+                self.canvas[:, start:end] = outcome.tokens
+                commit = outcome.commit
+            else:
+                self.canvas[outcome.rows, start:end] = outcome.tokens
+                commit[outcome.rows] = outcome.commit
             self._eos_fill()
         self.recorder.add_commits(kind, commit, decided.entropy)
         if self.opts.record:
@@ -279,7 +286,8 @@ class _Run:
             weight = self.model.lm_head_weight
             head = (weight, self.calls.head_bias(weight.shape[0], self.device))
         objective, h_next, fused = la.objective(read, remaining, cost, self.opts.variant, head,
-                                                with_top=self.reuse_head_stats)
+                                                with_top=self.reuse_head_stats, check_arguments=not self.head_checked)
+        self.head_checked = True
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_bad = ~torch.isfinite(objective).all()
         best, winner = la.winners(objective, batch, candidates.keep.shape[0], self.batch)
@@ -287,10 +295,13 @@ class _Run:
         if self.reuse_head_stats:
             # The winners' block statistics, already computed at every still-masked position.
             winner_stats = (fused.entropy, fused.top1_prob, fused.top1_id, fused.top2_prob)
-            if self.head_stats is None:
-                self.head_stats = tuple(t.new_zeros(self.batch, length) for t in winner_stats)
-            for stored, value in zip(self.head_stats, winner_stats):
-                stored[rows] = value[winner, :length]
+            if len(lookahead_rows) == self.batch:   # every row: the winners' rows are the statistics
+                self.head_stats = tuple(value[winner, :length] for value in winner_stats)
+            else:
+                if self.head_stats is None:
+                    self.head_stats = tuple(t.new_zeros(self.batch, length) for t in winner_stats)
+                for stored, value in zip(self.head_stats, winner_stats):
+                    stored[rows] = value[winner, :length]
             for r in lookahead_rows:
                 self.head_stats_rows[r] = True
         elif self.fused_head:
