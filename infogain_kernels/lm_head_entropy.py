@@ -186,16 +186,11 @@ def _native_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     if keep is None:
         return torch.ops.infogain._lm_head_stats_cpu(flat, weight, bias, with_top)
     selected = keep.reshape(-1).nonzero().squeeze(-1)
-    entropy, top1_prob, top1_id, top2_prob = torch.ops.infogain._lm_head_stats_cpu(
-        flat.index_select(0, selected), weight, bias, with_top)
-    # The skipped positions' values (SKIPPED_*: 0 for the float outputs, -1 for the id): the float
-    # outputs are rows of one zero-filled tensor written by one scatter (a sampler calls this at
-    # every lookahead step, where each op's dispatch costs as much as the small kernel's work).
-    if not with_top:
-        return (entropy.new_zeros(n_rows).index_copy_(0, selected, entropy), top1_prob, top1_id, top2_prob)
-    floats = entropy.new_zeros(3, n_rows).index_copy_(1, selected, torch.stack((entropy, top1_prob, top2_prob)))
-    ids = torch.full((n_rows,), SKIPPED_ID, dtype=torch.int64, device=hidden.device).index_copy_(0, selected, top1_id)
-    return floats[0], floats[1], ids, floats[2]
+    stats = torch.ops.infogain._lm_head_stats_cpu(flat[selected], weight, bias, with_top)
+    outputs = _skipped_outputs(n_rows, hidden.device, with_top)
+    for output, value in zip(outputs, stats):
+        output[selected] = value
+    return outputs + stats[len(outputs):]
 
 
 # ----------------------------------------------------------------------------- the op
@@ -332,21 +327,10 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         bias = bias.to(torch.float32)
     if cost is not None:
         cost = cost.to(torch.float32)
-    result = lm_head_entropy_unchecked(hidden, weight, bias, mask, cost=cost, variant=variant, with_top=with_top)
-    if check_values and value_checks_enabled(result.entropy):
-        _raise_on_bad_values(hidden, weight, bias, result.entropy, cost)
-    return result
-
-
-def lm_head_entropy_unchecked(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                              mask: Optional[torch.Tensor], *, cost: Optional[torch.Tensor], variant: Optional[str],
-                              with_top: bool):
-    """:func:`lm_head_entropy` with ``check_values=False`` and no argument checks, for a caller
-    that calls it many times with arguments it checked once (the sampler's lookahead, once per
-    step: there the checks cost several times the work of a small head). ``bias`` and ``cost``
-    must already be float32 (or None); anything :func:`lm_head_entropy` would reject is undefined."""
     entropy, objective, h_next, *top = call_op(torch.ops.infogain.lm_head_entropy, _lm_head_entropy_impl,
                                                hidden, weight, bias, mask, cost, variant, with_top)
+    if check_values and value_checks_enabled(entropy):
+        _raise_on_bad_values(hidden, weight, bias, entropy, cost)
     if variant is None:
         objective = h_next = None
     if with_top:

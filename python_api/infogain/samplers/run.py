@@ -66,8 +66,6 @@ class _Run:
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
         self.hidden_head = exposes_hidden_states(self.model, mode)
         self.fused_head = opts.fused_head and self.hidden_head
-        # The fused head's arguments are checked at the run's first lookahead only (same kinds later).
-        self.head_checked = False
         # On the CPU the candidates are built after the read-back (deferred) and the lookahead's last
         # layer skips the positions nobody reads, both because a read-back costs nothing there.
         self.reads_free = host_reads_are_free(self.device) if reads_free is None else reads_free
@@ -286,8 +284,7 @@ class _Run:
             weight = self.model.lm_head_weight
             head = (weight, self.calls.head_bias(weight.shape[0], self.device))
         objective, h_next, fused = la.objective(read, remaining, cost, self.opts.variant, head,
-                                                with_top=self.reuse_head_stats, check_arguments=not self.head_checked)
-        self.head_checked = True
+                                                with_top=self.reuse_head_stats)
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_bad = ~torch.isfinite(objective).all()
         best, winner = la.winners(objective, batch, candidates.keep.shape[0], self.batch)
