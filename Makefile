@@ -41,7 +41,7 @@ test-gpu:
 	env -u INFOGAIN_BACKEND $(GPU_ENV) $(PYTHON) -m pytest -q -m gpu tests
 
 gpu-check:
-	env -u INFOGAIN_BACKEND $(GPU_ENV) $(PYTHON) -m infogain.gpu_check
+	env -u INFOGAIN_BACKEND $(GPU_ENV) $(PYTHON) -m infogain gpu-check
 
 # Regenerates the tracked results in benches/results/ (the scripts alone write to the working directory).
 bench: install

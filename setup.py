@@ -91,9 +91,9 @@ setup(
         "triton": ["triton>=3.0"],
         "flash-attn": ["flash-attn>=2.6"],
         "test": ["pytest", "pytest-benchmark", "scipy", "hypothesis"],
-        # python -m infogain.lm_eval (the harness model); accelerate: its data-parallel launches.
+        # python -m infogain lm-eval (the harness model); accelerate: its data-parallel launches.
         "lm-eval": ["lm-eval>=0.4.8", "accelerate"],
     },
-    entry_points={"console_scripts": ["infogain=infogain.cli:main"]},
+    entry_points={"console_scripts": ["infogain=infogain.apps.cli:main"]},
     zip_safe=False,
 )

@@ -184,20 +184,20 @@ def write_results(path: str, name: str, device: torch.device, rows: List[Dict[st
 
 
 def print_table(rows: List[Dict[str, object]], columns: List[str]) -> None:
-    from infogain._cliutil import format_table
+    from infogain.apps._cliutil import format_table
 
     print(format_table(rows, columns))
 
 
 def apply_threads(threads: Optional[int] = None) -> int:
-    """Set torch's CPU threads by the package's policy (``infogain._threads``: ``--threads``, else
+    """Set torch's CPU threads by the package's policy (``infogain._runtime.threads``: ``--threads``, else
     ``$INFOGAIN_THREADS``, else the physical cores) and return the count; print it with the table
     (:func:`environment` records it in the JSON)."""
     try:
-        from infogain import _threads
+        from infogain._runtime import threads as _threads
     except ImportError:  # run from a checkout without installing: the package sits next to benches/
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python_api"))
-        from infogain import _threads
+        from infogain._runtime import threads as _threads
 
     return _threads.apply_threads(threads)
 
@@ -206,7 +206,7 @@ def add_thread_counts_argument(parser: argparse.ArgumentParser) -> None:
     """``--threads 0,1``: the torch CPU thread counts each CPU case runs at (see :func:`threads_to_run`)."""
     parser.add_argument("--threads", default="0,1",
                         help="comma-separated torch CPU thread counts to run each CPU case at; 0 = the package's "
-                             "default (infogain._threads; on an oversubscribed machine 1 gives stable timings). "
+                             "default (infogain._runtime.threads; on an oversubscribed machine 1 gives stable timings). "
                              "Ignored on CUDA.")
 
 

@@ -24,7 +24,7 @@ from _common import (  # noqa: E402
     add_case_arguments, add_output_arguments, apply_threads, device_and_dtype, median_time, output_path,
     print_table, write_results)
 
-from infogain import _threads  # noqa: E402
+from infogain._runtime import threads as _threads  # noqa: E402
 from infogain.models import attention  # noqa: E402
 
 # (heads, head_dim): the toy model and the 52M-parameter LLaDA-architecture model of the README.

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import add_output_arguments, output_path, pick_device, print_table, write_results  # noqa: E402
 
 from infogain import models  # noqa: E402
-from infogain.demo import DEMO_SETTINGS, TASK_TEMPERATURE, toy_model_path  # noqa: E402
+from infogain.apps.demo import DEMO_SETTINGS, TASK_TEMPERATURE, toy_model_path  # noqa: E402
 from infogain.samplers import InfoGainSampler  # noqa: E402
 from infogain.tasks import TASKS, CharCodec  # noqa: E402
 

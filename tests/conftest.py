@@ -66,7 +66,7 @@ def gpu_lane_problems(has_cuda, triton_error, forced_backend):
     if forced_backend not in (None, "", "auto"):
         problems.append(f"INFOGAIN_BACKEND={forced_backend} is set; it forces every op's path, so the GPU tests "
                         "would not test the default (Triton) path. Unset it (`make test-gpu` and "
-                        "`python -m infogain.gpu_check` clear it).")
+                        "`python -m infogain gpu-check` clear it).")
     return problems
 
 

@@ -1,4 +1,4 @@
-"""The glibc malloc settings of the entry points (infogain._allocator)."""
+"""The glibc malloc settings of the entry points (infogain._runtime.allocator)."""
 import os
 import platform
 import subprocess
@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from infogain import _allocator
+from infogain._runtime import allocator as _allocator
 
 glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                                 reason="the settings apply to glibc only")
@@ -16,7 +16,7 @@ glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
 # freed blocks of this size go back to the kernel and every new one faults in (and zeroes) its pages.
 _FAULTS = textwrap.dedent("""
     import resource, sys, torch
-    from infogain import _allocator
+    from infogain._runtime import allocator as _allocator
 
     def faults(cycles=20):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -62,7 +62,7 @@ class Context:
     def toy_sampler(self):
         """A sampler with a real tokenizer (the shipped toy model, which has no chat template)."""
         from infogain import models
-        from infogain.demo import toy_model_path
+        from infogain.models import toy_model_path
         from infogain.samplers import make_sampler
 
         if "toy" not in self._cache:
@@ -314,14 +314,14 @@ def _demo(argv):
     so a case that is wrongly accepted never writes into the working directory."""
     import tempfile
 
-    from infogain import demo
+    from infogain.apps import demo
 
     with tempfile.TemporaryDirectory() as scratch:
         return run_cli(demo.main, ["--out", scratch, "--no-progress", "--num-samples", "1"] + argv)
 
 
 def _bench(argv):
-    from infogain import bench
+    from infogain.apps import bench
 
     return run_cli(bench.main, argv)
 
@@ -333,13 +333,13 @@ def _eval(argv):
 
 
 def _chat(argv):
-    from infogain import chat
+    from infogain.apps import chat
 
     return run_cli(lambda a: chat.main(a, stdin=io.StringIO("")), argv)
 
 
 def _cli(argv):
-    from infogain import cli
+    from infogain.apps import cli
 
     return run_cli(cli.main, argv)
 

@@ -1,4 +1,4 @@
-"""``python -m infogain bench`` and its naive baseline (:mod:`infogain.naive`).
+"""``python -m infogain bench`` and its naive baseline (:mod:`infogain.samplers.naive`).
 
 The naive sampler must commit the same tokens as the fast sampler at
 temperature 0 (the benchmark asserts it), so the main test here compares the
@@ -14,8 +14,8 @@ import torch
 from scipy import stats as scipy_stats
 from torch import nn
 
-from infogain import bench, bench_timing
-from infogain.naive import NaiveInfoGainSampler, compute_entropy, schedule
+from infogain.apps import bench, bench_timing
+from infogain.samplers.naive import NaiveInfoGainSampler, compute_entropy, schedule
 
 TINY_CHECKPOINTS = os.path.join(os.path.dirname(__file__), "tiny_checkpoints.py")
 SHAPE = {"gen_length": 8, "steps": 8, "block_length": 4, "candidate_number": 4, "position_temperature": 0.5,
@@ -315,7 +315,7 @@ def test_bench_runs_and_writes_json(tiny_llada_path, tmp_path, capsys):
 
 def test_bench_runs_on_the_shipped_toy_model(tmp_path, capsys):
     # No --model: the embedded toy checkpoint, one sampler, the CLI entry point.
-    from infogain import cli
+    from infogain.apps import cli
 
     out = tmp_path / "e2e.json"
     code = cli.main(["bench", "--samplers", "lookum", "--cache", "prefix", "--repeats", "1", "--device", "cpu",

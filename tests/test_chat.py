@@ -7,8 +7,9 @@ import sys
 import pytest
 import torch
 
-from infogain import chat, models
-from infogain.demo import toy_model_path
+from infogain import models
+from infogain.apps import chat
+from infogain.models import toy_model_path
 from infogain.samplers import make_sampler
 from tiny_checkpoints import toy_with_chat_template
 
@@ -129,8 +130,8 @@ def test_infogain_works_without_the_harness():
     # lm-eval is optional: with it blocked, the package and the chat import, and the harness
     # command fails with an actionable message.
     code = ("import sys; sys.modules['lm_eval'] = None\n"
-            "import infogain, infogain.cli, infogain.chat, infogain.samplers\n"
-            "from infogain import lm_eval\n"
+            "import infogain, infogain.apps.cli, infogain.apps.chat, infogain.samplers\n"
+            "from infogain.apps import lm_eval\n"
             "try:\n    lm_eval.main(['--tasks', 'x'])\nexcept SystemExit as exc:\n    print(exc)\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

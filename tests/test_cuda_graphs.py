@@ -1,6 +1,6 @@
 """CUDA-graph capture of every op and of one Info-Gain decoding step; ops on a second GPU.
 
-The capture tests are marked ``gpu`` and ``cuda_graph`` (``python -m infogain.gpu_check`` runs them
+The capture tests are marked ``gpu`` and ``cuda_graph`` (``python -m infogain gpu-check`` runs them
 as their own stage). The step function they capture is checked against the sampler's own step on
 every machine.
 """

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from infogain import cli, demo
+from infogain.apps import cli, demo
 
 FAST_SAMPLERS = "info_gain,confidence,fast_dllm"
 
@@ -77,7 +77,7 @@ def test_demo_rejects_a_checkpoint_whose_tokenizer_cannot_encode_the_tasks(tmp_p
     from transformers import PreTrainedTokenizerFast
 
     from infogain import models
-    from infogain.train_toy import toy_config
+    from infogain.apps.train_toy import toy_config
 
     # Digits only: no "*" or "=".
     vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<mask>", "<unk>"] + list("0123456789"))}

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from infogain import cli
+from infogain.apps import cli
 from infogain.evaluation import EvalConfig, load_config, load_generator, shipped_configs
 from infogain.evaluation import runner
 from infogain.evaluation.summary import difference_interval, wilson_interval
@@ -309,7 +309,7 @@ def test_rank_environment_is_validated(monkeypatch):
 def test_chat_template_is_applied_to_text_prompts_when_the_tokenizer_has_one(tmp_path):
     import shutil
 
-    from infogain.demo import toy_model_path
+    from infogain.models import toy_model_path
 
     model = tmp_path / "toy-chat"
     shutil.copytree(toy_model_path(), model)

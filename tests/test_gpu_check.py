@@ -1,10 +1,10 @@
-"""python -m infogain.gpu_check: what can be checked without a GPU."""
+"""python -m infogain gpu-check: what can be checked without a GPU."""
 import json
 import os
 import subprocess
 import sys
 
-from infogain import gpu_check
+from infogain.apps import gpu_check
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -12,7 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_without_cuda_exits_2_with_a_message_and_no_traceback(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python_api")]))
-    proc = subprocess.run([sys.executable, "-m", "infogain.gpu_check", "--out", str(tmp_path)], env=env, cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "infogain", "gpu-check", "--out", str(tmp_path)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout

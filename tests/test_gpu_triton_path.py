@@ -150,7 +150,7 @@ def test_cuda_tensors_take_the_package_kernels(name):
 
 
 def test_gpu_check_stages_run_without_a_forced_backend(monkeypatch):
-    from infogain import gpu_check
+    from infogain.apps import gpu_check
 
     monkeypatch.setenv("INFOGAIN_BACKEND", "reference")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -162,7 +162,7 @@ def test_gpu_check_sweep_bound_rejects_dropped_columns():
     """At V = 126,464 an entropy near 11 nats may be off by about 7e-4 (float32 arithmetic), not by
     the 8e-3 that dropping 1,000 columns (0.8% of the mass) costs; a probability near 5e-4 by a
     relative 3e-5 (the old bound, 1e-4 + 1e-3 |value|, allowed 20%)."""
-    from infogain import gpu_check
+    from infogain.apps import gpu_check
 
     entropy = torch.full((4,), 11.0, dtype=torch.float64)
     assert gpu_check._compare((entropy + 1e-5,), (entropy,), 126464) is None

@@ -17,8 +17,8 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from infogain import models  # noqa: E402
-from infogain.demo import toy_model_path  # noqa: E402
-from infogain.lm_eval_model import InfoGainLM, cut_at_stop_strings, mc_loglikelihood  # noqa: E402
+from infogain.models import toy_model_path  # noqa: E402
+from infogain.evaluation.lm_eval_model import InfoGainLM, cut_at_stop_strings, mc_loglikelihood  # noqa: E402
 from infogain.samplers import make_sampler  # noqa: E402
 from infogain.tasks import CharCodec, get_task  # noqa: E402
 from tiny_checkpoints import toy_with_chat_template  # noqa: E402
@@ -98,7 +98,7 @@ def test_data_parallel_under_torchrun_matches_one_process(tmp_path):
     args = f"pretrained={TOY},sampler=confidence,{GEN_ARGS}"
     single = _evaluate(tmp_path, args, ["toy_sudoku_gen"], batch_size=2)["samples"]["toy_sudoku_gen"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "infogain.lm_eval",
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "infogain", "lm-eval",
                "--tasks", "toy_sudoku_gen", "--include_path", str(tmp_path), "--model_args", args,
                "--batch_size", "2", "--output_path", str(tmp_path / "out"), "--log_samples"]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -205,7 +205,7 @@ def test_model_args_win_over_the_harness_options():
 def test_cpu_threads_follow_the_package_policy(monkeypatch):
     """threads=N sets torch's thread count; without it $INFOGAIN_THREADS, else the free cores shared
     among the machine's processes of the run."""
-    from infogain import _threads
+    from infogain._runtime import threads as _threads
 
     before = torch.get_num_threads()
     try:

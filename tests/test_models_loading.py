@@ -255,7 +255,7 @@ def test_loading_with_a_tokenizer_is_silent(arch, tmp_path, capfd):
     import shutil
     import warnings
 
-    from infogain.demo import toy_model_path
+    from infogain.models import toy_model_path
 
     path = write_tiny_checkpoint(arch, tmp_path / arch)
     for name in os.listdir(toy_model_path()):

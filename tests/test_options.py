@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from infogain import bench, chat, demo
+from infogain.apps import bench, chat, demo
 from infogain.evaluation import EvalConfig, load_config
 from infogain.evaluation.config import EVAL_OPTION_DEFAULTS
 from infogain.samplers import GenerateOptions
@@ -55,7 +55,7 @@ def via_eval_yaml(name, text, tmp_path):
 
 
 def via_lm_eval(name, text):
-    lm_eval_model = pytest.importorskip("infogain.lm_eval_model")
+    lm_eval_model = pytest.importorskip("infogain.evaluation.lm_eval_model")
     from lm_eval.utils import simple_parse_args_string
 
     typed = simple_parse_args_string(f"{name}={text}")   # the harness types some values itself
@@ -105,7 +105,7 @@ def test_bad_values_are_refused_naming_the_option(name, text, message, capsys):
         parse_options({name: text})
     with pytest.raises(ValueError, match=message):
         load_config(None, ["--task", "gsm8k", "--" + name, text])
-    lm_eval_model = pytest.importorskip("infogain.lm_eval_model")
+    lm_eval_model = pytest.importorskip("infogain.evaluation.lm_eval_model")
     with pytest.raises(ValueError, match=message):
         lm_eval_model.sampler_options({name: text}, diffusion=True, sampler="info_gain")
     with pytest.raises(SystemExit):
@@ -118,7 +118,7 @@ def test_unknown_options_are_refused():
         parse_options({"candidates": "4"})
     with pytest.raises(ValueError, match="unknown key 'candidates'"):
         load_config(None, ["--task", "gsm8k", "--candidates", "4"])
-    lm_eval_model = pytest.importorskip("infogain.lm_eval_model")
+    lm_eval_model = pytest.importorskip("infogain.evaluation.lm_eval_model")
     with pytest.raises(ValueError, match="unknown model argument"):
         lm_eval_model.sampler_options({"candidates": "4"}, diffusion=True, sampler="info_gain")
 

@@ -40,7 +40,7 @@ def test_readme_commands_parse_with_their_own_parsers():
     module = _readme_commands_module()
     commands = module.python_commands(README)
     assert set(module.verbatim_commands(README)) <= set(commands)
-    assert any(c.startswith("python -m infogain.lm_eval") for c in commands)       # continuation lines
+    assert any(c.startswith("python -m infogain lm-eval") for c in commands)       # continuation lines
     bad = ".venv/bin/python -m infogain demo --no-such-flag 3"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python_api")]))
     done = subprocess.run([sys.executable, os.path.join(ROOT, ".ci", "readme_commands.py"), "--check-arguments",
@@ -68,7 +68,7 @@ def test_quoted_benchmark_command_reproduces_its_record(record):
     line = next(line for line in README.splitlines() if line.startswith(".venv/bin/python") and record in line)
     argv = shlex.split(line)[3:]  # after `.venv/bin/python -m infogain`
     assert argv[0] == "bench"
-    from infogain import bench
+    from infogain.apps import bench
 
     args = bench.build_parser().parse_args(argv[1:])
     with open(os.path.join(ROOT, "benches", "results", record)) as fh:

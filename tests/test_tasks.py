@@ -6,7 +6,7 @@ import pytest
 
 from infogain.tasks import (TASKS, CharCodec, Example, MultiplicationTask, SudokuTask, get_task,
                             sudoku_is_valid_grid)
-from infogain.train_toy import TOY_CHARSET, build_tokenizer
+from infogain.apps.train_toy import TOY_CHARSET, build_tokenizer
 
 
 # ---- independent references -------------------------------------------------------------

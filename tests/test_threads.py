@@ -1,8 +1,8 @@
-"""The CPU thread policy of the demo, the CLI and the benchmarks (infogain._threads)."""
+"""The CPU thread policy of the demo, the CLI and the benchmarks (infogain._runtime.threads)."""
 import pytest
 import torch
 
-from infogain import _threads
+from infogain._runtime import threads as _threads
 
 
 def test_flag_then_environment_then_free_cores(monkeypatch):

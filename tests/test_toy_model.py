@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from infogain import models
-from infogain.demo import toy_model_path
+from infogain.models import toy_model_path
 from infogain.tasks import CharCodec, get_task
-from infogain.train_toy import MIN_MASK_PROB, TOY_CHARSET, build_tokenizer, main, masked_diffusion_loss
+from infogain.apps.train_toy import MIN_MASK_PROB, TOY_CHARSET, build_tokenizer, main, masked_diffusion_loss
 
 TINY = {"d_model": 32, "n_layers": 1, "n_heads": 2, "mlp_hidden_size": 64}
 
@@ -101,7 +101,7 @@ def test_loss_is_deterministic_per_generator():
 
 def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path, capsys):
     out = str(tmp_path / "toy")
-    from infogain import train_toy
+    from infogain.apps import train_toy
 
     log = train_toy.train(out, steps=3, batch_sizes={"multiplication": 4, "sudoku": 2}, model_size=TINY,
                           log_every=2, validate_num=4, verbose=False)
@@ -129,7 +129,7 @@ def test_training_script_runs_and_saves_a_loadable_checkpoint(tmp_path, capsys):
 
 
 def test_training_rejects_bad_arguments(tmp_path):
-    from infogain import train_toy
+    from infogain.apps import train_toy
 
     with pytest.raises(ValueError, match="steps"):
         train_toy.train(str(tmp_path), steps=0)

@@ -32,7 +32,7 @@ def test_generated_tensors_are_ordinary_tensors(name, tmp_path):
     ("bench", ["(default: 8)", "(default: 0.8)", "(default: 3)", "(default: none,prefix,dual)"]),
 ])
 def test_help_shows_the_defaults(command, expected, capsys):
-    from infogain import cli
+    from infogain.apps import cli
 
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])
@@ -44,7 +44,7 @@ def test_help_shows_the_defaults(command, expected, capsys):
 
 
 def test_demo_reports_the_threads_it_used(tmp_path, monkeypatch):
-    from infogain import demo
+    from infogain.apps import demo
 
     monkeypatch.setattr(os, "cpu_count", lambda: 64)  # the label must not be the core count
     threads = torch.get_num_threads()

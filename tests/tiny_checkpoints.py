@@ -148,7 +148,7 @@ def toy_with_chat_template(path) -> str:
     """A copy of the shipped toy checkpoint whose tokenizer has :data:`TOY_CHAT_TEMPLATE`."""
     import shutil
 
-    from infogain.demo import toy_model_path
+    from infogain.models import toy_model_path
 
     shutil.copytree(toy_model_path(), path)
     config_path = os.path.join(path, "tokenizer_config.json")

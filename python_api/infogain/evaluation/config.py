@@ -57,7 +57,7 @@ class EvalConfig:
     model), ``dtype`` (auto = bfloat16 on GPU, float32 on CPU; checkpoint = the
     checkpoint's own dtype), ``device`` (auto = the process's GPU under torchrun
     / accelerate, else CPU), ``threads`` (torch CPU threads per process; null =
-    the package's policy, :mod:`infogain._threads`: ``$INFOGAIN_THREADS``, else
+    the package's policy, :mod:`infogain._runtime.threads`: ``$INFOGAIN_THREADS``, else
     the free physical cores shared among the run's processes on this machine). Sampler:
     ``sampler`` and the options of :meth:`~infogain.samplers.DiffusionSampler.generate`
     with generate's defaults, except ``cache`` (``prefix``, :data:`EVAL_OPTION_DEFAULTS`);

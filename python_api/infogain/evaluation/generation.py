@@ -23,7 +23,7 @@ def resolve_model_path(model: str) -> str:
     """``toy`` -> the shipped toy checkpoint; ``name`` -> ``./model/<name>`` when that exists (the
     standalone repository's local aliases); else the path itself, which must be a checkpoint folder."""
     if model == "toy":
-        from ..demo import toy_model_path
+        from ..models import toy_model_path
 
         return toy_model_path()
     if not os.path.isdir(model) and os.path.isdir(os.path.join("model", model)):

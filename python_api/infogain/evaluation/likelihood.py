@@ -1,5 +1,5 @@
 """The Monte-Carlo masked log-likelihood of a masked diffusion LM (LLaDA's evaluation estimator), used by
-the lm-evaluation-harness model's ``loglikelihood`` (:mod:`infogain.lm_eval_model`); needs no harness."""
+the lm-evaluation-harness model's ``loglikelihood`` (:mod:`infogain.evaluation.lm_eval_model`); needs no harness."""
 from __future__ import annotations
 
 from typing import List

@@ -30,7 +30,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from .. import _threads, models
+from .. import models
+from .._runtime import threads as _threads
 from ..tasks import EvalTask, PromptOptions, Sample, get_eval_task
 from . import results
 from .config import NOT_HASHED, EvalConfig, config_hash, describe_configs, load_config
@@ -194,7 +195,7 @@ def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Di
     from tqdm import tqdm
 
     gen = load_generator(cfg, local_rank=dist.local_rank, world_size=dist.world_size)
-    # The package's thread policy (infogain._threads): threads, else $INFOGAIN_THREADS, else 1 for tiny work,
+    # The package's thread policy (infogain._runtime.threads): threads, else $INFOGAIN_THREADS, else 1 for tiny work,
     # else this process's share of the free cores among the run's processes on this machine.
     threads = _threads.apply_threads(
         cfg.threads, num_parameters=_threads.model_parameters(gen.model),

@@ -22,6 +22,12 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.p
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
+def toy_model_path() -> str:
+    """Folder of the toy checkpoint shipped in the package (config.json, model.safetensors,
+    tokenizer.json, ...): the demo's model, also what tests and the bench load by default."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "toy")
+
+
 def preset_config(name: str) -> dict:
     """Official config.json (as a dict) of a full-size architecture: "llada-8b", "dream-7b", "sdar-8b".
 

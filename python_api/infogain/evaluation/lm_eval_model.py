@@ -2,9 +2,9 @@
 
 Importing this module registers the model with the harness (it needs ``lm-eval``;
 ``import infogain`` does not). Run it with the harness's own CLI through
-``python -m infogain.lm_eval`` (:mod:`infogain.lm_eval`), or from Python::
+``python -m infogain lm-eval`` (:mod:`infogain.apps.lm_eval`), or from Python::
 
-    import lm_eval, infogain.lm_eval_model  # registers "infogain"
+    import lm_eval, infogain.evaluation.lm_eval_model  # registers "infogain"
     lm_eval.simple_evaluate(model="infogain", model_args="pretrained=PATH,sampler=info_gain,cache=dual",
                             tasks=["gsm8k"])
 
@@ -44,7 +44,7 @@ Log-likelihood options
     (masked copies per forward, default 32), ``greedy_check`` (default True).
 ``threads``
     Torch CPU threads of this process (default: the package's policy,
-    :mod:`infogain._threads`: ``$INFOGAIN_THREADS``, else 1 for tiny work, else
+    :mod:`infogain._runtime.threads`: ``$INFOGAIN_THREADS``, else 1 for tiny work, else
     this process's share of the free physical cores).
 ``add_bos_token``
     Prepend the tokenizer's BOS token when its encoding does not (default False).
@@ -84,10 +84,11 @@ from lm_eval.api.registry import register_model
 
 from infogain_kernels._validation import check_positive_int
 
-from . import _threads, models
-from .evaluation.likelihood import mc_loglikelihood
-from .samplers import SAMPLERS, GenerateOptions
-from .samplers.options import option_types, parse_value
+from .. import models
+from .._runtime import threads as _threads
+from .likelihood import mc_loglikelihood
+from ..samplers import SAMPLERS, GenerateOptions
+from ..samplers.options import option_types, parse_value
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class InfoGainLM(LM):
         if dtype not in ("auto", None) and dtype not in models.DTYPES:
             raise ValueError(f"model argument dtype must be auto or one of {sorted(models.DTYPES)}, got {dtype!r}")
         if diffusion:
-            from .evaluation import load_generator
+            from . import load_generator
 
             # dtype auto: the checkpoint's own.
             loaded = load_generator({"model": pretrained, "sampler": sampler, "device": str(self._device),
@@ -222,13 +223,13 @@ class InfoGainLM(LM):
         else:
             self.model, self.tokenizer = self._load_causal(pretrained, models.DTYPES.get(dtype))
             config = self.model.config
-            from .eis import ExtendedInferenceSampler
+            from ..eis import ExtendedInferenceSampler
 
             ExtendedInferenceSampler(self.model, self.tokenizer, **options)  # validates the EIS options now
             config_max = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
         self.max_length = _argument("max_length", max_length, int) or config_max or 2048
         if self._device.type == "cpu":
-            # The package's thread policy (infogain._threads), the free cores shared among this machine's
+            # The package's thread policy (infogain._runtime.threads), the free cores shared among this machine's
             # processes of the run.
             _threads.apply_threads(_argument("threads", threads, int),
                                    num_parameters=_threads.model_parameters(self.model),
@@ -408,7 +409,7 @@ class InfoGainLM(LM):
         return gen_length, block_length, self.steps or gen_length
 
     def _generate_eis(self, prompts: List[List[int]], settings: dict) -> List[List[int]]:
-        from .eis import ExtendedInferenceSampler
+        from ..eis import ExtendedInferenceSampler
 
         max_gen_toks = settings["max_gen_toks"]
         options = dict(self.options)

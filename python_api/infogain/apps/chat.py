@@ -25,12 +25,12 @@ from typing import List, Optional, TextIO
 import torch
 
 from ._cliutil import option_type
-from .models import DTYPES
-from .samplers.options import option_types
+from ..models import DTYPES
+from ..samplers.options import option_types
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from .samplers import SAMPLERS
+    from ..samplers import SAMPLERS
 
     parser = argparse.ArgumentParser(prog="infogain chat", description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("--model", required=True,
@@ -110,7 +110,7 @@ class ChatSession:
     def reply(self, message: str) -> str:
         self.messages.append({"role": "user", "content": message})
         ids = self._prompt_ids()
-        from .samplers import GenerateOptions
+        from ..samplers import GenerateOptions
 
         gen_length = GenerateOptions(**{**self.sampler.defaults, **self.options}).gen_length
         limit = self.sampler.max_positions
@@ -139,8 +139,8 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
     options = generate_options(args)
 
     from ._cliutil import parse_device
-    from .evaluation import load_generator
-    from .samplers import GenerateOptions
+    from ..evaluation import load_generator
+    from ..samplers import GenerateOptions
 
     try:
         GenerateOptions(**options).validate()

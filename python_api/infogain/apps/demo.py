@@ -25,10 +25,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import _allocator, _threads
+from .._runtime import allocator as _allocator, threads as _threads
+from ..models.hub import toy_model_path
+from ..samplers.options import CACHE_MODES, GenerateOptions
+from ..tasks import TASKS, CharCodec, get_task
 from ._cliutil import HelpFormatter, make_output_dir, parse_device, split_list
-from .samplers.options import CACHE_MODES, GenerateOptions
-from .tasks import TASKS, CharCodec, get_task
 
 DEMO_SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm")
 DEFAULT_NUM_SAMPLES = 100
@@ -41,11 +42,6 @@ DEMO_SETTINGS = {"candidate_number": GenerateOptions.candidate_number,
 # are sampled. Sudoku prompts differ, and a puzzle has a right answer: argmax.
 TASK_TEMPERATURE = {"multiplication": 1.0, "sudoku": 0.0}
 TABLE_COLUMNS = ("sampler", "task", "accuracy", "cum_entropy", "nfe", "bypass_rate", "tokens_per_s")
-
-
-def toy_model_path() -> str:
-    """Folder of the embedded toy checkpoint (config.json, model.safetensors, tokenizer.json, ...)."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "toy")
 
 
 def _parse_list(name: str, text: str, allowed: Sequence[str]) -> List[str]:
@@ -73,7 +69,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _sampler_names() -> List[str]:
-    from . import samplers
+    from .. import samplers
 
     return list(samplers.SAMPLERS)
 
@@ -163,7 +159,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from tqdm import tqdm
 
-    from . import models, samplers
+    from .. import models, samplers
 
     kept = _allocator.keep_freed_memory()   # before the first large allocation
     model, tokenizer = models.load(model_path)

@@ -91,8 +91,8 @@ def step_profile(fn) -> Dict[str, object]:
     fresh forward and no lookahead), both from this one run (None when the run has no step of one of
     the two kinds: at threshold 1.0 every non-fill step looks ahead and reuses the winner's logits).
     """
-    from .samplers.run import _Run
-    from .stats import COMMIT_KINDS, KIND_LOOKAHEAD
+    from ..samplers.run import _Run
+    from ..stats import COMMIT_KINDS, KIND_LOOKAHEAD
 
     counts = {kind: 0 for kind in ("none",) + COMMIT_KINDS}
     lookahead_s, plain_s = [], []

@@ -21,7 +21,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def option_type(name: str):
     """An argparse ``type`` reading ``generate`` option ``name`` with the package's one option parser
     (:func:`infogain.samplers.options.parse_option`); a bad value is a usage error with its message."""
-    from .samplers.options import option_types, parse_option
+    from ..samplers.options import option_types, parse_option
 
     if name not in option_types():
         raise ValueError(f"{name!r} is not a generate option")

@@ -2,7 +2,7 @@
 
 For every decoding setting x sampler x cache mode it runs the project's sampler
 and, in the same process and on the same prompts, the naive implementation of
-the same algorithm (:mod:`infogain.naive`: per-candidate cache copies, unfused
+the same algorithm (:mod:`infogain.samplers.naive`: per-candidate cache copies, unfused
 float32 ops, host syncs), and reports tokens/s of both, their ratio, NFE, bypass
 rate, the steps of each kind, the lookahead premium (mean wall time of a step
 that runs the lookahead / that of a plain window step, same run) and the sampler
@@ -12,7 +12,7 @@ threshold 1.0 and the demo's settings.
 
 Model sources (exactly one):
 
-* default: the toy model shipped with the package (``infogain.demo.toy_model_path()``);
+* default: the toy model shipped with the package (``infogain.models.toy_model_path()``);
 * ``--model PATH``: any checkpoint directory :func:`infogain.models.load` reads;
 * ``--random-weights llada-8b|dream-7b|sdar-8b``: the full-size architecture with
   random weights (speed only; bf16 on CUDA by default).
@@ -32,7 +32,7 @@ implementation, interleaved; the median is reported. The sampler overhead comes
 from a separate *profiled* run in which every model forward is timed between
 device synchronisations; the main timings never carry that instrumentation The steps of each
 kind and the lookahead premium come from one more run with every step timed.
-The CPU thread count follows ``infogain._threads`` (``--threads``,
+The CPU thread count follows ``infogain._runtime.threads`` (``--threads``,
 ``$INFOGAIN_THREADS``, physical cores, 1 for the toy model); it is printed and
 recorded in the settings.
 
@@ -59,7 +59,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import _threads, models
+from .. import models
+from .._runtime import threads as _threads
 from infogain_kernels._validation import check_positive_int
 
 from .bench_timing import profiled, step_profile, timed
@@ -100,7 +101,7 @@ def _bench_common():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .samplers import GenerateOptions
+    from ..samplers import GenerateOptions
 
     parser = argparse.ArgumentParser(
         prog="python -m infogain bench", formatter_class=HelpFormatter,
@@ -133,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call")
     parser.add_argument("--settings", default=None,
                         help=f"comma-separated, from {', '.join(SETTINGS)} (default: all three for the toy model, "
-                             f"bench otherwise); see SETTINGS in infogain/bench.py")
+                             f"bench otherwise); see SETTINGS in infogain/apps/bench.py")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation")
     parser.add_argument("--seed", type=int, default=0, help="seeds the prompts and the samplers")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive baseline (speed of the fast path only)")
@@ -168,7 +169,7 @@ def parse_config_overrides(text: Optional[str]) -> Dict[str, int]:
 def _check_args(args) -> None:
     if args.config is not None and not args.random_weights:
         raise ValueError("--config only applies with --random-weights")
-    from .samplers import CACHE_MODES
+    from ..samplers import CACHE_MODES
 
     for name in ("prompt_length", "gen_length", "steps", "block_length", "candidates", "batch_size", "repeats"):
         if getattr(args, name) is not None:
@@ -207,7 +208,7 @@ def _load_model(args, device: torch.device, dtype: torch.dtype):
     if args.model:
         path, source = args.model, f"checkpoint:{args.model}"
     else:
-        from infogain.demo import toy_model_path
+        from ..models import toy_model_path
 
         path, source = toy_model_path(), "toy"
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -263,7 +264,7 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
                         generate_kwargs: Dict[str, object], *, repeats: int, run_naive: bool,
                         device: torch.device) -> Dict[str, object]:
     """Benchmark one sampler x cache mode; returns one JSON row (errors are recorded, not raised)."""
-    from infogain.naive import NaiveInfoGainSampler
+    from ..samplers.naive import NaiveInfoGainSampler
     from infogain.samplers import make_sampler
 
     row: Dict[str, object] = {"sampler": sampler_name, "cache": cache}

@@ -14,7 +14,7 @@ the defaults and 33 ms with the thresholds below; one float32 RMSNorm of [100, 3
 stops glibc's dynamic adjustment) and the trim threshold to :data:`TRIM_THRESHOLD`: blocks below
 the first come from the heap, and up to the second of free heap is kept. The process may then
 hold that much freed memory. The library never changes the allocator: the entry points (the demo
-and the ``infogain`` command) call this, like the thread policy (:mod:`infogain._threads`). It does
+and the ``infogain`` command) call this, like the thread policy (:mod:`infogain._runtime.threads`). It does
 nothing off glibc, and nothing when the user set glibc's own ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` environment variables (theirs apply).
 """

@@ -52,7 +52,7 @@ import torch
 
 from infogain_kernels import _random, gumbel_topk
 
-from .models.base import KVCache
+from ..models.base import KVCache
 
 VARIANTS = ("info_gain", "lookum")
 CACHE_MODES = ("none", "prefix", "dual")

@@ -1,11 +1,11 @@
-"""``python -m infogain.lm_eval``: lm-evaluation-harness's own command line with the ``infogain`` model.
+"""``python -m infogain lm-eval``: lm-evaluation-harness's own command line with the ``infogain`` model.
 
-Registers the ``infogain`` model (:mod:`infogain.lm_eval_model`) and runs the
+Registers the ``infogain`` model (:mod:`infogain.evaluation.lm_eval_model`) and runs the
 harness's CLI with the remaining arguments; ``--model infogain`` is implied::
 
-    python -m infogain.lm_eval --tasks gsm8k --batch_size 8 \\
+    python -m infogain lm-eval --tasks gsm8k --batch_size 8 \\
         --model_args pretrained=/ckpt/LLaDA-8B-Instruct,sampler=info_gain,cache=dual,gen_length=256,block_length=32
-    accelerate launch --num_processes 8 -m infogain.lm_eval --tasks gsm8k --model_args pretrained=...
+    accelerate launch --num_processes 8 -m infogain lm-eval --tasks gsm8k --model_args pretrained=...
 
 Every harness option works (``--apply_chat_template``, ``--limit``,
 ``--output_path``, ``--log_samples``, ``--include_path`` ...). Needs ``lm-eval``
@@ -22,8 +22,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         from lm_eval.__main__ import cli_evaluate
     except ImportError as exc:  # keep the message actionable: the harness is an optional dependency
-        raise SystemExit(f"python -m infogain.lm_eval needs lm-evaluation-harness: pip install lm-eval ({exc})")
-    from . import lm_eval_model  # noqa: F401  (registers the "infogain" model)
+        raise SystemExit(f"python -m infogain lm-eval needs lm-evaluation-harness: pip install lm-eval ({exc})")
+    from ..evaluation import lm_eval_model  # noqa: F401  (registers the "infogain" model)
 
     args = list(sys.argv[1:] if argv is None else argv)
     commands = ("run", "ls", "validate")
@@ -32,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args[0] == "run" and not any(a == "--model" or a.startswith("--model=") for a in args):
         args[1:1] = ["--model", "infogain"]
     saved = sys.argv
-    sys.argv = ["infogain.lm_eval"] + args
+    sys.argv = ["infogain lm-eval"] + args
     try:
         cli_evaluate()
     finally:

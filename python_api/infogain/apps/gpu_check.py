@@ -1,6 +1,6 @@
 """One offline command that builds, tests and benchmarks everything on a CUDA machine.
 
-    python -m infogain.gpu_check [--out DIR] [--budget SECONDS] [--only NAME,...]
+    python -m infogain gpu-check [--out DIR] [--budget SECONDS] [--only NAME,...]
     make gpu-check
 
 It uses the Python that runs it (the machine's CUDA torch): no virtual environment, no pip, no
@@ -58,13 +58,13 @@ _PYTEST = ["{python}", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"]
 STAGES = [
     # --force: a CPU-only _C*.so copied along with the checkout must not count as up to date.
     Stage("build", ["{python}", "setup.py", "build_ext", "--inplace", "--force"], 300, requires="setup.py"),
-    Stage("cuda-kernel", ["{python}", "-m", "infogain.gpu_check", "--stage", "cuda-kernel", "--out", "{out}"], 60,
+    Stage("cuda-kernel", ["{python}", "-m", "infogain", "gpu-check", "--stage", "cuda-kernel", "--out", "{out}"], 60,
           results=["cuda-kernel-{gpu}.json"]),
     Stage("gpu-tests", _PYTEST + ["-m", "gpu and not cuda_graph", "--junitxml={out}/gpu-tests-{gpu}.xml"], 150,
           results=["gpu-tests-{gpu}.json"], requires="tests"),
     Stage("cuda-graph-tests", _PYTEST + ["-m", "cuda_graph", "--junitxml={out}/cuda-graph-tests-{gpu}.xml"], 90,
           results=["cuda-graph-tests-{gpu}.json"], requires="tests"),
-    Stage("sweep", ["{python}", "-m", "infogain.gpu_check", "--stage", "sweep", "--out", "{out}"], 120,
+    Stage("sweep", ["{python}", "-m", "infogain", "gpu-check", "--stage", "sweep", "--out", "{out}"], 120,
           results=["sweep-{gpu}.json"]),
     Stage("bench-ops", ["{python}", "benches/bench_ops.py", "--out", "{out}/ops-{gpu}.json"], 120,
           results=["ops-{gpu}.json"], requires="benches/bench_ops.py"),
@@ -90,7 +90,7 @@ def gpu_slug() -> str:
     """File-name tag of GPU 0 (``h200``, ``h100``, ``a100`` ... or the name, simplified)."""
     import torch
 
-    from ._device import gpu_tag
+    from .._device import gpu_tag
 
     name = torch.cuda.get_device_name(0)
     return gpu_tag(name) or "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
@@ -338,7 +338,7 @@ IN_PROCESS_STAGES = {"cuda-kernel": stage_cuda_kernel, "sweep": stage_sweep}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m infogain.gpu_check",
+    parser = argparse.ArgumentParser(prog="python -m infogain gpu-check",
                                      description="Build, test and benchmark on a CUDA machine, offline.")
     parser.add_argument("--out", default=os.path.join(ROOT, "benches", "results"),
                         help="folder for every JSON result and the summary (default: benches/results)")
@@ -351,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if os.environ.get("INFOGAIN_BACKEND", "auto") not in ("", "auto"):
-        print(f"infogain.gpu_check: ignoring INFOGAIN_BACKEND={os.environ['INFOGAIN_BACKEND']} (it would test the "
+        print(f"infogain gpu-check: ignoring INFOGAIN_BACKEND={os.environ['INFOGAIN_BACKEND']} (it would test the "
               "torch reference instead of the kernels); the stages run without it.", file=sys.stderr)
 
     try:
@@ -360,7 +360,7 @@ def main(argv=None) -> int:
     except ImportError:
         has_cuda = False
     if not has_cuda:
-        print("infogain.gpu_check: no CUDA device is visible to this Python (torch.cuda.is_available() is False, "
+        print("infogain gpu-check: no CUDA device is visible to this Python (torch.cuda.is_available() is False, "
               f"python: {sys.executable}). Run it on a machine with an NVIDIA GPU and a CUDA build of torch; "
               "nothing was run.", file=sys.stderr)
         return 2

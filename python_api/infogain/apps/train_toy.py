@@ -1,6 +1,6 @@
 """Train the embedded toy masked diffusion model (LLaDA architecture) on the synthetic tasks.
 
-Run ``python -m infogain.train_toy --out python_api/infogain/assets/toy`` to
+Run ``python -m infogain train-toy --out python_api/infogain/assets/toy`` to
 reproduce the shipped checkpoint (CPU, two cores, well under 15 minutes with the
 defaults). The model is built and saved through :mod:`infogain.models`, so the
 result is an ordinary LLaDA-format checkpoint (``config.json`` +
@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .tasks import CharCodec, Example, Task, get_task
+from ..tasks import CharCodec, Example, Task, get_task
 
 SPECIAL_TOKENS = {"pad": "<|pad|>", "eos": "<|eos|>", "bos": "<|bos|>", "mask": "<|mask|>", "unk": "<|unk|>"}
 # Every character either task can emit or read.
@@ -229,7 +229,7 @@ def train(out: str, *, steps: int = 3000, batch_sizes: Optional[Dict[str, int]] 
     records the final count, and re-running with that ``steps`` and no budget
     reproduces the run. Deterministic for a given ``seed``, thread count and steps.
     """
-    from . import models
+    from .. import models
 
     task_objs = [get_task(name) for name in tasks]   # unknown names fail here, first
     batch_sizes = dict(DEFAULT_BATCH_SIZES, **(batch_sizes or {}))
@@ -318,7 +318,7 @@ def train(out: str, *, steps: int = 3000, batch_sizes: Optional[Dict[str, int]] 
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m infogain.train_toy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m infogain train-toy", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--batch-sizes", default=",".join(f"{k}={v}" for k, v in DEFAULT_BATCH_SIZES.items()),
@@ -336,7 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--batch-sizes must look like multiplication=96,sudoku=16, got {args.batch_sizes!r}")
     train(args.out, steps=args.steps, batch_sizes=batch_sizes, lr=args.lr, seed=args.seed,
           tasks=[t for t in args.tasks.split(",") if t], log_every=args.log_every, threads=args.threads,
-          time_budget_s=args.time_budget, command="python -m infogain.train_toy " + " ".join(argv or sys.argv[1:]))
+          time_budget_s=args.time_budget, command="python -m infogain train-toy " + " ".join(argv or sys.argv[1:]))
     return 0
 
 
