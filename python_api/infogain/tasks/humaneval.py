@@ -5,8 +5,10 @@ Prompt: the function's signature and docstring (zero-shot completion, as is
 customary). Grading: the program is the prompt followed by the generated code
 (a bare body continues the prompt's function; a generation that defines the
 entry point itself replaces it), then the file's ``test`` and
-``check(entry_point)``; it passes when it exits with status 0 in a separate,
-limited process (:mod:`.sandbox`).
+``check(entry_point)``. As in OpenAI's human-eval harness, the program is
+executed in a fresh namespace (not as ``__main__``) and passes only when
+``check`` returns normally; an early exit of any kind fails. It runs in a
+separate, limited process (:mod:`.sandbox`).
 """
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ File: the public sanitized JSON / JSONL (``task_id``, ``prompt``, ``test_list``,
 test imports, the generated code (first fenced block that defines something,
 else the text before a closing fence) and every assert of ``test_list`` run in
 a separate, limited process (:mod:`.sandbox`); the sample passes when the
-program exits with status 0.
+program runs to its last assert and past it (executed in a fresh namespace, not
+as ``__main__``; an early exit of any kind fails).
 """
 from __future__ import annotations
 
