@@ -93,6 +93,8 @@ setup(
         "test": ["pytest", "pytest-benchmark", "scipy", "hypothesis"],
         # python -m infogain lm-eval (the harness model); accelerate: its data-parallel launches.
         "lm-eval": ["lm-eval>=0.4.8", "accelerate"],
+        # python -m infogain eval --task math500: graded by math-verify (pinned: its verdicts are the metric).
+        "eval": ["math-verify==0.9.0"],
     },
     entry_points={"console_scripts": ["infogain=infogain.apps.cli:main"]},
     zip_safe=False,

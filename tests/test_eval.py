@@ -13,7 +13,8 @@ import pytest
 from infogain.apps import cli
 from infogain.evaluation import EvalConfig, load_config, load_generator, shipped_configs
 from infogain.evaluation import runner
-from infogain.evaluation.summary import difference_interval, wilson_interval
+from infogain.evaluation.summary import (compare, difference_interval, format_comparison, format_table, summarize,
+                                         wilson_interval)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Tiny settings: the toy model has 64 positions and a 17-token vocabulary.
@@ -252,6 +253,39 @@ def test_compare_prints_difference_and_ratios(tmp_path, capsys):
     assert "tokens/s" in text and "TPF" in text and "[1] " in text and "[2] " in text
     with pytest.raises(SystemExit):
         cli.main(["eval", "--compare", dirs[0], str(tmp_path / "nothing")])
+
+
+def _graded_records(verdicts):
+    """Records as the runner writes them, with only what the summary reads."""
+    stats = {"tokens": {"heuristic": 4}, "generated_tokens": 4, "nfe": 4, "candidate_evals": 0,
+             "cumulative_entropy": 0.0}
+    return [{"correct": flexible, "metrics": {"flexible-extract": flexible, "strict-match": strict}, "stats": stats,
+             "batch": i, "batch_stats": {"wall_s": 1.0}} for i, (flexible, strict) in enumerate(verdicts)]
+
+
+def test_summary_and_compare_name_the_headline_metric_and_report_the_others():
+    def run(verdicts):
+        return summarize(_graded_records(verdicts), config={"task": "gsm8k", "sampler": "info_gain"},
+                         config_hash="h", expected=len(verdicts), environments=[{}], wall_s=1.0,
+                         samples_this_invocation=len(verdicts))
+
+    first, second = run([(True, True), (True, False), (False, False)]), run([(False, False)] * 3)
+    assert first["headline_metric"] == "flexible-extract" and first["grader"].startswith("lm-eval gsm8k")
+    assert list(first["metrics"]) == ["flexible-extract", "strict-match"]   # the headline first
+    assert (first["correct"], first["metrics"]["strict-match"]["correct"]) == (2, 1)
+    assert first["accuracy"] == first["metrics"]["flexible-extract"]["accuracy"] == 2 / 3
+    assert first["metrics"]["strict-match"]["accuracy_ci95"] == pytest.approx(list(wilson_interval(1, 3)))
+    table = format_table([first]).splitlines()
+    assert "flexible-extract" in table[2] and "strict-match" in table[3] and "0.333" in table[3]
+    result = compare(first, second)
+    assert result["headline_metric"] == "flexible-extract" and result["accuracy_difference"] == pytest.approx(2 / 3)
+    assert result["other_metrics"]["strict-match"]["difference"] == pytest.approx(1 / 3)
+    text = format_comparison(["a", "b"], first, second, result)
+    assert "headline metric: flexible-extract" in text and "strict-match [1] - [2]: +0.333" in text
+    assert "accuracy [1] - [2]: +0.667" in text
+    # A summary written before metrics were recorded still compares (its accuracy is its headline).
+    old = {k: v for k, v in second.items() if k not in ("metrics", "headline_metric")}
+    assert "headline metrics differ" in format_comparison(["a", "b"], first, old, compare(first, old))
 
 
 def test_load_generator_from_plain_keys():

@@ -183,3 +183,17 @@ def test_isolation_reports_what_was_in_force():
     info = sandbox.isolation()
     assert set(info) >= {"process_tree", "memory", "filesystem", "network", "landlock_abi"}
     assert info["process_tree"] in ("pid-namespace", "subreaper")
+
+
+def test_the_summary_of_a_code_task_records_the_isolation_and_its_headline():
+    from infogain.evaluation.summary import summarize
+
+    def summary(task):
+        return summarize([], config={"task": task}, config_hash="h", expected=0, environments=[], wall_s=0.0,
+                         samples_this_invocation=0)
+
+    for task in ("humaneval", "mbpp"):
+        record = summary(task)
+        assert record["code_sandbox"] == sandbox.isolation()
+        assert record["headline_metric"] == "pass@1" and "sandbox" in record["grader"]
+    assert summary("gsm8k")["code_sandbox"] is None

@@ -3,7 +3,13 @@ the side-by-side comparison of two runs.
 
 Definitions (all sums run over the graded problems of the run):
 
-* ``accuracy`` = correct / problems, with the 95% Wilson score interval.
+* ``accuracy`` = correct / problems, with the 95% Wilson score interval, by the
+  task's headline metric, named in ``headline_metric`` (GSM8K: lm-eval's
+  ``flexible-extract``; MATH-500: ``math-verify``; other tasks: ``accuracy``).
+  ``metrics`` holds every metric the task grades by, the headline first, each
+  with its own count, accuracy and interval (GSM8K adds ``strict-match``);
+  ``grader`` says which grader (and library version) gave the verdicts;
+  ``code_sandbox`` (code tasks) which isolation held the graded programs.
 * ``generated_tokens``: the generation region of every problem (``gen_length``
   each; no prompt, no padding). It splits into ``decoded_tokens`` (committed by
   the sampler) and ``eos_fill_tokens`` (masks after a problem's first EOS,
@@ -27,6 +33,8 @@ import json
 import math
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..tasks import get_eval_task, sandbox
 
 Z95 = 1.959963984540054
 
@@ -57,12 +65,46 @@ def difference_interval(s1: int, n1: int, s2: int, n2: int, z: float = Z95) -> T
     return d, max(-1.0, lower), min(1.0, upper)
 
 
+def _metric(correct: int, n: int) -> dict:
+    lo, hi = wilson_interval(correct, n)
+    return {"problems": n, "correct": correct, "accuracy": correct / n if n else 0.0, "accuracy_ci95": [lo, hi]}
+
+
+def metric_summaries(records: Sequence[dict], headline: str) -> Dict[str, dict]:
+    """name -> counts, accuracy and interval of each metric, the headline (``correct``) first.
+
+    A secondary metric counts the records that carry it (records written before a task reported it do not).
+    """
+    metrics = {headline: _metric(sum(1 for r in records if r["correct"]), len(records))}
+    names: List[str] = []
+    for r in records:
+        names += [m for m in r.get("metrics") or {} if m != headline and m not in names]
+    for name in names:
+        verdicts = [bool(r["metrics"][name]) for r in records if name in (r.get("metrics") or {})]
+        metrics[name] = _metric(sum(verdicts), len(verdicts))
+    return metrics
+
+
+CODE_TASKS = ("humaneval", "mbpp")
+
+
+def _task_grading(task: Optional[str]) -> Tuple[str, str]:
+    """(headline metric, grader) of a task name (a task this version does not know: plain accuracy)."""
+    try:
+        found = get_eval_task(task)
+    except (TypeError, ValueError):
+        return "accuracy", "unknown"
+    return found.headline_metric, found.grader()
+
+
 def summarize(records: Sequence[dict], *, config: dict, config_hash: str, expected: int,
               environments: Sequence[dict], wall_s: float, samples_this_invocation: int) -> dict:
     """The summary dict of a run from its merged per-problem ``records`` (see the module docstring)."""
     n = len(records)
-    correct = sum(1 for r in records if r["correct"])
-    lo, hi = wilson_interval(correct, n)
+    headline, grader = _task_grading(config.get("task"))
+    metrics = metric_summaries(records, headline)
+    correct = metrics[headline]["correct"]
+    lo, hi = metrics[headline]["accuracy_ci95"]
     tokens: Dict[str, int] = {}
     for r in records:
         for kind, count in r["stats"]["tokens"].items():
@@ -79,7 +121,11 @@ def summarize(records: Sequence[dict], *, config: dict, config_hash: str, expect
         "task": config.get("task"), "sampler": config.get("sampler"), "model": config.get("model"),
         "config_hash": config_hash,
         "problems": n, "expected_problems": expected, "complete": n == expected,
+        "headline_metric": headline, "grader": grader,
+        # Which isolation held the graded programs of a code task (it depends on the kernel).
+        "code_sandbox": sandbox.isolation() if config.get("task") in CODE_TASKS else None,
         "correct": correct, "accuracy": correct / n if n else 0.0, "accuracy_ci95": [lo, hi],
+        "metrics": metrics,
         "generated_tokens": generated, "decoded_tokens": decoded, "eos_fill_tokens": eos_fill,
         "tokens_by_kind": tokens,
         "nfe": nfe, "nfe_per_problem": nfe / n if n else 0.0,
@@ -97,25 +143,48 @@ def summarize(records: Sequence[dict], *, config: dict, config_hash: str, expect
     }
 
 
-_COLUMNS = ("task", "sampler", "problems", "accuracy (95% CI)", "tok/s", "TPF", "NFE/problem", "bypass",
+_COLUMNS = ("task", "sampler", "problems", "metric", "accuracy (95% CI)", "tok/s", "TPF", "NFE/problem", "bypass",
             "cum. entropy", "EOS fill", "wall s")
 
 
-def _row(s: dict) -> List[str]:
-    lo, hi = s["accuracy_ci95"]
-    return [str(s["task"]), str(s["sampler"]), f"{s['problems']}/{s['expected_problems']}",
-            f"{s['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]", f"{s['tokens_per_s']:.1f}", f"{s['tpf']:.2f}",
-            f"{s['nfe_per_problem']:.1f}", f"{s['bypass_rate']:.3f}", f"{s['cumulative_entropy']:.2f}",
-            str(s["eos_fill_tokens"]), f"{s['wall_s']:.1f}"]
+def run_metrics(s: dict) -> Dict[str, dict]:
+    """The summary's metrics, headline first (a summary written before metrics were recorded: its accuracy)."""
+    if "metrics" in s:
+        return s["metrics"]
+    return {"accuracy": {"problems": s["problems"], "correct": s["correct"], "accuracy": s["accuracy"],
+                         "accuracy_ci95": s["accuracy_ci95"]}}
+
+
+def _accuracy_text(m: dict) -> str:
+    lo, hi = m["accuracy_ci95"]
+    return f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _rows(s: dict) -> List[List[str]]:
+    """One row per metric: the headline's carries the run's figures, the others only their accuracy."""
+    (headline, first), *others = run_metrics(s).items()
+    rows = [[str(s["task"]), str(s["sampler"]), f"{s['problems']}/{s['expected_problems']}", headline,
+             _accuracy_text(first), f"{s['tokens_per_s']:.1f}", f"{s['tpf']:.2f}", f"{s['nfe_per_problem']:.1f}",
+             f"{s['bypass_rate']:.3f}", f"{s['cumulative_entropy']:.2f}", str(s["eos_fill_tokens"]),
+             f"{s['wall_s']:.1f}"]]
+    for name, m in others:
+        rows.append(["", "", f"{m['problems']}/{s['expected_problems']}", name, _accuracy_text(m)]
+                    + [""] * (len(_COLUMNS) - 5))
+    return rows
+
+
+def _render(prefixed_rows: Sequence[Tuple[str, List[str]]], header_prefix: str = "") -> List[str]:
+    """Aligned lines of the header, a rule and ``rows``, each line after its prefix."""
+    lines = [(header_prefix, list(_COLUMNS))] + list(prefixed_rows)
+    widths = [max(len(line[i]) for _, line in lines) for i in range(len(_COLUMNS))]
+    out = [prefix + "  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for prefix, line in lines]
+    out.insert(1, lines[0][0] + "  ".join("-" * w for w in widths))
+    return out
 
 
 def format_table(summaries: Sequence[dict]) -> str:
-    """Aligned text table, one line per summary."""
-    lines = [list(_COLUMNS)] + [_row(s) for s in summaries]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(_COLUMNS))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    """Aligned text table, one block per summary: its headline metric's line, then one line per other metric."""
+    return "\n".join(_render([("", row) for s in summaries for row in _rows(s)]))
 
 
 def read_summary(directory: str) -> dict:
@@ -130,13 +199,25 @@ def _ratio(a: float, b: float) -> Optional[float]:
     return a / b if b else None
 
 
+def _difference(a: dict, b: dict) -> dict:
+    d, lo, hi = difference_interval(a["correct"], a["problems"], b["correct"], b["problems"])
+    return {"accuracy": [a["accuracy"], b["accuracy"]], "difference": d, "ci95": [lo, hi],
+            "significant": lo > 0 or hi < 0}
+
+
 def compare(first: dict, second: dict) -> dict:
-    """Run 1 vs run 2: accuracy difference (1 - 2) with its 95% interval and speed ratios (1 / 2)."""
-    d, lo, hi = difference_interval(first["correct"], first["problems"], second["correct"], second["problems"])
+    """Run 1 vs run 2: the headline accuracy's difference (1 - 2) with its 95% interval, the same for every
+    other metric both runs report, and speed ratios (1 / 2)."""
+    m1, m2 = run_metrics(first), run_metrics(second)
+    headlines = [next(iter(m1)), next(iter(m2))]
+    headline = _difference(m1[headlines[0]], m2[headlines[1]])
     return {
-        "accuracy": [first["accuracy"], second["accuracy"]],
-        "accuracy_difference": d, "accuracy_difference_ci95": [lo, hi],
-        "significant": lo > 0 or hi < 0,
+        "headline_metric": headlines[0] if headlines[0] == headlines[1] else headlines,
+        "accuracy": headline["accuracy"],
+        "accuracy_difference": headline["difference"], "accuracy_difference_ci95": headline["ci95"],
+        "significant": headline["significant"],
+        "other_metrics": {name: _difference(m1[name], m2[name])
+                          for name in m1 if name in m2 and name not in headlines},
         "tokens_per_s_ratio": _ratio(first["tokens_per_s"], second["tokens_per_s"]),
         "tpf_ratio": _ratio(first["tpf"], second["tpf"]),
         "nfe_ratio": _ratio(first["nfe_per_problem"], second["nfe_per_problem"]),
@@ -145,15 +226,28 @@ def compare(first: dict, second: dict) -> dict:
     }
 
 
+def _difference_line(label: str, diff: dict) -> str:
+    lo, hi = diff["ci95"]
+    return (f"{label} [1] - [2]: {diff['difference']:+.3f}  95% CI [{lo:+.3f}, {hi:+.3f}]"
+            + ("" if diff["significant"] else "  (not significant)"))
+
+
 def format_comparison(dirs: Sequence[str], first: dict, second: dict, result: dict) -> str:
-    table = format_table([first, second]).splitlines()
-    lines = [prefix + line for prefix, line in zip(("    ", "    ", "[1] ", "[2] "), table)]
-    lo, hi = result["accuracy_difference_ci95"]
+    rows = [(prefix if i == 0 else "    ", row) for prefix, s in (("[1] ", first), ("[2] ", second))
+            for i, row in enumerate(_rows(s))]
+    lines = _render(rows, header_prefix="    ")
     fmt = lambda r: "n/a" if r is None else f"{r:.2f}x"
+    headline = result["headline_metric"]
+    headline_diff = {"difference": result["accuracy_difference"], "ci95": result["accuracy_difference_ci95"],
+                     "significant": result["significant"]}
     lines.append("")
     lines.append(f"[1] {dirs[0]}\n[2] {dirs[1]}")
-    lines.append(f"accuracy [1] - [2]: {result['accuracy_difference']:+.3f}  95% CI [{lo:+.3f}, {hi:+.3f}]"
-                 + ("" if result["significant"] else "  (not significant)"))
+    if isinstance(headline, str):
+        lines.append(f"headline metric: {headline}")
+    else:
+        lines.append(f"warning: the runs' headline metrics differ ([1] {headline[0]}, [2] {headline[1]})")
+    lines.append(_difference_line("accuracy", headline_diff))
+    lines += [_difference_line(name, diff) for name, diff in result["other_metrics"].items()]
     lines.append(f"speed [1] / [2]: tokens/s {fmt(result['tokens_per_s_ratio'])}, TPF {fmt(result['tpf_ratio'])}, "
                  f"NFE per problem {fmt(result['nfe_ratio'])}")
     if not result["same_task"]:

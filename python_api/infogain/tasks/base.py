@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Sequence
 
 
 class TaskFileError(ValueError):
@@ -32,13 +31,17 @@ class Grade:
     """The grading of one generation.
 
     ``answer``: the extracted answer (None when none could be found);
-    ``correct``: whether it is right; ``detail``: why not, when useful (a
-    failing test's status, a parse error).
+    ``correct``: whether it is right by the task's headline metric
+    (:attr:`EvalTask.headline_metric`); ``detail``: why not, when useful (a
+    failing test's status, a parse error); ``metrics``: the verdict under each
+    metric of a task that reports several (GSM8K's ``strict-match`` and
+    ``flexible-extract``), the headline included; empty for one-metric tasks.
     """
 
     answer: Optional[str]
     correct: bool
     detail: Optional[str] = None
+    metrics: Mapping[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -132,33 +135,16 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[:end]
 
 
-_NUMBER = re.compile(r"-?\$?\s*\d[\d,]*(?:\.\d+)?|-?\.\d+")
-
-
-def last_number(text: str) -> Optional[str]:
-    """The last number written in ``text`` (thousands separators and ``$`` allowed), or None."""
-    matches = _NUMBER.findall(text)
-    return matches[-1] if matches else None
-
-
-def normalize_number(text: Optional[str]) -> Optional[float]:
-    """A number written as ``1,234``, ``$5``, ``72.00``, ``-3``, ``7.`` or ``50%`` as a float; None if not one."""
-    if text is None:
-        return None
-    cleaned = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".").rstrip("%")
-    try:
-        return float(cleaned)
-    except ValueError:
-        return None
-
-
 class EvalTask:
     """Base class of the evaluation tasks.
 
     Subclasses set ``name``, ``file_name`` (default data file), ``file_format``
     (how the error messages describe the expected file), ``fields`` (required
     record fields) and ``stops`` (strings at which a generation is cut before
-    extraction), and implement :meth:`prompt` and :meth:`grade`.
+    extraction), and implement :meth:`prompt` and :meth:`grade`. A task whose
+    field reports several metrics names the one its accuracy is quoted by in
+    ``headline_metric`` (the summary's ``accuracy``) and describes its grader
+    in :meth:`grader`.
     """
 
     name: str = ""
@@ -169,6 +155,12 @@ class EvalTask:
     stops: Sequence[str] = ()
     #: When set, the generation length the task's answers need (the toy tasks).
     required_gen_length: Optional[int] = None
+    #: The metric ``Grade.correct`` (and so the run's accuracy) reports.
+    headline_metric: str = "accuracy"
+
+    def grader(self) -> str:
+        """Which grader gives the verdicts, with its version where it is a library (recorded in the summary)."""
+        return "infogain"
 
     def default_path(self, data_dir: str) -> str:
         return os.path.join(data_dir, self.file_name)

@@ -33,6 +33,10 @@ class HumanEval(EvalTask):
     file_format = ('JSONL of {"task_id": str, "prompt": str, "test": str, "entry_point": str} '
                    '(the public HumanEval file)')
     fields = ("prompt", "test", "entry_point")
+    headline_metric = "pass@1"
+
+    def grader(self) -> str:
+        return "infogain sandbox (human-eval's pass rule; isolation in summary.json's code_sandbox)"
 
     def prompt(self, sample: Sample, options: PromptOptions) -> str:
         return self._build(options, sample, str(sample.record["prompt"]))

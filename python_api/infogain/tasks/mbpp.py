@@ -39,6 +39,10 @@ class MBPP(EvalTask):
     file_format = ('JSON or JSONL of {"task_id": int, "prompt": str, "test_list": [str], "test_imports": [str]} '
                    '(the public sanitized MBPP file)')
     fields = ("prompt", "test_list")
+    headline_metric = "pass@1"
+
+    def grader(self) -> str:
+        return "infogain sandbox (human-eval's pass rule; isolation in summary.json's code_sandbox)"
 
     def prompt(self, sample: Sample, options: PromptOptions) -> str:
         rec = sample.record
