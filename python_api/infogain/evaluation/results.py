@@ -2,9 +2,13 @@
 
 Layout of ``output_dir``:
 
-* ``run.json`` -- the resolved config and its hash (written by rank 0 at start);
+* ``run.json`` -- the resolved config and its hash (rewritten by rank 0 at every start:
+  its modification time is when the invocation started);
 * ``samples.rank<R>.jsonl`` -- one JSON line per graded problem, appended and
-  flushed to disk by process R as soon as the problem is graded;
+  flushed to disk by process R as soon as the problem is graded, stamped with
+  its invocation (``invocation``: when it started, and the seconds from then to
+  this problem) so that the summary can add up the wall time of every
+  invocation, killed ones included;
 * ``env.rank<R>.json`` -- process R's environment and timing (written at its end);
 * ``samples.jsonl`` and ``summary.json`` -- merged by rank 0 after the barrier.
 
@@ -14,10 +18,12 @@ the problems in flight. A line cut short by a kill is dropped on the next start.
 """
 from __future__ import annotations
 
+import datetime
 import glob
 import json
 import os
 import re
+import time
 from typing import Dict, Iterable, List, Optional
 
 RUN_FILE = "run.json"
@@ -83,11 +89,27 @@ def read_records(directory: str, config_hash: str) -> Dict[str, dict]:
     return records
 
 
+def invocation_started(directory: str) -> float:
+    """When the current invocation started, in epoch seconds: the time ``run.json`` was last written (rank 0
+    rewrites it at every start, before any rank decodes, so all ranks of one invocation read the same time, to
+    the nanosecond); now when there is no ``run.json``."""
+    try:
+        return os.stat(os.path.join(directory, RUN_FILE)).st_mtime_ns / 1e9
+    except FileNotFoundError:
+        return time.time()
+
+
 class RankWriter:
-    """Appends records to ``samples.rank<R>.jsonl``, each flushed and fsynced before the next problem."""
+    """Appends records to ``samples.rank<R>.jsonl``, each flushed and fsynced before the next problem.
+
+    Each record gets ``invocation``: ``{"started": <ISO time the invocation started, to the microsecond; it names
+    the invocation>, "elapsed_s": <seconds from then to this record>}``.
+    """
 
     def __init__(self, directory: str, rank: int):
         self.path = rank_file(directory, rank)
+        self._started = invocation_started(directory)
+        self._invocation = datetime.datetime.fromtimestamp(self._started).isoformat(timespec="microseconds")
         self._drop_partial_line()
         self._fh = open(self.path, "a", encoding="utf-8")
 
@@ -100,6 +122,8 @@ class RankWriter:
                 fh.truncate(data.rfind(b"\n") + 1)
 
     def write(self, record: dict) -> None:
+        record = {**record, "invocation": {"started": self._invocation,
+                                           "elapsed_s": max(0.0, time.time() - self._started)}}
         self._fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())

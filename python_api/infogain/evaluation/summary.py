@@ -22,8 +22,16 @@ Definitions (all sums run over the graded problems of the run):
 * ``tokens_per_s`` = decoded tokens / generation seconds, where generation
   seconds are the wall times of the ``generate`` calls summed over every
   process (device-seconds): a per-device throughput, independent of how many
-  processes ran and of resumes. ``wall_s`` is the elapsed time of the last
-  invocation (start to summary), and ``samples_this_invocation`` what it did.
+  processes ran and of resumes.
+* Timing scopes: ``generation_s``, ``tokens_per_s`` and ``wall_s`` cover every
+  graded problem, over all the invocations that graded them (a resumed run
+  adds up). ``wall_s`` sums the ``invocations``' wall times: the last one from
+  its start to the summary, each earlier one (killed ones too) from the moment
+  it rewrote ``run.json`` to its last graded problem (records written before
+  invocations were stamped count their generation seconds instead). With one process, ``wall_s`` >=
+  ``generation_s``. ``last_invocation`` holds the last invocation's own
+  figures (``problems``, ``wall_s``, ``generation_s``, ``tokens_per_s``);
+  ``samples_this_invocation`` repeats its ``problems``.
 * ``bypass_rate`` = bypass-committed tokens / decoded tokens;
   ``cumulative_entropy`` = the mean over problems of Σ_t C(a_t).
 """
@@ -32,7 +40,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ..tasks import get_eval_task, sandbox
 
@@ -97,9 +105,51 @@ def _task_grading(task: Optional[str]) -> Tuple[str, str]:
     return found.headline_metric, found.grader()
 
 
+def _generation_seconds(records: Iterable[dict]) -> float:
+    # Each generate call's wall time is stored with every problem of its batch: count it once (per invocation: a
+    # batch cut short by a kill is generated again by the next one).
+    calls = {((r.get("invocation") or {}).get("started"), r["batch"]): r["batch_stats"]["wall_s"] for r in records}
+    return sum(calls.values(), 0.0)
+
+
+def _decoded_tokens(records: Iterable[dict]) -> int:
+    return sum(r["stats"]["generated_tokens"] - r["stats"]["tokens"].get("eos_fill", 0) for r in records)
+
+
+def invocation_timing(records: Sequence[dict], wall_s: float, samples_this_invocation: int) -> dict:
+    """The wall seconds of every invocation that worked on the run, and the last invocation's own figures.
+
+    ``wall_s`` is the last invocation's time from its start to the summary. Records are grouped by their
+    ``invocation`` stamp (see :class:`.results.RankWriter`); when the last invocation graded problems, the
+    latest group is its own.
+    """
+    groups: Dict[str, List[dict]] = {}
+    unstamped = []
+    for r in records:
+        if "invocation" in r:
+            groups.setdefault(r["invocation"]["started"], []).append(r)
+        else:
+            unstamped.append(r)
+    # ISO times of one clock sort as they happened.
+    walls = [max(r["invocation"]["elapsed_s"] for r in groups[k]) for k in sorted(groups)]
+    last = groups[max(groups)] if samples_this_invocation and groups else []
+    if last:
+        walls[-1] = max(walls[-1], wall_s)
+    else:
+        walls.append(wall_s)
+    if unstamped:
+        walls.insert(0, _generation_seconds(unstamped))
+    generation_s = _generation_seconds(last)
+    return {"wall_s": sum(walls), "invocations": len(walls),
+            "last_invocation": {"problems": samples_this_invocation, "wall_s": wall_s,
+                                "generation_s": generation_s,
+                                "tokens_per_s": _decoded_tokens(last) / generation_s if generation_s > 0 else 0.0}}
+
+
 def summarize(records: Sequence[dict], *, config: dict, config_hash: str, expected: int,
               environments: Sequence[dict], wall_s: float, samples_this_invocation: int) -> dict:
-    """The summary dict of a run from its merged per-problem ``records`` (see the module docstring)."""
+    """The summary dict of a run from its merged per-problem ``records`` (see the module docstring); ``wall_s``
+    and ``samples_this_invocation`` are the last invocation's (start to summary)."""
     n = len(records)
     headline, grader = _task_grading(config.get("task"))
     metrics = metric_summaries(records, headline)
@@ -113,9 +163,8 @@ def summarize(records: Sequence[dict], *, config: dict, config_hash: str, expect
     eos_fill = tokens.get("eos_fill", 0)
     decoded = generated - eos_fill
     nfe = sum(r["stats"]["nfe"] for r in records)
-    # Each generate call's wall time is stored with every problem of its batch: count it once.
-    batch_seconds = {r["batch"]: r["batch_stats"]["wall_s"] for r in records}
-    generation_s = sum(batch_seconds.values())
+    generation_s = _generation_seconds(records)
+    timing = invocation_timing(records, wall_s, samples_this_invocation)
     entropy = sum(r["stats"]["cumulative_entropy"] for r in records)
     return {
         "task": config.get("task"), "sampler": config.get("sampler"), "model": config.get("model"),
@@ -137,7 +186,8 @@ def summarize(records: Sequence[dict], *, config: dict, config_hash: str, expect
         "generation_s": generation_s,
         "tokens_per_s": decoded / generation_s if generation_s > 0 else 0.0,
         "eos_fill_tokens_per_s": eos_fill / generation_s if generation_s > 0 else 0.0,
-        "wall_s": wall_s, "samples_this_invocation": samples_this_invocation,
+        "wall_s": timing["wall_s"], "invocations": timing["invocations"],
+        "last_invocation": timing["last_invocation"], "samples_this_invocation": samples_this_invocation,
         "config": config,
         "environment": {"world_size": len(environments), "processes": list(environments)},
     }
