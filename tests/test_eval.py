@@ -142,6 +142,10 @@ def test_every_file_task_runs_end_to_end_on_the_toy_model(tmp_path, task, capsys
         assert sum(r["stats"]["tokens"].values()) == 8
     if task == "humaneval":
         assert records[0]["correct"] is False and records[0]["detail"]   # the toy model cannot write Python
+    if task == "gsm8k":   # both of lm-eval's verdicts reach the records and the summary
+        assert all(set(r["metrics"]) == {"flexible-extract", "strict-match"} for r in records)
+        assert list(summary["metrics"]) == ["flexible-extract", "strict-match"]
+        assert summary["metrics"]["strict-match"]["problems"] == len(records)
 
 
 @pytest.mark.parametrize("task,sampler", [("toy_multiplication", "info_gain"), ("toy_sudoku", "confidence"),

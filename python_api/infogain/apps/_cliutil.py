@@ -75,6 +75,16 @@ def make_output_dir(option: str, path: str) -> str:
     return path
 
 
+def check_output_file(option: str, path: str) -> str:
+    """Make sure file ``path`` can be written once a command's work is done: its folder exists or is created,
+    and ``path`` itself is not a folder. ValueError naming ``option`` otherwise, before the work starts."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option} {path!r} is a directory; give a file path "
+                         f"(e.g. {os.path.join(path, 'e2e.json')!r})")
+    make_output_dir(option, os.path.dirname(os.path.abspath(path)))
+    return path
+
+
 def format_table(rows: Sequence[Dict[str, object]], columns: List[str]) -> str:
     """``rows`` as left-aligned columns under a header; floats to 4 significant digits, a missing
     cell is empty."""

@@ -64,7 +64,7 @@ from .._runtime import threads as _threads
 from infogain_kernels._validation import check_positive_int
 
 from .bench_timing import profiled, step_profile, timed
-from ._cliutil import HelpFormatter, format_table, make_output_dir, option_type, parse_device, split_list
+from ._cliutil import HelpFormatter, check_output_file, format_table, option_type, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
 RANDOM_WEIGHT_PRESETS = ("llada-8b", "dream-7b", "sdar-8b")
@@ -362,7 +362,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.sampler_names = split_list("--samplers", args.samplers)
         args.cache_modes = split_list("--cache", args.cache)
         if args.out:  # fail now, not after the whole benchmark
-            make_output_dir("--out", os.path.dirname(os.path.abspath(args.out)))
+            check_output_file("--out", args.out)
         _check_args(args)
         device = parse_device("--device", args.device)
         dtype = models.resolve_dtype(args.dtype, device)

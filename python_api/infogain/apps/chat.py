@@ -9,12 +9,14 @@ the plain transcript (BOS, then each message's text, in order). When the
 conversation outgrows the model's context, its oldest tokens are dropped.
 
 Commands on a line of their own: ``/reset`` (forget the conversation),
-``/exit`` or ``/quit`` (or end of input).
+``/exit`` or ``/quit`` (or end of input, Ctrl-D). Ctrl-C stops the answer being
+decoded and returns to the prompt.
 
 Every option of the sampler's ``generate`` is a flag (``--gen-length``,
 ``--steps``, ``--block-length``, ``--cache``, ``--temperature``,
 ``--threshold``, ``--candidate-number``, ``--variant``, ``--seed``, ...);
-unset flags keep ``generate``'s defaults.
+unset flags keep ``generate``'s defaults, except that a default ``gen_length``
+the model cannot hold with a prompt becomes half its positions.
 """
 from __future__ import annotations
 
@@ -99,6 +101,11 @@ class ChatSession:
     def reset(self) -> None:
         self.messages = [{"role": "system", "content": self.system}] if self.system else []
 
+    def forget_last_message(self) -> None:
+        """Drop the user's message whose answer was interrupted (it has no answer to pair with)."""
+        if self.messages and self.messages[-1]["role"] == "user":
+            self.messages.pop()
+
     def _prompt_ids(self) -> List[int]:
         if self.use_template:
             text = self.tokenizer.apply_chat_template(self.messages, tokenize=False, add_generation_prompt=True)
@@ -140,10 +147,10 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
 
     from ._cliutil import parse_device
     from ..evaluation import load_generator
+    from ..evaluation.config import fit_lengths
     from ..samplers import GenerateOptions
 
     try:
-        GenerateOptions(**options).validate()
         device = parse_device("--device", args.device)
         try:
             # No --dtype: the checkpoint's own dtype.
@@ -153,17 +160,37 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
             raise ValueError(f"--model {args.model!r}: {exc}") from exc
         if loaded.tokenizer is None:
             raise ValueError(f"--model {args.model!r} has no tokenizer files")
-        session = ChatSession(loaded.sampler, use_template=not args.no_chat_template, system=args.system,
+        # Lengths left unset fit the model (the toy model has 64 positions, generate's default is 256);
+        # set ones it cannot hold are refused now, not at the first message.
+        sampler = loaded.sampler
+        defaults = vars(GenerateOptions(**{**sampler.defaults, **options}))
+        options.update(fit_lengths(defaults, options, max_positions=sampler.max_positions))
+        GenerateOptions(**options).validate()
+        session = ChatSession(sampler, use_template=not args.no_chat_template, system=args.system,
                               options=options, out=stdout)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
+    _converse(session, stdin, stdout)
+    return 0
+
+
+def _converse(session: ChatSession, stdin: TextIO, stdout: TextIO) -> None:
+    """The read-reply loop until end of input or /exit. Ctrl-C drops the message being answered (or the
+    line being typed) and returns to the prompt; only end of input or /exit ends the chat."""
     interactive = stdin.isatty()
     while True:
         if interactive:
             stdout.write("you> ")
             stdout.flush()
-        line = stdin.readline()
+        try:
+            line = stdin.readline()
+        except KeyboardInterrupt:
+            stdout.write("\n")
+            continue
         if not line:
+            if interactive:
+                stdout.write("\n")   # Ctrl-D leaves the cursor after "you> ": the shell's prompt gets its own line
+                stdout.flush()
             break
         message = line.rstrip("\n")
         if message.strip() in ("/exit", "/quit"):
@@ -176,8 +203,12 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
             continue
         stdout.write("assistant> ")
         stdout.flush()
-        session.reply(message)
-    return 0
+        try:
+            session.reply(message)
+        except KeyboardInterrupt:
+            session.forget_last_message()
+            stdout.write("\n(interrupted; the message is dropped from the conversation)\n")
+            stdout.flush()
 
 
 if __name__ == "__main__":

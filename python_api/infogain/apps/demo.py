@@ -162,7 +162,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .. import models, samplers
 
     kept = _allocator.keep_freed_memory()   # before the first large allocation
-    model, tokenizer = models.load(model_path)
+    try:
+        model, tokenizer = models.load(model_path)
+    except ValueError as exc:   # a broken checkpoint (e.g. a truncated model.safetensors) names its file
+        parser.error(f"--model {model_path!r}: {exc}")
     model = model.to(device).eval()
     try:
         # One forward covers every prompt of a task: the work per forward is prompts x positions.

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, fields
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from infogain_kernels._validation import check_positive_int
 
@@ -40,6 +40,8 @@ EVAL_OPTION_DEFAULTS = {"cache": "prefix"}
 # Options of generate that eval sets differently: seed is the run's (each batch's generator seed is derived
 # from it, see runner.sample_seed), chat comes from chat_template, variant and lookahead_eos_fill are
 # nullable here (null keeps the sampler's own default), fused_head is generate's (an implementation choice).
+# The lengths of a generation, fitted to the task and the model when left unset (fit_lengths).
+LENGTH_OPTIONS = ("gen_length", "block_length", "steps")
 _NOT_PLAIN_OPTIONS = ("seed", "chat", "variant", "lookahead_eos_fill", "fused_head")
 _G = GenerateOptions
 
@@ -133,6 +135,17 @@ class EvalConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         return self
 
+    def fit_lengths(self, explicit: Collection[str] = LENGTH_OPTIONS) -> "EvalConfig":
+        """Set ``gen_length`` / ``block_length`` / ``steps`` not in ``explicit`` from the task (its answers'
+        length; see :func:`fit_lengths`), refusing lengths it cannot take (ValueError naming the key). The
+        model's positions are checked by the run, which resolves the model, before it writes anything."""
+        from ..tasks import EVAL_TASKS, get_eval_task
+
+        required = get_eval_task(self.task).required_gen_length if self.task in EVAL_TASKS else None
+        for name, value in fit_lengths(self.to_dict(), explicit, required_gen_length=required).items():
+            setattr(self, name, value)
+        return self
+
     def generate_options(self) -> Dict[str, object]:
         """Keyword arguments of ``DiffusionSampler.generate`` (seed excluded: it is per problem)."""
         options = {name: getattr(self, name) for name in option_types() if name not in _NOT_PLAIN_OPTIONS}
@@ -145,6 +158,40 @@ class EvalConfig:
 
     def to_dict(self) -> Dict[str, object]:
         return dataclasses.asdict(self)
+
+
+def fit_lengths(options: Mapping[str, object], explicit: Collection[str], *, max_positions: Optional[int] = None,
+                required_gen_length: Optional[int] = None) -> Dict[str, object]:
+    """``gen_length`` / ``block_length`` / ``steps`` of ``options`` for a model of ``max_positions`` positions
+    and a task whose answers have ``required_gen_length`` tokens (None: not known / any).
+
+    The options named in ``explicit`` (set by the user) are kept; the others are defaults, and a default
+    ``gen_length`` that the task or the model cannot take becomes the task's length, else half the model's
+    positions (the other half for the prompt), with ``steps`` following it (one token per step, as generate's
+    defaults have); a default ``block_length`` that does not divide ``gen_length`` becomes ``gen_length``.
+    A length that still cannot work -- another length than the task's, or no room left for a prompt -- is a
+    ValueError naming the option, raised before anything runs.
+    """
+    gen, block, steps = (int(options[name]) for name in LENGTH_OPTIONS)
+    if "gen_length" not in explicit:
+        fitted = required_gen_length
+        if fitted is None and max_positions is not None and gen > max_positions // 2:
+            fitted = max(1, max_positions // 2)
+            if "block_length" in explicit and block <= fitted:
+                fitted -= fitted % block   # keep the user's block length dividing it
+        if fitted is not None and fitted != gen:
+            gen = fitted
+            if "steps" not in explicit:
+                steps = gen
+    if "block_length" not in explicit and (block > gen or gen % block):
+        block = gen   # a default block length that does not divide the generation: one block
+    if required_gen_length is not None and gen != required_gen_length:
+        raise ValueError(f"gen_length: the task's answers have {required_gen_length} tokens, got {gen} "
+                         f"(leave gen_length unset or set it to {required_gen_length})")
+    if max_positions is not None and gen >= max_positions:
+        raise ValueError(f"gen_length ({gen}) leaves no room for a prompt in the model's {max_positions} positions "
+                         f"(set a gen_length below {max_positions})")
+    return {"gen_length": gen, "block_length": block, "steps": steps}
 
 
 _FIELDS = {f.name: f for f in fields(EvalConfig)}
@@ -213,15 +260,24 @@ def load_config(config: Optional[str] = None, overrides: Sequence[str] = ()) -> 
     values: Dict[str, object] = {}
     if config is not None:
         path = resolve_config_path(config)
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ValueError(f"config {path!r} is not valid YAML{where}: {problem}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"config {path!r} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"config {path!r} must be a mapping of keys to values")
         for key, value in data.items():
             _apply(values, str(key), value, f"config {path!r}")
     for key, value in parse_overrides(list(overrides)):
         _apply(values, key, value, "command line")
-    return EvalConfig(**values).validate()
+    # Lengths the user left unset follow the task (a toy task's answers have a fixed length).
+    return EvalConfig(**values).fit_lengths(explicit=set(values)).validate()
 
 
 def config_hash(cfg: EvalConfig, model_identity: str, task_digest: str) -> str:

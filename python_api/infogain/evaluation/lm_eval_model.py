@@ -11,7 +11,8 @@ Importing this module registers the model with the harness (it needs ``lm-eval``
 Model arguments (``--model_args key=value,...``):
 
 ``pretrained`` (required)
-    Local checkpoint folder. A diffusion checkpoint (LLaDA / MMaDA, Dream,
+    Local checkpoint folder (``toy``: the shipped toy model; ``NAME``: ``./model/NAME``
+    when it exists, as in eval and chat). A diffusion checkpoint (LLaDA / MMaDA, Dream,
     SDAR / TraDo; :mod:`infogain.models`) runs a diffusion sampler; any other
     transformers causal LM (safetensors, no remote code) runs the EIS sampler
     (:mod:`infogain.eis`).
@@ -20,7 +21,7 @@ Model arguments (``--model_args key=value,...``):
     for diffusion checkpoints and ``eis`` for causal LMs.
 ``device``, ``dtype``, ``batch_size``
     Torch device (default: CUDA when available; under ``accelerate launch`` the
-    process's device), ``auto`` / ``float32`` / ``bfloat16`` / ``float16``
+    process's device; a CUDA device without CUDA is an error), ``auto`` / ``float32`` / ``bfloat16`` / ``float16``
     (``auto``: the checkpoint's dtype), prompts per ``generate`` call (default 8;
     ``auto`` means the default). A value given in ``--model_args`` wins over the
     harness's own ``--device`` / ``--batch_size``.
@@ -162,9 +163,13 @@ class InfoGainLM(LM):
                  max_length: Optional[int] = None, threads: Optional[int] = None, **options):
         super().__init__()
         if not pretrained or not isinstance(pretrained, str):
-            raise ValueError("model argument pretrained (a local checkpoint folder) is required")
-        if not os.path.isfile(os.path.join(pretrained, "config.json")):
-            raise ValueError(f"model argument pretrained={pretrained!r} is not a checkpoint folder (no config.json)")
+            raise ValueError("model argument pretrained (a local checkpoint folder, or toy) is required")
+        from .generation import resolve_device, resolve_model_path
+
+        try:   # toy and ./model/<name> as eval and chat read them
+            pretrained = resolve_model_path(pretrained)
+        except ValueError as exc:
+            raise ValueError(f"model argument pretrained={pretrained!r}: {exc}") from None
         diffusion = _is_diffusion_checkpoint(pretrained)
         if sampler is None:
             sampler = "info_gain" if diffusion else "eis"
@@ -203,11 +208,12 @@ class InfoGainLM(LM):
             device = self.accelerator.device
             self._device = torch.device("cpu") if device.type == "cpu" else device
         else:
-            self._device = torch.device(device if device else ("cuda" if torch.cuda.is_available() else "cpu"))
-            if self._device.type == "cuda" and not torch.cuda.is_available():
-                # The harness CLI's --device defaults to cuda, also on machines without one.
-                log.warning("device %s requested but CUDA is not available: running on cpu", device)
-                self._device = torch.device("cpu")
+            # No device: CUDA when available, else CPU; a CUDA device this machine lacks is an error, as in
+            # eval and chat, not a silent run on the CPU.
+            try:
+                self._device = resolve_device(str(device) if device else "auto")
+            except ValueError as exc:
+                raise ValueError(f"model argument {exc}") from None
         if dtype not in ("auto", None) and dtype not in models.DTYPES:
             raise ValueError(f"model argument dtype must be auto or one of {sorted(models.DTYPES)}, got {dtype!r}")
         if diffusion:

@@ -31,10 +31,11 @@ from typing import List, Optional, Tuple
 import torch
 
 from .. import models
+from ..models.hub import max_positions
 from .._runtime import threads as _threads
 from ..tasks import EvalTask, PromptOptions, Sample, get_eval_task
 from . import results
-from .config import NOT_HASHED, EvalConfig, config_hash, describe_configs, load_config
+from .config import LENGTH_OPTIONS, NOT_HASHED, EvalConfig, config_hash, describe_configs, fit_lengths, load_config
 from .generation import environment, load_generator, model_identity, resolve_device, resolve_model_path
 from .summary import compare, format_comparison, format_table, read_summary, summarize
 
@@ -105,11 +106,20 @@ def _changed_keys(previous: dict, current: dict) -> List[str]:
     return [k for k in keys if previous.get(k) != current.get(k)]
 
 
-def _check_previous_run(out: str, run_record: dict, overwrite: bool) -> None:
-    """Refuse to mix results of another config into ``out`` (unless ``overwrite``)."""
+def _graded_nothing(out: str) -> bool:
+    """Whether the eval files in ``out`` hold no graded problem (a run that failed before its first one)."""
+    graded = [path for path in results.existing_outputs(out)
+              if os.path.basename(path).startswith("samples") or os.path.basename(path) == results.SUMMARY_FILE]
+    return all(os.path.getsize(path) == 0 for path in graded)
+
+
+def _check_previous_run(out: str, run_record: dict, overwrite: bool) -> bool:
+    """Refuse to mix results of another config into ``out`` (unless ``overwrite``); returns whether the
+    folder's eval files are to be replaced: with ``overwrite``, or when they hold no graded problem (a
+    corrected rerun of a run that failed at its start is not refused)."""
+    if overwrite or (results.existing_outputs(out) and _graded_nothing(out)):
+        return True
     previous = results.read_run(out)
-    if overwrite:
-        return
     if previous is None:
         leftovers = results.existing_outputs(out)
         if leftovers:
@@ -124,6 +134,7 @@ def _check_previous_run(out: str, run_record: dict, overwrite: bool) -> None:
         raise ValueError(f"output_dir {out!r} holds results of a different config (changed: "
                          f"{', '.join(what) or 'hash'}); pass --overwrite to discard them, or choose another "
                          f"output_dir")
+    return False
 
 
 def _generate_batch(gen, task: EvalTask, batch: List[Sample], cfg: EvalConfig, popts: PromptOptions):
@@ -136,65 +147,115 @@ def _generate_batch(gen, task: EvalTask, batch: List[Sample], cfg: EvalConfig, p
     return gen.generate(prompts, seed=sample_seed(cfg.seed, batch[0].id), **({"chat": False} if own_ids else {}))
 
 
+def output_dir(cfg: EvalConfig) -> str:
+    """Where the run ``cfg`` writes: its ``output_dir``, else ``results/<task>_<sampler>``."""
+    return cfg.output_dir or os.path.join("results", f"{cfg.task}_{cfg.sampler}")
+
+
+def lock_file(directory: str, rank: int) -> str:
+    return os.path.join(directory, f".rank{rank}.lock")
+
+
+def _lock_output_dir(out: str, rank: int):
+    """Create ``out`` and hold this rank's lock in it for the run (the returned open file; closing it
+    releases the lock). Two runs into one folder would both do every problem and append each one twice to
+    the rank file: the second is refused. ValueError naming ``output_dir`` when the folder cannot be
+    created or written (a file in the way, no permission, a read-only file system)."""
+    import fcntl
+
+    try:
+        os.makedirs(out, exist_ok=True)
+        handle = open(lock_file(out, rank), "a+", encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"output_dir {out!r} cannot be created or written: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise ValueError(f"output_dir {out!r} is in use by another eval run ({holder}); wait for it to finish "
+                         f"or choose another output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def _pending_batches(samples: List[Sample], done: dict, cfg: EvalConfig, dist: Dist):
+    """This rank's batches with a problem not yet graded, as (batch number, problems)."""
+    batches = [samples[i:i + cfg.batch_size] for i in range(0, len(samples), cfg.batch_size)]
+    return [(b, batch) for b, batch in enumerate(batches)
+            if b % dist.world_size == dist.rank and any(s.id not in done for s in batch)]
+
+
 def run(cfg: EvalConfig, *, overwrite: bool = False, stream=None) -> Optional[dict]:
-    """Run (or resume) the evaluation ``cfg`` in this process; rank 0 returns the summary, others None."""
+    """Run (or resume) the evaluation ``cfg`` in this process; rank 0 returns the summary, others None.
+
+    Everything that can be checked -- the config, the lengths against the task and the model, the data,
+    the output folder, the checkpoint itself -- is checked before anything is written to the folder."""
     started = time.perf_counter()
     stream = stream or sys.stdout
     dist = Dist.from_env()
+    cfg.validate()
     task = get_eval_task(cfg.task)
     data_path = _data_path(cfg, task)
     samples = task.load(data_path, seed=cfg.seed, max_samples=cfg.max_samples)
-    if task.required_gen_length is not None and cfg.gen_length != task.required_gen_length:
-        raise ValueError(f"task {task.name!r} needs gen_length {task.required_gen_length} (its answers have that "
-                         f"many tokens), got {cfg.gen_length}")
     model_path = resolve_model_path(cfg.model)
+    fit_lengths(cfg.to_dict(), LENGTH_OPTIONS, max_positions=max_positions(model_path),
+                required_gen_length=task.required_gen_length)   # checks the lengths: every one is set here
     run_record = {"config": cfg.to_dict(), "model_path": os.path.abspath(model_path),
                   "model_identity": model_identity(model_path),
                   "task_digest": task.source_digest(data_path, seed=cfg.seed),
                   "data_path": os.path.abspath(data_path) if data_path else None}
     run_record["config_hash"] = config_hash(cfg, run_record["model_identity"], run_record["task_digest"])
     chash = run_record["config_hash"]
-    out = cfg.output_dir or os.path.join("results", f"{cfg.task}_{cfg.sampler}")
-    os.makedirs(out, exist_ok=True)
-    _check_previous_run(out, run_record, overwrite)
-    device = resolve_device(cfg.device, dist.local_rank, dist.world_size)
-    dist.init(device, cfg.dist_timeout_min)
+    out = output_dir(cfg)
+    lock = _lock_output_dir(out, dist.rank)
     try:
-        dist.barrier(device)   # every rank has checked the folder before rank 0 changes it
-        if dist.rank == 0:
-            previous = None if overwrite else results.read_run(out)
-            if overwrite:
-                results.remove_outputs(out)
-            now = datetime.datetime.now().isoformat(timespec="seconds")
-            results.write_json(os.path.join(out, results.RUN_FILE),
-                               {**run_record, "created": (previous or {}).get("created", now), "last_started": now})
-        dist.barrier(device)
-        done = results.read_records(out, chash)
-        batches = [samples[i:i + cfg.batch_size] for i in range(0, len(samples), cfg.batch_size)]
-        mine = [(b, batch) for b, batch in enumerate(batches)
-                if b % dist.world_size == dist.rank and any(s.id not in done for s in batch)]
-        index = {s.id: i for i, s in enumerate(samples)}
-        written, chat_applied = _decode_batches(mine, done, index, task, cfg, dist, device, out, chash)
-        env = {"rank": dist.rank, "elapsed_s": time.perf_counter() - started, "samples_written": written,
-               "chat_template_applied": chat_applied, **environment(device, models.resolve_dtype(cfg.dtype, device))}
-        results.write_json(results.env_file(out, dist.rank), env)
-        dist.barrier(device)
-        if dist.rank != 0:
-            return None
-        return _finish(out, samples, cfg, chash, dist, started, stream)
+        overwrite = _check_previous_run(out, run_record, overwrite)
+        device = resolve_device(cfg.device, dist.local_rank, dist.world_size)
+        dist.init(device, cfg.dist_timeout_min)
+        try:
+            done = {} if overwrite else results.read_records(out, chash)
+            mine = _pending_batches(samples, done, cfg, dist)
+            # Loaded before the folder is touched: a broken checkpoint leaves nothing to refuse on the rerun.
+            gen = load_generator(cfg, local_rank=dist.local_rank, world_size=dist.world_size) if mine else None
+            dist.barrier(device)   # every rank has checked the folder and its model before rank 0 changes it
+            if dist.rank == 0:
+                previous = None if overwrite else results.read_run(out)
+                if overwrite:
+                    results.remove_outputs(out)
+                now = datetime.datetime.now().isoformat(timespec="seconds")
+                results.write_json(os.path.join(out, results.RUN_FILE),
+                                   {**run_record, "created": (previous or {}).get("created", now),
+                                    "last_started": now})
+            dist.barrier(device)
+            index = {s.id: i for i, s in enumerate(samples)}
+            written, chat_applied = _decode_batches(gen, mine, done, index, task, cfg, dist, out, chash)
+            env = {"rank": dist.rank, "elapsed_s": time.perf_counter() - started, "samples_written": written,
+                   "chat_template_applied": chat_applied,
+                   **environment(device, models.resolve_dtype(cfg.dtype, device))}
+            results.write_json(results.env_file(out, dist.rank), env)
+            dist.barrier(device)
+            if dist.rank != 0:
+                return None
+            return _finish(out, samples, cfg, chash, dist, started, stream)
+        finally:
+            dist.close()
     finally:
-        dist.close()
+        lock.close()
 
 
-def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Dist, device, out: str,
+def _decode_batches(gen, mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Dist, out: str,
                     chash: str) -> Tuple[int, Optional[bool]]:
-    """Generate and grade this rank's pending batches; returns (problems written, whether text prompts got the
-    chat template; None when nothing ran)."""
+    """Generate and grade this rank's pending batches with ``gen`` (None when there are none); returns
+    (problems written, whether text prompts got the chat template; None when nothing ran)."""
     if not mine:
         return 0, None
     from tqdm import tqdm
 
-    gen = load_generator(cfg, local_rank=dist.local_rank, world_size=dist.world_size)
     # The package's thread policy (infogain._runtime.threads): threads, else $INFOGAIN_THREADS, else 1 for tiny work,
     # else this process's share of the free cores among the run's processes on this machine.
     threads = _threads.apply_threads(
@@ -204,7 +265,7 @@ def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Di
     if cfg.progress and dist.rank == 0:
         print(f"{threads} torch thread{'s' if threads != 1 else ''} per process", file=sys.stderr)
     popts = prompt_options(cfg)
-    writer = results.RankWriter(out, dist.rank)
+    writer = None   # opened with the first graded problem: a failing first batch leaves no empty file
     written = 0
     try:
         show = cfg.progress and dist.rank == 0
@@ -220,16 +281,18 @@ def _decode_batches(mine, done, index, task: EvalTask, cfg: EvalConfig, dist: Di
                     continue
                 output = task.decode(result.sequences[i].tolist(), texts[i], gen.tokenizer)
                 grade = task.grade(s, output, popts)
+                writer = writer or results.RankWriter(out, dist.rank)
                 writer.write({
                     "id": s.id, "index": index[s.id], "batch": b, "rank": dist.rank,
                     "seed": sample_seed(cfg.seed, batch[0].id), "prompt": task.prompt(s, popts),
                     "output": output, "answer": grade.answer, "reference": task.reference(s),
-                    "correct": bool(grade.correct), "detail": grade.detail,
+                    "correct": bool(grade.correct), "metrics": dict(grade.metrics), "detail": grade.detail,
                     "stats": result.stats.rows[i].to_dict(), "batch_stats": batch_stats, "config_hash": chash,
                 })
                 written += 1
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
     return written, bool(gen.options["chat"]) and task.prompt_ids(mine[0][1][0], gen.tokenizer) is None
 
 
@@ -288,9 +351,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             parser.error(str(exc))
         print(format_comparison(args.compare, first, second, compare(first, second)))
         return 0
+    cfg = None
     try:
         cfg = load_config(args.config, overrides)
         run(cfg, overwrite=args.overwrite)
     except ValueError as exc:   # bad config, missing task file, refused output folder: a usage error
         parser.error(str(exc))
+    except KeyboardInterrupt:
+        # Every graded problem is already on disk (results.RankWriter): say how to go on, not where it stopped.
+        kept = f" are kept in {output_dir(cfg)!r}" if cfg is not None else " are kept"
+        print(f"\ninterrupted: the problems graded so far{kept}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
     return 0

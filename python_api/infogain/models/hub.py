@@ -5,6 +5,7 @@ executed and nothing is unpickled (``.bin``/``.pt`` checkpoints are refused).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -164,6 +165,14 @@ def _read_config(path: str) -> dict:
     return config
 
 
+def max_positions(path: str) -> int:
+    """The number of positions (prompt + generation) of the diffusion checkpoint in folder ``path``,
+    read from its config.json alone (the weights are not opened): what a front end checks its
+    lengths against before it loads the model or writes anything."""
+    config = _read_config(path)
+    return architecture_of(config).max_positions(config)
+
+
 def _weight_files(path: str) -> dict:
     """Official key -> safetensors file holding it."""
     single = os.path.join(path, "model.safetensors")
@@ -184,15 +193,32 @@ def _weight_files(path: str) -> dict:
             files[key] = shard
         return files
     if os.path.isfile(single):
-        from safetensors import safe_open
-
-        with safe_open(single, framework="pt") as f:
+        with _open_safetensors(single) as f:
             return {key: single for key in f.keys()}
     pickled = [n for n in _PICKLE_WEIGHTS if os.path.exists(os.path.join(path, n))]
     if pickled:
         raise ValueError(f"path {path!r} holds only pickle weights ({', '.join(pickled)}); they are refused "
                          "because unpickling can run code. Convert the checkpoint to safetensors.")
     raise ValueError(f"path {path!r} has neither model.safetensors nor model.safetensors.index.json")
+
+
+@contextlib.contextmanager
+def _open_safetensors(file: str):
+    """``safe_open(file)`` whose failures (a truncated, empty or garbage file) are one ValueError naming
+    the file: safetensors' own error names neither the file nor what to do about it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        handle = safe_open(file, framework="pt", device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(f"{file} is not a readable safetensors file ({exc}); it may be truncated or "
+                         f"corrupt: download or save it again") from None
+    with handle as f:
+        try:
+            yield f
+        except SafetensorError as exc:
+            raise ValueError(f"{file}: reading a tensor failed ({exc}); the file may be truncated or "
+                             f"corrupt: download or save it again") from None
 
 
 def _load_tokenizer(path: str):
@@ -240,8 +266,6 @@ def load(path, *, dtype: Optional[torch.dtype] = None, device=None) -> Tuple[Tra
     to the stored dtype, ``device`` to CPU. Raises ValueError naming the
     offending tensor when one is missing, unexpected or mis-shaped.
     """
-    from safetensors import safe_open
-
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = os.fspath(path)
@@ -267,7 +291,7 @@ def load(path, *, dtype: Optional[torch.dtype] = None, device=None) -> Tuple[Tra
     expected = model.state_dict()
     state = {}
     for shard in sorted(set(files.values())):
-        with safe_open(shard, framework="pt", device="cpu") as f:
+        with _open_safetensors(shard) as f:
             for key in f.keys():
                 tensor = f.get_tensor(key)
                 name = key_map[key]
