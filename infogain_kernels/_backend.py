@@ -87,16 +87,6 @@ def use_backend(name: str):
         _local.backend = previous
 
 
-@contextlib.contextmanager
-def device_guard(tensor: torch.Tensor):
-    """Launch Triton kernels on ``tensor``'s device (the current CUDA device may be another one)."""
-    if tensor.device.type == "cuda":
-        with torch.cuda.device(tensor.device):
-            yield
-    else:
-        yield
-
-
 def call_op(op, impl, *args):
     """Run custom op ``op`` (a ``torch.ops.infogain`` overload packet) whose Python body is ``impl``.
 

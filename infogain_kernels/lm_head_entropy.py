@@ -186,10 +186,16 @@ def _native_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     if keep is None:
         return torch.ops.infogain._lm_head_stats_cpu(flat, weight, bias, with_top)
     selected = keep.reshape(-1).nonzero().squeeze(-1)
-    stats = torch.ops.infogain._lm_head_stats_cpu(flat[selected], weight, bias, with_top)
+    entropy, top1_prob, top1_id, top2_prob = torch.ops.infogain._lm_head_stats_cpu(
+        flat.index_select(0, selected), weight, bias, with_top)
+    # Every output starts as the skipped positions' value and takes the kept rows' by one
+    # index_copy_ (cheaper than indexed assignment: a sampler calls this at every lookahead step,
+    # where the dispatch of each op costs as much as the small kernel's work). Separate tensors:
+    # the outputs of a custom op must not alias each other.
     outputs = _skipped_outputs(n_rows, hidden.device, with_top)
+    stats = (entropy, top1_prob, top1_id, top2_prob)
     for output, value in zip(outputs, stats):
-        output[selected] = value
+        output.index_copy_(0, selected, value)
     return outputs + stats[len(outputs):]
 
 
@@ -327,10 +333,21 @@ def lm_head_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
         bias = bias.to(torch.float32)
     if cost is not None:
         cost = cost.to(torch.float32)
+    result = lm_head_entropy_unchecked(hidden, weight, bias, mask, cost=cost, variant=variant, with_top=with_top)
+    if check_values and value_checks_enabled(result.entropy):
+        _raise_on_bad_values(hidden, weight, bias, result.entropy, cost)
+    return result
+
+
+def lm_head_entropy_unchecked(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                              mask: Optional[torch.Tensor], *, cost: Optional[torch.Tensor], variant: Optional[str],
+                              with_top: bool):
+    """:func:`lm_head_entropy` with ``check_values=False`` and no argument checks, for a caller
+    that calls it many times with arguments it checked once (the sampler's lookahead, once per
+    step: there the checks cost several times the work of a small head). ``bias`` and ``cost``
+    must already be float32 (or None); anything :func:`lm_head_entropy` would reject is undefined."""
     entropy, objective, h_next, *top = call_op(torch.ops.infogain.lm_head_entropy, _lm_head_entropy_impl,
                                                hidden, weight, bias, mask, cost, variant, with_top)
-    if check_values and value_checks_enabled(entropy):
-        _raise_on_bad_values(hidden, weight, bias, entropy, cost)
     if variant is None:
         objective = h_next = None
     if with_top:

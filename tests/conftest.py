@@ -43,6 +43,15 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A front end's main() applies the package's thread policy in-process: give the next test the
+    thread count the suite chose, so no test depends on which one ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def triton_import_error():
     """Why ``import triton`` fails here (the exception), or None when it works."""
     try:

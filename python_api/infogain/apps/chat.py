@@ -152,6 +152,10 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
 
     try:
         device = parse_device("--device", args.device)
+        # Options that are wrong whatever the model is are refused before it loads.
+        early = {**vars(GenerateOptions()), **options}
+        early.update(fit_lengths(early, options))
+        GenerateOptions(**early).validate()
         try:
             # No --dtype: the checkpoint's own dtype.
             loaded = load_generator({"model": args.model, "sampler": args.sampler, "device": str(device),

@@ -13,6 +13,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from infogain_kernels import lm_head_entropy, lookahead_objective
+from infogain_kernels.lm_head_entropy import lm_head_entropy_unchecked
 
 from .._device import host_ints_to_device
 from .step import masks_after_first_eos
@@ -89,15 +90,22 @@ def candidate_windows(mode: str, canvas: torch.Tensor, batch: CandidateBatch, st
 
 
 def objective(read: torch.Tensor, remaining: torch.Tensor, cost: Optional[torch.Tensor], variant: str,
-              head: Optional[Tuple[torch.Tensor, torch.Tensor]], with_top: bool):
+              head: Optional[Tuple[torch.Tensor, torch.Tensor]], with_top: bool, check_arguments: bool = True):
     """J and H_next [R] of each candidate from ``read``: its logits [R, W, V], or with ``head``
-    (the LM head's weight [V, D] and bias [V]) its hidden states [R, W, D] (the head is fused:
-    no [R, W, V] logits). Returns ``(objective, h_next, fused)``, ``fused`` the op's full result
-    (its block statistics with ``with_top``) or None."""
+    (the LM head's weight [V, D] and float32 bias [V]) its hidden states [R, W, D] (the head is
+    fused: no [R, W, V] logits). Returns ``(objective, h_next, fused)``, ``fused`` the op's full
+    result (its block statistics with ``with_top``) or None.
+
+    ``check_arguments=False``: the fused head skips its argument checks (a run checks them at its
+    first lookahead; later ones pass tensors of the same kinds)."""
     if head is not None:
         weight, bias = head
-        fused = lm_head_entropy(read, weight, bias, remaining, cost=cost, variant=variant, with_top=with_top,
-                                check_values=False)
+        if check_arguments:
+            fused = lm_head_entropy(read, weight, bias, remaining, cost=cost, variant=variant, with_top=with_top,
+                                    check_values=False)
+        else:
+            fused = lm_head_entropy_unchecked(read, weight, bias, remaining, cost=cost, variant=variant,
+                                              with_top=with_top)
         return fused.objective, fused.h_next, fused
     value, h_next = lookahead_objective(read, remaining, cost, variant=variant, check_values=False)
     return value, h_next, None

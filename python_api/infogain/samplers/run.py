@@ -8,7 +8,7 @@ algorithm, the cache modes and the synchronisation budget.
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -17,7 +17,7 @@ from ..stats import KIND_LOOKAHEAD, KIND_NONE, StatsRecorder
 from . import lookahead as la
 from .model_calls import ModelCalls, exposes_hidden_states
 from .options import GenerateOptions
-from .step import Decided, Reused, decide, fill_after_eos, kept_pairs, masks_left, read_back
+from .step import Decided, Reused, decide, fill_after_eos, host_masks_left, kept_pairs, masks_left, read_back
 from .trace import step_record
 
 
@@ -26,7 +26,9 @@ def host_reads_are_free(device: torch.device) -> bool:
 
     Then the driver reads the decision kinds back before it builds the lookahead candidates and
     builds them only on steps where some row looks ahead (a second read, of their kept mask, on
-    those steps); on an accelerator it builds them before its one read-back per step."""
+    those steps); on an accelerator it builds them before its one read-back per step. The CPU's
+    read-back also carries the block, so that the masks left are counted on the host and the EOS
+    fill runs only where a block holds an EOS (the accelerator fills at every commit)."""
     return device.type == "cpu"
 
 
@@ -66,6 +68,8 @@ class _Run:
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
         self.hidden_head = exposes_hidden_states(self.model, mode)
         self.fused_head = opts.fused_head and self.hidden_head
+        # The fused head's arguments are checked at the run's first lookahead only (same kinds later).
+        self.head_checked = False
         # On the CPU the candidates are built after the read-back (deferred) and the lookahead's last
         # layer skips the positions nobody reads, both because a read-back costs nothing there.
         self.reads_free = host_reads_are_free(self.device) if reads_free is None else reads_free
@@ -75,6 +79,8 @@ class _Run:
         self.reuse_head_stats = self.fused_head and opts.temperature == 0
         self.head_stats = None  # entropy, top1_prob, top1_id, top2_prob [B, L]
         self.head_stats_rows = [False] * self.batch
+        # Whether every row's head_stats came from one lookahead with no EOS fill since (Reused.exact).
+        self.head_stats_exact = False
 
     @property
     def cache(self):
@@ -84,7 +90,9 @@ class _Run:
     @property
     def reused(self) -> Optional[Reused]:
         """The block statistics kept from the last fused lookahead, when some row holds them."""
-        return Reused(self.head_stats, self.head_stats_rows) if any(self.head_stats_rows) else None
+        if not any(self.head_stats_rows):
+            return None
+        return Reused(self.head_stats, self.head_stats_rows, self.head_stats_exact and all(self.head_stats_rows))
 
     # -------------------------------------------------------------- block logits
 
@@ -202,6 +210,7 @@ class _Run:
     def _eos_fill(self) -> None:
         """EOS fill of the generation region (``stop_at_eos``)."""
         if self.eos_id is not None:
+            self.head_stats_exact = False   # the fill may have unmasked positions the statistics hold
             self.recorder.add_eos_fill(fill_after_eos(self.canvas[:, self.gen_start:], self.mask_id, self.eos_id))
 
     def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
@@ -212,13 +221,26 @@ class _Run:
         end = start + self.length
         decided = self._decide(start, quota, last, max_quota)
         decision, kind, commit = decided.decision, decided.kind, decided.commit
-        self.canvas[:, start:end] = torch.where(commit, decision.tokens, decided.block_ids)
-        self._eos_fill()
+        block_after = self.canvas[:, start:end]
+        block_after.copy_(torch.where(commit, decision.tokens, decided.block_ids))
 
         candidates = decision.candidates
-        left = masks_left(self.canvas[:, start:end], self.mask_id, decided, quota)
-        kinds, left_host, keep = read_back(kind, left, decided.entropy, self.lookahead_bad,
-                                           None if candidates is None else candidates.keep, block=block, step=step)
+        keep_mask = None if candidates is None else candidates.keep
+        if self.reads_free:
+            # Reads cost nothing here (see host_reads_are_free): the block is read back with the
+            # step's flags, its masks left are counted on the host, and the EOS fill runs only when
+            # some row's block holds an EOS (otherwise it fills nothing: the masks after an EOS of
+            # an earlier step were filled right after that EOS was committed).
+            kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_bad,
+                                                            keep_mask, block=block, step=step, block_ids=block_after)
+            left_host = host_masks_left(kinds, quota_host, block_rows, self.mask_id, self.eos_id)
+            if self.eos_id is not None and any(self.eos_id in row for row in block_rows):
+                self._eos_fill()
+        else:
+            self._eos_fill()
+            left = masks_left(block_after, self.mask_id, decided, quota)
+            kinds, left_host, keep, _ = read_back(kind, left, decided.entropy, self.lookahead_bad, keep_mask,
+                                                  block=block, step=step)
         self.lookahead_bad = None
 
         lookahead_rows = [r for r in range(self.batch) if kinds[r] == KIND_LOOKAHEAD]
@@ -226,26 +248,39 @@ class _Run:
         if decision.candidates_deferred and not lookahead_rows:
             self.strategy.skip_candidates(decided.state)
         if lookahead_rows:
+            winners_may_commit_eos = True
             if decision.candidates_deferred:
                 # Reads are free here (see host_reads_are_free): the candidates of the rows that
                 # look ahead only, and their kept mask read back.
                 candidates = self.strategy.candidates(decided.state, kind == KIND_LOOKAHEAD)
-                keep = candidates.keep.reshape(-1).tolist()
+                keep, winners_may_commit_eos = self._read_kept(candidates)
             outcome = self._lookahead(start, candidates, kept_pairs(keep, self.batch), lookahead_rows, left_host)
             # The winner's block is the row's block with the winner's commit applied (see candidate_batch:
             # a lookahead row's block is unchanged since), so it is written as it is.
             if len(lookahead_rows) == self.batch:   # every row: plain slices, no index
-                self.canvas[:, start:end] = outcome.tokens
+                block_after.copy_(outcome.tokens)
                 commit = outcome.commit
             else:
                 self.canvas[outcome.rows, start:end] = outcome.tokens
                 commit[outcome.rows] = outcome.commit
-            self._eos_fill()
+            if winners_may_commit_eos:
+                self._eos_fill()
         self.recorder.add_commits(kind, commit, decided.entropy)
         if self.opts.record:
             self.trace.append(step_record(block, step, start, kinds, commit, self.canvas[:, start:end], outcome,
                                           candidates))
         return kinds, left_host
+
+    def _read_kept(self, candidates) -> Tuple[List[int], bool]:
+        """The kept mask of deferred ``candidates`` read back (flattened), and whether a kept
+        candidate commits an EOS (else the winners' commit needs no EOS fill); one read."""
+        keep = candidates.keep.reshape(-1)
+        if self.eos_id is None:
+            return keep.tolist(), False
+        commits_eos = (candidates.commit & (candidates.tokens == self.eos_id)).any(dim=-1).reshape(-1)
+        host = torch.cat([keep, commits_eos]).tolist()
+        count = keep.shape[0]
+        return host[:count], any(kept and eos for kept, eos in zip(host[:count], host[count:]))
 
     def _lookahead(self, start: int, candidates, pairs, lookahead_rows, masks_left) -> la.Outcome:
         """Forward the kept candidates ``pairs`` of all rows as one batch and pick each row's best.
@@ -284,7 +319,8 @@ class _Run:
             weight = self.model.lm_head_weight
             head = (weight, self.calls.head_bias(weight.shape[0], self.device))
         objective, h_next, fused = la.objective(read, remaining, cost, self.opts.variant, head,
-                                                with_top=self.reuse_head_stats)
+                                                with_top=self.reuse_head_stats, check_arguments=not self.head_checked)
+        self.head_checked = True
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_bad = ~torch.isfinite(objective).all()
         best, winner = la.winners(objective, batch, candidates.keep.shape[0], self.batch)
@@ -293,12 +329,14 @@ class _Run:
             # The winners' block statistics, already computed at every still-masked position.
             winner_stats = (fused.entropy, fused.top1_prob, fused.top1_id, fused.top2_prob)
             if len(lookahead_rows) == self.batch:   # every row: the winners' rows are the statistics
-                self.head_stats = tuple(value[winner, :length] for value in winner_stats)
+                self.head_stats = tuple(value.index_select(0, winner)[:, :length] for value in winner_stats)
+                self.head_stats_exact = True
             else:
                 if self.head_stats is None:
                     self.head_stats = tuple(t.new_zeros(self.batch, length) for t in winner_stats)
-                for stored, value in zip(self.head_stats, winner_stats):
-                    stored[rows] = value[winner, :length]
+                # Out of place: the recorder keeps the step's statistics (a reused step's are these).
+                self.head_stats = tuple(stored.index_put((rows,), value[winner, :length])
+                                        for stored, value in zip(self.head_stats, winner_stats))
             for r in lookahead_rows:
                 self.head_stats_rows[r] = True
         elif self.fused_head:
@@ -310,5 +348,5 @@ class _Run:
             self.block_logits[rows[:, None], positions] = self.calls.logits(self.model.logits_from_hidden(hidden))
         else:
             self._store_block_logits(rows, next_out[winner, out_offset:out_offset + length], lookahead_rows)
-        return la.Outcome(rows, batch.commit[winner], batch.block[winner], best, pairs, objective, h_next,
-                          batch.commit, batch.block)
+        return la.Outcome(rows, batch.commit.index_select(0, winner), batch.block.index_select(0, winner), best,
+                          pairs, objective, h_next, batch.commit, batch.block)

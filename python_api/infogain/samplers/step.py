@@ -24,10 +24,13 @@ _SKIPPED = (SKIPPED_ENTROPY, SKIPPED_PROB, SKIPPED_ID, SKIPPED_PROB)
 
 class Reused(NamedTuple):
     """Block statistics kept from the previous step's fused lookahead: ``stats`` (entropy,
-    top1_prob, top1_id, top2_prob, each [B, L]) and ``rows``, host flags of the rows they hold."""
+    top1_prob, top1_id, top2_prob, each [B, L]) and ``rows``, host flags of the rows they hold.
+    ``exact``: known on the host that every row holds them and that no EOS fill ran since they
+    were computed, so they already hold the fill values exactly where the block is not masked."""
 
     stats: Tuple[torch.Tensor, ...]
     rows: List[bool]
+    exact: bool = False
 
 
 class Decided(NamedTuple):
@@ -69,9 +72,12 @@ def reused_statistics(reused: Reused, block_logits: Optional[torch.Tensor], mask
         # The other rows' statistics; the reused rows' logits are stale and not read.
         computed = step_stats(block_logits, masked & ~fresh, check_values=False)[:4]
         stats = tuple(torch.where(fresh, kept, other) for kept, other in zip(stats, computed))
-    # Positions filled since (the EOS fill) hold step_stats' fill values.
-    entropy, top1_prob, top1_id, top2_prob = (torch.where(masked, value, fill)
-                                              for value, fill in zip(stats, _SKIPPED))
+    if reused.exact:
+        entropy, top1_prob, top1_id, top2_prob = stats
+    else:
+        # Positions filled since (the EOS fill) hold step_stats' fill values.
+        entropy, top1_prob, top1_id, top2_prob = (torch.where(masked, value, fill)
+                                                  for value, fill in zip(stats, _SKIPPED))
     # At T = 0 every draw is the arg-max.
     shape = (*top1_id.shape, num_samples)
     tokens, token_probs = top1_id[..., None].expand(shape), top1_prob[..., None].expand(shape)
@@ -127,15 +133,35 @@ def masks_left(block_after: torch.Tensor, mask_id: int, decided: Decided, quota:
     return torch.where(decided.kind == KIND_LOOKAHEAD, decided.masked_count - quota, left)
 
 
-def read_back(kind: torch.Tensor, left: torch.Tensor, entropy: torch.Tensor, lookahead_bad: Optional[torch.Tensor],
-              keep: Optional[torch.Tensor], *, block: int, step: int) -> Tuple[List[int], List[int], List[int]]:
-    """The step's one host read-back, of one packed tensor: the rows' kinds and masks left
-    (``kind``, ``left`` [B]), a NaN / all -inf flag of the block logits (non-finite ``entropy``), the
-    previous lookahead's flag ``lookahead_bad`` (when it ran) and the kept mask of the candidates
-    ``keep`` [N, B] (when they were built).
+def host_masks_left(kinds: Sequence[int], quota: Sequence[int], block_rows: Sequence[List[int]], mask_id: int,
+                    eos_id: Optional[int]) -> List[int]:
+    """:func:`masks_left` on the host, from the block after the commits read back *before* its EOS
+    fill (``block_rows``, host [B][L]; ``kinds`` and ``quota`` host [B]): a row keeps the masks
+    before the first EOS of its block (the fill takes the others; an EOS of an earlier block left
+    no mask in this one); a lookahead row, whose block is unchanged yet, its masks minus its quota."""
+    left = []
+    for kind, row_quota, row in zip(kinds, quota, block_rows):
+        if kind == KIND_LOOKAHEAD:
+            left.append(row.count(mask_id) - row_quota)
+            continue
+        if eos_id is not None and eos_id in row:
+            row = row[:row.index(eos_id)]
+        left.append(row.count(mask_id))
+    return left
 
-    Returns host lists ``(kinds, masks_left, keep)`` (``keep`` flattened, empty without
-    candidates); raises ValueError on a flagged forward."""
+
+def read_back(kind: torch.Tensor, left: torch.Tensor, entropy: torch.Tensor, lookahead_bad: Optional[torch.Tensor],
+              keep: Optional[torch.Tensor], *, block: int, step: int, block_ids: Optional[torch.Tensor] = None
+              ) -> Tuple[List[int], List[int], List[int], List[List[int]]]:
+    """The step's one host read-back, of one packed tensor: the rows' kinds and masks left
+    (``kind``, ``left`` [B]; or any other int64 [B] in place of ``left``), a NaN / all -inf flag
+    of the block logits (non-finite ``entropy``), the previous lookahead's flag ``lookahead_bad``
+    (when it ran), the kept mask of the candidates ``keep`` [N, B] (when they were built) and the
+    block's tokens ``block_ids`` [B, L] (when given).
+
+    Returns host lists ``(kinds, masks_left, keep, block_rows)`` (``keep`` flattened, empty without
+    candidates; ``block_rows`` [B][L], empty without ``block_ids``); raises ValueError on a flagged
+    forward."""
     batch = kind.shape[0]
     # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
     packed = [kind, left, torch.isfinite(entropy).all()[None]]
@@ -143,13 +169,21 @@ def read_back(kind: torch.Tensor, left: torch.Tensor, entropy: torch.Tensor, loo
         packed.append(lookahead_bad[None])
     if keep is not None:
         packed.append(keep.reshape(-1))
+    if block_ids is not None:
+        packed.append(block_ids.reshape(-1))
     host = torch.cat(packed).tolist()
     if lookahead_bad is not None and host[2 * batch + 1]:
         raise ValueError(f"the model produced NaN / all -inf logits in the lookahead forward of block {block} "
                          f"step {step - 1}")
     if not host[2 * batch]:
         raise ValueError(f"the model produced NaN / all -inf logits at block {block} step {step}")
-    return host[:batch], host[batch:2 * batch], host[2 * batch + 1 + (lookahead_bad is not None):]
+    rest = host[2 * batch + 1 + (lookahead_bad is not None):]
+    block_rows = []
+    if block_ids is not None:
+        width = block_ids.shape[1]
+        rest, tokens = rest[:len(rest) - batch * width], rest[len(rest) - batch * width:]
+        block_rows = [tokens[r * width:(r + 1) * width] for r in range(batch)]
+    return host[:batch], host[batch:2 * batch], rest, block_rows
 
 
 def kept_pairs(keep: Sequence[int], batch: int) -> List[Tuple[int, int]]:

@@ -339,8 +339,8 @@ class InfoGainStrategy(Strategy):
         positions = gumbel_topk(scores, min(k_bound, length), 2, opts.position_temperature,
                                 valid=valid, generator=state.generator, check_values=False)
         # Candidate 0: the deterministic top-k (sample 0); candidates >= 1: their Gumbel sample (1).
-        positions = torch.cat([positions[0, :batch], positions[1, batch:]], dim=0)
-        positions = positions.reshape(num_candidates, batch, -1)
+        positions[1, :batch].copy_(positions[0, :batch])   # in place on the op's fresh output: no cat
+        positions = positions[1].reshape(num_candidates, batch, -1)
         slot, earlier = self._constants(num_candidates, positions.shape[-1], positions.device)
         in_quota = (slot < quota[None, :, None]) & (positions >= 0)
         commit = torch.zeros(num_candidates, batch, length, dtype=torch.bool, device=positions.device)
@@ -348,7 +348,7 @@ class InfoGainStrategy(Strategy):
         # A later candidate repeating an earlier candidate's position set adds nothing: drop it.
         same_set = (commit[:, None] == commit[None, :]).all(dim=-1)          # [N, N, B]
         duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
-        keep = ~duplicate & lookahead_rows[None, :]
+        keep = lookahead_rows[None, :] > duplicate   # lookahead row and not a duplicate (bools: one op)
         cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)
         return Candidates(commit=commit, tokens=draws, keep=keep, cost=cost)
 
