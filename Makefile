@@ -21,6 +21,7 @@ venv: $(PY)
 	$(PY) -m pip install -r requirements-dev.txt
 
 install: venv
+	@echo "building the C++ extension (about 5 minutes on 2 cores; pip prints nothing meanwhile)"
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 
 # The compile lane (tests/test_aot_compile.py) writes benches/results/aot-sm90.json / aot-sm80.json.

@@ -80,3 +80,9 @@ def test_quoted_benchmark_command_reproduces_its_record(record):
     assert settings["candidate_number"] == args.candidates
     assert settings["threshold"] == args.threshold and settings["seed"] == args.seed
     assert re.search(r"--config\s+\S+=", line)
+
+
+def test_readme_says_how_long_make_test_takes():
+    # A new user sees minutes without output while the extension builds: the README says what to expect.
+    section = README.split("\n## Test\n")[1].split("\n## ")[0]
+    assert re.search(r"about \d+ minutes", section) and "extension" in section
