@@ -17,7 +17,7 @@ from ..stats import KIND_LOOKAHEAD, KIND_NONE, StatsRecorder
 from . import lookahead as la
 from .model_calls import ModelCalls, exposes_hidden_states
 from .options import GenerateOptions
-from .step import Decided, Reused, decide, fill_after_eos, host_masks_left, kept_pairs, masks_left, read_back
+from .step import Decided, Reused, decide, fill_after_eos, host_masks_left, kept_pairs, read_back
 from .trace import step_record
 
 
@@ -226,21 +226,16 @@ class _Run:
 
         candidates = decision.candidates
         keep_mask = None if candidates is None else candidates.keep
-        if self.reads_free:
-            # Reads cost nothing here (see host_reads_are_free): the block is read back with the
-            # step's flags, its masks left are counted on the host, and the EOS fill runs only when
-            # some row's block holds an EOS (otherwise it fills nothing: the masks after an EOS of
-            # an earlier step were filled right after that EOS was committed).
-            kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_bad,
-                                                            keep_mask, block=block, step=step, block_ids=block_after)
-            left_host = host_masks_left(kinds, quota_host, block_rows, self.mask_id, self.eos_id)
-            if self.eos_id is not None and any(self.eos_id in row for row in block_rows):
-                self._eos_fill()
-        else:
+        if not self.reads_free:
+            self._eos_fill()   # an accelerator fills at every commit: its one read-back comes after
+        # The block comes back with the step's flags; its masks left are counted on the host.
+        kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_bad, keep_mask,
+                                                        block_after, block=block, step=step)
+        left_host = host_masks_left(kinds, quota_host, block_rows, self.mask_id, self.eos_id)
+        if self.reads_free and self.eos_id is not None and any(self.eos_id in row for row in block_rows):
+            # Where reads are free the fill runs only when some row's block holds an EOS (otherwise it
+            # fills nothing: the masks after an EOS of an earlier step were filled right after it).
             self._eos_fill()
-            left = masks_left(block_after, self.mask_id, decided, quota)
-            kinds, left_host, keep, _ = read_back(kind, left, decided.entropy, self.lookahead_bad, keep_mask,
-                                                  block=block, step=step)
         self.lookahead_bad = None
 
         lookahead_rows = [r for r in range(self.batch) if kinds[r] == KIND_LOOKAHEAD]

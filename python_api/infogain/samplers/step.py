@@ -126,19 +126,13 @@ def decide(strategy: Strategy, options, block_logits: Optional[torch.Tensor], bl
     return Decided(block_ids, masked_count, entropy, kind, commit, decision, state)
 
 
-def masks_left(block_after: torch.Tensor, mask_id: int, decided: Decided, quota: torch.Tensor) -> torch.Tensor:
-    """int64 [B]: the masks each row's block holds after the step, ``block_after`` its tokens after
-    the commits and the EOS fill; a lookahead row's winner will commit its quota."""
-    left = (block_after == mask_id).sum(dim=1)
-    return torch.where(decided.kind == KIND_LOOKAHEAD, decided.masked_count - quota, left)
-
-
 def host_masks_left(kinds: Sequence[int], quota: Sequence[int], block_rows: Sequence[List[int]], mask_id: int,
                     eos_id: Optional[int]) -> List[int]:
-    """:func:`masks_left` on the host, from the block after the commits read back *before* its EOS
-    fill (``block_rows``, host [B][L]; ``kinds`` and ``quota`` host [B]): a row keeps the masks
-    before the first EOS of its block (the fill takes the others; an EOS of an earlier block left
-    no mask in this one); a lookahead row, whose block is unchanged yet, its masks minus its quota."""
+    """The masks each row's block holds after the step, from its tokens after the commits read back
+    before or after their EOS fill (``block_rows``, host [B][L]; ``kinds`` and ``quota`` host [B]): a
+    row keeps the masks before the first EOS of its block (the fill takes the others; an EOS of an
+    earlier block left no mask in this one); a lookahead row, whose block is unchanged yet, its masks
+    minus the quota its winner will commit."""
     left = []
     for kind, row_quota, row in zip(kinds, quota, block_rows):
         if kind == KIND_LOOKAHEAD:
@@ -150,40 +144,34 @@ def host_masks_left(kinds: Sequence[int], quota: Sequence[int], block_rows: Sequ
     return left
 
 
-def read_back(kind: torch.Tensor, left: torch.Tensor, entropy: torch.Tensor, lookahead_bad: Optional[torch.Tensor],
-              keep: Optional[torch.Tensor], *, block: int, step: int, block_ids: Optional[torch.Tensor] = None
+def read_back(kind: torch.Tensor, quota: torch.Tensor, entropy: torch.Tensor, lookahead_bad: Optional[torch.Tensor],
+              keep: Optional[torch.Tensor], block_ids: torch.Tensor, *, block: int, step: int
               ) -> Tuple[List[int], List[int], List[int], List[List[int]]]:
-    """The step's one host read-back, of one packed tensor: the rows' kinds and masks left
-    (``kind``, ``left`` [B]; or any other int64 [B] in place of ``left``), a NaN / all -inf flag
-    of the block logits (non-finite ``entropy``), the previous lookahead's flag ``lookahead_bad``
-    (when it ran), the kept mask of the candidates ``keep`` [N, B] (when they were built) and the
-    block's tokens ``block_ids`` [B, L] (when given).
+    """The step's one host read-back, of one packed tensor: the rows' kinds and quotas (``kind``,
+    ``quota`` [B]), a NaN / all -inf flag of the block logits (non-finite ``entropy``), the previous
+    lookahead's flag ``lookahead_bad`` (when it ran), the kept mask of the candidates ``keep`` [N, B]
+    (when they were built) and the block's tokens ``block_ids`` [B, L].
 
-    Returns host lists ``(kinds, masks_left, keep, block_rows)`` (``keep`` flattened, empty without
-    candidates; ``block_rows`` [B][L], empty without ``block_ids``); raises ValueError on a flagged
-    forward."""
-    batch = kind.shape[0]
+    Returns host lists ``(kinds, quota, keep, block_rows)`` (``keep`` flattened, empty without
+    candidates; ``block_rows`` [B][L]); raises ValueError on a flagged forward."""
+    batch, width = block_ids.shape
     # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
-    packed = [kind, left, torch.isfinite(entropy).all()[None]]
+    packed = [kind, quota, torch.isfinite(entropy).all()[None]]
     if lookahead_bad is not None:
         packed.append(lookahead_bad[None])
     if keep is not None:
         packed.append(keep.reshape(-1))
-    if block_ids is not None:
-        packed.append(block_ids.reshape(-1))
+    packed.append(block_ids.reshape(-1))
     host = torch.cat(packed).tolist()
     if lookahead_bad is not None and host[2 * batch + 1]:
         raise ValueError(f"the model produced NaN / all -inf logits in the lookahead forward of block {block} "
                          f"step {step - 1}")
     if not host[2 * batch]:
         raise ValueError(f"the model produced NaN / all -inf logits at block {block} step {step}")
-    rest = host[2 * batch + 1 + (lookahead_bad is not None):]
-    block_rows = []
-    if block_ids is not None:
-        width = block_ids.shape[1]
-        rest, tokens = rest[:len(rest) - batch * width], rest[len(rest) - batch * width:]
-        block_rows = [tokens[r * width:(r + 1) * width] for r in range(batch)]
-    return host[:batch], host[batch:2 * batch], rest, block_rows
+    tokens_start = len(host) - batch * width
+    keep_host = host[2 * batch + 1 + (lookahead_bad is not None):tokens_start]
+    block_rows = [host[tokens_start + r * width:tokens_start + (r + 1) * width] for r in range(batch)]
+    return host[:batch], host[batch:2 * batch], keep_host, block_rows
 
 
 def kept_pairs(keep: Sequence[int], batch: int) -> List[Tuple[int, int]]:
