@@ -16,7 +16,7 @@ from typing import Dict
 import torch
 from safetensors.torch import save_file
 
-ARCHS = ("llada", "dream", "sdar")
+ARCHS = ("llada", "dream", "sdar", "llada2")
 VOCAB = 96
 MASK_ID = VOCAB - 1
 
@@ -49,6 +49,17 @@ def tiny_config(arch: str, **overrides) -> dict:
             "max_position_embeddings": 256, "mask_token_id": MASK_ID, "eos_token_id": 1, "pad_token_id": 1,
             "block_size": 4,
         }
+    elif arch == "llada2":
+        config = {
+            "architectures": ["LLaDA2MoeModelLM"], "model_type": "llada2_moe", "hidden_size": 32,
+            "intermediate_size": 48, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 8, "first_k_dense_replace": 1, "num_experts": 8, "num_experts_per_tok": 2, "n_group": 4,
+            "topk_group": 2, "moe_intermediate_size": 16, "num_shared_experts": 1, "routed_scaling_factor": 2.5,
+            "score_function": "sigmoid", "moe_router_enable_expert_bias": True, "partial_rotary_factor": 0.5,
+            "rope_theta": 600000, "rms_norm_eps": 1e-6, "use_qkv_bias": False, "use_bias": False,
+            "hidden_act": "silu", "tie_word_embeddings": False, "vocab_size": VOCAB, "max_position_embeddings": 256,
+            "mask_token_id": MASK_ID, "eos_token_id": 1, "pad_token_id": 1,
+        }
     else:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     for key, value in overrides.items():
@@ -80,6 +91,8 @@ def _shapes(arch: str, config: dict) -> Dict[str, tuple]:
     d, heads, kv = config["hidden_size"], config["num_attention_heads"], config["num_key_value_heads"]
     hd = config.get("head_dim") or d // heads
     ff, V = config["intermediate_size"], config["vocab_size"]
+    if arch == "llada2":
+        return _llada2_shapes(config, d, heads, kv, hd, ff, V)
     shapes["model.embed_tokens.weight"] = (V, d)
     for i in range(config["num_hidden_layers"]):
         b = f"model.layers.{i}."
@@ -98,6 +111,29 @@ def _shapes(arch: str, config: dict) -> Dict[str, tuple]:
     return shapes
 
 
+def _llada2_shapes(config, d, heads, kv, hd, ff, V) -> Dict[str, tuple]:
+    E, fe = config["num_experts"], config["moe_intermediate_size"]
+    shapes = {"model.word_embeddings.weight": (V, d), "model.norm.weight": (d,), "lm_head.weight": (V, d)}
+    for i in range(config["num_hidden_layers"]):
+        b = f"model.layers.{i}."
+        shapes.update({b + "input_layernorm.weight": (d,), b + "post_attention_layernorm.weight": (d,),
+                       b + "attention.query_key_value.weight": ((heads + 2 * kv) * hd, d),
+                       b + "attention.dense.weight": (d, heads * hd), b + "attention.query_layernorm.weight": (hd,),
+                       b + "attention.key_layernorm.weight": (hd,)})
+        if i < config["first_k_dense_replace"]:
+            shapes.update({b + "mlp.gate_proj.weight": (ff, d), b + "mlp.up_proj.weight": (ff, d),
+                           b + "mlp.down_proj.weight": (d, ff)})
+            continue
+        shapes.update({b + "mlp.gate.weight": (E, d), b + "mlp.gate.expert_bias": (E,)})
+        experts = [f"mlp.experts.{e}." for e in range(E)] + (["mlp.shared_experts."] if config["num_shared_experts"] else [])
+        width = {"mlp.shared_experts.": fe * (config["num_shared_experts"] or 1)}
+        for prefix in experts:
+            f = width.get(prefix, fe)
+            shapes.update({b + prefix + "gate_proj.weight": (f, d), b + prefix + "up_proj.weight": (f, d),
+                           b + prefix + "down_proj.weight": (d, f)})
+    return shapes
+
+
 def tiny_state_dict(arch: str, config: dict, *, seed: int = 0) -> Dict[str, torch.Tensor]:
     """Random float32 tensors under the official key names (norm weights near 1)."""
     gen = torch.Generator().manual_seed(seed)
@@ -105,7 +141,7 @@ def tiny_state_dict(arch: str, config: dict, *, seed: int = 0) -> Dict[str, torc
     for key, shape in _shapes(arch, config).items():
         if "norm" in key or key.endswith("ln_f.weight"):
             state[key] = 1.0 + 0.2 * torch.randn(shape, generator=gen)
-        elif key.endswith("bias"):
+        elif key.endswith("bias"):   # qkv biases and LLaDA2's expert selection biases
             state[key] = 0.2 * torch.randn(shape, generator=gen)
         else:
             state[key] = torch.randn(shape, generator=gen) / (shape[-1] ** 0.5)

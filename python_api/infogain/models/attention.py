@@ -335,14 +335,17 @@ def segment_ids(T: int, gen_start: int, block_length: int, device) -> torch.Tens
 
 def canvas_mask(attention_mask: Optional[torch.Tensor], segments: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The mask ``[B, 1, T, T]`` of a full forward, shared by all layers: padded keys (``attention_mask
-    [B, T]``, None = no padding) and, for a block-causal model, keys of later ``segments [T]``
-    (:func:`segment_ids`) are masked. None when nothing is."""
+    [B, T]``, None = no padding) and, for a block-causal model, keys of later ``segments`` (``[T]``
+    from :func:`segment_ids`, or per row ``[B or 1, T]``) are masked. None when nothing is."""
     mask = None
     if attention_mask is not None:
         B, T = attention_mask.shape
         mask = attention_mask[:, None, None, :].expand(B, 1, T, T)
     if segments is not None:
-        causal = (segments[None, :] <= segments[:, None])[None, None]
+        if segments.dim() == 1:
+            causal = (segments[None, :] <= segments[:, None])[None, None]
+        else:   # per row [B or 1, T]
+            causal = (segments[:, None, :] <= segments[:, :, None])[:, None]
         mask = causal if mask is None else mask & causal
     return None if mask is None else no_empty_rows(mask)
 

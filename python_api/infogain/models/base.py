@@ -53,7 +53,7 @@ from torch import nn
 class ModelConfig:
     """Architecture-independent facts the samplers need (plus the arch's own config)."""
 
-    arch: str                      # "llada" | "dream" | "sdar"
+    arch: str                      # "llada" | "dream" | "sdar" | "llada2"
     vocab_size: int                # width of the logits
     mask_token_id: int
     eos_token_id: Optional[int]
@@ -62,7 +62,12 @@ class ModelConfig:
     num_kv_heads: int
     head_dim: int
     max_position_embeddings: int
-    block_causal: bool = False     # True for SDAR: full forwards need gen_start/block_length
+    block_causal: bool = False     # True for SDAR and LLaDA2: full forwards take block_length (SDAR also gen_start)
+    # Block-causal models: "prompt" (SDAR: the prompt is one segment, blocks count from gen_start) or
+    # "position" (LLaDA2: segment = position // block_length in each row, so the prompt's last block
+    # is decoded together with the first generated tokens).
+    block_anchor: str = "prompt"
+    block_length: Optional[int] = None   # the model's own block length (LLaDA2: 32), the default
     extra: dict = field(default_factory=dict)  # the raw config.json
 
 

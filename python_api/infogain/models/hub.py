@@ -13,12 +13,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import dream, llada, sdar
+from . import dream, llada, llada2, sdar
 from .base import ModelConfig
 from .transformer import Transformer
 from . import _config as C
 
-ARCHITECTURES = (llada, dream, sdar)
+ARCHITECTURES = (llada, dream, sdar, llada2)
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -30,7 +30,8 @@ def toy_model_path() -> str:
 
 
 def preset_config(name: str) -> dict:
-    """Official config.json (as a dict) of a full-size architecture: "llada-8b", "dream-7b", "sdar-8b".
+    """Official config.json (as a dict) of a full-size architecture: "llada-8b", "dream-7b", "sdar-8b",
+    "llada2-mini".
 
     Use with :func:`build` for random-weight benchmarks.
     """
@@ -42,23 +43,27 @@ def preset_config(name: str) -> dict:
 
 
 def architecture_of(config: dict):
-    """The architecture module (llada / dream / sdar) that ``config`` describes."""
+    """The architecture module (llada / dream / sdar / llada2) that ``config`` describes."""
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     found = [arch for arch in ARCHITECTURES if arch.matches(config)]
     if len(found) != 1:
         raise ValueError(f"config.json does not name a supported architecture (model_type="
                          f"{config.get('model_type')!r}, architectures={config.get('architectures')!r}); "
-                         "supported: LLaDA/MMaDA, Dream, SDAR/TraDo")
+                         "supported: LLaDA/MMaDA, Dream, SDAR/TraDo, LLaDA2.x (llada2_moe)")
     return found[0]
 
 
 def _model_config(arch, spec, config: dict, mask_token_id: int) -> ModelConfig:
+    eos = C.optional_int(config, "eos_token_id")
+    if eos is None and getattr(arch, "DEFAULT_EOS_ID", spec.vocab_size) < spec.vocab_size:
+        eos = arch.DEFAULT_EOS_ID   # LLaDA2's config.json names only the pad id; EOS is the same token
     return ModelConfig(
         arch=arch.NAME, vocab_size=spec.vocab_size, mask_token_id=mask_token_id,
-        eos_token_id=C.optional_int(config, "eos_token_id"), pad_token_id=C.optional_int(config, "pad_token_id"),
+        eos_token_id=eos, pad_token_id=C.optional_int(config, "pad_token_id"),
         num_layers=spec.num_layers, num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
         max_position_embeddings=arch.max_positions(config), block_causal=spec.block_causal,
+        block_anchor=spec.block_anchor, block_length=getattr(arch, "block_length", lambda c: None)(config),
         extra=copy.deepcopy(config),
     )
 
@@ -139,7 +144,8 @@ def save(model: Transformer, path: str, tokenizer=None) -> str:
     arch = architecture_of(model.config.extra)
     os.makedirs(path, exist_ok=True)
     internal = model.state_dict()
-    tensors = {official: internal[name].detach().cpu().contiguous() for official, name in arch.key_map(model.spec).items()}
+    tensors = {official: _internal_tensor(internal, name).detach().cpu().contiguous()
+               for official, name in arch.key_map(model.spec).items()}
     config = copy.deepcopy(model.config.extra)
     config["mask_token_id"] = model.config.mask_token_id
     config.setdefault("torch_dtype", str(model.embed.weight.dtype).replace("torch.", ""))
@@ -149,6 +155,14 @@ def save(model: Transformer, path: str, tokenizer=None) -> str:
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
     return str(path)
+
+
+def _internal_tensor(state: dict, name):
+    """The internal tensor an official key maps to: ``state[name]``, or for ``(name, index)`` one
+    expert's slice ``state[name][index]`` of a stacked expert weight."""
+    if isinstance(name, tuple):
+        return state[name[0]][name[1]]
+    return state[name]
 
 
 def _read_config(path: str) -> dict:
@@ -295,13 +309,25 @@ def load(path, *, dtype: Optional[torch.dtype] = None, device=None) -> Tuple[Tra
             for key in f.keys():
                 tensor = f.get_tensor(key)
                 name = key_map[key]
-                if tuple(tensor.shape) != tuple(expected[name].shape):
-                    raise ValueError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected "
-                                     f"{tuple(expected[name].shape)} from config.json")
+                shape = tuple(_internal_tensor(expected, name).shape)
+                if tuple(tensor.shape) != shape:
+                    raise ValueError(f"tensor {key!r} has shape {tuple(tensor.shape)}, expected {shape} "
+                                     "from config.json")
                 if not tensor.is_floating_point():
                     raise ValueError(f"tensor {key!r} has non-floating dtype {tensor.dtype}")
                 if dtype is None:
                     dtype = tensor.dtype
-                state[name] = tensor.to(device=device, dtype=dtype)
+                if isinstance(name, tuple):   # one expert of a stacked expert weight
+                    stacked, index = name
+                    if stacked not in state:
+                        state[stacked] = torch.empty(expected[stacked].shape, device=device, dtype=dtype)
+                    state[stacked][index].copy_(tensor)
+                else:
+                    state[name] = tensor.to(device=device, dtype=dtype)
+    for name, tensor in expected.items():
+        # A MoE checkpoint without selection biases (moe_router_enable_expert_bias false) selects
+        # with a bias of zero, as the official model's zero-initialised buffer does.
+        if name not in state and name.endswith(".expert_bias"):
+            state[name] = torch.zeros(tensor.shape, device=device, dtype=dtype)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval(), tokenizer

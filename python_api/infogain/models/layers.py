@@ -1,7 +1,9 @@
-"""The layers of the transformer shared by LLaDA, Dream and SDAR, and :class:`ArchSpec`, their switches.
+"""The layers of the transformer shared by LLaDA, Dream, SDAR and LLaDA2, and :class:`ArchSpec`, their switches.
 
-Pre-norm LLaMA-style blocks: RMSNorm, rotary attention (half-split ``rotate_half``) with grouped
-KV heads, SwiGLU MLP. A layer's attention goes through
+Pre-norm LLaMA-style blocks: RMSNorm, rotary attention (half-split ``rotate_half``, on the whole head
+or, LLaDA2, on its first ``rotary_dim`` dimensions) with grouped KV heads, SwiGLU MLP, or a sparse
+mixture of experts (:class:`~infogain.models.moe.SparseMoE`) in the layers :class:`MoESpec` names.
+A layer's attention goes through
 :func:`~infogain.models.attention.attend_layer`, which routes it by the type of mask it is given.
 """
 from __future__ import annotations
@@ -14,6 +16,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attend_layer
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """The sparse layers of a mixture-of-experts model (LLaDA2): every layer from ``first_sparse_layer``
+    on replaces its MLP by ``num_experts`` routed SwiGLU experts (``top_k`` per token, chosen by
+    grouped routing) plus ``num_shared_experts`` always-on ones; see :class:`~infogain.models.moe.SparseMoE`."""
+
+    first_sparse_layer: int
+    num_experts: int
+    top_k: int
+    n_group: int
+    topk_group: int
+    expert_intermediate_size: int
+    num_shared_experts: int
+    routed_scaling_factor: float
+    norm_topk_prob: bool
+    score_function: str
+    expert_bias: bool              # the checkpoint holds a per-expert selection bias
 
 
 @dataclass(frozen=True)
@@ -33,7 +54,15 @@ class ArchSpec:
     qk_norm: bool = False
     tie_embeddings: bool = False
     shift_logits: bool = False     # Dream: hidden state i-1 predicts token i
-    block_causal: bool = False     # SDAR
+    block_causal: bool = False     # SDAR, LLaDA2
+    # Where block-causal segments are counted from: "prompt" (SDAR: the prompt is one segment, then
+    # a segment per generation block from gen_start) or "position" (LLaDA2: segment = position //
+    # block_length in each row, so the prompt is block causal too).
+    block_anchor: str = "prompt"
+    rotary_dim: Optional[int] = None   # rotate only the first rotary_dim dims of a head (None: all)
+    fused_qkv: bool = False        # one q|k|v projection (LLaDA2's query_key_value)
+    out_bias: bool = False         # bias on the attention output projection
+    moe: Optional[MoESpec] = None
 
 
 # ----------------------------------------------------------------------------- layers
@@ -72,10 +101,17 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> Tuple[
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x [G, H, L, D]`` (half-split convention) in float32 by the tables of
-    :func:`rope_cos_sin`; returns x's dtype. ``x * cos + rotate_half(x) * sin`` in three passes."""
+    :func:`rope_cos_sin`; returns x's dtype. ``x * cos + rotate_half(x) * sin`` in three passes.
+    Tables narrower than the head (partial rotary, width ``rotary_dim``) rotate the first
+    ``rotary_dim`` dimensions; the rest pass through."""
     x32 = x.float()
-    out = x32 * cos[:, None]
-    return out.add_(torch.roll(x32, x32.shape[-1] // 2, dims=-1).mul_(signed_sin[:, None])).to(x.dtype)
+    rotary = cos.shape[-1]
+    part = x32 if rotary == x32.shape[-1] else x32[..., :rotary]
+    out = part * cos[:, None]
+    out.add_(torch.roll(part, rotary // 2, dims=-1).mul_(signed_sin[:, None]))
+    if part is not x32:
+        out = torch.cat([out, x32[..., rotary:]], dim=-1)
+    return out.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -84,10 +120,13 @@ class Attention(nn.Module):
         self.spec = spec
         q_width, kv_width = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
         kw = dict(device=device, dtype=dtype)
-        self.q_proj = nn.Linear(spec.hidden_size, q_width, bias=spec.qkv_bias, **kw)
-        self.k_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
-        self.v_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
-        self.o_proj = nn.Linear(q_width, spec.hidden_size, bias=False, **kw)
+        if spec.fused_qkv:
+            self.qkv_proj = nn.Linear(spec.hidden_size, q_width + 2 * kv_width, bias=spec.qkv_bias, **kw)
+        else:
+            self.q_proj = nn.Linear(spec.hidden_size, q_width, bias=spec.qkv_bias, **kw)
+            self.k_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
+            self.v_proj = nn.Linear(spec.hidden_size, kv_width, bias=spec.qkv_bias, **kw)
+        self.o_proj = nn.Linear(q_width, spec.hidden_size, bias=spec.out_bias, **kw)
         if spec.qk_norm:
             self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, **kw)
             self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps, **kw)
@@ -112,9 +151,17 @@ class Attention(nn.Module):
             if mask is not None:
                 mask = mask[:, :, keep]
         Lq = x_q.shape[1]
-        q = self.q_proj(x_q).view(G, Lq, s.num_heads, s.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
+        if s.fused_qkv:
+            # Heads laid out [q heads | k heads | v heads] along the projection's output.
+            q, k, v = self.qkv_proj(x).view(G, L, s.num_heads + 2 * s.num_kv_heads, s.head_dim).split(
+                [s.num_heads, s.num_kv_heads, s.num_kv_heads], dim=2)
+            if keep is not None:
+                q = q[:, keep]
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        else:
+            q = self.q_proj(x_q).view(G, Lq, s.num_heads, s.head_dim).transpose(1, 2)
+            k = self.k_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
+            v = self.v_proj(x).view(G, L, s.num_kv_heads, s.head_dim).transpose(1, 2)
         if s.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos_q, sin_q), apply_rope(k, cos, sin)
@@ -136,13 +183,27 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)).mul_(self.up_proj(x)))
 
 
+def feed_forward(spec: ArchSpec, layer: int, *, device=None, dtype=None) -> nn.Module:
+    """Layer ``layer``'s feed-forward part: the SwiGLU MLP, or the sparse experts of a MoE layer."""
+    moe = spec.moe
+    if moe is None or layer < moe.first_sparse_layer:
+        return MLP(spec, device=device, dtype=dtype)
+    from .moe import SparseMoE
+
+    return SparseMoE(hidden_size=spec.hidden_size, moe_intermediate_size=moe.expert_intermediate_size,
+                     num_experts=moe.num_experts, top_k=moe.top_k, n_group=moe.n_group, topk_group=moe.topk_group,
+                     routed_scaling_factor=moe.routed_scaling_factor, norm_topk_prob=moe.norm_topk_prob,
+                     num_shared_experts=moe.num_shared_experts, score_function=moe.score_function,
+                     device=device, dtype=dtype)
+
+
 class Block(nn.Module):
-    def __init__(self, spec: ArchSpec, *, device=None, dtype=None):
+    def __init__(self, spec: ArchSpec, layer: int = 0, *, device=None, dtype=None):
         super().__init__()
         self.attn_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
         self.attn = Attention(spec, device=device, dtype=dtype)
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, device=device, dtype=dtype)
-        self.mlp = MLP(spec, device=device, dtype=dtype)
+        self.mlp = feed_forward(spec, layer, device=device, dtype=dtype)
 
     def forward(self, x, cos, sin, mask, past, fresh_key_index, keep: Optional[slice] = None,
                 mlp_at: Optional[torch.Tensor] = None):

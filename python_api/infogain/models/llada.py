@@ -18,8 +18,10 @@ MASK_TOKENS = ("<|mdm_mask|>",)
 
 def matches(config: dict) -> bool:
     model_type = str(config.get("model_type", "")).lower()
-    archs = " ".join(config.get("architectures") or [])
-    return model_type in ("llada", "mmada") or "LLaDA" in archs or "MMada" in archs
+    archs = config.get("architectures") or []
+    # LLaDA2.x (LLaDA2MoeModelLM) is another architecture: infogain.models.llada2.
+    return (model_type in ("llada", "mmada")
+            or any(("LLaDA" in a and not a.startswith("LLaDA2")) or "MMada" in a for a in archs))
 
 
 def spec(config: dict) -> ArchSpec:

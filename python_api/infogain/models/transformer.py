@@ -50,8 +50,9 @@ from .attention import canvas_mask, candidate_masks, segment_ids, window_mask
 from .base import DiffusionLM, ModelConfig
 from .cache import CandidateRows, cached_past, candidate_rows, prefill_cache, write_window
 from .layers import ArchSpec, Block, RMSNorm, position_ids, rope_cos_sin
-from .validation import (check_cache_rows, check_canvas, check_keep, check_prefill_mode, check_prefill_start,
-                         check_segments, check_window)
+from .validation import (check_block_aligned_rows, check_cache_rows, check_canvas, check_keep,
+                         check_position_segments, check_prefill_mode, check_prefill_start, check_segments,
+                         check_window)
 
 
 class Transformer(DiffusionLM):
@@ -63,7 +64,7 @@ class Transformer(DiffusionLM):
         self.config = config
         kw = dict(device=device, dtype=dtype)
         self.embed = nn.Embedding(spec.vocab_size, spec.hidden_size, **kw)
-        self.blocks = nn.ModuleList(Block(spec, **kw) for _ in range(spec.num_layers))
+        self.blocks = nn.ModuleList(Block(spec, i, **kw) for i in range(spec.num_layers))
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, **kw)
         if not spec.tie_embeddings:
             self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False, **kw)
@@ -86,7 +87,7 @@ class Transformer(DiffusionLM):
         runs at those positions only (see :meth:`Block.forward`).
         """
         x = self.embed(ids)
-        cos, sin = rope_cos_sin(positions, self.spec.head_dim, self.spec.rope_theta)
+        cos, sin = rope_cos_sin(positions, self.spec.rotary_dim or self.spec.head_dim, self.spec.rope_theta)
         fresh = [] if collect else None
         last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
@@ -132,22 +133,26 @@ class Transformer(DiffusionLM):
         check_canvas(input_ids, attention_mask, device=self.embed.weight.device, vocab_size=self.spec.vocab_size,
                      check_values=check_values)
 
-    def _segments(self, T, gen_start, block_length, device):
-        """Segment ids for block-causal models (None for bidirectional ones)."""
+    def _segments(self, T, gen_start, block_length, positions):
+        """Segment ids for block-causal models (None for bidirectional ones): ``[T]`` counted from
+        ``gen_start`` (SDAR), or ``[B or 1, T]`` from each row's ``positions`` (LLaDA2)."""
         if not self.spec.block_causal:
             return None
+        if self.spec.block_anchor == "position":
+            block_length = check_position_segments(block_length, self.config.block_length)
+            return torch.div(positions, block_length, rounding_mode="floor")
         check_segments(T, gen_start, block_length)
-        return segment_ids(T, gen_start, block_length, device)
+        return segment_ids(T, gen_start, block_length, positions.device)
 
     # -- full forwards ------------------------------------------------------------
     def _full(self, input_ids, attention_mask, gen_start, block_length, collect, keep=None):
         """Run the full canvas; ``attention_mask`` is the already reduced :meth:`_padding_mask`;
         ``keep``: as in :meth:`_run`."""
         T = input_ids.shape[1]
-        mask = canvas_mask(attention_mask, self._segments(T, gen_start, block_length, input_ids.device))
         # Without padding every row has positions 0..T-1: one row of rotary tables, broadcast.
         positions = (position_ids(attention_mask) if attention_mask is not None
                      else torch.arange(T, device=input_ids.device)[None])
+        mask = canvas_mask(attention_mask, self._segments(T, gen_start, block_length, positions))
         return self._run(input_ids, positions, mask, collect=collect, keep=keep)
 
     def hidden_states(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None,
@@ -209,7 +214,13 @@ class Transformer(DiffusionLM):
         check_values = check_bool("check_values", check_values)
         check_prefill_mode(mode, block_causal=self.spec.block_causal, arch=self.config.arch)
         self._check_canvas(input_ids, attention_mask, check_values)
-        check_prefill_start(start, input_ids.shape[1], mode, gen_start, block_length)
+        if mode == "block_causal" and self.spec.block_anchor == "position":
+            block_length = check_position_segments(block_length, self.config.block_length)
+            check_prefill_start(start, input_ids.shape[1], mode, 0, block_length)
+            if check_values and attention_mask is not None:
+                check_block_aligned_rows(attention_mask, block_length)
+        else:
+            check_prefill_start(start, input_ids.shape[1], mode, gen_start, block_length)
         mask = self._padding_mask(attention_mask, check_values)
         hidden, fresh = self._kept_hidden(input_ids, mask, gen_start, block_length, keep, collect=True)
         cache = prefill_cache(fresh, mode=mode, start=start, input_ids=input_ids, attention_mask=attention_mask,

@@ -70,6 +70,27 @@ def check_segments(T: int, gen_start, block_length) -> None:
         raise ValueError(f"gen_start must lie in [0, {T}], got {gen_start}")
 
 
+def check_position_segments(block_length, default) -> int:
+    """The block length of a model whose segments count from position 0 (LLaDA2): ``block_length``,
+    else the model's own (``default``)."""
+    if block_length is None:
+        block_length = default
+    return check_positive_int("block_length", block_length)
+
+
+def check_block_aligned_rows(attention_mask: torch.Tensor, block_length: int) -> None:
+    """For a block-causal cache of a model whose segments count from position 0: every row's first
+    real token sits at a canvas column that is a multiple of ``block_length`` (left padding by whole
+    blocks), so that segment boundaries are the same columns in every row and a cached block is
+    final once it is decoded. Reads the mask back (one host synchronisation)."""
+    first_real = attention_mask.long().argmax(dim=1)
+    bad = (first_real % block_length != 0).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"the block-causal cache of a model whose blocks count from position 0 needs every "
+                         f"row left-padded by a multiple of block_length={block_length}; rows {bad[:5]} are not "
+                         "(build the canvas with infogain.samplers.llada2.block_aligned_canvas)")
+
+
 def check_prefill_mode(mode, *, block_causal: bool, arch: str) -> None:
     """``mode`` is a cache mode, "block_causal" exactly for a block-causal model."""
     check_mode(mode)

@@ -53,6 +53,7 @@ import torch
 from infogain_kernels import _random, gumbel_topk
 
 from ..models.base import KVCache
+from .prompts import build_block_aligned_canvas, generated_tokens
 
 VARIANTS = ("info_gain", "lookum")
 CACHE_MODES = ("none", "prefix", "dual")
@@ -184,9 +185,11 @@ class NaiveInfoGainSampler:
         if self.pad_id is None and tokenizer is not None:
             self.pad_id = getattr(tokenizer, "pad_token_id", None)
         self.block_causal = bool(getattr(config, "block_causal", False))
+        self.blocks_from_position = self.block_causal and getattr(config, "block_anchor", None) == "position"
 
     # ------------------------------------------------------------------ inputs
-    def _canvas(self, prompts, gen_length: int, device: torch.device):
+    def _canvas(self, prompts, gen_length: int, block_length: int, device: torch.device):
+        """(canvas, attention, first decoded column, each row's generation start)."""
         if isinstance(prompts, torch.Tensor):
             if prompts.dim() != 2 or prompts.dtype != torch.long:
                 raise ValueError(f"prompts must be a long tensor [B, P], got {prompts.dtype} {tuple(prompts.shape)}")
@@ -199,13 +202,17 @@ class NaiveInfoGainSampler:
             raise ValueError("prompts must not contain an empty prompt")
         width = max(len(r) for r in rows)
         fill = self.pad_id if self.pad_id is not None else (self.eos_id if self.eos_id is not None else 0)
+        if self.blocks_from_position:   # LLaDA2: the same block-aligned layout as the fast sampler
+            canvas, attention, first_block, gen_starts, _ = build_block_aligned_canvas(
+                rows, gen_length, block_length, fill, self.mask_id, device)
+            return canvas, attention, first_block, gen_starts
         canvas = torch.full((len(rows), width + gen_length), fill, dtype=torch.long)
         attention = torch.zeros(len(rows), width + gen_length, dtype=torch.bool)
         for b, r in enumerate(rows):
             canvas[b, width - len(r):width] = torch.tensor(r, dtype=torch.long)
             attention[b, width - len(r):] = True
         canvas[:, width:] = self.mask_id
-        return canvas.to(device), attention.to(device), width
+        return canvas.to(device), attention.to(device), width, [width] * len(rows)
 
     @staticmethod
     def _check(gen_length, steps, block_length, candidate_number, position_temperature, threshold, temperature,
@@ -296,7 +303,7 @@ class NaiveInfoGainSampler:
                     temperature, variant, cache, eos_penalty, seed)
         device = next(self.model.parameters()).device
         started = time.perf_counter()
-        canvas, attention, gen_start = self._canvas(prompts, gen_length, device)
+        canvas, attention, gen_start, gen_starts = self._canvas(prompts, gen_length, block_length, device)
         batch, total = canvas.shape
         mode = "block_causal" if (cache != "none" and self.block_causal) else cache
         generator = torch.Generator(device=device)
@@ -311,8 +318,8 @@ class NaiveInfoGainSampler:
                    fill_eos=stop_at_eos and self.eos_id is not None, lookahead_eos_fill=lookahead_eos_fill,
                    generator=generator, stats=stats,
                    block_causal=self.block_causal)
-        num_blocks = gen_length // block_length
-        base_steps, extra_steps = divmod(steps, num_blocks)
+        num_blocks = (total - gen_start) // block_length   # one more on a block-aligned canvas, at most
+        base_steps, extra_steps = divmod(steps, gen_length // block_length)
         for block in range(num_blocks):
             run.start = gen_start + block * block_length
             run.end = run.start + block_length
@@ -326,7 +333,7 @@ class NaiveInfoGainSampler:
         stats["bypass_rate"] = stats["tokens"][_BYPASS] / (batch * gen_length)
         stats["wall_time_s"] = wall
         stats["tokens_per_second"] = batch * gen_length / wall if wall > 0 else float("inf")
-        return NaiveResult(sequences=canvas[:, gen_start:].clone(), canvas=canvas, stats=stats)
+        return NaiveResult(sequences=generated_tokens(canvas, gen_starts, gen_length), canvas=canvas, stats=stats)
 
     def _decode_block(self, run: _Run, steps: int) -> None:
         canvas, batch, start, end = run.canvas, run.canvas.shape[0], run.start, run.end

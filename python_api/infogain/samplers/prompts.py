@@ -100,6 +100,41 @@ def build_canvas(rows: List[List[int]], gen_length: int, pad_id: int, mask_id: i
     return canvas, attention, prompt_length, padded
 
 
+def build_block_aligned_canvas(rows: List[List[int]], gen_length: int, block_length: int, pad_id: int, mask_id: int,
+                               device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, int, List[int], bool]:
+    """The canvas of a model whose blocks count from each row's position 0 (LLaDA2), laid out so that
+    block boundaries are the same columns in every row.
+
+    Row r is left padded by a multiple of ``block_length`` (its first token sits on a block boundary;
+    positions ignore the padding), then its prompt, then its ``gen_length`` masks starting at
+    ``gen_starts[r]``, then right padding up to T, a multiple of ``block_length``. The padding is
+    chosen so that every row's generation starts within ``block_length`` columns of the longest
+    prompt's end. A row's first decoded block holds its prompt's last, partial block, as in the
+    official loop; each row decodes exactly as it would alone.
+
+    Returns ``(canvas, attention, first_block, gen_starts, padded)``: int64 and bool ``[B, T]``
+    (``attention`` False on the padding), the column of the first block holding a mask, each row's
+    generation start, and whether any row has padding."""
+    longest = max(len(r) for r in rows)
+    gen_starts = [len(r) + (longest - len(r)) // block_length * block_length for r in rows]
+    total = -(-(max(gen_starts) + gen_length) // block_length) * block_length
+    canvas = torch.full((len(rows), total), pad_id, dtype=torch.long)
+    attention = torch.zeros(len(rows), total, dtype=torch.bool)
+    for b, (row, start) in enumerate(zip(rows, gen_starts)):
+        canvas[b, start - len(row):start] = torch.tensor(row, dtype=torch.long)
+        canvas[b, start:start + gen_length] = mask_id
+        attention[b, start - len(row):start + gen_length] = True
+    first_block = min(gen_starts) // block_length * block_length
+    return canvas.to(device), attention.to(device), first_block, gen_starts, not bool(attention.all())
+
+
+def generated_tokens(canvas: torch.Tensor, gen_starts: List[int], gen_length: int) -> torch.Tensor:
+    """``[B, gen_length]``: row r's ``gen_length`` tokens from column ``gen_starts[r]``."""
+    if len(set(gen_starts)) == 1:
+        return canvas[:, gen_starts[0]:gen_starts[0] + gen_length].clone()
+    return torch.stack([canvas[b, s:s + gen_length] for b, s in enumerate(gen_starts)])
+
+
 def decode_texts(sequences: torch.Tensor, tokenizer, eos_id: Optional[int]) -> List[str]:
     """The generations as text, each cut at its first EOS, special tokens skipped."""
     texts = []

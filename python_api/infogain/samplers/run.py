@@ -149,8 +149,11 @@ class _Run:
 
     def decode(self) -> None:
         opts = self.opts
-        num_blocks = opts.gen_length // self.length
-        base_steps, extra_steps = divmod(opts.steps, num_blocks)
+        # The blocks from gen_start to the canvas' end: gen_length / block_length of them, or one more
+        # on a block-aligned canvas whose rows' prompts end inside a block (LLaDA2). The steps are
+        # those of gen_length / block_length blocks; an extra block gets the base number.
+        num_blocks = (self.canvas.shape[1] - self.gen_start) // self.length
+        base_steps, extra_steps = divmod(opts.steps, opts.gen_length // self.length)
         progress = None
         if opts.progress:
             from tqdm.auto import tqdm

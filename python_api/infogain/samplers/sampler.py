@@ -18,7 +18,8 @@ import torch
 
 from .model_calls import supports_cache
 from .options import GenerateOptions, GenerationResult
-from .prompts import build_canvas, config_value, decode_texts, encode_prompts
+from .prompts import (build_block_aligned_canvas, build_canvas, config_value, decode_texts, encode_prompts,
+                      generated_tokens)
 from .run import _Run
 from .run import host_reads_are_free as _host_reads_are_free  # the device path; tests replace it here
 from .strategies import InfoGainStrategy, Strategy, make_strategy
@@ -70,6 +71,8 @@ class DiffusionSampler:
         if self.pad_id is None:
             self.pad_id = config_value(tokenizer, "pad_token_id")
         self.block_causal = bool(getattr(config, "block_causal", False))
+        # LLaDA2: blocks count from each row's position 0 (see build_block_aligned_canvas).
+        self.blocks_from_position = self.block_causal and getattr(config, "block_anchor", None) == "position"
         self.max_positions = config_value(config, "max_position_embeddings")
         # Validate the defaults now so that a bad default fails at construction.
         GenerateOptions(**defaults).validate()
@@ -237,19 +240,31 @@ class DiffusionSampler:
                 mode = "block_causal"
         device = self._device()
         pad_id = self.pad_id if self.pad_id is not None else (self.eos_id if self.eos_id is not None else 0)
-        canvas, attention, prompt_length, padded = build_canvas(rows, opts.gen_length, pad_id, self.mask_id, device)
+        if self.blocks_from_position:
+            canvas, attention, first_block, gen_starts, padded = build_block_aligned_canvas(
+                rows, opts.gen_length, opts.block_length, pad_id, self.mask_id, device)
+            if opts.stop_at_eos and self.eos_id is not None:
+                for r, (row, gen_start) in enumerate(zip(rows, gen_starts)):
+                    if self.eos_id in row[len(row) - (gen_start - first_block):]:
+                        # The EOS fill reads the decoded blocks, which hold this prompt's last tokens.
+                        raise ValueError(f"prompts[{r}] has the EOS id {self.eos_id} in its last block, which is "
+                                         "decoded with the generation: stop_at_eos would end the generation "
+                                         "there; pass stop_at_eos=False or remove the token")
+        else:
+            canvas, attention, first_block, padded = build_canvas(rows, opts.gen_length, pad_id, self.mask_id, device)
+            gen_starts = [first_block] * len(rows)
 
         generator = None
         if opts.seed is not None:
             generator = torch.Generator(device=device)
             generator.manual_seed(opts.seed)
 
-        run = _Run(self, opts, mode, canvas, attention, prompt_length, generator, padded,
+        run = _Run(self, opts, mode, canvas, attention, first_block, generator, padded,
                    reads_free=_host_reads_are_free(device))
         run.decode()
         name = opts.variant if isinstance(self.strategy, InfoGainStrategy) else self.name
         stats = run.recorder.finish(name, 0.0, opts.gen_length)
-        sequences = canvas[:, prompt_length:].clone()
+        sequences = generated_tokens(canvas, gen_starts, opts.gen_length)
         texts = decode_texts(sequences, self.tokenizer, self.eos_id) if self.tokenizer is not None else None
         return GenerationResult(sequences=sequences, texts=texts, stats=stats, canvas=canvas,
                                 attention_mask=attention, trace=run.trace if opts.record else None)
