@@ -1,5 +1,6 @@
 """The scripts in ``benches/`` write their JSON to ``--out`` or the working directory, and the tracked
 ``benches/results/`` only with ``--update-results``."""
+import json
 import os
 import subprocess
 import sys
@@ -56,3 +57,12 @@ def test_output_path_choices(tmp_path):
         parser.parse_args(["--update-results", "--out", "x.json"])
     path = _common.write_results(str(tmp_path / "deep" / "r.json"), "kv", cpu, [{"a": 1}], quick=True)
     assert os.path.isfile(path)
+
+
+def test_moe_bench_quick_run_checks_and_times_every_formulation(tmp_path):
+    done = _run("bench_moe.py", "--quick", "--device", "cpu", "--threads", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert os.listdir(tmp_path) == ["moe-cpu.json"]
+    record = json.load(open(tmp_path / "moe-cpu.json"))
+    for row in record["rows"]:
+        assert row["speedup"] > 0 and row["speedup_vs_dense_loop"] > 0 and row["relative_error"] <= 1e-4

@@ -24,12 +24,15 @@ back to the model dtype, then the shared expert's output (model dtype) is added.
 The fast path routes all tokens at once, sorts the (token, slot) pairs by expert and runs each expert
 once on its contiguous rows:
 
-* CPU (and CUDA without a usable grouped GEMM): one matmul triple per *active* expert, the per-expert
-  row counts read to the host once per call (one ``.tolist()``; on CUDA that is one synchronisation).
+* CPU (and CUDA without a usable grouped GEMM): one matmul triple per *active* expert on its gathered
+  rows, its weighted output added into the float32 result (``index_add_``; a token occurs once per
+  expert, so no two additions meet). The per-expert row ends are read to the host once per call (one
+  ``.tolist()``; on CUDA that is one synchronisation, so this path cannot be captured in a CUDA graph).
 * CUDA, bfloat16, ``torch._grouped_mm`` present and the sizes 16-byte aligned: three grouped GEMMs over
-  all experts with the row offsets on the device, so no host synchronisation (CUDA-graph capturable).
+  all experts with the row offsets on the device, then a gather back to (token, slot) order and one
+  batched weighted sum: no host synchronisation (CUDA-graph capturable), no scatter-add.
 
-The pairs are put back in order by a gather (no scatter-add, no atomics), so results are deterministic.
+Both paths are deterministic.
 """
 from __future__ import annotations
 
@@ -207,26 +210,18 @@ class SparseMoE(nn.Module):
         up = torch._grouped_mm(rows, self.experts_up.transpose(1, 2), offs=offs)
         return torch._grouped_mm(F.silu(gate) * up, self.experts_down.transpose(1, 2), offs=offs)
 
-    def _experts_looped(self, rows: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-        pieces = []
-        start = 0
-        for e, end in enumerate(ends.tolist()):  # the one host read of the call
-            if end > start:
-                pieces.append(self._expert(e, rows[start:end]))
-                start = end
-        return torch.cat(pieces)
-
     def _expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
         hidden = F.silu(torch.mm(rows, self.experts_gate[e].t())) * torch.mm(rows, self.experts_up[e].t())
         return torch.mm(hidden, self.experts_down[e].t())
 
     def _accumulate_per_expert(self, x2d: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
                                ends: torch.Tensor) -> torch.Tensor:
-        """CPU: each active expert gathers its rows, runs, and adds its weighted output into the
-        float32 result. Only expert-sized temporaries are allocated: the [pairs, hidden] buffers of the
+        """Each active expert gathers its rows, runs, and adds its weighted output into the float32
+        result. On CPU only expert-sized temporaries are allocated: the [pairs, hidden] buffers of the
         sorted formulation cost a page fault per 4 KiB on every call (the C allocator hands large
         blocks back to the system), which measured slower than the loop over expert masks. A token
-        occurs at most once per expert, so ``index_add_`` never adds two rows into one: deterministic."""
+        occurs at most once per expert, so no ``index_add_`` adds two rows into one row (no atomics
+        collide on CUDA): deterministic."""
         y = torch.zeros(x2d.shape[0], self.hidden_size, dtype=torch.float32, device=x2d.device)
         start = 0
         for e, end in enumerate(ends.tolist()):  # the one host read of the call
@@ -250,18 +245,14 @@ class SparseMoE(nn.Module):
         sorted_expert, order = torch.sort(topk_idx.view(-1), stable=True)
         ends = torch.searchsorted(sorted_expert, torch.arange(self.num_experts, device=x.device), right=True)
         token = order // k
-        if not x2d.is_cuda and not self._grouped_mm_ok(x2d):
-            y = self._accumulate_per_expert(x2d, token, topk_weight.view(-1)[order], ends)
-        else:
-            rows = x2d.index_select(0, token)
-            if self._grouped_mm_ok(x2d):
-                out_sorted = self._experts_grouped(rows, ends)
-            else:
-                out_sorted = self._experts_looped(rows, ends)
-            # Back to (token, slot) order by a gather (deterministic, unlike a scatter-add on CUDA), then
-            # [N, 1, k] @ [N, k, H]: the weighted sum over the slots in float32 in one op.
+        if self._grouped_mm_ok(x2d):
+            out_sorted = self._experts_grouped(x2d.index_select(0, token), ends)
+            # Back to (token, slot) order by a gather, then [N, 1, k] @ [N, k, H]: the weighted sum over
+            # the slots in float32 in one op.
             out = out_sorted.index_select(0, torch.argsort(order)).view(n, k, self.hidden_size)
             y = torch.bmm(topk_weight.unsqueeze(1), out.float()).squeeze(1)
+        else:
+            y = self._accumulate_per_expert(x2d, token, topk_weight.view(-1)[order], ends)
         y = y.to(x.dtype)
         if self.shared is not None:
             s = self.shared
