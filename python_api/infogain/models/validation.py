@@ -88,7 +88,7 @@ def check_block_aligned_rows(attention_mask: torch.Tensor, block_length: int) ->
     if bad:
         raise ValueError(f"the block-causal cache of a model whose blocks count from position 0 needs every "
                          f"row left-padded by a multiple of block_length={block_length}; rows {bad[:5]} are not "
-                         "(build the canvas with infogain.samplers.llada2.block_aligned_canvas)")
+                         "(build the canvas with infogain.samplers.prompts.build_block_aligned_canvas)")
 
 
 def check_prefill_mode(mode, *, block_causal: bool, arch: str) -> None:

@@ -10,13 +10,19 @@ Sampler names (:data:`SAMPLERS`): ``info_gain``, ``lookum`` (Info-Gain with
 ``entropy``, ``margin``, ``random``, ``fast_dllm`` (threshold parallel decoding)
 and ``eb`` (entropy-bounded). All return a :class:`GenerationResult` with the
 same :class:`~infogain.stats.RunStats`.
+
+LLaDA2.x's own decoders (:data:`LLADA2_DECODERS`, also through :func:`make_sampler`):
+``llada2_threshold`` (LLaDA2.0's official threshold decoder) and ``llada21_edit`` (LLaDA2.1's
+joint-threshold decoder with token editing); their options are their own (no cache, no lookahead).
 """
 from .options import CACHE_MODES, VARIANTS, GenerateOptions, GenerationResult
+from .llada2 import LLaDA2ThresholdSampler, LLaDA21EditSampler
 from .sampler import DiffusionSampler
 from .strategies import (Candidates, EntropyBoundedStrategy, FastDLLMStrategy, InfoGainStrategy, ScoreStrategy,
                          StepDecision, StepState, Strategy)
 
 SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm", "eb")
+LLADA2_DECODERS = {"llada2_threshold": LLaDA2ThresholdSampler, "llada21_edit": LLaDA21EditSampler}
 
 
 class InfoGainSampler(DiffusionSampler):
@@ -35,16 +41,19 @@ class InfoGainSampler(DiffusionSampler):
         super().__init__(model, tokenizer, strategy="info_gain", mask_id=mask_id, **defaults)
 
 
-def make_sampler(name: str, model, tokenizer=None, *, mask_id=None, **defaults) -> DiffusionSampler:
-    """A sampler by name (one of :data:`SAMPLERS`); ``defaults`` become ``generate``'s defaults.
+def make_sampler(name: str, model, tokenizer=None, *, mask_id=None, **defaults):
+    """A sampler by name (one of :data:`SAMPLERS` or :data:`LLADA2_DECODERS`); ``defaults`` become
+    ``generate``'s defaults.
 
     ``"lookum"`` is the Info-Gain sampler with ``variant="lookum"`` by default.
     Raises ``ValueError`` for an unknown name.
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
+    if name in LLADA2_DECODERS:
+        return LLADA2_DECODERS[name](model, tokenizer, mask_id=mask_id, **defaults)
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler name {name!r}; expected one of {SAMPLERS}")
+        raise ValueError(f"unknown sampler name {name!r}; expected one of {SAMPLERS + tuple(LLADA2_DECODERS)}")
     if name in ("info_gain", "lookum"):
         defaults.setdefault("variant", name)
         return InfoGainSampler(model, tokenizer, mask_id=mask_id, **defaults)
@@ -52,7 +61,8 @@ def make_sampler(name: str, model, tokenizer=None, *, mask_id=None, **defaults) 
 
 
 __all__ = [
-    "CACHE_MODES", "SAMPLERS", "VARIANTS", "Candidates", "DiffusionSampler", "EntropyBoundedStrategy",
-    "FastDLLMStrategy", "GenerateOptions", "GenerationResult", "InfoGainSampler", "InfoGainStrategy",
+    "CACHE_MODES", "LLADA2_DECODERS", "SAMPLERS", "VARIANTS", "Candidates", "DiffusionSampler",
+    "EntropyBoundedStrategy", "FastDLLMStrategy", "GenerateOptions", "GenerationResult", "InfoGainSampler",
+    "InfoGainStrategy", "LLaDA2ThresholdSampler", "LLaDA21EditSampler",
     "ScoreStrategy", "StepDecision", "StepState", "Strategy", "make_sampler",
 ]
