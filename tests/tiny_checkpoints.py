@@ -16,7 +16,7 @@ from typing import Dict
 import torch
 from safetensors.torch import save_file
 
-ARCHS = ("llada", "dream", "sdar", "llada2")
+ARCHS = ("llada", "dream", "sdar", "llada2", "sdar_moe", "fast_dllm_v2")
 VOCAB = 96
 MASK_ID = VOCAB - 1
 
@@ -60,6 +60,25 @@ def tiny_config(arch: str, **overrides) -> dict:
             "hidden_act": "silu", "tie_word_embeddings": False, "vocab_size": VOCAB, "max_position_embeddings": 256,
             "mask_token_id": MASK_ID, "eos_token_id": 1, "pad_token_id": 1,
         }
+    elif arch == "sdar_moe":
+        config = {
+            "architectures": ["SDARMoeForCausalLM"], "model_type": "sdar_moe", "hidden_size": 32,
+            "intermediate_size": 48, "moe_intermediate_size": 16, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 8, "num_experts": 8, "num_experts_per_tok": 2,
+            "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [0], "hidden_act": "silu",
+            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": None, "attention_bias": False,
+            "tie_word_embeddings": False, "vocab_size": VOCAB, "max_position_embeddings": 256,
+            "mask_token_id": MASK_ID, "eos_token_id": 1, "pad_token_id": 1, "block_size": 4,
+        }
+    elif arch == "fast_dllm_v2":
+        config = {
+            "architectures": ["Fast_dLLM_QwenForCausalLM"], "model_type": "Fast_dLLM_Qwen", "hidden_size": 48,
+            "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 6, "num_key_value_heads": 2,
+            "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_scaling": None,
+            "use_sliding_window": False, "tie_word_embeddings": False, "vocab_size": VOCAB,
+            "max_position_embeddings": 256, "bd_size": 8, "small_block_size": 4, "mask_token_id": MASK_ID,
+            "eos_token_id": 1, "pad_token_id": 1, "bos_token_id": 1,
+        }
     else:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     for key, value in overrides.items():
@@ -101,11 +120,21 @@ def _shapes(arch: str, config: dict) -> Dict[str, tuple]:
                        b + "self_attn.v_proj.weight": (kv * hd, d), b + "self_attn.o_proj.weight": (d, heads * hd),
                        b + "mlp.gate_proj.weight": (ff, d), b + "mlp.up_proj.weight": (ff, d),
                        b + "mlp.down_proj.weight": (d, ff)})
-        if arch == "dream":
+        if arch in ("dream", "fast_dllm_v2"):
             shapes.update({b + "self_attn.q_proj.bias": (heads * hd,), b + "self_attn.k_proj.bias": (kv * hd,),
                            b + "self_attn.v_proj.bias": (kv * hd,)})
-        if arch == "sdar":
+        if arch in ("sdar", "sdar_moe"):
             shapes.update({b + "self_attn.q_norm.weight": (hd,), b + "self_attn.k_norm.weight": (hd,)})
+        if arch == "sdar_moe" and i not in config.get("mlp_only_layers", []) \
+                and (i + 1) % config.get("decoder_sparse_step", 1) == 0:
+            E, fe = config["num_experts"], config["moe_intermediate_size"]
+            for proj in ("gate_proj", "up_proj", "down_proj"):
+                del shapes[f"{b}mlp.{proj}.weight"]
+            shapes[b + "mlp.gate.weight"] = (E, d)
+            for e in range(E):
+                shapes.update({f"{b}mlp.experts.{e}.gate_proj.weight": (fe, d),
+                               f"{b}mlp.experts.{e}.up_proj.weight": (fe, d),
+                               f"{b}mlp.experts.{e}.down_proj.weight": (d, fe)})
     shapes["model.norm.weight"] = (d,)
     shapes["lm_head.weight"] = (V, d)
     return shapes

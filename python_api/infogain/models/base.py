@@ -33,6 +33,13 @@ Three cache modes (``mode`` argument):
     start + W)`` against the cache ``[0, start)``; ``write=True`` appends the
     window's K/V (call it once the block is fully decoded).
 
+``"sub_block"`` (window forwards only; Fast-dLLM v2's sub-block cache)
+    On a "block_causal" cache whose last written block holds the window ``[start, start + W)``
+    (``start + W <= cache.length``): the window attends to every cached key except its own
+    columns, which its fresh keys replace (the rest of its block as last written). Read-only. A
+    "block_causal" window may also start before ``cache.length`` (at the last written block's
+    start): it then reads the cache ``[0, start)`` only, and ``write=True`` ends the cache with it.
+
 Candidate lookahead without copying the cache: :meth:`forward_window` takes
 ``cache_rows [R]`` (long): window row ``r`` reads the cache of batch row
 ``cache_rows[r]``. N candidates of one prompt are N window rows that share one
@@ -53,7 +60,7 @@ from torch import nn
 class ModelConfig:
     """Architecture-independent facts the samplers need (plus the arch's own config)."""
 
-    arch: str                      # "llada" | "dream" | "sdar" | "llada2"
+    arch: str                      # "llada" | "dream" | "sdar" | "llada2" | "sdar_moe" | "fast_dllm_v2"
     vocab_size: int                # width of the logits
     mask_token_id: int
     eos_token_id: Optional[int]

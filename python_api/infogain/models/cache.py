@@ -8,8 +8,8 @@ A window forward with ``cache_rows`` groups its rows by the cache row they read
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -28,9 +28,16 @@ class TransformerKVCache(KVCache):
 
     ``all_real`` lets window forwards drop the attention mask without reading it back;
     copies made as plain :class:`KVCache` (no flag) simply keep the mask.
+
+    ``boundary`` (block-causal caches of a model with the one-position logit shift, Fast-dLLM v2):
+    position ``p`` -> the final (normed) hidden state ``[B, hidden]`` of position ``p``, kept for the
+    last position before each cached block end (the prefill's ``start - 1``, each written window's
+    last position). The logit of the first position of the next block comes from it: in a
+    block-causal model that state sees only earlier blocks, so a window forward need not recompute it.
     """
 
     all_real: bool = False
+    boundary: Dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,12 +75,14 @@ def candidate_rows(cache_rows: Sequence[int], device: torch.device, batch_size: 
 
 
 def prefill_cache(fresh: FreshKV, *, mode: str, start: int, input_ids: torch.Tensor,
-                  attention_mask: Optional[torch.Tensor], all_real: bool) -> TransformerKVCache:
+                  attention_mask: Optional[torch.Tensor], all_real: bool,
+                  boundary: Optional[Dict[int, torch.Tensor]] = None) -> TransformerKVCache:
     """The cache of a prefill from its per-layer ``fresh`` keys and values of the whole canvas.
 
     Capacity T for "dual" and "block_causal" (so block writes are in place), exactly ``start``
     positions for "prefix". It records the canvas ids and mask (all True for ``attention_mask``
-    None), which window forwards fall back to, and the host flag ``all_real``.
+    None), which window forwards fall back to, the host flag ``all_real`` and ``boundary`` (see
+    :class:`TransformerKVCache`).
     """
     T = input_ids.shape[1]
     if mode == "prefix":
@@ -85,7 +94,8 @@ def prefill_cache(fresh: FreshKV, *, mode: str, start: int, input_ids: torch.Ten
         length = T if mode == "dual" else start
     canvas_mask = attention_mask if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     return TransformerKVCache(keys=keys, values=values, length=length, token_ids=input_ids.clone(),
-                              attention_mask=canvas_mask.clone(), mode=mode, all_real=all_real)
+                              attention_mask=canvas_mask.clone(), mode=mode, all_real=all_real,
+                              boundary=dict(boundary or {}))
 
 
 def cached_past(cache: KVCache, cached: int,
@@ -109,11 +119,20 @@ def write_blocks(caches: List[torch.Tensor], blocks: List[torch.Tensor], start: 
     kv_block_replace(caches, blocks, start)
 
 
-def write_window(cache: KVCache, fresh: FreshKV, start: int, window_ids: torch.Tensor, mode: str) -> None:
+def write_window(cache: KVCache, fresh: FreshKV, start: int, window_ids: torch.Tensor, mode: str,
+                 last_hidden: Optional[torch.Tensor] = None) -> None:
     """Write a window forward's fresh keys and values and its ids into ``cache`` at ``start``;
-    block-causal caches grow by the window."""
+    block-causal caches end with the window (``start + W``), and ``last_hidden [B, hidden]`` (the
+    window's last final hidden state, shift models) becomes the boundary state of its last position;
+    boundary states at or after ``start`` are dropped (those positions are rewritten)."""
     W = window_ids.shape[1]
     write_blocks(cache.keys + cache.values, [k for k, _ in fresh] + [v for _, v in fresh], start)
     cache.token_ids[:, start:start + W] = window_ids
     if mode == "block_causal":
         cache.length = start + W
+        boundary = getattr(cache, "boundary", None)
+        if boundary is not None:
+            for position in [p for p in boundary if p >= start]:
+                del boundary[position]
+            if last_hidden is not None:
+                boundary[start + W - 1] = last_hidden

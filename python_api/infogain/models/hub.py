@@ -13,12 +13,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from . import dream, llada, llada2, sdar
+from . import dream, fast_dllm_v2, llada, llada2, sdar, sdar_moe
 from .base import ModelConfig
 from .transformer import Transformer
 from . import _config as C
 
-ARCHITECTURES = (llada, dream, sdar, llada2)
+ARCHITECTURES = (llada, dream, sdar, llada2, sdar_moe, fast_dllm_v2)
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -31,7 +31,7 @@ def toy_model_path() -> str:
 
 def preset_config(name: str) -> dict:
     """Official config.json (as a dict) of a full-size architecture: "llada-8b", "dream-7b", "sdar-8b",
-    "llada2-mini".
+    "llada2-mini", "sdar-moe-30b-a3b", "fast-dllm-v2-7b".
 
     Use with :func:`build` for random-weight benchmarks.
     """
@@ -43,14 +43,15 @@ def preset_config(name: str) -> dict:
 
 
 def architecture_of(config: dict):
-    """The architecture module (llada / dream / sdar / llada2) that ``config`` describes."""
+    """The architecture module (llada / dream / sdar / llada2 / sdar_moe / fast_dllm_v2) that ``config`` describes."""
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     found = [arch for arch in ARCHITECTURES if arch.matches(config)]
     if len(found) != 1:
         raise ValueError(f"config.json does not name a supported architecture (model_type="
                          f"{config.get('model_type')!r}, architectures={config.get('architectures')!r}); "
-                         "supported: LLaDA/MMaDA, Dream, SDAR/TraDo, LLaDA2.x (llada2_moe)")
+                         "supported: LLaDA/MMaDA, Dream, SDAR/TraDo, LLaDA2.x (llada2_moe), SDAR-MoE (sdar_moe), "
+                         "Fast-dLLM v2 (Fast_dLLM_QwenForCausalLM)")
     return found[0]
 
 

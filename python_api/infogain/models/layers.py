@@ -20,9 +20,10 @@ from .attention import attend_layer
 
 @dataclass(frozen=True)
 class MoESpec:
-    """The sparse layers of a mixture-of-experts model (LLaDA2): every layer from ``first_sparse_layer``
-    on replaces its MLP by ``num_experts`` routed SwiGLU experts (``top_k`` per token, chosen by
-    grouped routing) plus ``num_shared_experts`` always-on ones; see :class:`~infogain.models.moe.SparseMoE`."""
+    """The sparse layers of a mixture-of-experts model (LLaDA2, SDAR-MoE): every layer from
+    ``first_sparse_layer`` on, except ``dense_layers``, replaces its MLP by ``num_experts`` routed
+    SwiGLU experts (``top_k`` per token, chosen by grouped or plain top-k routing) plus
+    ``num_shared_experts`` always-on ones; see :class:`~infogain.models.moe.SparseMoE`."""
 
     first_sparse_layer: int
     num_experts: int
@@ -35,6 +36,13 @@ class MoESpec:
     norm_topk_prob: bool
     score_function: str
     expert_bias: bool              # the checkpoint holds a per-expert selection bias
+    # Layers from first_sparse_layer on that still have the dense MLP (Qwen3-MoE / SDAR-MoE:
+    # mlp_only_layers, and the layers decoder_sparse_step skips).
+    dense_layers: Tuple[int, ...] = ()
+
+    def is_sparse(self, layer: int) -> bool:
+        """Whether layer ``layer`` has the sparse experts (else the dense SwiGLU MLP)."""
+        return layer >= self.first_sparse_layer and layer not in self.dense_layers
 
 
 @dataclass(frozen=True)
@@ -54,10 +62,10 @@ class ArchSpec:
     qk_norm: bool = False
     tie_embeddings: bool = False
     shift_logits: bool = False     # Dream: hidden state i-1 predicts token i
-    block_causal: bool = False     # SDAR, LLaDA2
+    block_causal: bool = False     # SDAR, LLaDA2, Fast-dLLM v2
     # Where block-causal segments are counted from: "prompt" (SDAR: the prompt is one segment, then
-    # a segment per generation block from gen_start) or "position" (LLaDA2: segment = position //
-    # block_length in each row, so the prompt is block causal too).
+    # a segment per generation block from gen_start) or "position" (LLaDA2, Fast-dLLM v2: segment =
+    # position // block_length in each row, so the prompt is block causal too).
     block_anchor: str = "prompt"
     rotary_dim: Optional[int] = None   # rotate only the first rotary_dim dims of a head (None: all)
     fused_qkv: bool = False        # one q|k|v projection (LLaDA2's query_key_value)
@@ -186,7 +194,7 @@ class MLP(nn.Module):
 def feed_forward(spec: ArchSpec, layer: int, *, device=None, dtype=None) -> nn.Module:
     """Layer ``layer``'s feed-forward part: the SwiGLU MLP, or the sparse experts of a MoE layer."""
     moe = spec.moe
-    if moe is None or layer < moe.first_sparse_layer:
+    if moe is None or not moe.is_sparse(layer):
         return MLP(spec, device=device, dtype=dtype)
     from .moe import SparseMoE
 

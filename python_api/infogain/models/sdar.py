@@ -19,16 +19,24 @@ MASK_TOKENS = ("<|MASK|>", "<MASK>", "[MASK]", "<mask>")
 def matches(config: dict) -> bool:
     model_type = str(config.get("model_type", "")).lower()
     archs = " ".join(config.get("architectures") or [])
+    if model_type == "sdar_moe" or "SDARMoe" in archs:   # the MoE sibling: models/sdar_moe.py
+        return False
     return model_type in ("sdar", "trado") or "SDAR" in archs
 
 
-def spec(config: dict) -> ArchSpec:
+def qwen_sdar_spec(config: dict, **switches) -> ArchSpec:
+    """SDAR's attention on a Qwen3 config (dense SDAR, and SDAR-MoE with ``moe=``): qk-norm, no
+    biases, block-causal segments counted from the prompt."""
     C.require(config, "hidden_act", ("silu",))
     C.require(config, "rope_scaling", (None,))
     C.require(config, "attention_bias", (False,))
     head_dim = C.get_int(config, "head_dim") if config.get("head_dim") is not None else \
         C.get_int(config, "hidden_size") // C.get_int(config, "num_attention_heads")
-    return qwen_spec(config, head_dim, qk_norm=True, block_causal=True)
+    return qwen_spec(config, head_dim, qk_norm=True, block_causal=True, **switches)
+
+
+def spec(config: dict) -> ArchSpec:
+    return qwen_sdar_spec(config)
 
 
 def max_positions(config: dict) -> int:

@@ -167,18 +167,24 @@ class Transformer(DiffusionLM):
         mask = self._padding_mask(attention_mask, check_values)
         return self._kept_hidden(input_ids, mask, gen_start, block_length, keep, collect=False)[0]
 
-    def _kept_hidden(self, input_ids, mask, gen_start, block_length, keep, collect):
+    def _kept_hidden(self, input_ids, mask, gen_start, block_length, keep, collect, boundary_at=None):
         """Full forward of the canvas: (aligned final hidden states of the ``keep`` positions
-        ``[B, len(keep), hidden]``, per-layer fresh (k, v) of every position or None)."""
-        start, stop = check_keep(keep, input_ids.shape[1])
+        ``[B, len(keep), hidden]``, per-layer fresh (k, v) of every position or None, the unaligned
+        final hidden state ``[B, hidden]`` of position ``boundary_at`` or None)."""
+        T = input_ids.shape[1]
+        start, stop = check_keep(keep, T)
         # Dream's logit of position i comes from hidden state i-1: one more position in front.
         lo = start - 1 if (self.spec.shift_logits and start > 0) else start
+        hi = stop
+        if boundary_at is not None:
+            lo, hi = min(lo, boundary_at), max(hi, boundary_at + 1)
         hidden, fresh = self._full(input_ids, mask, gen_start, block_length, collect=collect,
-                                   keep=None if (lo, stop) == (0, input_ids.shape[1]) else slice(lo, stop))
+                                   keep=None if (lo, hi) == (0, T) else slice(lo, hi))
+        boundary = None if boundary_at is None else hidden[:, boundary_at - lo].clone()
         prev_is_real = self._prev_is_real(mask)
         if prev_is_real is not None:
-            prev_is_real = prev_is_real[:, lo:stop]
-        return self._align(hidden, prev_is_real)[:, start - lo:], fresh
+            prev_is_real = prev_is_real[:, lo:hi]
+        return self._align(hidden, prev_is_real)[:, start - lo:stop - lo], fresh, boundary
 
     def forward(self, input_ids, attention_mask=None, *, gen_start=None, block_length=None, check_values=True,
                 keep=None):
@@ -222,10 +228,19 @@ class Transformer(DiffusionLM):
         else:
             check_prefill_start(start, input_ids.shape[1], mode, gen_start, block_length)
         mask = self._padding_mask(attention_mask, check_values)
-        hidden, fresh = self._kept_hidden(input_ids, mask, gen_start, block_length, keep, collect=True)
+        # A shift model's block-causal cache keeps the final state before its end (see TransformerKVCache).
+        boundary_at = start - 1 if (self._boundary_states(mode) and start > 0) else None
+        hidden, fresh, boundary = self._kept_hidden(input_ids, mask, gen_start, block_length, keep, collect=True,
+                                                    boundary_at=boundary_at)
         cache = prefill_cache(fresh, mode=mode, start=start, input_ids=input_ids, attention_mask=attention_mask,
-                              all_real=mask is None)
+                              all_real=mask is None, boundary=None if boundary is None else {boundary_at: boundary})
         return self.logits_from_hidden(hidden), cache
+
+    def _boundary_states(self, mode: str) -> bool:
+        """Whether caches of ``mode`` keep boundary states: block-causal caches of a shift model
+        (Fast-dLLM v2). Its first window position's logit comes from the state before the window,
+        which in a block-causal model sees only the cache, never the window."""
+        return self.spec.shift_logits and self.spec.block_causal and mode in ("block_causal", "sub_block")
 
     # -- window forwards ----------------------------------------------------------
     def window_hidden_states(self, window_ids, *, start, cache, mode, attention_mask=None,
@@ -240,6 +255,9 @@ class Transformer(DiffusionLM):
         check_values = check_bool("check_values", check_values)
         check_window(window_ids, start, cache, mode, attention_mask, num_layers=self.spec.num_layers,
                      vocab_size=self.spec.vocab_size, check_values=check_values)
+        if mode == "sub_block" and (write or not self.spec.block_causal):
+            raise ValueError("mode 'sub_block' is a read-only window inside the last written block of a "
+                             "block-causal model's cache (write=False)")
         (R, W), B = window_ids.shape, cache.token_ids.shape[0]
         cache_rows = check_cache_rows(cache_rows, R, B, write)
         layout = None if cache_rows is None else candidate_rows(cache_rows, window_ids.device, B)
@@ -249,9 +267,21 @@ class Transformer(DiffusionLM):
             all_real = bool(getattr(cache, "all_real", False))   # a host flag, not a tensor
         attention_mask = attention_mask.to(window_ids.device)
         # Dream needs the hidden state of position start-1 for the logit at start: it
-        # is forwarded as one extra query whose key/value stay the cached ones.
+        # is forwarded as one extra query whose key/value stay the cached ones. A block-causal shift
+        # model (Fast-dLLM v2) reads it from the cache's boundary states instead (none in "sub_block"
+        # mode inside a block: that position keeps its own state, as in the official loop).
         extra = 1 if (self.spec.shift_logits and start > 0) else 0
-        cached = cache.length if mode != "dual" else cache.keys[0].shape[2]
+        boundary = None
+        if self._boundary_states(mode):
+            extra = 0
+            boundary = getattr(cache, "boundary", {}).get(start - 1) if start > 0 else None
+            if mode == "block_causal" and start > 0 and boundary is None:
+                raise ValueError(f"the cache holds no boundary state at position {start - 1}: build it with "
+                                 "prefill() and write each block (write=True) before the next")
+        # Keys read from the cache: its whole capacity (dual), everything cached (sub_block, the
+        # window's own columns excluded by the mask), else the positions before the window.
+        cached = {"dual": cache.keys[0].shape[2], "sub_block": cache.length}.get(
+            mode, start if mode == "block_causal" else cache.length)
         if layout is None:
             hidden = self._window_rows(window_ids, start, extra, cached, cache, mode, attention_mask, write,
                                        all_real)
@@ -275,6 +305,10 @@ class Transformer(DiffusionLM):
                 hidden = torch.where(prev_real[..., None], hidden[:, :W], hidden[:, 1:])
             else:
                 hidden = self._align(hidden, prev_real)
+            if boundary is not None:
+                before = boundary if layout is None else boundary.index_select(0, layout.rows)
+                first = torch.where(prev_real[:, :1, None], before[:, None].to(hidden.dtype), hidden[:, :1])
+                hidden = torch.cat([first, hidden[:, 1:]], dim=1)
         return hidden
 
     def _window_queries(self, window_ids, start, extra, cache, canvas_rows):
@@ -296,12 +330,13 @@ class Transformer(DiffusionLM):
                                                     slice(None) if canvas_rows is None else canvas_rows)
         Lq = ids.shape[1]
         positions = position_ids(attention_mask)[:, start - extra:start + W]
-        mask = window_mask(attention_mask, cached=cached, start=start, W=W, queries=Lq, dual=mode == "dual",
-                           all_real=all_real)
+        mask = window_mask(attention_mask, cached=cached, start=start, W=W, queries=Lq,
+                           dual=mode in ("dual", "sub_block"), all_real=all_real)
         hidden, fresh = self._run(ids, positions, mask, cached_past(cache, cached, canvas_rows), fresh_key_index,
                                   collect=write)
         if write:
-            write_window(cache, fresh, start, window_ids, mode)
+            write_window(cache, fresh, start, window_ids, mode,
+                         last_hidden=hidden[:, -1].clone() if self._boundary_states(mode) else None)
         return hidden
 
     def _window_candidates(self, window_ids, layout: CandidateRows, start, extra, cached, cache, mode,
@@ -323,7 +358,7 @@ class Transformer(DiffusionLM):
         group_mask = attention_mask[groups]                                          # [G, T]
         positions = position_ids(group_mask)[:, start - extra:start + W].repeat_interleave(n, 0)
         masks = candidate_masks(group_mask, cached=cached, start=start, W=W, per_group=n, queries=ids.shape[1],
-                                dual=mode == "dual", all_real=all_real, check_values=check_values)
+                                dual=mode in ("dual", "sub_block"), all_real=all_real, check_values=check_values)
         past = cached_past(cache, cached, None if layout.every_cache_row else groups)
 
         mlp_at = None

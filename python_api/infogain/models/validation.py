@@ -11,6 +11,9 @@ from infogain_kernels._validation import check_int, check_positive_int
 from .base import KVCache
 
 MODES = ("prefix", "dual", "block_causal")
+# Window forwards also take "sub_block": a window inside the last block written to a block-causal
+# cache, attending to the whole cache except its own columns (Fast-dLLM v2's sub-block cache).
+WINDOW_MODES = MODES + ("sub_block",)
 
 
 def check_mode(mode) -> None:
@@ -117,11 +120,13 @@ def check_window(window_ids, start, cache, mode, attention_mask, *, num_layers: 
                  check_values: bool) -> None:
     """A window forward's ids ``[R, W]``, ``start``, ``cache`` (built for ``mode``) and optional
     canvas mask ``[B, T]``; ``cache_rows`` are checked by :func:`check_cache_rows`."""
-    check_mode(mode)
+    if mode not in WINDOW_MODES:
+        raise ValueError(f"mode must be one of {WINDOW_MODES}, got {mode!r}")
     if not isinstance(cache, KVCache):
         raise TypeError(f"cache must be a KVCache, got {type(cache).__name__}")
-    if cache.mode is not None and cache.mode != mode:
-        raise ValueError(f"mode={mode!r} but the cache was built for mode {cache.mode!r}")
+    built_for = "block_causal" if mode == "sub_block" else mode
+    if cache.mode is not None and cache.mode != built_for:
+        raise ValueError(f"mode={mode!r} needs a cache built for mode {built_for!r}, got {cache.mode!r}")
     if len(cache.keys) != num_layers or len(cache.values) != num_layers:
         raise ValueError(f"cache must hold {num_layers} layers, got {len(cache.keys)}")
     if cache.token_ids is None:
@@ -144,9 +149,15 @@ def check_window(window_ids, start, cache, mode, attention_mask, *, num_layers: 
     elif mode == "dual":
         if start + W > T:
             raise ValueError(f"dual mode: the window [start, start+W) = [{start}, {start + W}) must lie in [0, {T})")
+    elif mode == "sub_block":
+        if start + W > cache.length:
+            raise ValueError(f"sub_block mode: the window [start, start+W) = [{start}, {start + W}) must lie in "
+                             f"the cached [0, cache.length={cache.length})")
     else:
-        if start != cache.length or start + W > T:
-            raise ValueError(f"block_causal mode: start must equal cache.length={cache.length} and "
+        # Usually start == cache.length; an earlier block start re-reads only the cache before it
+        # (Fast-dLLM v2's sub-block cache rewrites the current block, which may be cached already).
+        if start > cache.length or start + W > T:
+            raise ValueError(f"block_causal mode: start must be at most cache.length={cache.length} and "
                              f"start+W <= T={T}; got start={start}, W={W}")
     if attention_mask is None:
         return

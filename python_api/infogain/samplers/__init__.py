@@ -14,8 +14,11 @@ same :class:`~infogain.stats.RunStats`.
 LLaDA2.x's own decoders (:data:`LLADA2_DECODERS`, also through :func:`make_sampler`):
 ``llada2_threshold`` (LLaDA2.0's official threshold decoder) and ``llada21_edit`` (LLaDA2.1's
 joint-threshold decoder with token editing); their options are their own (no cache, no lookahead).
+Fast-dLLM v2's own decoder (``fast_dllm_v2``: threshold decoding over sub-blocks with its block and
+sub-block caches) is :class:`FastDLLMv2Sampler`.
 """
 from .options import CACHE_MODES, VARIANTS, GenerateOptions, GenerationResult
+from .fast_dllm_v2 import FastDLLMv2Sampler
 from .llada2 import LLaDA2ThresholdSampler, LLaDA21EditSampler
 from .sampler import DiffusionSampler
 from .strategies import (Candidates, EntropyBoundedStrategy, FastDLLMStrategy, InfoGainStrategy, ScoreStrategy,
@@ -23,6 +26,8 @@ from .strategies import (Candidates, EntropyBoundedStrategy, FastDLLMStrategy, I
 
 SAMPLERS = ("info_gain", "lookum", "confidence", "entropy", "margin", "random", "fast_dllm", "eb")
 LLADA2_DECODERS = {"llada2_threshold": LLaDA2ThresholdSampler, "llada21_edit": LLaDA21EditSampler}
+# The models' own decoders: their own options (no lookahead), the name picks the class.
+MODEL_DECODERS = {**LLADA2_DECODERS, "fast_dllm_v2": FastDLLMv2Sampler}
 
 
 class InfoGainSampler(DiffusionSampler):
@@ -42,7 +47,7 @@ class InfoGainSampler(DiffusionSampler):
 
 
 def make_sampler(name: str, model, tokenizer=None, *, mask_id=None, **defaults):
-    """A sampler by name (one of :data:`SAMPLERS` or :data:`LLADA2_DECODERS`); ``defaults`` become
+    """A sampler by name (one of :data:`SAMPLERS` or :data:`MODEL_DECODERS`); ``defaults`` become
     ``generate``'s defaults.
 
     ``"lookum"`` is the Info-Gain sampler with ``variant="lookum"`` by default.
@@ -50,10 +55,10 @@ def make_sampler(name: str, model, tokenizer=None, *, mask_id=None, **defaults):
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
-    if name in LLADA2_DECODERS:
-        return LLADA2_DECODERS[name](model, tokenizer, mask_id=mask_id, **defaults)
+    if name in MODEL_DECODERS:
+        return MODEL_DECODERS[name](model, tokenizer, mask_id=mask_id, **defaults)
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler name {name!r}; expected one of {SAMPLERS + tuple(LLADA2_DECODERS)}")
+        raise ValueError(f"unknown sampler name {name!r}; expected one of {SAMPLERS + tuple(MODEL_DECODERS)}")
     if name in ("info_gain", "lookum"):
         defaults.setdefault("variant", name)
         return InfoGainSampler(model, tokenizer, mask_id=mask_id, **defaults)
@@ -61,7 +66,8 @@ def make_sampler(name: str, model, tokenizer=None, *, mask_id=None, **defaults):
 
 
 __all__ = [
-    "CACHE_MODES", "LLADA2_DECODERS", "SAMPLERS", "VARIANTS", "Candidates", "DiffusionSampler",
+    "CACHE_MODES", "FastDLLMv2Sampler", "LLADA2_DECODERS", "MODEL_DECODERS", "SAMPLERS", "VARIANTS", "Candidates",
+    "DiffusionSampler",
     "EntropyBoundedStrategy", "FastDLLMStrategy", "GenerateOptions", "GenerationResult", "InfoGainSampler",
     "InfoGainStrategy", "LLaDA2ThresholdSampler", "LLaDA21EditSampler",
     "ScoreStrategy", "StepDecision", "StepState", "Strategy", "make_sampler",

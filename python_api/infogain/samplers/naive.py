@@ -95,8 +95,11 @@ def copy_cache_rows(cache: KVCache, rows: torch.Tensor) -> KVCache:
     def copy(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if t is None else t.index_select(0, rows.to(t.device)).contiguous()
 
+    extra = {}
+    if getattr(cache, "boundary", None):   # shift models' block-boundary states (Fast-dLLM v2): per row too
+        extra["boundary"] = {position: copy(hidden) for position, hidden in cache.boundary.items()}
     return dataclasses.replace(cache, keys=[copy(k) for k in cache.keys], values=[copy(v) for v in cache.values],
-                               token_ids=copy(cache.token_ids), attention_mask=copy(cache.attention_mask))
+                               token_ids=copy(cache.token_ids), attention_mask=copy(cache.attention_mask), **extra)
 
 
 def pad_logits(window_logits: torch.Tensor, total_length: int, start: int) -> torch.Tensor:
