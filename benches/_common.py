@@ -34,9 +34,24 @@ _PEAK_BANDWIDTH = {
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or for the CPU its model (from /proc/cpuinfo where there is one), architecture
+    and hardware thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+    model = cpu_model()
+    return f"cpu ({model + ', ' if model else ''}{platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the kernel reports it ("" where it does not, e.g. off Linux)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def device_slug(device: torch.device) -> str:

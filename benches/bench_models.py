@@ -9,7 +9,8 @@ windows as a batch of N. Both are measured in the same run, with their peak
 extra memory.
 
     python benches/bench_models.py --random-weights llada-8b      # CUDA, bf16, full size
-    python benches/bench_models.py --small                        # all three, CPU-sized
+    python benches/bench_models.py --random-weights llada2-mini   # LLaDA2.0-mini (16B MoE), CUDA, bf16
+    python benches/bench_models.py --small                        # all four, CPU-sized
 
 Each row also scores the N candidates as the sampler's lookahead does, both ways, from the same
 window hidden states: "logits" (the ``[N, W, V]`` logits ``forward_window`` would return, then
@@ -39,7 +40,11 @@ import infogain.models as models  # noqa: E402
 from infogain_kernels import lm_head_entropy, lookahead_objective  # noqa: E402
 
 
-ARCHITECTURES = ("llada-8b", "dream-7b", "sdar-8b")
+ARCHITECTURES = ("llada-8b", "dream-7b", "sdar-8b", "llada2-mini")
+# LLaDA2's sparse MoE shrunk with it: 16 experts, 4 per token, in 4 groups of which 2 are kept (8 experts
+# eligible), one dense layer first and one shared expert, as in the full model.
+SMALL_MOE = dict(num_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2, moe_intermediate_size=128,
+                 first_k_dense_replace=1)
 
 
 def small_config(name: str) -> dict:
@@ -47,14 +52,18 @@ def small_config(name: str) -> dict:
     (4096) stays wider than one chunk of the fused head's CPU path, so that the measured slope of
     its peak in V is the one that holds at the full vocabulary."""
     config = models.preset_config(name)
-    if name.startswith("llada"):
+    if "d_model" in config:   # LLaDA's own field names
         config.update(d_model=128, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=256,
                       vocab_size=4096, embedding_size=4096, mask_token_id=4095)
-    else:
-        config.update(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
-                      intermediate_size=256, vocab_size=4096, mask_token_id=4095)
-        if "head_dim" in config:
-            config["head_dim"] = 32
+        return config
+    config.update(hidden_size=128, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=2,
+                  intermediate_size=256, vocab_size=4096, mask_token_id=4095)
+    if "head_dim" in config:
+        config["head_dim"] = 32
+    if "num_experts" in config:
+        config.update(SMALL_MOE, eos_token_id=4094, pad_token_id=4094)
+    if config.get("rotary_dim") is not None:   # LLaDA2: head_dim * partial_rotary_factor, kept consistent
+        config["rotary_dim"] = int(config["head_dim"] * config["partial_rotary_factor"])
     return config
 
 

@@ -58,9 +58,17 @@ def same_outputs(a, b):
 def test_every_shipped_config_loads_and_covers_each_task_and_sampler():
     shipped = shipped_configs()
     tasks = ("gsm8k", "math500", "humaneval", "mbpp", "countdown", "sudoku", "toy_multiplication", "toy_sudoku")
-    assert set(shipped) == {f"{t}_{s}" for t in tasks for s in ("info_gain", "confidence", "fast_dllm")}
+    # LLaDA2.x: Info-Gain, Fast-dLLM and the model's own threshold decoder on the four benchmarks.
+    llada2 = {f"{t}_llada2_{s}": s for t in ("gsm8k", "math500", "humaneval", "mbpp")
+              for s in ("info_gain", "fast_dllm")}
+    llada2.update({f"{t}_llada2_threshold": "llada2_threshold" for t in ("gsm8k", "math500", "humaneval", "mbpp")})
+    assert set(shipped) == {f"{t}_{s}" for t in tasks for s in ("info_gain", "confidence", "fast_dllm")} | set(llada2)
     for name in shipped:
         cfg = load_config(name)
+        if name in llada2:
+            assert cfg.sampler == llada2[name] and cfg.model == "llada2" and cfg.block_length == 32
+            assert name.startswith(cfg.task + "_llada2_") and cfg.output_dir == f"results/{name}"
+            continue
         assert f"{cfg.task}_{cfg.sampler}" == name and cfg.output_dir == f"results/{name}"
 
 
@@ -93,7 +101,7 @@ def test_overrides_aliases_and_errors():
 def test_list_configs_and_cli_errors(capsys, tmp_path):
     eval_main("--list-configs")
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 24 and any(line.startswith("gsm8k_info_gain") for line in listed)
+    assert len(listed) == 36 and any(line.startswith("gsm8k_info_gain") for line in listed)
     with pytest.raises(SystemExit) as exc:
         cli.main(["eval", "--task", "gsm8k", "--data_dir", str(tmp_path), "--model", "toy"])
     assert exc.value.code == 2 and "gsm8k.jsonl" in capsys.readouterr().err   # names the expected file

@@ -60,3 +60,22 @@ def test_junit_results_become_json_and_the_summary_reads_them(tmp_path):
     text = gpu_check.summary([dict(stage="gpu-tests", status="FAIL (exit 1)", seconds=2.0,
                                    results=["gpu-tests-h200.json"])], str(tmp_path), "h200", 2.0)
     assert "1 passed, 1 failed, 1 skipped" in text and "test_bad" in text
+
+
+def test_root_is_the_source_checkout():
+    """The stages run from the checkout's root (setup.py, tests/, benches/), not from python_api/."""
+    for name in ("setup.py", "tests", os.path.join("benches", "bench_ops.py")):
+        assert os.path.exists(os.path.join(gpu_check.ROOT, name)), name
+
+
+def test_stage_figures_go_into_the_record(tmp_path):
+    rows = [{"setting": "bench", "sampler": "info_gain", "cache": "prefix", "fast_tok_s": 12.5, "nfe": 65,
+             "tokens_match": True}, {"sampler": "x", "note": "no figures"}]
+    (tmp_path / "e2e-llada2-mini-h200.json").write_text(json.dumps({"rows": rows}))
+    record = dict(stage="bench-e2e-llada2-mini", results=["e2e-llada2-mini-h200.json", "absent-h200.json"])
+    assert gpu_check.stage_figures(str(tmp_path), record) == [
+        {"result": "e2e-llada2-mini-h200.json", "label": "bench info_gain prefix", "fast_tok_s": 12.5, "nfe": 65}]
+    assert "fast_tok_s=12.5 nfe=65" in gpu_check.headline(str(tmp_path), record)
+    llada2 = next(s for s in gpu_check.STAGES if s.name == "bench-e2e-llada2-mini")
+    assert llada2.argv[llada2.argv.index("--random-weights") + 1] == "llada2-mini"
+    assert llada2.argv[llada2.argv.index("--cache") + 1] == "prefix"

@@ -14,8 +14,11 @@ Model sources (exactly one):
 
 * default: the toy model shipped with the package (``infogain.models.toy_model_path()``);
 * ``--model PATH``: any checkpoint directory :func:`infogain.models.load` reads;
-* ``--random-weights llada-8b|dream-7b|sdar-8b``: the full-size architecture with
-  random weights (speed only; bf16 on CUDA by default).
+* ``--random-weights llada-8b|dream-7b|sdar-8b|llada2-mini``: the full-size architecture with
+  random weights (speed only; bf16 on CUDA by default); ``--config KEY=VALUE,...`` overrides
+  integer fields of its config.json, e.g. for a CPU-sized model of the same architecture.
+  LLaDA2's ``rotary_dim`` follows an overridden ``head_dim`` (it is ``head_dim *
+  partial_rotary_factor``) unless it is overridden itself.
 
 Prompts are random token ids (special tokens excluded) of ``--prompt-length``
 drawn from ``--seed``, so every source is benchmarked the same way.
@@ -67,14 +70,16 @@ from .bench_timing import profiled, step_profile, timed
 from ._cliutil import HelpFormatter, check_output_file, format_table, option_type, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
-RANDOM_WEIGHT_PRESETS = ("llada-8b", "dream-7b", "sdar-8b")
+# Every preset of models.preset_config: llada-8b, dream-7b, sdar-8b, llada2-mini.
+RANDOM_WEIGHT_PRESETS = tuple(name for arch in models.hub.ARCHITECTURES for name in arch.PRESETS)
 
 # Per-source defaults: the toy model's context is 64 positions, the real
 # architectures are benchmarked at the issue's target shape.
 _TOY_DEFAULTS = {"prompt_length": 16, "gen_length": 32, "steps": 32, "block_length": 8}
 _FULL_DEFAULTS = {"prompt_length": 64, "gen_length": 256, "steps": 256, "block_length": 32}
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The source checkout: python_api/infogain/apps/<this file> is four levels below it.
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 _TABLE_COLUMNS = ["setting", "sampler", "cache", "fast_tok_s", "naive_tok_s", "speedup", "nfe", "naive_nfe",
                   "bypass_rate", "steps", "lookahead_steps", "lookahead_premium", "overhead", "tokens_match"]
 
@@ -114,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="KEY=VALUE,...", default=None,
                         help="with --random-weights: override integer fields of the preset's config.json, "
                              "e.g. d_model=512,n_layers=6 for a CPU-sized model of the same architecture")
+    parser.add_argument("--head-scale", type=float, default=1.0,
+                        help="with --random-weights: multiply the output head's random weights by this factor; "
+                             "a freshly initialised model predicts nearly uniform distributions, so at a large "
+                             "vocabulary the candidates' objectives can tie to within float rounding and the "
+                             "token comparison with the naive sampler would be decided by rounding noise; 8 "
+                             "gives peaked, well-separated predictions at the same cost per forward")
     parser.add_argument("--samplers", default="info_gain",
                         help="comma-separated sampler names (infogain.samplers.SAMPLERS); the naive "
                              "comparison exists for info_gain and lookum (default: info_gain)")
@@ -169,6 +180,10 @@ def parse_config_overrides(text: Optional[str]) -> Dict[str, int]:
 def _check_args(args) -> None:
     if args.config is not None and not args.random_weights:
         raise ValueError("--config only applies with --random-weights")
+    if args.head_scale != 1.0 and not args.random_weights:
+        raise ValueError("--head-scale only applies with --random-weights")
+    if not (args.head_scale > 0 and args.head_scale < float("inf")):
+        raise ValueError(f"--head-scale must be a finite number > 0, got {args.head_scale}")
     from ..samplers import CACHE_MODES
 
     for name in ("prompt_length", "gen_length", "steps", "block_length", "candidates", "batch_size", "repeats"):
@@ -191,6 +206,16 @@ def generate_options(args, shape: Dict[str, int]) -> Dict[str, object]:
             "threshold": args.threshold, "temperature": 0.0, "seed": args.seed}
 
 
+def _follow_head_dim(config: Dict[str, object], overrides: Dict[str, int]) -> None:
+    """A preset's ``rotary_dim`` that is derived from its head geometry (``head_dim *
+    partial_rotary_factor``, LLaDA2) follows shrunken heads, unless ``overrides`` set it: otherwise
+    the config would contradict itself."""
+    if "rotary_dim" in overrides or config.get("rotary_dim") is None or "partial_rotary_factor" not in config:
+        return
+    head_dim = config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"])
+    config["rotary_dim"] = int(int(head_dim) * config["partial_rotary_factor"])
+
+
 def _load_model(args, device: torch.device, dtype: torch.dtype):
     """Returns ``(model, tokenizer, source)``; ``source`` describes the model for the JSON record."""
 
@@ -202,8 +227,13 @@ def _load_model(args, device: torch.device, dtype: torch.dtype):
         if unknown:
             raise ValueError(f"--config: {unknown} are not fields of the {args.random_weights} config")
         config.update(overrides)
+        _follow_head_dim(config, overrides)
         model = models.build(config, dtype=dtype, device=device)
         source = f"random-weights:{args.random_weights}" + (f" ({args.config})" if overrides else "")
+        if args.head_scale != 1.0:
+            with torch.no_grad():
+                model.lm_head_weight.mul_(args.head_scale)
+            source += f", head weights x{args.head_scale:g}"
         return model, None, source
     if args.model:
         path, source = args.model, f"checkpoint:{args.model}"

@@ -13,14 +13,17 @@ all of them within one time budget (default 9 minutes), the stages of :data:`STA
 3. a correctness sweep of every Triton kernel against its torch reference at full vocabulary
    widths (126,464 and 152,064) and 1 / 8 / 256 / 4096 rows, in bf16, fp16 and fp32;
 4. the benchmarks, last, so that a timeout cuts them and nothing else: bench_ops, bench_kv, the
-   EIS and lm_head benches when present, the shared-cache lookahead of LLaDA-8B, and the end-to-end Info-Gain benchmark on a full-size
-   random-weight LLaDA-8B (prefix and dual cache, block 32, 8 candidates).
+   EIS and lm_head benches when present, the shared-cache lookahead of LLaDA-8B, the end-to-end Info-Gain benchmark on a full-size
+   random-weight LLaDA-8B (prefix and dual cache, block 32, 8 candidates), and Info-Gain decoding a
+   full-size random-weight LLaDA2.0-mini (16B-parameter MoE, bf16; its exact block-causal prefix
+   cache, block 32, 8 candidates, 64 tokens; tokens/s and NFE, without the naive baseline).
 
 Every result is JSON under one folder (default ``benches/results/``; each benchmark gets its
 ``--out``), named with the GPU
 (``ops-h200.json``, ``gpu-tests-h200.json``, ...), plus ``gpu-check-<gpu>.json`` (every stage's
 status, time and output tail) and ``gpu-check-<gpu>.txt``, the one-screen summary also printed at
-the end. Exit status: 0 when every stage passed, 1 when one failed or timed out, 2 when there is
+the end; each stage's record in ``gpu-check-<gpu>.json`` also holds the figures of its results
+(``figures``: tokens/s, NFE, speedups, bandwidths per row). Exit status: 0 when every stage passed, 1 when one failed or timed out, 2 when there is
 no CUDA device (nothing is run).
 
 Adding a stage is one line in :data:`STAGES`.
@@ -37,7 +40,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# The source checkout: python_api/infogain/apps/<this file> is four levels below it.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 DEFAULT_BUDGET_S = 9 * 60
 
 
@@ -83,6 +87,13 @@ STAGES = [
                                  "--cache", "prefix,dual", "--block-length", "32", "--candidates", "8",
                                  "--repeats", "1", "--out", "{out}/e2e-{gpu}.json"], 240,
           results=["e2e-{gpu}.json"]),
+    # LLaDA2.0-mini: 16B parameters (about 32 GB in bf16) with its routed experts; the fast path only
+    # (at random weights in bf16 a comparison of tokens with the naive sampler would hinge on ties).
+    Stage("bench-e2e-llada2-mini", ["{python}", "-m", "infogain", "bench", "--random-weights", "llada2-mini",
+                                    "--cache", "prefix", "--block-length", "32", "--candidates", "8",
+                                    "--gen-length", "64", "--steps", "64", "--repeats", "1", "--no-naive",
+                                    "--out", "{out}/e2e-llada2-mini-{gpu}.json"], 240,
+          results=["e2e-llada2-mini-{gpu}.json"]),
 ]
 
 
@@ -150,17 +161,48 @@ def run_stage(stage: Stage, *, python: str, out: str, gpu: str, timeout_s: float
     return record
 
 
+# Figures of a benchmark row worth a line in the summary: bandwidths, speedups, tokens/s, NFE.
+_FIGURE_MARKS = ("gbps", "gb_s", "of_peak", "speedup", "tok_s", "tokens_per_s")
+_FIGURE_KEYS = ("nfe",)
+_LABEL_KEYS = ("setting", "op", "impl", "sampler", "model", "variant", "cache", "shape", "rows")
+
+
+def row_figures(row: dict) -> Dict[str, object]:
+    """The headline figures of one benchmark row (``{key: value}``, possibly empty)."""
+    return {k: v for k, v in row.items() if k in _FIGURE_KEYS or any(t in k.lower() for t in _FIGURE_MARKS)}
+
+
+def stage_figures(out: str, record: dict) -> List[dict]:
+    """``[{"result", "label", figures...}]``: the figures of every row of the stage's benchmark results
+    (rows of ``{"rows": [...]}`` JSON files; other results give none)."""
+    figures = []
+    for name in record.get("results", []):
+        data = _read_result(os.path.join(out, name))
+        for row in (data or {}).get("rows", []):
+            found = row_figures(row)
+            if found:
+                label = " ".join(str(row[k]) for k in _LABEL_KEYS if k in row)
+                figures.append(dict(result=name, label=label, **found))
+    return figures
+
+
+def _read_result(path: str) -> Optional[dict]:
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def headline(out: str, record: dict) -> str:
     """A few words on what a stage's JSON says (for the summary)."""
     words = []
     for name in record.get("results", []):
-        path = os.path.join(out, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
+        data = _read_result(os.path.join(out, name))
+        if data is None:
             continue
         if "tests" in data:
             passed = data["tests"] - data["failures"] - data["errors"] - data["skipped"]
@@ -173,10 +215,8 @@ def headline(out: str, record: dict) -> str:
         elif "rows" in data:
             words.append(f"{len(data['rows'])} rows -> {name}")
             for row in data["rows"][:12]:
-                figures = {k: v for k, v in row.items()
-                           if any(t in k.lower() for t in ("gbps", "gb_s", "of_peak", "speedup", "tok_s", "tokens_per_s"))}
-                label = " ".join(str(row[k]) for k in ("op", "impl", "sampler", "model", "variant", "cache", "shape",
-                                                       "rows") if k in row)
+                figures = row_figures(row)
+                label = " ".join(str(row[k]) for k in _LABEL_KEYS if k in row)
                 if figures:
                     words.append("  " + label + " " + " ".join(
                         f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()))
@@ -378,6 +418,9 @@ def main(argv=None) -> int:
         left = args.budget - (time.perf_counter() - started)
         records.append(run_stage(stage, python=sys.executable, out=out, gpu=gpu,
                                  timeout_s=min(stage.timeout_s, left)))
+        figures = stage_figures(out, records[-1])
+        if figures:
+            records[-1]["figures"] = figures
         if stage.name == "build" and records[-1]["status"] != "ok":
             break   # nothing else can run against a broken build
     total = time.perf_counter() - started

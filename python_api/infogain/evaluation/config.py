@@ -20,7 +20,7 @@ from typing import Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 from infogain_kernels._validation import check_positive_int
 
 from ..models import DTYPES as MODEL_DTYPES
-from ..samplers import SAMPLERS, VARIANTS
+from ..samplers import MODEL_DECODERS, SAMPLERS, VARIANTS
 from ..samplers.options import GenerateOptions, field_types, option_types, parse_value
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -116,15 +116,17 @@ class EvalConfig:
         if self.task is not None and self.task not in EVAL_TASKS:
             raise ValueError(f"task: unknown {self.task!r}; choose from {sorted(EVAL_TASKS)}")
         self.sampler = SAMPLER_ALIASES.get(self.sampler, self.sampler)
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler: unknown {self.sampler!r}; choose from {list(SAMPLERS)} (or the standalone "
-                             f"mode names {sorted(SAMPLER_ALIASES)})")
+        if self.sampler not in SAMPLERS and self.sampler not in MODEL_DECODERS:
+            raise ValueError(f"sampler: unknown {self.sampler!r}; choose from {list(SAMPLERS) + list(MODEL_DECODERS)} "
+                             f"(or the standalone mode names {sorted(SAMPLER_ALIASES)})")
         if self.variant is not None and self.variant in VARIANTS and (
                 self.sampler not in ("info_gain", "lookum") or (self.sampler == "lookum" and self.variant != "lookum")):
             raise ValueError(f"variant={self.variant!r} applies to sampler info_gain only (sampler is "
                              f"{self.sampler!r})")
-        # The sampler options: generate's own checks, naming the key.
-        GenerateOptions(**self.generate_options()).validate()
+        # The sampler options: generate's own checks, naming the key. A model's own decoder (LLaDA2's,
+        # Fast-dLLM v2's) takes the options it knows and checks them when it is made for the model.
+        if self.sampler in SAMPLERS:
+            GenerateOptions(**self.generate_options()).validate()
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("threads", "batch_size", "code_memory_mb", "max_samples"):

@@ -123,8 +123,16 @@ def load_generator(config: Union[EvalConfig, Mapping[str, object]], *, local_ran
         transformers_logging.set_verbosity(verbosity)
     model.eval()
     dtype = next(model.parameters()).dtype
-    sampler = samplers.make_sampler(config.sampler, model, tokenizer)
     options = config.generate_options()
+    if config.sampler in samplers.MODEL_DECODERS:
+        # A model's own decoder: pass on the options it takes; it checks them here, before anything runs.
+        known = samplers.MODEL_DECODERS[config.sampler](model, tokenizer).option_names
+        options = {k: v for k, v in options.items() if k in known}
+        if options.get("cache") in ("prefix", "dual"):
+            del options["cache"]   # the package's "use a cache": the decoder's own default cache
+        sampler = samplers.make_sampler(config.sampler, model, tokenizer, **options)
+    else:
+        sampler = samplers.make_sampler(config.sampler, model, tokenizer)
     # chat_template means "when the tokenizer has one": base models and the toy model have none.
     options["chat"] = bool(options["chat"] and getattr(tokenizer, "chat_template", None))
     return Generator(model=model, tokenizer=tokenizer, sampler=sampler, options=options,

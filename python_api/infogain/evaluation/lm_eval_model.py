@@ -13,7 +13,7 @@ Model arguments (``--model_args key=value,...``):
 ``pretrained`` (required)
     Local checkpoint folder (``toy``: the shipped toy model; ``NAME``: ``./model/NAME``
     when it exists, as in eval and chat). A diffusion checkpoint (LLaDA / MMaDA, Dream,
-    SDAR / TraDo; :mod:`infogain.models`) runs a diffusion sampler; any other
+    SDAR / TraDo, LLaDA2.x; :mod:`infogain.models`) runs a diffusion sampler; any other
     transformers causal LM (safetensors, no remote code) runs the EIS sampler
     (:mod:`infogain.eis`).
 ``sampler``
@@ -32,7 +32,9 @@ Diffusion generation options
     ``eos_penalty``, ``stop_at_eos``, ``lookahead_eos_fill``, ``seed``, ...).
     ``gen_length`` defaults to the request's ``max_gen_toks`` (rounded up to a
     multiple of ``block_length``; a shorter generation makes ``block_length``
-    equal to it) and ``steps`` to ``gen_length`` (one token per step). The output
+    equal to it, except on LLaDA2.x, whose block length is its attention's and is
+    kept: the generation is rounded up to one block) and ``steps`` to
+    ``gen_length`` (one token per step). The output
     is always cut to ``max_gen_toks`` tokens, then at the first EOS, then at the
     first of the request's stop strings (``until``). A request's
     ``temperature`` / ``do_sample`` override the ``temperature`` argument.
@@ -64,7 +66,20 @@ starting from the fully masked continuation, the most confident masked
 position is committed with its argmax, one per forward, and the result is
 compared with the continuation; ``greedy_check=False`` skips those L forwards
 and reports False. ``loglikelihood_rolling`` scores the harness's rolling
-windows with the same estimators. SDAR's block-causal likelihood is refused.
+windows with the same estimators.
+
+Block-causal diffusion LMs whose blocks count from position 0 (LLaDA2.x): a
+block sees itself and the blocks before it, so ``log p(continuation |
+context)`` is the sum over the blocks the continuation covers of ``log
+p(its tokens in block b | everything before them)``; each term is the masked
+estimate above on the canvas that ends with block b, with only block b's
+continuation tokens masked (the earlier blocks clean, as the model decodes).
+The ``mc_num`` samples are shared out among the blocks (at least one each, so a
+continuation of one block gets all of them). The attention's block length is
+the ``block_length`` argument, else the model's own (32). ``is_greedy`` commits
+the most confident masked position of the first block that still has masks, as
+a block-wise decoder does. SDAR's block-causal likelihood (blocks counted from
+the generation's start) is refused.
 
 Data parallelism: under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` >
 1) the rank, world size and device come from ``accelerate.Accelerator``; the
@@ -410,7 +425,11 @@ class InfoGainLM(LM):
         """(gen_length, block_length, steps) of a request: gen_length defaults to ``max_gen_toks``,
         rounded up to a multiple of the block length (shortened to a shorter generation)."""
         gen_length = self.gen_length or max_gen_toks
-        block_length = min(self.options.get("block_length", GenerateOptions.block_length), gen_length)
+        if self._blocks_from_position:
+            # LLaDA2's block length is its attention's: a shorter generation is rounded up, the block kept.
+            block_length = self._attention_block_length()
+        else:
+            block_length = min(self.options.get("block_length", GenerateOptions.block_length), gen_length)
         gen_length = -(-gen_length // block_length) * block_length
         return gen_length, block_length, self.steps or gen_length
 
@@ -475,16 +494,51 @@ class InfoGainLM(LM):
         with torch.inference_mode():
             if not self.diffusion:
                 return self._causal_score(context_ids, continuation_ids)
-            if self.model.config.block_causal:
-                raise ValueError("loglikelihood is not implemented for block-causal diffusion models (SDAR); "
-                                 "use generate_until tasks")
+            if self.model.config.block_causal and not self._blocks_from_position:
+                raise ValueError("loglikelihood is not implemented for block-causal diffusion models whose blocks "
+                                 "count from the generation's start (SDAR); use generate_until tasks")
             generator = torch.Generator(device="cpu").manual_seed(_request_seed(self.seed, *seed_texts))
-            estimate = mc_loglikelihood(self._diffusion_logits, context_ids, continuation_ids,
-                                        self.model.config.mask_token_id, self.mc_num, self.mc_batch_size, generator)
+            mask_id = self.model.config.mask_token_id
+            if self._blocks_from_position:
+                estimate = self._blockwise_loglikelihood(context_ids, continuation_ids, generator)
+            else:
+                estimate = mc_loglikelihood(self._diffusion_logits, context_ids, continuation_ids, mask_id,
+                                            self.mc_num, self.mc_batch_size, generator)
             greedy = self.greedy_check and self._greedy_matches(context_ids, continuation_ids)
             return estimate, bool(greedy)
 
+    @property
+    def _blocks_from_position(self) -> bool:
+        """Whether the model is block-causal with blocks counted from position 0 (LLaDA2.x); False before
+        the model is loaded (the constructor's early option check)."""
+        config = getattr(getattr(self, "model", None), "config", None)
+        if config is None:
+            return False
+        return bool(getattr(config, "block_causal", False)) and getattr(config, "block_anchor", None) == "position"
+
+    def _attention_block_length(self) -> int:
+        """The block length of a LLaDA2-style model's attention: the ``block_length`` argument, else the
+        model's own, else generate's default."""
+        return int(self.options.get("block_length") or getattr(self.model.config, "block_length", None)
+                   or GenerateOptions.block_length)
+
+    def _blockwise_loglikelihood(self, context_ids: List[int], continuation_ids: List[int],
+                                 generator: torch.Generator) -> float:
+        """Sum over the blocks the continuation covers of the masked estimate of that block's tokens given
+        everything before them (see the module docstring); one canvas per block, ending with it."""
+        block = self._attention_block_length()
+        start, end = len(context_ids), len(context_ids) + len(continuation_ids)
+        # Block b of the continuation: canvas columns [max(start, b * block), min(end, (b + 1) * block)).
+        bounds = [(max(start, b * block), min(end, (b + 1) * block)) for b in range(start // block, -(-end // block))]
+        per_block = max(1, -(-self.mc_num // len(bounds)))
+        whole = list(context_ids) + list(continuation_ids)
+        return sum(mc_loglikelihood(self._diffusion_logits, whole[:lo], whole[lo:hi], self.model.config.mask_token_id,
+                                    per_block, self.mc_batch_size, generator)
+                   for lo, hi in bounds)
+
     def _diffusion_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._blocks_from_position:
+            return self.model(ids.to(self._device), block_length=self._attention_block_length()).float()
         return self.model(ids.to(self._device)).float()
 
     def _causal_score(self, context_ids, continuation_ids) -> Tuple[float, bool]:
@@ -500,12 +554,18 @@ class InfoGainLM(LM):
         mask_id = self.model.config.mask_token_id
         ids = torch.tensor([context_ids + [mask_id] * len(continuation_ids)])
         start = len(context_ids)
+        # Block-causal models (LLaDA2): only the first block that still has masks is decoded.
+        block = self._attention_block_length() if self._blocks_from_position else None
+        columns = torch.arange(start, start + len(continuation_ids))
         for _ in continuation_ids:
             logits = self._diffusion_logits(ids)[0, start:].cpu()
             logits[:, mask_id] = float("-inf")
             probs = torch.softmax(logits, dim=-1)
             confidence, tokens = probs.max(dim=-1)
-            confidence[ids[0, start:] != mask_id] = -1.0
+            masked = ids[0, start:] == mask_id
+            if block is not None:
+                masked &= columns // block == int(columns[masked][0]) // block
+            confidence[~masked] = -1.0
             position = int(confidence.argmax())
             ids[0, start + position] = tokens[position]
         return ids[0, start:].tolist() == list(continuation_ids)

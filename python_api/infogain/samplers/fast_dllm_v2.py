@@ -91,6 +91,11 @@ class FastDLLMv2Sampler:
         self.defaults.update(defaults)
         self._check(dict(self.defaults))
 
+    @property
+    def option_names(self) -> frozenset:
+        """The options :meth:`generate` takes (what a front end may pass on)."""
+        return frozenset(self.defaults)
+
     def _check(self, o: dict) -> dict:
         check_positive_int("gen_length", o["gen_length"])
         threshold = o["threshold"]

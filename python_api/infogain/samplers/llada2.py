@@ -287,6 +287,11 @@ class _BlockDecoder:
         _options(self.options_class, defaults)   # a bad default fails at construction
         self.defaults = dict(defaults)
 
+    @property
+    def option_names(self) -> frozenset:
+        """The options :meth:`generate` takes (what a front end may pass on)."""
+        return frozenset(f.name for f in fields(self.options_class))
+
     def _device(self) -> torch.device:
         try:
             return next(self.model.parameters()).device
