@@ -18,6 +18,7 @@ ALLOWED = {
     "infogain.tasks": {"infogain_kernels"},
     "infogain.samplers": {"infogain_kernels", "infogain._device", "infogain.stats", "infogain.models"},
     "infogain.eis": {"infogain_kernels"},
+    "infogain.compat": {"infogain_kernels"},
     "infogain.evaluation": {"infogain_kernels", "infogain._runtime", "infogain._device", "infogain.stats",
                             "infogain.models", "infogain.tasks", "infogain.samplers", "infogain.eis"},
 }
