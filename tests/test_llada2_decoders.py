@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from infogain import models
-from infogain.samplers.llada2 import (LLaDA2ThresholdSampler, LLaDA21EditSampler, extend_to_block_end,
-                                      filter_top_k_top_p, row_end, sample_tokens, transfer_schedule)
+from infogain.samplers.llada2 import LLaDA2ThresholdSampler, LLaDA21EditSampler
+from infogain.samplers.llada2_rules import (extend_to_block_end, filter_top_k_top_p, row_end, sample_tokens,
+                                            transfer_schedule)
 from infogain.samplers.prompts import build_block_aligned_canvas
 from tiny_checkpoints import MASK_ID, write_tiny_checkpoint
 
