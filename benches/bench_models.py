@@ -10,7 +10,8 @@ extra memory.
 
     python benches/bench_models.py --random-weights llada-8b      # CUDA, bf16, full size
     python benches/bench_models.py --random-weights llada2-mini   # LLaDA2.0-mini (16B MoE), CUDA, bf16
-    python benches/bench_models.py --small                        # all four, CPU-sized
+    python benches/bench_models.py --random-weights sdar-moe-30b-a3b fast-dllm-v2-7b   # SDAR-MoE, Fast-dLLM v2
+    python benches/bench_models.py --small                        # all six, CPU-sized
 
 Each row also scores the N candidates as the sampler's lookahead does, both ways, from the same
 window hidden states: "logits" (the ``[N, W, V]`` logits ``forward_window`` would return, then
@@ -21,7 +22,8 @@ measured with the vocabulary doubled, and the JSON holds the per-vocabulary-entr
 path's peak and the peak projected to the full model's vocabulary (at the small hidden size).
 
 All configurations of one run (each architecture's cache modes: dual and
-prefix, or SDAR's block_causal) are written to one results file.
+prefix, or the block-causal models' block_causal: SDAR, LLaDA2, SDAR-MoE,
+Fast-dLLM v2) are written to one results file.
 """
 from __future__ import annotations
 
@@ -37,14 +39,18 @@ from _common import (  # noqa: E402
     write_results)
 
 import infogain.models as models  # noqa: E402
+from infogain.models.cache import TransformerKVCache  # noqa: E402
 from infogain_kernels import lm_head_entropy, lookahead_objective  # noqa: E402
 
 
-ARCHITECTURES = ("llada-8b", "dream-7b", "sdar-8b", "llada2-mini")
-# LLaDA2's sparse MoE shrunk with it: 16 experts, 4 per token, in 4 groups of which 2 are kept (8 experts
-# eligible), one dense layer first and one shared expert, as in the full model.
-SMALL_MOE = dict(num_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2, moe_intermediate_size=128,
-                 first_k_dense_replace=1)
+ARCHITECTURES = ("llada-8b", "dream-7b", "sdar-8b", "llada2-mini", "sdar-moe-30b-a3b", "fast-dllm-v2-7b")
+# The sparse MoE models shrunk with them: 16 experts, 4 per token. LLaDA2 also keeps its grouped routing (4
+# groups of which 2 are kept: 8 experts eligible), one dense layer first and one shared expert, as in the
+# full model; SDAR-MoE (softmax over all experts, every layer sparse) needs nothing more.
+SMALL_MOE = dict(num_experts=16, num_experts_per_tok=4, moe_intermediate_size=128)
+SMALL_LLADA2_MOE = dict(n_group=4, topk_group=2, first_k_dense_replace=1)
+# Special ids inside the shrunken vocabulary (the mask is 4095), for the MoE presets and Fast-dLLM v2.
+SMALL_SPECIAL_IDS = dict(eos_token_id=4094, pad_token_id=4094)
 
 
 def small_config(name: str) -> dict:
@@ -61,18 +67,28 @@ def small_config(name: str) -> dict:
     if "head_dim" in config:
         config["head_dim"] = 32
     if "num_experts" in config:
-        config.update(SMALL_MOE, eos_token_id=4094, pad_token_id=4094)
+        config.update(SMALL_MOE)
+        if "n_group" in config:
+            config.update(SMALL_LLADA2_MOE)
+    if "num_experts" in config or "bd_size" in config:   # LLaDA2, SDAR-MoE, Fast-dLLM v2
+        config.update(SMALL_SPECIAL_IDS)
+        if config.get("bos_token_id") is not None:
+            config["bos_token_id"] = 4093
     if config.get("rotary_dim") is not None:   # LLaDA2: head_dim * partial_rotary_factor, kept consistent
         config["rotary_dim"] = int(config["head_dim"] * config["partial_rotary_factor"])
     return config
 
 
 def expand_cache(cache: models.KVCache, n: int) -> models.KVCache:
-    """The copying baseline: every layer's K/V repeated n times (contiguous)."""
+    """The copying baseline: every layer's K/V repeated n times (contiguous); a shift model's block
+    boundary states (Fast-dLLM v2, :class:`~infogain.models.cache.TransformerKVCache`) with them."""
     rep = lambda t: t.repeat_interleave(n, dim=0)  # noqa: E731
-    return models.KVCache(keys=[rep(k) for k in cache.keys], values=[rep(v) for v in cache.values],
-                          length=cache.length, token_ids=rep(cache.token_ids),
-                          attention_mask=rep(cache.attention_mask), mode=cache.mode)
+    copied = dict(keys=[rep(k) for k in cache.keys], values=[rep(v) for v in cache.values], length=cache.length,
+                  token_ids=rep(cache.token_ids), attention_mask=rep(cache.attention_mask), mode=cache.mode)
+    boundary = getattr(cache, "boundary", None)
+    if boundary:
+        return TransformerKVCache(**copied, boundary={p: rep(h) for p, h in boundary.items()})
+    return models.KVCache(**copied)
 
 
 def lookahead_scoring(model, windows, start, cache, mode, cache_rows, block: int):

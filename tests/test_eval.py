@@ -58,16 +58,29 @@ def same_outputs(a, b):
 def test_every_shipped_config_loads_and_covers_each_task_and_sampler():
     shipped = shipped_configs()
     tasks = ("gsm8k", "math500", "humaneval", "mbpp", "countdown", "sudoku", "toy_multiplication", "toy_sudoku")
-    # LLaDA2.x: Info-Gain, Fast-dLLM and the model's own threshold decoder on the four benchmarks.
-    llada2 = {f"{t}_llada2_{s}": s for t in ("gsm8k", "math500", "humaneval", "mbpp")
-              for s in ("info_gain", "fast_dllm")}
-    llada2.update({f"{t}_llada2_threshold": "llada2_threshold" for t in ("gsm8k", "math500", "humaneval", "mbpp")})
-    assert set(shipped) == {f"{t}_{s}" for t in tasks for s in ("info_gain", "confidence", "fast_dllm")} | set(llada2)
+    benchmarks = ("gsm8k", "math500", "humaneval", "mbpp")
+    # The other model families on the four benchmarks: {name part: (model alias, block_length, {config
+    # suffix: sampler})}. LLaDA2.x: Info-Gain, Fast-dLLM and its own threshold decoder (block 32, its own);
+    # SDAR-MoE: Info-Gain and Fast-dLLM at the Info-Gain paper's SDAR block 16; Fast-dLLM v2: Info-Gain at its
+    # bd_size 32 and its own decoder.
+    families = {"llada2": ("llada2", 32, {"info_gain": "info_gain", "fast_dllm": "fast_dllm",
+                                          "threshold": "llada2_threshold"}),
+                "sdar_moe": ("sdar_moe", 16, {"info_gain": "info_gain", "fast_dllm": "fast_dllm"}),
+                "fast_dllm_v2": ("fast_dllm_v2", 32, {"info_gain": "info_gain", "own": "fast_dllm_v2"})}
+    family_configs = {f"{t}_{family}_{suffix}": (family, sampler) for family, (_, _, samplers) in families.items()
+                      for suffix, sampler in samplers.items() for t in benchmarks}
+    assert set(shipped) == {f"{t}_{s}" for t in tasks for s in ("info_gain", "confidence", "fast_dllm")} | \
+        set(family_configs)
     for name in shipped:
         cfg = load_config(name)
-        if name in llada2:
-            assert cfg.sampler == llada2[name] and cfg.model == "llada2" and cfg.block_length == 32
-            assert name.startswith(cfg.task + "_llada2_") and cfg.output_dir == f"results/{name}"
+        if name in family_configs:
+            family, sampler = family_configs[name]
+            model, block_length, _ = families[family]
+            assert (cfg.sampler, cfg.model, cfg.block_length) == (sampler, model, block_length)
+            assert name.startswith(f"{cfg.task}_{family}_") and cfg.output_dir == f"results/{name}"
+            # Each family's own exact cache: the block-causal cache (prefix), Fast-dLLM v2's sub-block cache.
+            assert cfg.cache == ("sub_block" if sampler == "fast_dllm_v2" else "prefix") or sampler == "llada2_threshold"
+            assert cfg.sub_block_length == (8 if sampler == "fast_dllm_v2" else None)
             continue
         assert f"{cfg.task}_{cfg.sampler}" == name and cfg.output_dir == f"results/{name}"
 
@@ -101,7 +114,7 @@ def test_overrides_aliases_and_errors():
 def test_list_configs_and_cli_errors(capsys, tmp_path):
     eval_main("--list-configs")
     listed = capsys.readouterr().out.splitlines()
-    assert len(listed) == 36 and any(line.startswith("gsm8k_info_gain") for line in listed)
+    assert len(listed) == 52 and any(line.startswith("gsm8k_info_gain") for line in listed)
     with pytest.raises(SystemExit) as exc:
         cli.main(["eval", "--task", "gsm8k", "--data_dir", str(tmp_path), "--model", "toy"])
     assert exc.value.code == 2 and "gsm8k.jsonl" in capsys.readouterr().err   # names the expected file

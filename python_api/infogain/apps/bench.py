@@ -14,10 +14,13 @@ Model sources (exactly one):
 
 * default: the toy model shipped with the package (``infogain.models.toy_model_path()``);
 * ``--model PATH``: any checkpoint directory :func:`infogain.models.load` reads;
-* ``--random-weights llada-8b|dream-7b|sdar-8b|llada2-mini``: the full-size architecture with
-  random weights (speed only; bf16 on CUDA by default); ``--config KEY=VALUE,...`` overrides
-  integer fields of its config.json, e.g. for a CPU-sized model of the same architecture.
-  LLaDA2's ``rotary_dim`` follows an overridden ``head_dim`` (it is ``head_dim *
+* ``--random-weights PRESET`` (llada-8b, dream-7b, sdar-8b, llada2-mini, sdar-moe-30b-a3b,
+  fast-dllm-v2-7b: every preset of :func:`infogain.models.preset_config`): the full-size
+  architecture with random weights (speed only; bf16 on CUDA by default); ``--config
+  KEY=VALUE,...`` overrides integer fields of its config.json, e.g. for a CPU-sized model of the
+  same architecture (MoE fields included: ``num_experts``, ``num_experts_per_tok``, ...; Fast-dLLM
+  v2's block is ``bd_size``, which ``--block-length`` should equal, as its attention was trained
+  on it). LLaDA2's ``rotary_dim`` follows an overridden ``head_dim`` (it is ``head_dim *
   partial_rotary_factor``) unless it is overridden itself.
 
 Prompts are random token ids (special tokens excluded) of ``--prompt-length``
@@ -70,7 +73,8 @@ from .bench_timing import profiled, step_profile, timed
 from ._cliutil import HelpFormatter, check_output_file, format_table, option_type, parse_device, split_list
 
 FAST_AND_NAIVE_VARIANTS = {"info_gain": "info_gain", "lookum": "lookum"}
-# Every preset of models.preset_config: llada-8b, dream-7b, sdar-8b, llada2-mini.
+# Every preset of models.preset_config: llada-8b, dream-7b, sdar-8b, llada2-mini, sdar-moe-30b-a3b,
+# fast-dllm-v2-7b.
 RANDOM_WEIGHT_PRESETS = tuple(name for arch in models.hub.ARCHITECTURES for name in arch.PRESETS)
 
 # Per-source defaults: the toy model's context is 64 positions, the real

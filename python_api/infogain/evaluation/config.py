@@ -43,6 +43,9 @@ EVAL_OPTION_DEFAULTS = {"cache": "prefix"}
 # The lengths of a generation, fitted to the task and the model when left unset (fit_lengths).
 LENGTH_OPTIONS = ("gen_length", "block_length", "steps")
 _NOT_PLAIN_OPTIONS = ("seed", "chat", "variant", "lookahead_eos_fill", "fused_head")
+# Options that only some of the models' own decoders take (not GenerateOptions): null leaves the decoder's
+# default and keeps the key out of the config hash, so runs without it hash as they did before it existed.
+DECODER_OPTIONS = ("sub_block_length",)
 _G = GenerateOptions
 
 
@@ -64,6 +67,11 @@ class EvalConfig:
     ``sampler`` and the options of :meth:`~infogain.samplers.DiffusionSampler.generate`
     with generate's defaults, except ``cache`` (``prefix``, :data:`EVAL_OPTION_DEFAULTS`);
     ``variant`` and ``lookahead_eos_fill`` left null keep the sampler's defaults.
+    A model's own decoder (:data:`~infogain.samplers.MODEL_DECODERS`: ``llada2_threshold``,
+    ``llada21_edit``, ``fast_dllm_v2``) takes those of these keys it knows (and its own ``cache``
+    names, e.g. ``sub_block`` for ``fast_dllm_v2``), checked when it is made for the model;
+    ``sub_block_length`` (:data:`DECODER_OPTIONS`) is Fast-dLLM v2's decoding sub-block, for the
+    ``fast_dllm_v2`` decoder only (null: the checkpoint's ``small_block_size``, else 8).
     Run: ``seed`` (each problem's generator is seeded from it and the problem's
     id only), ``batch_size`` (problems per ``generate`` call; batches are formed
     before sharding, so results do not depend on the number of processes),
@@ -98,6 +106,7 @@ class EvalConfig:
     stop_at_eos: bool = _G.stop_at_eos
     lookahead_eos_fill: Optional[bool] = None
     gamma: float = _G.gamma
+    sub_block_length: Optional[int] = None
     seed: int = 0
     batch_size: int = 1
     output_dir: Optional[str] = None
@@ -126,7 +135,14 @@ class EvalConfig:
         # The sampler options: generate's own checks, naming the key. A model's own decoder (LLaDA2's,
         # Fast-dLLM v2's) takes the options it knows and checks them when it is made for the model.
         if self.sampler in SAMPLERS:
+            for name in DECODER_OPTIONS:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to the models' own decoders that take it (fast_dllm_v2), "
+                                     f"not to sampler {self.sampler!r}; leave it unset (null)")
             GenerateOptions(**self.generate_options()).validate()
+        for name in DECODER_OPTIONS:
+            if getattr(self, name) is not None:
+                check_positive_int(name, getattr(self, name))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("threads", "batch_size", "code_memory_mb", "max_samples"):
@@ -149,11 +165,12 @@ class EvalConfig:
         return self
 
     def generate_options(self) -> Dict[str, object]:
-        """Keyword arguments of ``DiffusionSampler.generate`` (seed excluded: it is per problem)."""
+        """Keyword arguments of ``DiffusionSampler.generate`` (seed excluded: it is per problem), plus the
+        :data:`DECODER_OPTIONS` that are set (only a model's own decoder takes them)."""
         options = {name: getattr(self, name) for name in option_types() if name not in _NOT_PLAIN_OPTIONS}
         options["chat"] = self.chat_template
         # None keys keep the sampler's own default (lookahead_eos_fill: the reference behaviour).
-        for name in ("variant", "lookahead_eos_fill"):
+        for name in ("variant", "lookahead_eos_fill") + DECODER_OPTIONS:
             if getattr(self, name) is not None:
                 options[name] = getattr(self, name)
         return options
@@ -284,7 +301,8 @@ def load_config(config: Optional[str] = None, overrides: Sequence[str] = ()) -> 
 
 def config_hash(cfg: EvalConfig, model_identity: str, task_digest: str) -> str:
     """What the results depend on: the hashed config keys, the model's identity and the task's source."""
-    keyed = {k: v for k, v in cfg.to_dict().items() if k not in NOT_HASHED and k != "model"}
+    keyed = {k: v for k, v in cfg.to_dict().items()
+             if k not in NOT_HASHED and k != "model" and not (k in DECODER_OPTIONS and v is None)}
     blob = json.dumps({"config": keyed, "model": model_identity, "task": task_digest}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

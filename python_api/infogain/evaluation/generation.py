@@ -16,7 +16,7 @@ from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from .config import EvalConfig
+from .config import DECODER_OPTIONS, EvalConfig
 
 
 def resolve_model_path(model: str) -> str:
@@ -127,6 +127,10 @@ def load_generator(config: Union[EvalConfig, Mapping[str, object]], *, local_ran
     if config.sampler in samplers.MODEL_DECODERS:
         # A model's own decoder: pass on the options it takes; it checks them here, before anything runs.
         known = samplers.MODEL_DECODERS[config.sampler](model, tokenizer).option_names
+        for name in DECODER_OPTIONS:
+            if name in options and name not in known:   # set on purpose (null leaves it out): say so
+                raise ValueError(f"{name} is not an option of the {config.sampler} decoder; its options: "
+                                 f"{sorted(known)}")
         options = {k: v for k, v in options.items() if k in known}
         if options.get("cache") in ("prefix", "dual"):
             del options["cache"]   # the package's "use a cache": the decoder's own default cache

@@ -13,7 +13,7 @@ Model arguments (``--model_args key=value,...``):
 ``pretrained`` (required)
     Local checkpoint folder (``toy``: the shipped toy model; ``NAME``: ``./model/NAME``
     when it exists, as in eval and chat). A diffusion checkpoint (LLaDA / MMaDA, Dream,
-    SDAR / TraDo, LLaDA2.x; :mod:`infogain.models`) runs a diffusion sampler; any other
+    SDAR / TraDo, LLaDA2.x, SDAR-MoE, Fast-dLLM v2; :mod:`infogain.models`) runs a diffusion sampler; any other
     transformers causal LM (safetensors, no remote code) runs the EIS sampler
     (:mod:`infogain.eis`).
 ``sampler``
@@ -32,8 +32,8 @@ Diffusion generation options
     ``eos_penalty``, ``stop_at_eos``, ``lookahead_eos_fill``, ``seed``, ...).
     ``gen_length`` defaults to the request's ``max_gen_toks`` (rounded up to a
     multiple of ``block_length``; a shorter generation makes ``block_length``
-    equal to it, except on LLaDA2.x, whose block length is its attention's and is
-    kept: the generation is rounded up to one block) and ``steps`` to
+    equal to it, except on LLaDA2.x and Fast-dLLM v2, whose block length is their
+    attention's and is kept: the generation is rounded up to one block) and ``steps`` to
     ``gen_length`` (one token per step). The output
     is always cut to ``max_gen_toks`` tokens, then at the first EOS, then at the
     first of the request's stop strings (``until``). A request's
@@ -68,18 +68,25 @@ compared with the continuation; ``greedy_check=False`` skips those L forwards
 and reports False. ``loglikelihood_rolling`` scores the harness's rolling
 windows with the same estimators.
 
-Block-causal diffusion LMs whose blocks count from position 0 (LLaDA2.x): a
-block sees itself and the blocks before it, so ``log p(continuation |
+Block-causal diffusion LMs whose blocks count from position 0 (LLaDA2.x,
+Fast-dLLM v2): a block sees itself and the blocks before it, so ``log p(continuation |
 context)`` is the sum over the blocks the continuation covers of ``log
 p(its tokens in block b | everything before them)``; each term is the masked
 estimate above on the canvas that ends with block b, with only block b's
 continuation tokens masked (the earlier blocks clean, as the model decodes).
 The ``mc_num`` samples are shared out among the blocks (at least one each, so a
 continuation of one block gets all of them). The attention's block length is
-the ``block_length`` argument, else the model's own (32). ``is_greedy`` commits
-the most confident masked position of the first block that still has masks, as
-a block-wise decoder does. SDAR's block-causal likelihood (blocks counted from
-the generation's start) is refused.
+the ``block_length`` argument, else the model's own (LLaDA2: 32; Fast-dLLM v2:
+its ``bd_size``, 32). Fast-dLLM v2's token shift is inside the model's logits
+(the logit of position i is its output at i - 1), so the same estimate holds: a
+masked token is predicted from the state before it, which sees its own block
+(masks included) and the clean earlier blocks; the first token of a block is
+predicted from the previous block's last state, which cannot see the block, so
+that term is autoregressive, as the model's own decoder picks that token.
+``is_greedy`` commits the most confident masked position of the first block that
+still has masks, as a block-wise decoder does. The block-causal likelihood of
+SDAR and SDAR-MoE (blocks counted from the generation's start, so a block's
+segments depend on where generation starts) is refused.
 
 Data parallelism: under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` >
 1) the rank, world size and device come from ``accelerate.Accelerator``; the
@@ -193,7 +200,7 @@ class InfoGainLM(LM):
         if diffusion == (sampler == "eis"):
             kind = "a diffusion LM checkpoint" if diffusion else "not a diffusion LM checkpoint (a causal LM)"
             raise ValueError(f"pretrained={pretrained!r} is {kind}: use sampler=eis for causal LMs and a "
-                             f"diffusion sampler ({', '.join(SAMPLERS)}) for LLaDA / Dream / SDAR")
+                             f"diffusion sampler ({', '.join(SAMPLERS)}) for the diffusion LMs of infogain.models")
         self.diffusion = diffusion
         self.sampler_name = sampler
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None or str(batch_size).startswith("auto") \
@@ -426,7 +433,7 @@ class InfoGainLM(LM):
         rounded up to a multiple of the block length (shortened to a shorter generation)."""
         gen_length = self.gen_length or max_gen_toks
         if self._blocks_from_position:
-            # LLaDA2's block length is its attention's: a shorter generation is rounded up, the block kept.
+            # LLaDA2's and Fast-dLLM v2's block length is their attention's: a shorter generation is rounded up.
             block_length = self._attention_block_length()
         else:
             block_length = min(self.options.get("block_length", GenerateOptions.block_length), gen_length)
@@ -495,8 +502,11 @@ class InfoGainLM(LM):
             if not self.diffusion:
                 return self._causal_score(context_ids, continuation_ids)
             if self.model.config.block_causal and not self._blocks_from_position:
-                raise ValueError("loglikelihood is not implemented for block-causal diffusion models whose blocks "
-                                 "count from the generation's start (SDAR); use generate_until tasks")
+                raise ValueError(f"loglikelihood is not implemented for block-causal diffusion models whose blocks "
+                                 f"count from the generation's start (SDAR, SDAR-MoE; this model: "
+                                 f"{self.model.config.arch}): a block's likelihood would depend on where the "
+                                 "generation starts, which a scored continuation does not fix; use generate_until "
+                                 "tasks")
             generator = torch.Generator(device="cpu").manual_seed(_request_seed(self.seed, *seed_texts))
             mask_id = self.model.config.mask_token_id
             if self._blocks_from_position:
@@ -517,8 +527,8 @@ class InfoGainLM(LM):
         return bool(getattr(config, "block_causal", False)) and getattr(config, "block_anchor", None) == "position"
 
     def _attention_block_length(self) -> int:
-        """The block length of a LLaDA2-style model's attention: the ``block_length`` argument, else the
-        model's own, else generate's default."""
+        """The block length of a model whose blocks count from position 0 (LLaDA2, Fast-dLLM v2): the
+        ``block_length`` argument, else the model's own, else generate's default."""
         return int(self.options.get("block_length") or getattr(self.model.config, "block_length", None)
                    or GenerateOptions.block_length)
 
