@@ -35,7 +35,6 @@ first row only).
 """
 from __future__ import annotations
 
-import time
 from typing import Optional
 
 import torch
@@ -43,7 +42,7 @@ import torch
 from infogain_kernels._validation import check_bool, check_int, check_positive_int, check_temperature, check_top_p
 
 from ..stats import KIND_BYPASS, KIND_HEURISTIC, KIND_NONE, StatsRecorder
-from .options import GenerationResult
+from .options import GenerationResult, generate_timed
 from .prompts import (build_block_aligned_canvas, build_canvas, config_value, decode_texts, encode_prompts,
                       generated_tokens)
 from .step import fill_after_eos
@@ -127,14 +126,7 @@ class FastDLLMv2Sampler:
         unknown = set(options) - set(self.defaults)
         if unknown:
             raise TypeError(f"unknown option(s) {sorted(unknown)}; options: {sorted(self.defaults)}")
-        o = self._check({**self.defaults, **options})
-        started = time.perf_counter()
-        with torch.inference_mode():
-            result = self._generate(prompts, o)
-        for name in ("sequences", "canvas", "attention_mask"):
-            setattr(result, name, getattr(result, name).clone())
-        result.stats.wall_time_s = time.perf_counter() - started
-        return result
+        return generate_timed(self._generate, prompts, self._check({**self.defaults, **options}))
 
     # ------------------------------------------------------------------ the loop
 

@@ -37,7 +37,6 @@ be broken at other positions than ``torch.topk`` with a smaller ``k`` would.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import fields
 from typing import List, Optional, Tuple
 
@@ -50,7 +49,7 @@ from ..stats import KIND_BYPASS, KIND_HEURISTIC, KIND_NONE, StatsRecorder
 from .llada2_rules import (LLaDA21EditOptions, LLaDA2ThresholdOptions, _DecodeOptions, _options,
                            extend_to_block_end, row_end, sample_tokens, transfer_schedule, unmask_choice)
 from .model_calls import ModelCalls
-from .options import GenerationResult
+from .options import GenerationResult, generate_timed
 from .prompts import (build_block_aligned_canvas, build_canvas, config_value, decode_texts, encode_prompts,
                       generated_tokens)
 from .step import fill_after_eos
@@ -112,15 +111,7 @@ class _BlockDecoder:
             return torch.device("cpu")
 
     def generate(self, prompts, **options) -> GenerationResult:
-        opts = _options(self.options_class, {**self.defaults, **options})
-        started = time.perf_counter()
-        with torch.inference_mode():
-            result = self._generate(prompts, opts)
-        # Inference-mode tensors cannot enter autograd later; hand back ordinary copies.
-        for name in ("sequences", "canvas", "attention_mask"):
-            setattr(result, name, getattr(result, name).clone())
-        result.stats.wall_time_s = time.perf_counter() - started
-        return result
+        return generate_timed(self._generate, prompts, _options(self.options_class, {**self.defaults, **options}))
 
     def _generate(self, prompts, opts) -> GenerationResult:
         rows = encode_prompts(prompts, opts.chat, self.tokenizer, self.mask_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import typing
 from dataclasses import dataclass, fields
 from typing import Callable, Dict, List, Mapping, Optional, Tuple
@@ -119,6 +120,23 @@ TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 # Spellings of "no value" for a nullable field (a text field takes only "null": "none" is a word).
 NULL_WORDS = ("null", "none")
+
+
+def generate_timed(decode: Callable, prompts, options) -> GenerationResult:
+    """``decode(prompts, options)`` under ``torch.inference_mode``, timed: every sampler's ``generate``.
+
+    Inference-mode tensors cannot enter autograd later (e.g. scoring the generations with the model
+    outside no_grad), so the result's tensors are handed back as ordinary copies (a few KB), and
+    ``stats.wall_time_s`` is the whole call."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        result = decode(prompts, options)
+    for name in ("sequences", "canvas", "attention_mask"):
+        value = getattr(result, name)
+        if isinstance(value, torch.Tensor):
+            setattr(result, name, value.clone())
+    result.stats.wall_time_s = time.perf_counter() - started
+    return result
 
 
 def field_types(cls) -> Dict[str, Tuple[type, bool]]:

@@ -12,13 +12,12 @@ encoding, canvas, texts), :mod:`.run` (the driver: run state and block loop), :m
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Optional
 
 import torch
 
 from .model_calls import supports_cache
-from .options import GenerateOptions, GenerationResult
+from .options import GenerateOptions, GenerationResult, generate_timed
 from .prompts import (build_block_aligned_canvas, build_canvas, config_value, decode_texts, encode_prompts,
                       generated_tokens)
 from .run import _Run
@@ -205,18 +204,7 @@ class DiffusionSampler:
         n >= 1 ranks positions by the confidence of its own tokens; the EOS fill
         also runs before the lookahead; no Dream-style block-entry commit.
         """
-        opts = GenerateOptions(**{**self.defaults, **options}).validate()
-        started = time.perf_counter()
-        with torch.inference_mode():
-            result = self._generate(prompts, opts)
-        # Inference-mode tensors cannot enter autograd (e.g. scoring the generations with the
-        # model outside no_grad); hand back ordinary copies (a few KB).
-        for name in ("sequences", "canvas", "attention_mask"):
-            value = getattr(result, name)
-            if isinstance(value, torch.Tensor):
-                setattr(result, name, value.clone())
-        result.stats.wall_time_s = time.perf_counter() - started
-        return result
+        return generate_timed(self._generate, prompts, GenerateOptions(**{**self.defaults, **options}).validate())
 
     def _device(self) -> torch.device:
         try:
