@@ -24,6 +24,10 @@ def test_stages_are_data_and_name_their_results():
     assert names[0] == "build" and len(set(names)) == len(names)
     benches = [i for i, n in enumerate(names) if n.startswith("bench")]
     assert benches and benches == list(range(benches[0], len(names))), "benchmarks must run last"
+    # The compat drop-ins' bench runs right after the lm_head bench, when the checkout has it.
+    assert names.index("bench-compat") == names.index("bench-lm-head") + 1
+    compat = gpu_check.STAGES[names.index("bench-compat")]
+    assert compat.requires == "benches/bench_compat.py" and compat.results == ["compat-{gpu}.json"]
     for stage in gpu_check.STAGES:
         for name in stage.results:
             assert "{gpu}" in name and name.endswith(".json"), (stage.name, name)

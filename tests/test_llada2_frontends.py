@@ -7,7 +7,6 @@ import importlib.util
 import io
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -15,9 +14,8 @@ import torch
 from infogain import models
 from infogain.apps import bench, chat, cli
 from infogain.evaluation import load_config, shipped_configs
-from infogain.models import toy_model_path
 from infogain.samplers import make_sampler
-from tiny_checkpoints import TOY_CHAT_TEMPLATE, write_tiny_checkpoint
+from tiny_checkpoints import tiny_with_toy_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GEN = dict(gen_length=8, steps=8, block_length=8, seed=0)
@@ -27,25 +25,9 @@ SMALL = ("hidden_size=64,intermediate_size=96,num_hidden_layers=2,num_attention_
          "vocab_size=512,mask_token_id=511,eos_token_id=510,pad_token_id=510")
 
 
-def _with_toy_tokenizer(path) -> str:
-    """A tiny LLaDA2 checkpoint over the toy model's 24-entry vocabulary and its tokenizer, with a chat
-    template (BOS, then the messages' text)."""
-    path = write_tiny_checkpoint("llada2", path, seed=1, vocab_size=24, mask_token_id=3, eos_token_id=1,
-                                 pad_token_id=0, max_position_embeddings=64)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(os.path.join(toy_model_path(), name), path)
-    config_path = os.path.join(path, "tokenizer_config.json")
-    with open(config_path) as f:
-        config = json.load(f)
-    config["chat_template"] = TOY_CHAT_TEMPLATE
-    with open(config_path, "w") as f:
-        json.dump(config, f)
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return _with_toy_tokenizer(tmp_path_factory.mktemp("llada2") / "model" / "llada2")
+    return tiny_with_toy_tokenizer("llada2", tmp_path_factory.mktemp("llada2") / "model" / "llada2")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from infogain import models
 from infogain.apps import bench, chat, cli
 from infogain.evaluation import load_config, load_generator, shipped_configs
 from infogain.samplers import make_sampler
-from tiny_checkpoints import toy_with_chat_template, write_tiny_checkpoint
+from tiny_checkpoints import tiny_with_toy_tokenizer, write_tiny_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ("sdar_moe", "fast_dllm_v2")
@@ -35,22 +35,11 @@ SMALL = {
 }
 
 
-def _with_toy_tokenizer(family, path) -> str:
-    """A tiny checkpoint of ``family`` over the toy model's 24-entry vocabulary (mask 3, EOS 1, pad 0, BOS 2)
-    with its tokenizer and a chat template (BOS, then the messages' text): the toy checkpoint with that
-    template, its config.json and weights then replaced by the family's."""
-    toy_with_chat_template(path)
-    ids = dict(vocab_size=24, mask_token_id=3, eos_token_id=1, pad_token_id=0, max_position_embeddings=64)
-    if family == "fast_dllm_v2":
-        ids["bos_token_id"] = 2
-    return write_tiny_checkpoint(family, path, seed=1, **ids)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     """family -> checkpoint folder; all live in one ``model`` folder (the ``--model NAME`` alias)."""
     root = tmp_path_factory.mktemp("families") / "model"
-    return {family: _with_toy_tokenizer(family, root / family) for family in FAMILIES}
+    return {family: tiny_with_toy_tokenizer(family, root / family) for family in FAMILIES}
 
 
 @pytest.fixture(scope="module")

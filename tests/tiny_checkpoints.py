@@ -223,3 +223,14 @@ def toy_with_chat_template(path) -> str:
     with open(config_path, "w") as f:
         json.dump(config, f, indent=2)
     return str(path)
+
+
+def tiny_with_toy_tokenizer(arch: str, path) -> str:
+    """A tiny checkpoint of ``arch`` over the toy model's 24-entry vocabulary (mask 3, EOS 1, pad 0, BOS 2)
+    with its tokenizer and a chat template (BOS, then the messages' text): the toy checkpoint with that
+    template (:func:`toy_with_chat_template`), its config.json and weights then replaced by ``arch``'s."""
+    toy_with_chat_template(path)
+    ids = dict(vocab_size=24, mask_token_id=3, eos_token_id=1, pad_token_id=0, max_position_embeddings=64)
+    if arch == "fast_dllm_v2":
+        ids["bos_token_id"] = 2
+    return write_tiny_checkpoint(arch, path, seed=1, **ids)

@@ -17,6 +17,13 @@ Every option of the sampler's ``generate`` is a flag (``--gen-length``,
 ``--threshold``, ``--candidate-number``, ``--variant``, ``--seed``, ...);
 unset flags keep ``generate``'s defaults, except that a default ``gen_length``
 the model cannot hold with a prompt becomes half its positions.
+
+``--sampler`` may also name a model's own decoder (``llada2_threshold``,
+``llada21_edit``, ``fast_dllm_v2``; :data:`infogain.samplers.MODEL_DECODERS`): it
+takes those of the flags it knows (``--threshold``, ``--steps``, ``--gen-length``,
+``--temperature``, ``--seed``, ``--cache`` for ``fast_dllm_v2``, ...) with its own
+defaults for the rest, and a flag it does not take (``--candidate-number``, ...) is
+an error naming it. A decoder does not stream: its answer is printed when it is done.
 """
 from __future__ import annotations
 
@@ -32,12 +39,13 @@ from ..samplers.options import option_types
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    from ..samplers import SAMPLERS
+    from ..samplers import MODEL_DECODERS, SAMPLERS
 
     parser = argparse.ArgumentParser(prog="infogain chat", description=__doc__.split("\n\n")[1].replace("\n", " "))
     parser.add_argument("--model", required=True,
                         help="checkpoint folder (LLaDA / Dream / SDAR, with tokenizer); toy = the shipped toy model")
-    parser.add_argument("--sampler", default="info_gain", choices=SAMPLERS, help="sampler name")
+    parser.add_argument("--sampler", default="info_gain", choices=SAMPLERS + tuple(MODEL_DECODERS),
+                        help="sampler name, or a model's own decoder (no streaming; its own defaults)")
     parser.add_argument("--no-chat-template", action="store_true",
                         help="send the plain transcript instead of the tokenizer's chat template")
     parser.add_argument("--system", default=None, help="system message (chat template only)")
@@ -55,8 +63,56 @@ def generate_options(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in option_types() if getattr(args, name) is not None}
 
 
+def _is_decoder(sampler) -> bool:
+    """Whether ``sampler`` is a model's own decoder (:data:`infogain.samplers.MODEL_DECODERS`)."""
+    from ..samplers import MODEL_DECODERS
+
+    return isinstance(sampler, tuple(MODEL_DECODERS.values()))
+
+
+def _decoder_setting(sampler, options: dict, name: str):
+    """The value a model's own decoder uses for option ``name``: the one in ``options``, else its default
+    (None: it has no such option)."""
+    if name in options:
+        return options[name]
+    if name in sampler.defaults:
+        return sampler.defaults[name]
+    return getattr(getattr(sampler, "options_class", None), name, None)
+
+
+def _decoder_block(sampler, options: dict) -> int:
+    """The block length whose whole blocks make a decoder's canvas (Fast-dLLM v2: the model's; LLaDA2's
+    decoders: their ``block_length`` option)."""
+    return getattr(sampler, "block_length", None) or _decoder_setting(sampler, options, "block_length") or 1
+
+
+def decoder_options(sampler, options: dict) -> dict:
+    """``options`` (the flags set) for a model's own decoder ``sampler``: a flag it does not take is a
+    ValueError naming it; an unset ``gen_length`` is the decoder's default, or half the model's positions
+    when that default leaves no room for a prompt (as for the other samplers); a ``gen_length`` that
+    leaves none is refused."""
+    unknown = sorted(set(options) - set(sampler.option_names))
+    if unknown:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        raise ValueError(f"{flags} ({', '.join(unknown)}): not an option of the {sampler.name} decoder; its "
+                         f"options: {', '.join(sorted(set(option_types()) & set(sampler.option_names)))}")
+    options = dict(options)
+    limit = sampler.max_positions
+    if limit is None:
+        return options
+    if "gen_length" not in options:
+        default = _decoder_setting(sampler, options, "gen_length")
+        options["gen_length"] = default if default <= limit // 2 else max(1, limit // 2)
+    block = _decoder_block(sampler, options)
+    if limit // block * block - options["gen_length"] < 1:
+        raise ValueError(f"gen_length ({options['gen_length']}) leaves no room for a prompt in the model's {limit} "
+                         f"positions (the {sampler.name} decoder's canvas is whole blocks of {block})")
+    return options
+
+
 class _BlockPrinter:
-    """``on_block`` callback: prints the answer's new text after each decoded block."""
+    """``on_block`` callback: prints the answer's new text after each decoded block (for a sampler without
+    ``on_block``, only :meth:`finish` is called: the whole answer at once)."""
 
     def __init__(self, tokenizer, mask_id: int, eos_id: Optional[int], out: TextIO):
         self.tokenizer, self.mask_id, self.eos_id, self.out = tokenizer, mask_id, eos_id, out
@@ -83,7 +139,8 @@ class _BlockPrinter:
 
 
 class ChatSession:
-    """A conversation with one sampler: ``reply(message)`` returns the answer, printed block by block."""
+    """A conversation with one sampler: ``reply(message)`` returns the answer, printed block by block (a
+    model's own decoder: printed when it is done)."""
 
     def __init__(self, sampler, *, use_template: bool, system: Optional[str], options: dict, out: TextIO):
         tokenizer = sampler.tokenizer
@@ -119,8 +176,15 @@ class ChatSession:
         ids = self._prompt_ids()
         from ..samplers import GenerateOptions
 
-        gen_length = GenerateOptions(**{**self.sampler.defaults, **self.options}).gen_length
+        decoder = _is_decoder(self.sampler)
+        if decoder:
+            gen_length = _decoder_setting(self.sampler, self.options, "gen_length")
+        else:
+            gen_length = GenerateOptions(**{**self.sampler.defaults, **self.options}).gen_length
         limit = self.sampler.max_positions
+        if limit is not None and decoder:   # the decoders' canvas is whole blocks
+            block = _decoder_block(self.sampler, self.options)
+            limit = limit // block * block
         if limit is not None and len(ids) + gen_length > limit:
             room = limit - gen_length
             if room < 1:
@@ -130,7 +194,8 @@ class ChatSession:
             keep = ids[:1] if ids[0] == self.tokenizer.bos_token_id and room > 1 else []
             ids = keep + ids[len(ids) - (room - len(keep)):]
         printer = _BlockPrinter(self.tokenizer, self.sampler.mask_id, self.sampler.eos_id, self.out)
-        result = self.sampler.generate([ids], **self.options, on_block=printer)
+        streaming = {} if decoder else {"on_block": printer}
+        result = self.sampler.generate([ids], **self.options, **streaming)
         answer = result.texts[0]
         printer.finish(answer)
         self.messages.append({"role": "assistant", "content": answer})
@@ -148,14 +213,16 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
     from ._cliutil import parse_device
     from ..evaluation import load_generator
     from ..evaluation.config import fit_lengths
-    from ..samplers import GenerateOptions
+    from ..samplers import MODEL_DECODERS, GenerateOptions, make_sampler
 
+    decoder = args.sampler in MODEL_DECODERS
     try:
         device = parse_device("--device", args.device)
-        # Options that are wrong whatever the model is are refused before it loads.
-        early = {**vars(GenerateOptions()), **options}
-        early.update(fit_lengths(early, options))
-        GenerateOptions(**early).validate()
+        if not decoder:   # a decoder's options are its own: checked once it is made for the model
+            # Options that are wrong whatever the model is are refused before it loads.
+            early = {**vars(GenerateOptions()), **options}
+            early.update(fit_lengths(early, options))
+            GenerateOptions(**early).validate()
         try:
             # No --dtype: the checkpoint's own dtype.
             loaded = load_generator({"model": args.model, "sampler": args.sampler, "device": str(device),
@@ -167,9 +234,15 @@ def main(argv: Optional[List[str]] = None, stdin: Optional[TextIO] = None, stdou
         # Lengths left unset fit the model (the toy model has 64 positions, generate's default is 256);
         # set ones it cannot hold are refused now, not at the first message.
         sampler = loaded.sampler
-        defaults = vars(GenerateOptions(**{**sampler.defaults, **options}))
-        options.update(fit_lengths(defaults, options, max_positions=sampler.max_positions))
-        GenerateOptions(**options).validate()
+        if decoder:
+            # load_generator made the decoder for this model (a model it does not fit is refused there, in its
+            # words) with eval's defaults; chat's is made with the decoder's own and the flags, checked by it.
+            options = decoder_options(sampler, options)
+            sampler = make_sampler(args.sampler, loaded.model, loaded.tokenizer, **options)
+        else:
+            defaults = vars(GenerateOptions(**{**sampler.defaults, **options}))
+            options.update(fit_lengths(defaults, options, max_positions=sampler.max_positions))
+            GenerateOptions(**options).validate()
         session = ChatSession(sampler, use_template=not args.no_chat_template, system=args.system,
                               options=options, out=stdout)
     except (ValueError, TypeError) as exc:

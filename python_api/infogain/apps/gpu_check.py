@@ -13,8 +13,9 @@ all of them within one time budget (default 9 minutes), the stages of :data:`STA
 3. a correctness sweep of every Triton kernel against its torch reference at full vocabulary
    widths (126,464 and 152,064) and 1 / 8 / 256 / 4096 rows, in bf16, fp16 and fp32;
 4. the benchmarks, last, so that a timeout cuts them and nothing else: bench_ops, bench_kv, the
-   EIS and lm_head benches when present, the shared-cache lookahead of LLaDA-8B, the end-to-end Info-Gain benchmark on a full-size
-   random-weight LLaDA-8B (prefix and dual cache, block 32, 8 candidates), and Info-Gain decoding a
+   EIS and lm_head benches when present, the compat drop-ins (:mod:`infogain.compat`, bench_compat)
+   against the formulations they replace, the shared-cache lookahead of LLaDA-8B, the end-to-end
+   Info-Gain benchmark on a full-size random-weight LLaDA-8B (prefix and dual cache, block 32, 8 candidates), and Info-Gain decoding a
    full-size random-weight LLaDA2.0-mini (16B-parameter MoE, bf16; its exact block-causal prefix
    cache, block 32, 8 candidates, 64 tokens; tokens/s and NFE, without the naive baseline).
 
@@ -80,6 +81,8 @@ STAGES = [
           results=["nucleus-{gpu}.json"], requires="benches/bench_nucleus.py"),
     Stage("bench-lm-head", ["{python}", "benches/bench_lm_head.py", "--out", "{out}/lm_head-{gpu}.json"], 60,
           results=["lm_head-{gpu}.json"], requires="benches/bench_lm_head.py"),
+    Stage("bench-compat", ["{python}", "benches/bench_compat.py", "--out", "{out}/compat-{gpu}.json"], 60,
+          results=["compat-{gpu}.json"], requires="benches/bench_compat.py"),
     Stage("bench-models-llada-8b", ["{python}", "benches/bench_models.py", "--random-weights", "llada-8b",
                                     "--repeats", "3", "--out", "{out}/models-{gpu}.json"], 90,
           results=["models-{gpu}.json"], requires="benches/bench_models.py"),

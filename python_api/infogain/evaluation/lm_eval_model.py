@@ -17,8 +17,10 @@ Model arguments (``--model_args key=value,...``):
     transformers causal LM (safetensors, no remote code) runs the EIS sampler
     (:mod:`infogain.eis`).
 ``sampler``
-    One of :data:`infogain.samplers.SAMPLERS` or ``eis``; default ``info_gain``
-    for diffusion checkpoints and ``eis`` for causal LMs.
+    One of :data:`infogain.samplers.SAMPLERS`, a model's own decoder
+    (:data:`infogain.samplers.MODEL_DECODERS`: ``llada2_threshold``, ``llada21_edit``,
+    ``fast_dllm_v2``) or ``eis``; default ``info_gain`` for diffusion checkpoints and
+    ``eis`` for causal LMs.
 ``device``, ``dtype``, ``batch_size``
     Torch device (default: CUDA when available; under ``accelerate launch`` the
     process's device; a CUDA device without CUDA is an error), ``auto`` / ``float32`` / ``bfloat16`` / ``float16``
@@ -38,6 +40,14 @@ Diffusion generation options
     is always cut to ``max_gen_toks`` tokens, then at the first EOS, then at the
     first of the request's stop strings (``until``). A request's
     ``temperature`` / ``do_sample`` override the ``temperature`` argument.
+A model's own decoder's options
+    Its own (``option_names``; e.g. ``steps``, ``minimal_topk``, ``top_k`` for
+    ``llada2_threshold``, ``sub_block_length``, ``cache=none|block|sub_block`` for
+    ``fast_dllm_v2``) with its defaults, typed by :func:`decoder_option_types`; one it
+    does not take (``candidate_number``, ...) is an error naming it. Checked when the
+    decoder is made for the model (a model it does not fit is refused in its own words),
+    before the first request. ``gen_length`` defaults to ``max_gen_toks`` (any length);
+    ``steps`` / ``block_length`` keep the decoder's defaults unless given.
 EIS options
     ``lookahead_steps``, ``discount_factor``, ``top_k``, ``top_p``,
     ``rollout_mode``, ``use_cache``, ``temperature`` (see
@@ -53,40 +63,13 @@ Log-likelihood options
     Prepend the tokenizer's BOS token when its encoding does not (default False).
     Chat-templated prompts never get one added: the template holds it.
 
-Log-likelihood. Causal LMs: exact, ``log p(continuation | context)`` from one
-forward. Diffusion LMs: the Monte-Carlo masked estimator of LLaDA's evaluation
-(a lower bound of the log-likelihood): for each of ``mc_num`` samples a number
-``l`` of continuation tokens (uniform in 1..L for a continuation of L tokens,
-stratified over the samples) is masked at random, and the sample's value is
-``L / l`` times the summed log-probabilities of the masked tokens given the
-context and the visible tokens; the estimate is the mean over samples. Each
-request's randomness is seeded from ``seed`` and the request's text, so the
-estimate does not depend on batching or sharding. ``is_greedy`` (diffusion):
-starting from the fully masked continuation, the most confident masked
-position is committed with its argmax, one per forward, and the result is
-compared with the continuation; ``greedy_check=False`` skips those L forwards
-and reports False. ``loglikelihood_rolling`` scores the harness's rolling
-windows with the same estimators.
-
-Block-causal diffusion LMs whose blocks count from position 0 (LLaDA2.x,
-Fast-dLLM v2): a block sees itself and the blocks before it, so ``log p(continuation |
-context)`` is the sum over the blocks the continuation covers of ``log
-p(its tokens in block b | everything before them)``; each term is the masked
-estimate above on the canvas that ends with block b, with only block b's
-continuation tokens masked (the earlier blocks clean, as the model decodes).
-The ``mc_num`` samples are shared out among the blocks (at least one each, so a
-continuation of one block gets all of them). The attention's block length is
-the ``block_length`` argument, else the model's own (LLaDA2: 32; Fast-dLLM v2:
-its ``bd_size``, 32). Fast-dLLM v2's token shift is inside the model's logits
-(the logit of position i is its output at i - 1), so the same estimate holds: a
-masked token is predicted from the state before it, which sees its own block
-(masks included) and the clean earlier blocks; the first token of a block is
-predicted from the previous block's last state, which cannot see the block, so
-that term is autoregressive, as the model's own decoder picks that token.
-``is_greedy`` commits the most confident masked position of the first block that
-still has masks, as a block-wise decoder does. The block-causal likelihood of
-SDAR and SDAR-MoE (blocks counted from the generation's start, so a block's
-segments depend on where generation starts) is refused.
+Log-likelihood (:mod:`infogain.evaluation.likelihood`, whatever the sampler): exact for causal LMs;
+for diffusion LMs LLaDA's Monte-Carlo masked estimator (each request seeded from ``seed`` and its text)
+and ``is_greedy`` from confidence-first greedy unmasking (``greedy_check=False``: False, no forwards);
+``loglikelihood_rolling`` scores the rolling windows with them. LLaDA2.x and Fast-dLLM v2 (blocks
+counted from position 0; the ``block_length`` argument, else the model's): block by block, each
+block's estimate given everything before it. SDAR and SDAR-MoE (blocks counted from the generation's
+start) are refused.
 
 Data parallelism: under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` >
 1) the rank, world size and device come from ``accelerate.Accelerator``; the
@@ -98,7 +81,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -109,25 +91,14 @@ from infogain_kernels._validation import check_positive_int
 
 from .. import models
 from .._runtime import threads as _threads
-from .likelihood import mc_loglikelihood
-from ..samplers import SAMPLERS, GenerateOptions
-from ..samplers.options import option_types, parse_value
+from .likelihood import causal_score, diffusion_score, mc_loglikelihood, request_seed  # noqa: F401 (re-export)
+from .lm_eval_args import (argument_value, decoder_option_types,  # noqa: F401 (re-export)
+                           is_diffusion_checkpoint, sampler_options)
+from ..samplers import MODEL_DECODERS, SAMPLERS, GenerateOptions, make_sampler
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 8
-# {argument: (type, nullable)} of the EIS sampler's options; the diffusion options are generate's own
-# (infogain.samplers.options.option_types). Both are read with the package's one option parser.
-EIS_OPTIONS = {"lookahead_steps": (int, False), "discount_factor": (float, False), "top_k": (int, False),
-               "top_p": (float, False), "rollout_mode": (str, False), "use_cache": (bool, False),
-               "temperature": (float, False), "seed": (int, True)}
-
-
-def _argument(name: str, value, kind: type):
-    """A model argument that is not a sampler option (None stays None: the argument's default)."""
-    return None if value is None else parse_value(name, value, kind)
-
-
 def _distributed():
     """The ``accelerate.Accelerator`` of a multi-process launch, else None (single process)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -137,31 +108,6 @@ def _distributed():
     # Without CUDA, Accelerator() reports a single process; cpu=True makes it join the gloo group.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     return accelerator if accelerator.num_processes > 1 else None
-
-
-def _is_diffusion_checkpoint(path: str) -> bool:
-    with open(os.path.join(path, "config.json")) as f:
-        config = json.load(f)
-    try:
-        models.hub.architecture_of(config)
-    except ValueError:
-        return False
-    return True
-
-
-def sampler_options(arguments: dict, *, diffusion: bool, sampler: str) -> dict:
-    """The sampler's options among the model ``arguments`` (text or typed, as the harness passes them),
-    read with the package's one option parser; ValueError for an unknown argument or a bad value."""
-    allowed = option_types() if diffusion else EIS_OPTIONS
-    unknown = sorted(set(arguments) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown model argument(s) {unknown} for sampler={sampler}; accepted: {sorted(allowed)}")
-    return {name: parse_value(name, value, *allowed[name]) for name, value in arguments.items()}
-
-
-def _request_seed(seed: int, *texts: str) -> int:
-    """A seed for one request: independent of batching and of the data-parallel shard."""
-    return (seed * 1_000_003 + zlib.crc32("\x00".join(texts).encode("utf-8"))) % (2 ** 63)
 
 
 def cut_at_stop_strings(text: str, until: Sequence[str]) -> str:
@@ -192,34 +138,34 @@ class InfoGainLM(LM):
             pretrained = resolve_model_path(pretrained)
         except ValueError as exc:
             raise ValueError(f"model argument pretrained={pretrained!r}: {exc}") from None
-        diffusion = _is_diffusion_checkpoint(pretrained)
+        diffusion = is_diffusion_checkpoint(pretrained)
         if sampler is None:
             sampler = "info_gain" if diffusion else "eis"
-        if sampler not in SAMPLERS + ("eis",):
-            raise ValueError(f"model argument sampler must be one of {SAMPLERS + ('eis',)}, got {sampler!r}")
+        names = SAMPLERS + tuple(MODEL_DECODERS) + ("eis",)
+        if sampler not in names:
+            raise ValueError(f"model argument sampler must be one of {names}, got {sampler!r}")
         if diffusion == (sampler == "eis"):
             kind = "a diffusion LM checkpoint" if diffusion else "not a diffusion LM checkpoint (a causal LM)"
             raise ValueError(f"pretrained={pretrained!r} is {kind}: use sampler=eis for causal LMs and a "
-                             f"diffusion sampler ({', '.join(SAMPLERS)}) for the diffusion LMs of infogain.models")
+                             f"diffusion sampler ({', '.join(names[:-1])}) for the diffusion LMs of infogain.models")
         self.diffusion = diffusion
         self.sampler_name = sampler
+        self.decoder = sampler in MODEL_DECODERS
         self.batch_size = DEFAULT_BATCH_SIZE if batch_size is None or str(batch_size).startswith("auto") \
-            else _argument("batch_size", batch_size, int)
-        self.mc_num = _argument("mc_num", mc_num, int)
-        self.mc_batch_size = _argument("mc_batch_size", mc_batch_size, int)
+            else argument_value("batch_size", batch_size, int)
+        self.mc_num = argument_value("mc_num", mc_num, int)
+        self.mc_batch_size = argument_value("mc_batch_size", mc_batch_size, int)
         for name in ("batch_size", "mc_num", "mc_batch_size"):
             check_positive_int(name, getattr(self, name))
-        self.greedy_check = _argument("greedy_check", greedy_check, bool)
-        self.add_bos_token = _argument("add_bos_token", add_bos_token, bool)
-        options = sampler_options(options, diffusion=diffusion, sampler=sampler)
-        self.seed = options.pop("seed", None)
-        self.seed = 1234 if self.seed is None else self.seed
-        self.gen_length = options.pop("gen_length", None) if diffusion else None
-        self.steps = options.pop("steps", None) if diffusion else None
-        self.options = options
-        if diffusion:  # fail now, naming the option, rather than at the first request
+        self.greedy_check = argument_value("greedy_check", greedy_check, bool)
+        self.add_bos_token = argument_value("add_bos_token", add_bos_token, bool)
+        # A model's own decoder: its options' names and types are the decoder's, read once it is made for
+        # the model (below); the other samplers' are read and checked now, before the model loads.
+        decoder_arguments = options if self.decoder else {}
+        self._take_options({} if self.decoder else sampler_options(options, diffusion=diffusion, sampler=sampler))
+        if diffusion and not self.decoder:  # fail now, naming the option, rather than at the first request
             gen_length, block_length, steps = self._diffusion_lengths(self.gen_length or 256)
-            GenerateOptions(**{**options, "gen_length": gen_length, "block_length": block_length,
+            GenerateOptions(**{**self.options, "gen_length": gen_length, "block_length": block_length,
                                "steps": steps}).validate()
         self._chat_applied = False
 
@@ -247,25 +193,43 @@ class InfoGainLM(LM):
             self.model, self.tokenizer, self.sampler = loaded.model, loaded.tokenizer, loaded.sampler
             if self.tokenizer is None:
                 raise ValueError(f"pretrained={pretrained!r} has no tokenizer files")
+            if self.decoder:
+                # load_generator made the decoder for this model (a model it does not fit raised there, in the
+                # decoder's words) with eval's defaults; it is made again with its own defaults and the given
+                # options, which its constructor checks.
+                options = sampler_options(decoder_arguments, diffusion=True, sampler=sampler,
+                                          types=decoder_option_types(self.sampler))
+                self.sampler = make_sampler(sampler, self.model, self.tokenizer, **options)
+                self._take_options(options)
             config_max = self.model.config.max_position_embeddings
         else:
             self.model, self.tokenizer = self._load_causal(pretrained, models.DTYPES.get(dtype))
             config = self.model.config
             from ..eis import ExtendedInferenceSampler
 
-            ExtendedInferenceSampler(self.model, self.tokenizer, **options)  # validates the EIS options now
+            ExtendedInferenceSampler(self.model, self.tokenizer, **self.options)  # validates the EIS options now
             config_max = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-        self.max_length = _argument("max_length", max_length, int) or config_max or 2048
+        self.max_length = argument_value("max_length", max_length, int) or config_max or 2048
         if self._device.type == "cpu":
             # The package's thread policy (infogain._runtime.threads), the free cores shared among this machine's
             # processes of the run.
-            _threads.apply_threads(_argument("threads", threads, int),
+            _threads.apply_threads(argument_value("threads", threads, int),
                                    num_parameters=_threads.model_parameters(self.model),
                                    tokens_per_forward=self.batch_size * self.max_length)
         self.eos_id = self.tokenizer.eos_token_id
         self.prefix_id = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_id
         if self.prefix_id is None:
             raise ValueError(f"pretrained={pretrained!r}: the tokenizer has neither a BOS nor an EOS token")
+
+    def _take_options(self, options: dict) -> None:
+        """Keep the parsed sampler ``options``: ``seed`` (default 1234) and, for diffusion samplers, the
+        lengths a request fills in (``gen_length``; ``steps`` except for a decoder, whose steps are its own
+        option) are set apart."""
+        seed = options.pop("seed", None)
+        self.seed = 1234 if seed is None else seed
+        self.gen_length = options.pop("gen_length", None) if self.diffusion else None
+        self.steps = options.pop("steps", None) if self.diffusion and not self.decoder else None
+        self.options = options
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: Optional[dict] = None) -> "InfoGainLM":
@@ -417,6 +381,8 @@ class InfoGainLM(LM):
             raise ValueError(f"max_gen_toks must be >= 1, got {max_gen_toks}")
         if not self.diffusion:
             return self._generate_eis(prompts, settings)
+        if self.decoder:
+            return self._generate_decoder(prompts, settings)
         options = dict(self.options)
         if "temperature" in settings:
             options["temperature"] = settings["temperature"]
@@ -426,6 +392,19 @@ class InfoGainLM(LM):
         prompts = [self._truncate_left(p, room, f"gen_length {gen_length}") for p in prompts]
         result = self.sampler.generate(prompts, **options, gen_length=gen_length, block_length=block_length,
                                        steps=steps, seed=self.seed)
+        return [row[:max_gen_toks] for row in result.sequences.tolist()]
+
+    def _generate_decoder(self, prompts: List[List[int]], settings: dict) -> List[List[int]]:
+        """A model's own decoder: its options are its defaults (set at construction); a request sets the
+        generation's length (any: the decoders decode the last block whole) and may set the temperature."""
+        max_gen_toks = settings["max_gen_toks"]
+        gen_length = self.gen_length or max_gen_toks
+        block = self._attention_block_length()
+        # The decoders' canvas is whole blocks: the prompt and the generation, rounded up to a block's end.
+        room = self.max_length // block * block - gen_length
+        prompts = [self._truncate_left(p, room, f"gen_length {gen_length}") for p in prompts]
+        overrides = {"temperature": settings["temperature"]} if "temperature" in settings else {}
+        result = self.sampler.generate(prompts, **overrides, gen_length=gen_length, seed=self.seed)
         return [row[:max_gen_toks] for row in result.sequences.tolist()]
 
     def _diffusion_lengths(self, max_gen_toks: int) -> Tuple[int, int, int]:
@@ -500,22 +479,12 @@ class InfoGainLM(LM):
         context_ids = context_ids[-(self.max_length - len(continuation_ids)):]
         with torch.inference_mode():
             if not self.diffusion:
-                return self._causal_score(context_ids, continuation_ids)
-            if self.model.config.block_causal and not self._blocks_from_position:
-                raise ValueError(f"loglikelihood is not implemented for block-causal diffusion models whose blocks "
-                                 f"count from the generation's start (SDAR, SDAR-MoE; this model: "
-                                 f"{self.model.config.arch}): a block's likelihood would depend on where the "
-                                 "generation starts, which a scored continuation does not fix; use generate_until "
-                                 "tasks")
-            generator = torch.Generator(device="cpu").manual_seed(_request_seed(self.seed, *seed_texts))
-            mask_id = self.model.config.mask_token_id
-            if self._blocks_from_position:
-                estimate = self._blockwise_loglikelihood(context_ids, continuation_ids, generator)
-            else:
-                estimate = mc_loglikelihood(self._diffusion_logits, context_ids, continuation_ids, mask_id,
-                                            self.mc_num, self.mc_batch_size, generator)
-            greedy = self.greedy_check and self._greedy_matches(context_ids, continuation_ids)
-            return estimate, bool(greedy)
+                return causal_score(self.model, self._device, context_ids, continuation_ids)
+            generator = torch.Generator(device="cpu").manual_seed(request_seed(self.seed, *seed_texts))
+            return diffusion_score(self.model, self._device, context_ids, continuation_ids,
+                                   block_length=self._attention_block_length() if self._blocks_from_position else None,
+                                   num_samples=self.mc_num, batch_size=self.mc_batch_size, generator=generator,
+                                   greedy_check=self.greedy_check)
 
     @property
     def _blocks_from_position(self) -> bool:
@@ -531,52 +500,3 @@ class InfoGainLM(LM):
         ``block_length`` argument, else the model's own, else generate's default."""
         return int(self.options.get("block_length") or getattr(self.model.config, "block_length", None)
                    or GenerateOptions.block_length)
-
-    def _blockwise_loglikelihood(self, context_ids: List[int], continuation_ids: List[int],
-                                 generator: torch.Generator) -> float:
-        """Sum over the blocks the continuation covers of the masked estimate of that block's tokens given
-        everything before them (see the module docstring); one canvas per block, ending with it."""
-        block = self._attention_block_length()
-        start, end = len(context_ids), len(context_ids) + len(continuation_ids)
-        # Block b of the continuation: canvas columns [max(start, b * block), min(end, (b + 1) * block)).
-        bounds = [(max(start, b * block), min(end, (b + 1) * block)) for b in range(start // block, -(-end // block))]
-        per_block = max(1, -(-self.mc_num // len(bounds)))
-        whole = list(context_ids) + list(continuation_ids)
-        return sum(mc_loglikelihood(self._diffusion_logits, whole[:lo], whole[lo:hi], self.model.config.mask_token_id,
-                                    per_block, self.mc_batch_size, generator)
-                   for lo, hi in bounds)
-
-    def _diffusion_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        if self._blocks_from_position:
-            return self.model(ids.to(self._device), block_length=self._attention_block_length()).float()
-        return self.model(ids.to(self._device)).float()
-
-    def _causal_score(self, context_ids, continuation_ids) -> Tuple[float, bool]:
-        ids = torch.tensor([context_ids + continuation_ids[:-1]], device=self._device)
-        logits = self.model(input_ids=ids).logits[0, len(context_ids) - 1:].float()
-        target = torch.tensor(continuation_ids, device=self._device)
-        logprobs = torch.log_softmax(logits, dim=-1)
-        score = logprobs.gather(1, target[:, None]).sum().item()
-        return score, bool((logits.argmax(dim=-1) == target).all())
-
-    def _greedy_matches(self, context_ids, continuation_ids) -> bool:
-        """Whether confidence-first greedy unmasking (one token per forward) gives the continuation."""
-        mask_id = self.model.config.mask_token_id
-        ids = torch.tensor([context_ids + [mask_id] * len(continuation_ids)])
-        start = len(context_ids)
-        # Block-causal models (LLaDA2): only the first block that still has masks is decoded.
-        block = self._attention_block_length() if self._blocks_from_position else None
-        columns = torch.arange(start, start + len(continuation_ids))
-        for _ in continuation_ids:
-            logits = self._diffusion_logits(ids)[0, start:].cpu()
-            logits[:, mask_id] = float("-inf")
-            probs = torch.softmax(logits, dim=-1)
-            confidence, tokens = probs.max(dim=-1)
-            masked = ids[0, start:] == mask_id
-            if block is not None:
-                masked &= columns // block == int(columns[masked][0]) // block
-            confidence[~masked] = -1.0
-            position = int(confidence.argmax())
-            ids[0, start + position] = tokens[position]
-        return ids[0, start:].tolist() == list(continuation_ids)
-

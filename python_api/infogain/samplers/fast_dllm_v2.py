@@ -72,6 +72,9 @@ class FastDLLMv2Sampler:
 
     def __init__(self, model, tokenizer=None, *, mask_id: Optional[int] = None, **defaults):
         config = getattr(model, "config", None)
+        if getattr(config, "arch", "fast_dllm_v2") != "fast_dllm_v2":
+            raise ValueError(f"the fast_dllm_v2 decoder runs Fast-dLLM v2 models; this model's architecture is "
+                             f"{config.arch!r}")
         if config is None or getattr(config, "block_anchor", None) != "position" or not config.block_length:
             raise ValueError("model must be a Fast-dLLM v2 model (block-causal attention counted from position 0, "
                              f"with a block length); got {type(model).__name__} "

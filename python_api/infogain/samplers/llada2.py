@@ -71,6 +71,9 @@ class _BlockDecoder:
         self.model = model
         self.tokenizer = tokenizer
         config = getattr(model, "config", None)
+        arch = getattr(config, "arch", "llada2")
+        if arch != "llada2":
+            raise ValueError(f"the {self.name} decoder runs LLaDA2.x models; this model's architecture is {arch!r}")
         ids = {}
         for name, given in (("mask_token_id", mask_id), ("eos_token_id", None), ("pad_token_id", None)):
             value = given if given is not None else config_value(config, name)
