@@ -74,6 +74,20 @@ def use_native(tensor: torch.Tensor) -> bool:
     return name == "auto" and tensor.device.type == "cpu" and _native_available()
 
 
+def op_path(tensor: torch.Tensor) -> str:
+    """``"triton"``, ``"native"`` or ``"reference"``: the path :func:`use_triton` and :func:`use_native`
+    pick for ``tensor``, resolved with one look at the forced backend (ops that run every decoding
+    step on tiny tensors ask once, not twice)."""
+    name = forced_backend()
+    if name == "auto":
+        if tensor.device.type == "cpu":
+            return "native" if _native_available() else "reference"
+        return "triton" if tensor.device.type == "cuda" and _triton_available() else "reference"
+    if name == "reference":
+        return name
+    return "triton" if use_triton(tensor) else "native" if use_native(tensor) else "reference"
+
+
 @contextlib.contextmanager
 def use_backend(name: str):
     """Force ``"reference"``, ``"triton"``, ``"native"`` or ``"auto"`` dispatch inside a ``with`` block."""

@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 
 from . import _random
-from ._backend import call_op, device_guard, use_native, use_triton, value_checks_enabled
+from ._backend import call_op, device_guard, op_path, value_checks_enabled
 from ._validation import (FLOAT_DTYPES, check_bool, check_generator, check_mask, check_positive_int,
                           check_same_device, check_temperature, check_tensor)
 
@@ -92,6 +92,15 @@ def gumbel_topk(scores: torch.Tensor, k: int, num_samples: int, temperature: flo
     check_values = check_bool("check_values", check_values)
     if check_values:
         _raise_on_nan_scores(scores, valid)
+    return gumbel_topk_unchecked(scores, k, num_samples, temperature, valid, generator)
+
+
+def gumbel_topk_unchecked(scores: torch.Tensor, k: int, num_samples: int, temperature: float, valid: torch.Tensor,
+                          generator: Optional[torch.Generator]) -> torch.Tensor:
+    """:func:`gumbel_topk` with ``check_values=False`` and no argument checks, for a caller that
+    calls it at every decoding step with arguments of kinds it checked once (a sampler's
+    candidates: there the checks cost about as much as the op on a small block). Anything
+    :func:`gumbel_topk` would reject is undefined here."""
     # A seed is drawn only when some sample is perturbed; otherwise the result is deterministic and
     # the generator is left as it is.
     if num_samples > 1 and temperature > 0:
@@ -115,9 +124,10 @@ def _raise_on_nan_scores(scores: torch.Tensor, valid: torch.Tensor) -> None:
 def _gumbel_topk_impl(scores: torch.Tensor, k: int, num_samples: int, temperature: float,
                     valid: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """Custom op behind :func:`gumbel_topk`; ``seed`` is an int64 tensor [1] on the scores' device."""
-    if use_native(scores):  # csrc/gumbel_topk_cpu.cpp: the reference's exact result in one call
+    path = op_path(scores)
+    if path == "native":  # csrc/gumbel_topk_cpu.cpp: the reference's exact result in one call
         return torch.ops.infogain._gumbel_topk_cpu(scores, k, num_samples, temperature, valid, seed)
-    if use_triton(scores):
+    if path == "triton":
         from ._gumbel_triton import gumbel_topk_triton
 
         with device_guard(scores):

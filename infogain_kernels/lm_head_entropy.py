@@ -28,7 +28,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ._backend import call_op, device_guard, use_native, use_triton, value_checks_enabled
+from ._backend import call_op, device_guard, op_path, value_checks_enabled
 from ._validation import FLOAT_DTYPES, check_bool, check_mask, check_same_device, check_tensor
 from .lookahead_objective import check_cost, check_variant, objective_reference
 from .step_stats import SKIPPED_ENTROPY, SKIPPED_ID, raise_on_bad_rows
@@ -139,14 +139,16 @@ def _rows_stats(hidden_rows: torch.Tensor, weight: torch.Tensor, bias: Optional[
     return entropy, top1_prob, torch.where(bad, SKIPPED_ID, top1_id), top2_prob
 
 
-def _empty_top(like: torch.Tensor, n: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return (like.new_zeros(n), like.new_full((n,), SKIPPED_ID, dtype=torch.int64), like.new_zeros(n))
+def _empty_top(like: torch.Tensor, n) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (like.new_zeros(n), like.new_full(n if isinstance(n, tuple) else (n,), SKIPPED_ID, dtype=torch.int64),
+            like.new_zeros(n))
 
 
-def _skipped_outputs(n_rows: int, device: torch.device, with_top: bool) -> Tuple[torch.Tensor, ...]:
-    """Flat outputs of ``n_rows`` positions holding the values of skipped (masked-out) positions."""
-    entropy = torch.full((n_rows,), SKIPPED_ENTROPY, dtype=torch.float32, device=device)
-    return (entropy, *_empty_top(entropy, n_rows)) if with_top else (entropy,)
+def _skipped_outputs(shape, device: torch.device, with_top: bool) -> Tuple[torch.Tensor, ...]:
+    """Outputs of ``shape`` (an int: flat) holding the values of skipped (masked-out) positions."""
+    entropy = torch.full(shape if isinstance(shape, tuple) else (shape,), SKIPPED_ENTROPY, dtype=torch.float32,
+                         device=device)
+    return (entropy, *_empty_top(entropy, shape)) if with_top else (entropy,)
 
 
 def lm_head_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -178,24 +180,24 @@ def lm_head_entropy_reference(hidden: torch.Tensor, weight: torch.Tensor, bias: 
 
 def _native_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                   keep: Optional[torch.Tensor], with_top: bool) -> Tuple[torch.Tensor, ...]:
-    """The native CPU kernel (csrc/lm_head_cpu.cpp) on the kept rows, scattered to the flat layout
-    of :func:`lm_head_entropy_reference` (always the 4-tuple; the top-2 fields empty without ``with_top``)."""
+    """The native CPU kernel (csrc/lm_head_cpu.cpp) on the kept rows, as outputs of shape
+    ``hidden.shape[:-1]`` holding the skipped positions' values elsewhere (always the 4-tuple;
+    the top-2 fields are the kernel's empty ones without ``with_top``)."""
     lead_shape = hidden.shape[:-1]
     n_rows = lead_shape.numel()
     flat = hidden.reshape(n_rows, hidden.shape[-1])
     if keep is None:
-        return torch.ops.infogain._lm_head_stats_cpu(flat, weight, bias, with_top)
+        stats = torch.ops.infogain._lm_head_stats_cpu(flat, weight, bias, with_top)
+        return tuple(value.view(lead_shape) if with_top or i == 0 else value for i, value in enumerate(stats))
     selected = keep.reshape(-1).nonzero().squeeze(-1)
-    entropy, top1_prob, top1_id, top2_prob = torch.ops.infogain._lm_head_stats_cpu(
-        flat.index_select(0, selected), weight, bias, with_top)
-    # Every output starts as the skipped positions' value and takes the kept rows' by one
-    # index_copy_ (cheaper than indexed assignment: a sampler calls this at every lookahead step,
-    # where the dispatch of each op costs as much as the small kernel's work). Separate tensors:
-    # the outputs of a custom op must not alias each other.
-    outputs = _skipped_outputs(n_rows, hidden.device, with_top)
-    stats = (entropy, top1_prob, top1_id, top2_prob)
+    stats = torch.ops.infogain._lm_head_stats_cpu(flat.index_select(0, selected), weight, bias, with_top)
+    # Every output starts as the skipped positions' value and takes the kept rows' in the mask's
+    # order (that of ``selected``) by one masked_scatter_, already in the outputs' shape (a sampler
+    # calls this at every lookahead step, where the dispatch of each op costs as much as the small
+    # kernel's work). Separate tensors: the outputs of a custom op must not alias each other.
+    outputs = _skipped_outputs(lead_shape, hidden.device, with_top)
     for output, value in zip(outputs, stats):
-        output.index_copy_(0, selected, value)
+        output.masked_scatter_(keep, value)
     return outputs + stats[len(outputs):]
 
 
@@ -206,19 +208,21 @@ def _lm_head_entropy_impl(hidden: torch.Tensor, weight: torch.Tensor, bias: Opti
                           with_top: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                    torch.Tensor, torch.Tensor]:
     lead_shape = hidden.shape[:-1]
-    triton_path = use_triton(hidden)
-    if triton_path:
-        from ._lm_head_triton import launch_lm_head
-
-        stats = launch_lm_head(hidden, weight, bias, mask, with_top=with_top)
-    elif use_native(hidden):  # csrc/lm_head_cpu.cpp
-        stats = _native_stats(hidden, weight, bias, mask, with_top)
+    path = op_path(hidden)
+    triton_path = path == "triton"
+    if path == "native":  # csrc/lm_head_cpu.cpp; its outputs come in lead_shape already
+        entropy, *top = _native_stats(hidden, weight, bias, mask, with_top)
     else:
-        stats = lm_head_entropy_reference(hidden, weight, bias, mask, with_top)
-    if not with_top and isinstance(stats, torch.Tensor):
-        stats = (stats, *_empty_top(stats, 0))
-    entropy = stats[0].view(lead_shape)
-    top = tuple(t.view(lead_shape) if with_top else t for t in stats[1:])  # [0]-shaped without with_top
+        if triton_path:
+            from ._lm_head_triton import launch_lm_head
+
+            stats = launch_lm_head(hidden, weight, bias, mask, with_top=with_top)
+        else:
+            stats = lm_head_entropy_reference(hidden, weight, bias, mask, with_top)
+        if not with_top and isinstance(stats, torch.Tensor):
+            stats = (stats, *_empty_top(stats, 0))
+        entropy = stats[0].view(lead_shape)
+        top = tuple(t.view(lead_shape) if with_top else t for t in stats[1:])  # [0]-shaped without with_top
     empty = entropy.new_empty(0)
     if variant is None:
         return (entropy, empty, empty.clone(), *top)

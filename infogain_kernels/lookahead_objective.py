@@ -41,8 +41,8 @@ def objective_reference(entropy: torch.Tensor, remaining: torch.Tensor, cost: Op
     """From per-position entropies [R, L] float32 (0 where not remaining) and ``remaining`` [R, L]
     bool: ``h_next`` = mean over remaining positions (0 when a row has none) and
     ``J = -cost - h_next`` (``-h_next`` when ``cost`` is None). Returns ``(J, h_next)`` [R] float32."""
-    count = remaining.sum(dim=1).clamp(min=1).to(torch.float32)
-    h_next = entropy.sum(dim=1) / count
+    # The count divides as float32 (exact: a count below 2**24), in place on the fresh sum.
+    h_next = entropy.sum(dim=1).div_(remaining.sum(dim=1).clamp_(min=1))
     objective = -h_next if cost is None else -cost - h_next
     return objective, h_next
 

@@ -35,7 +35,7 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from ._backend import call_op, use_native, use_triton, value_checks_enabled
+from ._backend import call_op, op_path, value_checks_enabled
 from ._validation import (bad_row_problem, check_bool, check_generator, check_int, check_logits, check_mask,
                           check_same_device, check_temperature)
 
@@ -200,13 +200,14 @@ def _step_stats_impl(logits: torch.Tensor, mask: Optional[torch.Tensor], uniform
                                  or uniforms.device != logits.device):
         raise ValueError(f"uniforms must be float32 of shape ({lead_shape.numel()}, S) on {logits.device}, got "
                          f"{str(uniforms.dtype).replace('torch.', '')} {tuple(uniforms.shape)} on {uniforms.device}")
-    if use_triton(logits):
+    path = op_path(logits)
+    if path == "native":  # csrc/step_stats_cpu.cpp
+        return torch.ops.infogain._step_stats_cpu(logits, mask, uniforms, temperature)
+    if path == "triton":
         from ._entropy_triton import launch_step_stats
 
         flat = launch_step_stats(logits, mask, uniforms, temperature)
     else:
-        if use_native(logits):  # csrc/step_stats_cpu.cpp
-            return torch.ops.infogain._step_stats_cpu(logits, mask, uniforms, temperature)
         flat = step_stats_reference(logits, mask, uniforms, temperature)
     entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = flat
     return (entropy.view(lead_shape), top1_prob.view(lead_shape), top1_id.view(lead_shape),
@@ -274,6 +275,18 @@ def step_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, num
     temperature = check_temperature("temperature", temperature)
     check_generator("generator", generator, logits.device)
     check_values = check_bool("check_values", check_values)
+    out = step_stats_unchecked(logits, mask, num_samples, temperature, generator)
+    if check_values:
+        raise_on_bad_rows("logits", logits, out[0].reshape(-1))
+    return out
+
+
+def step_stats_unchecked(logits: torch.Tensor, mask: Optional[torch.Tensor], num_samples: int, temperature: float,
+                         generator: Optional[torch.Generator]) -> StepStats:
+    """:func:`step_stats` with ``check_values=False`` and no argument checks, for a caller that
+    calls it at every decoding step with arguments of kinds it checked once (a sampler: there the
+    checks cost about as much as the op's work on a small block). Anything :func:`step_stats` would
+    reject is undefined here."""
     uniforms = None
     if num_samples > 0:
         n_rows = math.prod(logits.shape[:-1])
@@ -283,7 +296,4 @@ def step_stats(logits: torch.Tensor, mask: Optional[torch.Tensor] = None, *, num
         else:
             # Only its shape carries S: at T = 0 nothing is drawn and the values are never read.
             uniforms = torch.empty(n_rows, num_samples, device=logits.device, dtype=torch.float32)
-    out = call_op(torch.ops.infogain.step_stats, _step_stats_impl, logits, mask, uniforms, temperature)
-    if check_values:
-        raise_on_bad_rows("logits", logits, out[0].reshape(-1))
-    return StepStats(*out)
+    return StepStats(*call_op(torch.ops.infogain.step_stats, _step_stats_impl, logits, mask, uniforms, temperature))

@@ -6,7 +6,8 @@ the same algorithm (:mod:`infogain.samplers.naive`: per-candidate cache copies, 
 float32 ops, host syncs), and reports tokens/s of both, their ratio, NFE, bypass
 rate, the steps of each kind, the lookahead premium (mean wall time of a step
 that runs the lookahead / that of a plain window step, same run) and the sampler
-overhead (fraction of wall time spent outside model forwards). The settings
+overhead (fraction of the run's time spent outside the model forwards and the lookahead's fused
+LM head, which replaces the model's head there). The settings
 (``--settings``, :data:`SETTINGS`) include ones where the lookahead really runs:
 threshold 1.0 and the demo's settings.
 
@@ -35,8 +36,9 @@ written then); it never aborts the other configurations.
 Timing: each configuration runs once untimed (warm-up; its sequences are the
 ones compared), then ``--repeats`` timed runs of the fast and the naive
 implementation, interleaved; the median is reported. The sampler overhead comes
-from a separate *profiled* run in which every model forward is timed between
-device synchronisations; the main timings never carry that instrumentation The steps of each
+from separate *profiled* runs (the median of 3) in which every model forward and fused head is
+timed between device synchronisations, in per-thread CPU time on a 1-thread CPU run (less
+sensitive to other load on the machine) and in wall time otherwise; the main timings never carry that instrumentation The steps of each
 kind and the lookahead premium come from one more run with every step timed.
 The CPU thread count follows ``infogain._runtime.threads`` (``--threads``,
 ``$INFOGAIN_THREADS``, physical cores, 1 for the toy model); it is printed and

@@ -99,16 +99,24 @@ def objective(read: torch.Tensor, remaining: torch.Tensor, cost: Optional[torch.
     ``check_arguments=False``: the fused head skips its argument checks (a run checks them at its
     first lookahead; later ones pass tensors of the same kinds)."""
     if head is not None:
-        weight, bias = head
-        if check_arguments:
-            fused = lm_head_entropy(read, weight, bias, remaining, cost=cost, variant=variant, with_top=with_top,
-                                    check_values=False)
-        else:
-            fused = lm_head_entropy_unchecked(read, weight, bias, remaining, cost=cost, variant=variant,
-                                              with_top=with_top)
+        fused = fused_head(read, head, remaining, cost, variant, with_top, check_arguments)
         return fused.objective, fused.h_next, fused
     value, h_next = lookahead_objective(read, remaining, cost, variant=variant, check_values=False)
     return value, h_next, None
+
+
+def fused_head(hidden: torch.Tensor, head: Tuple[torch.Tensor, torch.Tensor], remaining: torch.Tensor,
+               cost: Optional[torch.Tensor], variant: str, with_top: bool, check_arguments: bool):
+    """The model's LM head on the candidates' hidden states [R, W, D], fused with what the
+    lookahead reads of its logits (``lm_head_entropy``: the entropy, and with ``with_top`` the top
+    probabilities, at the ``remaining`` positions, and each candidate's J and H_next), no logits
+    materialised. The benchmark counts this call as model time (``infogain.apps.bench_timing``):
+    it stands where the model's own head would run."""
+    weight, bias = head
+    if check_arguments:
+        return lm_head_entropy(hidden, weight, bias, remaining, cost=cost, variant=variant, with_top=with_top,
+                               check_values=False)
+    return lm_head_entropy_unchecked(hidden, weight, bias, remaining, cost=cost, variant=variant, with_top=with_top)
 
 
 def winners(objective: torch.Tensor, batch: CandidateBatch, num_candidates: int,

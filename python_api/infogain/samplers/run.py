@@ -17,8 +17,13 @@ from ..stats import KIND_LOOKAHEAD, KIND_NONE, StatsRecorder
 from . import lookahead as la
 from .model_calls import ModelCalls, exposes_hidden_states
 from .options import GenerateOptions
-from .step import Decided, Reused, decide, fill_after_eos, host_masks_left, kept_pairs, read_back
+from .step import Decided, Reused, decide, decide_on_host, fill_after_eos, host_masks_left, kept_pairs, read_back
+from .strategies import kept_on_host
 from .trace import step_record
+
+
+# The hidden size from which the lookahead passes the positions it reads to the model (see _Run).
+_MIN_READ_SELECT_WIDTH = 256
 
 
 def host_reads_are_free(device: torch.device) -> bool:
@@ -68,15 +73,25 @@ class _Run:
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
         self.hidden_head = exposes_hidden_states(self.model, mode)
         self.fused_head = opts.fused_head and self.hidden_head
-        # The fused head's arguments are checked at the run's first lookahead only (same kinds later).
+        # The fused head's and step_stats' arguments are checked at the run's first lookahead / step
+        # only (same kinds later).
         self.head_checked = False
+        self.stats_checked = False
         # On the CPU the candidates are built after the read-back (deferred) and the lookahead's last
         # layer skips the positions nobody reads, both because a read-back costs nothing there.
         self.reads_free = host_reads_are_free(self.device) if reads_free is None else reads_free
+        # The lookahead's last layer skips the MLP rows nobody reads (see _lookahead) where selecting
+        # them costs no sync and the rows are worth their selection's few small ops: below a hidden
+        # size of _MIN_READ_SELECT_WIDTH (the shipped toy model, 128) the ops cost more than the rows.
+        self.select_read_positions = (self.fused_head and self.reads_free
+                                      and self.model.lm_head_weight.shape[-1] >= _MIN_READ_SELECT_WIDTH)
         # At temperature 0 a step needs only the statistics of its block, which the fused lookahead
         # computes for every candidate anyway (with_top): the winner's are kept, and its block logits
         # are never computed. head_stats_rows: host flags of the rows whose statistics are those.
         self.reuse_head_stats = self.fused_head and opts.temperature == 0
+        # Where reads are free, a strategy that can decides on the host (see decide_on_host): a
+        # step then costs a few device ops and one read instead of dozens of small ops.
+        self.host_decisions = (self.reads_free and self.strategy.decides_on_host and self.strategy.scheduled)
         self.head_stats = None  # entropy, top1_prob, top1_id, top2_prob [B, L]
         self.head_stats_rows = [False] * self.batch
         # Whether every row's head_stats came from one lookahead with no EOS fill since (Reused.exact).
@@ -187,6 +202,8 @@ class _Run:
         max_quota = -(-self.length // steps)
         # Row b's quota at step s: the base, plus one in the first (initial % steps) steps.
         quotas = base_quota + (torch.arange(max_steps, device=self.device)[:, None] < extra_quota)
+        # Where the step decides on the host, its quotas come along (one read per block).
+        quotas_host = quotas.tolist() if self.host_decisions else None
         for step in range(max_steps):
             need = [r for r in range(self.batch) if stale[r] and left[r] > 0]
             if need:
@@ -194,7 +211,7 @@ class _Run:
                 for r in need:
                     stale[r] = False
             kinds, left = self._step(block, step, start, quotas[step], last=scheduled and step == steps - 1,
-                                     max_quota=max_quota)
+                                     max_quota=max_quota, quota_host=None if quotas_host is None else quotas_host[step])
             for r, kind in enumerate(kinds):
                 # A row that committed anything but the lookahead winner has no logits for its new state.
                 if kind != KIND_NONE and kind != KIND_LOOKAHEAD:
@@ -206,9 +223,11 @@ class _Run:
 
     def _decide(self, start: int, quota: torch.Tensor, last: bool, max_quota: int) -> Decided:
         """The step's device work up to the strategy's decision (:func:`.step.decide` on the run's state)."""
-        return decide(self.strategy, self.opts, self.block_logits, self.canvas[:, start:start + self.length],
-                      self.mask_id, quota, last=last, max_quota=max_quota, generator=self.generator,
-                      reused=self.reused, defer_candidates=self.reads_free)
+        decided = decide(self.strategy, self.opts, self.block_logits, self.canvas[:, start:start + self.length],
+                         self.mask_id, quota, last=last, max_quota=max_quota, generator=self.generator,
+                         reused=self.reused, defer_candidates=self.reads_free, check_arguments=not self.stats_checked)
+        self.stats_checked = True
+        return decided
 
     def _eos_fill(self) -> None:
         """EOS fill of the generation region (``stop_at_eos``)."""
@@ -216,24 +235,40 @@ class _Run:
             self.head_stats_exact = False   # the fill may have unmasked positions the statistics hold
             self.recorder.add_eos_fill(fill_after_eos(self.canvas[:, self.gen_start:], self.mask_id, self.eos_id))
 
-    def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int):
+    def _step(self, block: int, step: int, start: int, quota: torch.Tensor, last: bool, max_quota: int,
+              quota_host: Optional[List[int]] = None):
         """One denoising step of every row; returns (kinds, masks left) as host lists.
 
         One host read-back; on the CPU a second one on steps that look ahead (see
-        :meth:`DiffusionSampler.generate`)."""
+        :meth:`DiffusionSampler.generate`). ``quota_host``: ``quota`` as host ints where the step
+        decides on the host (:attr:`host_decisions`; read from ``quota`` when not given)."""
         end = start + self.length
-        decided = self._decide(start, quota, last, max_quota)
-        decision, kind, commit = decided.decision, decided.kind, decided.commit
         block_after = self.canvas[:, start:end]
-        block_after.copy_(torch.where(commit, decision.tokens, decided.block_ids))
-
-        candidates = decision.candidates
-        keep_mask = None if candidates is None else candidates.keep
-        if not self.reads_free:
-            self._eos_fill()   # an accelerator fills at every commit: its one read-back comes after
-        # The block comes back with the step's flags; its masks left are counted on the host.
-        kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_bad, keep_mask,
-                                                        block_after, block=block, step=step)
+        keep = []
+        if self.host_decisions:
+            if quota_host is None:   # a caller outside the block loop; a read is free here
+                quota_host = quota.tolist()
+            # The decision, the read-back and the commits' block on the host (see decide_on_host).
+            host = decide_on_host(self.strategy, self.opts, self.block_logits, block_after, self.mask_id, quota,
+                                  quota_host, self.lookahead_bad, last=last, max_quota=max_quota,
+                                  generator=self.generator, reused=self.reused,
+                                  check_arguments=not self.stats_checked, block=block, step=step)
+            self.stats_checked = True
+            decided, kinds, quota_host, block_rows = host
+            decision, kind, commit = decided.decision, decided.kind, decided.commit
+            candidates = None
+            block_after.copy_(decision.tokens)
+        else:
+            decided = self._decide(start, quota, last, max_quota)
+            decision, kind, commit = decided.decision, decided.kind, decided.commit
+            block_after.copy_(torch.where(commit, decision.tokens, decided.block_ids))
+            candidates = decision.candidates
+            keep_mask = None if candidates is None else candidates.keep
+            if not self.reads_free:
+                self._eos_fill()   # an accelerator fills at every commit: its one read-back comes after
+            # The block comes back with the step's flags; its masks left are counted on the host.
+            kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_bad,
+                                                            keep_mask, block_after, block=block, step=step)
         left_host = host_masks_left(kinds, quota_host, block_rows, self.mask_id, self.eos_id)
         if self.reads_free and self.eos_id is not None and any(self.eos_id in row for row in block_rows):
             # Where reads are free the fill runs only when some row's block holds an EOS (otherwise it
@@ -250,8 +285,8 @@ class _Run:
             if decision.candidates_deferred:
                 # Reads are free here (see host_reads_are_free): the candidates of the rows that
                 # look ahead only, and their kept mask read back.
-                candidates = self.strategy.candidates(decided.state, kind == KIND_LOOKAHEAD)
-                keep, winners_may_commit_eos = self._read_kept(candidates)
+                candidates = self.strategy.candidates(decided.state, kind == KIND_LOOKAHEAD, keep=False)
+                keep, winners_may_commit_eos = self._read_kept(candidates, lookahead_rows)
             outcome = self._lookahead(start, candidates, kept_pairs(keep, self.batch), lookahead_rows, left_host)
             # The winner's block is the row's block with the winner's commit applied (see candidate_batch:
             # a lookahead row's block is unchanged since), so it is written as it is.
@@ -269,16 +304,23 @@ class _Run:
                                           candidates))
         return kinds, left_host
 
-    def _read_kept(self, candidates) -> Tuple[List[int], bool]:
-        """The kept mask of deferred ``candidates`` read back (flattened), and whether a kept
+    def _read_kept(self, candidates, lookahead_rows: List[int]) -> Tuple[List[int], bool]:
+        """The kept mask (flattened [N * B]) of deferred ``candidates`` built without it, found on the
+        host from their commit masks (:func:`~.strategies.kept_on_host`), and whether a kept
         candidate commits an EOS (else the winners' commit needs no EOS fill); one read."""
-        keep = candidates.keep.reshape(-1)
+        commit = candidates.commit
+        num_candidates, batch, length = commit.shape
+        packed = [commit.reshape(-1)]
+        if self.eos_id is not None:
+            packed.append((commit & (candidates.tokens == self.eos_id)).any(dim=-1).reshape(-1))
+        host = (packed[0] if len(packed) == 1 else torch.cat(packed)).tolist()
+        rows = [[host[(n * batch + b) * length:(n * batch + b + 1) * length] for b in range(batch)]
+                for n in range(num_candidates)]
+        keep = [int(kept) for row in kept_on_host(rows, lookahead_rows) for kept in row]
         if self.eos_id is None:
-            return keep.tolist(), False
-        commits_eos = (candidates.commit & (candidates.tokens == self.eos_id)).any(dim=-1).reshape(-1)
-        host = torch.cat([keep, commits_eos]).tolist()
-        count = keep.shape[0]
-        return host[:count], any(kept and eos for kept, eos in zip(host[:count], host[count:]))
+            return keep, False
+        eos = host[num_candidates * batch * length:]
+        return keep, any(kept and commits_eos for kept, commits_eos in zip(keep, eos))
 
     def _lookahead(self, start: int, candidates, pairs, lookahead_rows, masks_left) -> la.Outcome:
         """Forward the kept candidates ``pairs`` of all rows as one batch and pick each row's best.
@@ -299,7 +341,7 @@ class _Run:
             out_offset = 0
         else:
             read_positions = None
-            if self.fused_head and self.reads_free:
+            if self.select_read_positions:
                 # Only the still-masked positions are read (the objective, the winner's logits): where
                 # selecting them costs no sync, the last layer's MLP skips the others.
                 if offset == 0 and h_end == window.shape[1]:
@@ -321,13 +363,15 @@ class _Run:
         self.head_checked = True
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_bad = ~torch.isfinite(objective).all()
-        best, winner = la.winners(objective, batch, candidates.keep.shape[0], self.batch)
+        best, winner = la.winners(objective, batch, candidates.commit.shape[0], self.batch)
         rows = batch.rows
         if self.reuse_head_stats:
             # The winners' block statistics, already computed at every still-masked position.
             winner_stats = (fused.entropy, fused.top1_prob, fused.top1_id, fused.top2_prob)
             if len(lookahead_rows) == self.batch:   # every row: the winners' rows are the statistics
-                self.head_stats = tuple(value.index_select(0, winner)[:, :length] for value in winner_stats)
+                self.head_stats = tuple(value.index_select(0, winner) for value in winner_stats)
+                if winner_stats[0].shape[1] != length:   # a read range beyond the block (no cache, prefix)
+                    self.head_stats = tuple(value[:, :length] for value in self.head_stats)
                 self.head_stats_exact = True
             else:
                 if self.head_stats is None:

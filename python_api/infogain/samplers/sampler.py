@@ -184,9 +184,11 @@ class DiffusionSampler:
         reads one packed tensor back per step (the rows' decision kinds, their mask counts,
         the kept-candidate mask and a NaN / all -inf flag), which sizes the lookahead
         batch and picks the rows that need a fresh forward. On the CPU, where a read-back
-        is a copy, the candidates are built after that read-back and only on steps where
-        some row looks ahead (their kept mask is a second read there); the random stream
-        and the decisions are the same either way. The fused ops run with
+        is a copy, the read comes right after the block statistics and each row's decision
+        is made on the host from it (the same comparisons, the threshold rounded to float32
+        as on the device); the candidates are built only on steps where some row looks ahead,
+        their commit masks are a second read there and the kept ones are found on the host.
+        The random stream and the decisions are the same either way. The fused ops run with
         ``check_values=False``; their bad-row flags (non-finite entropy of the block
         logits, non-finite J of the lookahead) are folded into that read-back, the
         lookahead's into the next step's (a lookahead step is never a block's last).

@@ -8,18 +8,21 @@ the previous step's fused lookahead (:func:`reused_statistics`), the EOS fill
 Nothing here reads a tensor back to the host except :func:`read_back`."""
 from __future__ import annotations
 
+import math
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from infogain_kernels import step_stats
-from infogain_kernels.step_stats import SKIPPED_ENTROPY, SKIPPED_ID, SKIPPED_PROB
+from infogain_kernels.step_stats import SKIPPED_ENTROPY, SKIPPED_ID, SKIPPED_PROB, step_stats_unchecked
 
 from .._device import host_ints_to_device
 from ..stats import KIND_FILL, KIND_LOOKAHEAD
 from .strategies import StepDecision, StepState, Strategy
 
 _SKIPPED = (SKIPPED_ENTROPY, SKIPPED_PROB, SKIPPED_ID, SKIPPED_PROB)
+_BAD_LOOKAHEAD = "the model produced NaN / all -inf logits in the lookahead forward of block {block} step {step}"
+_BAD_BLOCK = "the model produced NaN / all -inf logits at block {block} step {step}"
 
 
 class Reused(NamedTuple):
@@ -69,8 +72,9 @@ def reused_statistics(reused: Reused, block_logits: Optional[torch.Tensor], mask
     stats = reused.stats
     if not all(reused.rows):
         fresh = host_ints_to_device([int(f) for f in reused.rows], masked.device).bool()[:, None]
-        # The other rows' statistics; the reused rows' logits are stale and not read.
-        computed = step_stats(block_logits, masked & ~fresh, check_values=False)[:4]
+        # The other rows' statistics; the reused rows' logits are stale and not read. No argument
+        # checks: the run's first step checked logits of this kind (see decide).
+        computed = step_stats_unchecked(block_logits, masked & ~fresh, 0, 0.0, None)[:4]
         stats = tuple(torch.where(fresh, kept, other) for kept, other in zip(stats, computed))
     if reused.exact:
         entropy, top1_prob, top1_id, top2_prob = stats
@@ -84,28 +88,35 @@ def reused_statistics(reused: Reused, block_logits: Optional[torch.Tensor], mask
     return entropy, top1_prob, top1_id, top2_prob, tokens, token_probs
 
 
+def _statistics(strategy: Strategy, options, block_logits: Optional[torch.Tensor], masked: torch.Tensor,
+                generator: Optional[torch.Generator], reused: Optional[Reused], check_arguments: bool):
+    """``(logits, stats)``: the logits the strategy may read (None where the statistics were
+    ``reused``: stale for those rows) and ``step_stats``' six outputs for the block."""
+    num_samples = strategy.num_token_samples(options)
+    if reused is not None:
+        return None, reused_statistics(reused, block_logits, masked, num_samples)
+    # One read of the block logits for the statistics and the token draws (none at T = 0).
+    if check_arguments:
+        return block_logits, step_stats(block_logits, masked, num_samples=num_samples, temperature=options.temperature,
+                                        generator=generator, check_values=False)
+    return block_logits, step_stats_unchecked(block_logits, masked, num_samples, options.temperature, generator)
+
+
 def decide(strategy: Strategy, options, block_logits: Optional[torch.Tensor], block_ids: torch.Tensor, mask_id: int,
            quota: torch.Tensor, *, last: bool, max_quota: int, generator: Optional[torch.Generator],
-           reused: Optional[Reused] = None, defer_candidates: bool = False) -> Decided:
+           reused: Optional[Reused] = None, defer_candidates: bool = False, check_arguments: bool = True) -> Decided:
     """The step's device work up to the strategy's decision (no host sync): the block's statistics
     and token draws (one read of ``block_logits`` [B, L, V], or ``reused``), the driver's
     last-step fill (``last``: the block's last step) and the strategy's decision.
 
     ``block_ids`` int64 [B, L]: the block's tokens; ``quota`` int64 [B] and its host bound
-    ``max_quota``: the step's schedule; ``defer_candidates``: see :class:`StepState`."""
+    ``max_quota``: the step's schedule; ``defer_candidates``: see :class:`StepState`;
+    ``check_arguments=False`` skips ``step_stats``' argument checks (a run checks them at its first
+    step; later steps pass tensors of the same kinds, and they cost as much as the op on a small block)."""
     masked = block_ids == mask_id
     masked_count = masked.sum(dim=1)
-    num_samples = strategy.num_token_samples(options)
-    logits = block_logits
-    if reused is not None:
-        entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = reused_statistics(
-            reused, block_logits, masked, num_samples)
-        logits = None  # stale for those rows: the strategy decides from the statistics
-    else:
-        # One read of the block logits for the statistics and the token draws (none at T = 0).
-        entropy, top1_prob, top1_id, top2_prob, tokens, token_probs = step_stats(
-            logits, masked, num_samples=num_samples, temperature=options.temperature, generator=generator,
-            check_values=False)
+    logits, (entropy, top1_prob, top1_id, top2_prob, tokens, token_probs) = _statistics(
+        strategy, options, block_logits, masked, generator, reused, check_arguments)
     has_masks = masked_count > 0
     if not strategy.scheduled:
         fill = None
@@ -124,6 +135,89 @@ def decide(strategy: Strategy, options, block_logits: Optional[torch.Tensor], bl
     kind = torch.where(fill, KIND_FILL, decision.kind)
     commit = torch.where(fill[:, None], masked, decision.commit)
     return Decided(block_ids, masked_count, entropy, kind, commit, decision, state)
+
+
+class HostDecided(NamedTuple):
+    """What :func:`decide_on_host` returns: ``decided`` (:class:`Decided`'s device tensors, its
+    ``decision.tokens`` the block after the step's commits), and the host lists the driver needs:
+    ``kinds`` and ``quota`` [B] and ``block_rows`` [B][L], the block after the commits."""
+
+    decided: Decided
+    kinds: List[int]
+    quota: List[int]
+    block_rows: List[List[int]]
+
+
+def decide_on_host(strategy: Strategy, options, block_logits: Optional[torch.Tensor], block_ids: torch.Tensor,
+                   mask_id: int, quota: torch.Tensor, quota_host: Sequence[int], lookahead_bad: Optional[torch.Tensor],
+                   *, last: bool, max_quota: int, generator: Optional[torch.Generator], reused: Optional[Reused] = None,
+                   check_arguments: bool = True, block: int, step: int) -> HostDecided:
+    """:func:`decide` and :func:`read_back` of a strategy that decides on the host
+    (``strategy.decides_on_host``), for a driver whose reads cost nothing (the CPU): the block's
+    statistics on the device, then ONE read of the block's tokens, arg-max ids and probabilities
+    (x0's too at T > 0), the NaN flags of the step and of the previous lookahead
+    (``lookahead_bad``), after which the decision (and the driver's last-step fill) is made on host
+    lists, with the very comparisons :func:`decide` makes on the device. Candidates are always
+    deferred (``decision.candidates_deferred``). ``quota_host``: ``quota`` as host ints.
+
+    Raises ValueError as :func:`read_back` does on a flagged forward."""
+    batch, width = block_ids.shape
+    masked = block_ids == mask_id
+    logits, (entropy, top1_prob, top1_id, top2_prob, tokens, token_probs) = _statistics(
+        strategy, options, block_logits, masked, generator, reused, check_arguments)
+    sampled = tokens.shape[-1] > 0
+    # One packed read, in float64 (exact for the ids and the float32 values). The entropies' sum is
+    # finite exactly when they all are (each is at most log V).
+    packed = [block_ids.reshape(-1), top1_id.reshape(-1), top1_prob.reshape(-1).double(), entropy.sum().reshape(1)]
+    if sampled:
+        packed += [tokens[..., 0].reshape(-1), token_probs[..., 0].reshape(-1).double()]
+    if lookahead_bad is not None:
+        packed.append(lookahead_bad.reshape(1))
+    host = torch.cat(packed).tolist()
+    cells = batch * width
+    if lookahead_bad is not None and host[-1]:
+        raise ValueError(_BAD_LOOKAHEAD.format(block=block, step=step - 1))
+    if not math.isfinite(host[3 * cells]):
+        raise ValueError(_BAD_BLOCK.format(block=block, step=step))
+    rows = [[int(v) for v in host[r * width:(r + 1) * width]] for r in range(batch)]
+    top1 = [host[cells + r * width:cells + (r + 1) * width] for r in range(batch)]
+    prob = [host[2 * cells + r * width:2 * cells + (r + 1) * width] for r in range(batch)]
+    if sampled:
+        first = 3 * cells + 1
+        x0 = [host[first + r * width:first + (r + 1) * width] for r in range(batch)]
+        x0_prob = [host[first + cells + r * width:first + cells + (r + 1) * width] for r in range(batch)]
+    else:
+        x0, x0_prob = top1, prob
+    masked_rows = [[p for p, token in enumerate(row) if token == mask_id] for row in rows]
+    # The driver's last-step fill (every masked position, tokens x0): the block's last step, or a
+    # quota that covers the row's masks. The strategy decides for the other rows with masks.
+    fill = [bool(m) and (last or q >= len(m)) for m, q in zip(masked_rows, quota_host)]
+    kinds, positions, bypass, deferred = strategy.decide_rows(
+        [[] if f else m for m, f in zip(masked_rows, fill)], quota_host, prob, x0_prob, options,
+        may_lookahead=not last)
+    after, commit = [], []
+    for r in range(batch):
+        row = list(rows[r])
+        if fill[r]:
+            kinds[r], positions[r] = KIND_FILL, masked_rows[r]
+        source = top1[r] if bypass[r] else x0[r]
+        flags = [False] * width
+        for p in positions[r]:
+            row[p] = int(source[p])
+            flags[p] = True
+        after.append(row)
+        commit.append(flags)
+    device = block_ids.device
+    kind = torch.tensor(kinds, dtype=torch.int64, device=device)
+    commit_tensor = torch.tensor(commit, dtype=torch.bool, device=device)
+    decision = StepDecision(kind=kind, commit=commit_tensor, tokens=torch.tensor(after, dtype=torch.int64, device=device),
+                            candidates_deferred=deferred)
+    active = torch.tensor([bool(m) and not f for m, f in zip(masked_rows, fill)], device=device)
+    state = StepState(logits=logits, masked=masked, quota=quota, active=active, entropy=entropy, top1_prob=top1_prob,
+                      top1_id=top1_id, top2_prob=top2_prob, tokens=tokens, token_probs=token_probs, options=options,
+                      max_quota=max_quota, generator=generator, may_lookahead=not last, defer_candidates=True)
+    decided = Decided(block_ids, masked.sum(dim=1), entropy, kind, commit_tensor, decision, state)
+    return HostDecided(decided, kinds, list(quota_host), after)
 
 
 def host_masks_left(kinds: Sequence[int], quota: Sequence[int], block_rows: Sequence[List[int]], mask_id: int,
@@ -164,10 +258,9 @@ def read_back(kind: torch.Tensor, quota: torch.Tensor, entropy: torch.Tensor, lo
     packed.append(block_ids.reshape(-1))
     host = torch.cat(packed).tolist()
     if lookahead_bad is not None and host[2 * batch + 1]:
-        raise ValueError(f"the model produced NaN / all -inf logits in the lookahead forward of block {block} "
-                         f"step {step - 1}")
+        raise ValueError(_BAD_LOOKAHEAD.format(block=block, step=step - 1))
     if not host[2 * batch]:
-        raise ValueError(f"the model produced NaN / all -inf logits at block {block} step {step}")
+        raise ValueError(_BAD_BLOCK.format(block=block, step=step))
     tokens_start = len(host) - batch * width
     keep_host = host[2 * batch + 1 + (lookahead_bad is not None):tokens_start]
     block_rows = [host[tokens_start + r * width:tokens_start + (r + 1) * width] for r in range(batch)]

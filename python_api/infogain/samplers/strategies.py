@@ -13,12 +13,14 @@ Shapes: B rows, L = block length, V = vocabulary, N = candidates.
 """
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from infogain_kernels import _random, gumbel_topk
+from infogain_kernels import _random
+from infogain_kernels.gumbel_topk import gumbel_topk_unchecked
 
 from ..stats import KIND_BYPASS, KIND_HEURISTIC, KIND_LOOKAHEAD, KIND_NONE, KIND_TRIVIAL
 
@@ -96,14 +98,30 @@ class Candidates:
     Attributes:
         commit: bool [N, B, L], positions candidate n of row b commits.
         tokens: int64 [N, B, L], the tokens it writes there.
-        keep: bool [N, B], candidates to evaluate (unique position sets of lookahead rows).
+        keep: bool [N, B], candidates to evaluate (unique position sets of lookahead rows), or None
+            when the caller asked to find them on the host (:func:`kept_on_host`).
         cost: float32 [N, B], C = sum of current entropies at the candidate's positions.
     """
 
     commit: torch.Tensor
     tokens: torch.Tensor
-    keep: torch.Tensor
+    keep: Optional[torch.Tensor]
     cost: torch.Tensor
+
+
+def kept_on_host(commit: Sequence[Sequence[Sequence[bool]]], lookahead_rows: Sequence[int]) -> List[List[bool]]:
+    """:attr:`Candidates.keep` [N][B] from the candidates' commit masks read back (host [N][B][L]):
+    a lookahead row's candidate is kept unless an earlier candidate of the row commits the same
+    positions (the device computes the same in :meth:`InfoGainStrategy.candidates`)."""
+    keep = [[False] * len(commit[0]) for _ in commit]
+    for b in lookahead_rows:
+        seen = set()
+        for n, candidate in enumerate(commit):
+            positions = tuple(candidate[b])
+            if positions not in seen:
+                seen.add(positions)
+                keep[n][b] = True
+    return keep
 
 
 @dataclass
@@ -160,14 +178,30 @@ class Strategy:
     def decide(self, state: StepState) -> StepDecision:
         raise NotImplementedError
 
-    def candidates(self, state: StepState, lookahead_rows: torch.Tensor) -> Candidates:
-        """The lookahead candidates of the rows ``lookahead_rows`` (bool [B]) of a deferred decision."""
+    def candidates(self, state: StepState, lookahead_rows: torch.Tensor, keep: bool = True) -> Candidates:
+        """The lookahead candidates of the rows ``lookahead_rows`` (bool [B]) of a deferred decision;
+        with ``keep=False`` their kept mask is left to the caller (:func:`kept_on_host`)."""
         raise NotImplementedError(f"{self.name} does not look ahead")
 
     def skip_candidates(self, state: StepState) -> None:
         """A deferred decision in which no row looks ahead: consume the random numbers that
         :meth:`candidates` would have, so that the run's random stream does not depend on
         whether the candidates were built."""
+
+    # Strategies that can decide from host copies of the statistics (:meth:`decide_rows`) set this:
+    # where reads are free (the CPU) the driver then decides on the host, without the dozens of
+    # small device ops of :meth:`decide`.
+    decides_on_host = False
+
+    def decide_rows(self, masked: Sequence[Sequence[int]], quota: Sequence[int], top1_prob: Sequence[Sequence[float]],
+                    x0_prob: Sequence[Sequence[float]], options, may_lookahead: bool) -> Tuple[List[int], List[List[int]],
+                                                                                           List[bool], bool]:
+        """:meth:`decide` on host lists, for the rows it must decide for: ``masked[b]`` the masked
+        block positions of row b (empty for rows it must not decide for), ``quota[b]``, and the
+        rows' ``top1_prob`` / ``x0_prob`` [B][L]. Returns ``(kinds, positions, bypass,
+        candidates_deferred)``: each row's kind code and committed positions, whether they take the
+        arg-max (else x0), and whether a :meth:`candidates` call (or :meth:`skip_candidates`) follows."""
+        raise NotImplementedError(f"{self.name} decides on the device only")
 
 
 class ScoreStrategy(Strategy):
@@ -304,6 +338,36 @@ class InfoGainStrategy(Strategy):
         kind = torch.where(rest, KIND_TRIVIAL, kind)
         return StepDecision(kind=kind, commit=bypass_commit | trivial_commit, tokens=tokens)
 
+    decides_on_host = True
+
+    def decide_rows(self, masked, quota, top1_prob, x0_prob, options, may_lookahead):
+        # The same decision as decide(), row by row: the threshold compares as the device does
+        # (float32 against the threshold rounded to float32), and positions rank by decreasing score,
+        # ties to the lower index (a stable sort on the exact float32 values).
+        threshold = _float32(options.threshold)
+        trivial = options.position_temperature <= 0 or options.candidate_number <= 1 or not may_lookahead
+        kinds, positions, bypass = [], [], []
+        for row_masked, row_quota, row_top1, row_x0 in zip(masked, quota, top1_prob, x0_prob):
+            if not row_masked or row_quota <= 0:
+                kinds.append(KIND_NONE)
+                positions.append([])
+                bypass.append(False)
+                continue
+            high = [p for p in row_masked if row_top1[p] >= threshold]
+            if high:
+                kinds.append(KIND_BYPASS)
+                positions.append(high if options.parallel_bypass else _top(high, row_top1, row_quota))
+                bypass.append(True)
+            elif trivial:
+                kinds.append(KIND_TRIVIAL)
+                positions.append(_top(row_masked, row_x0, row_quota))
+                bypass.append(False)
+            else:
+                kinds.append(KIND_LOOKAHEAD)   # its winner is committed after the lookahead
+                positions.append([])
+                bypass.append(False)
+        return kinds, positions, bypass, not trivial
+
     def _constants(self, num_candidates: int, width: int, device: torch.device):
         """``(slot, earlier)``: int64 [width] the slot indices, bool [N, N] ``earlier[n, m]``: m < n.
         Built once per shape and device, not every step."""
@@ -319,7 +383,7 @@ class InfoGainStrategy(Strategy):
         # candidates() draws exactly one seed (its one gumbel_topk call with 2 samples).
         _random.draw_seed(state.generator, state.masked.device)
 
-    def candidates(self, state: StepState, lookahead_rows: torch.Tensor) -> Candidates:
+    def candidates(self, state: StepState, lookahead_rows: torch.Tensor, keep: bool = True) -> Candidates:
         opts = state.options
         quota = state.quota
         # Lookahead rows are active rows that neither bypass nor fill.
@@ -335,9 +399,10 @@ class InfoGainStrategy(Strategy):
         scores = draw_probs.reshape(num_candidates * batch, length)
         valid = masked.repeat(num_candidates, 1)
         # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
-        # which the driver detects in its one read-back per step.
-        positions = gumbel_topk(scores, min(k_bound, length), 2, opts.position_temperature,
-                                valid=valid, generator=state.generator, check_values=False)
+        # which the driver detects in its one read-back per step. No argument checks either: the
+        # arguments are built here from the validated options (they cost as much as the op).
+        positions = gumbel_topk_unchecked(scores, min(k_bound, length), 2, opts.position_temperature, valid,
+                                          state.generator)
         # Candidate 0: the deterministic top-k (sample 0); candidates >= 1: their Gumbel sample (1).
         positions[1, :batch].copy_(positions[0, :batch])   # in place on the op's fresh output: no cat
         positions = positions[1].reshape(num_candidates, batch, -1)
@@ -345,12 +410,25 @@ class InfoGainStrategy(Strategy):
         in_quota = (slot < quota[None, :, None]) & (positions >= 0)
         commit = torch.zeros(num_candidates, batch, length, dtype=torch.bool, device=positions.device)
         commit.scatter_(2, positions.clamp(min=0), in_quota)
+        cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)
+        if not keep:
+            return Candidates(commit=commit, tokens=draws, keep=None, cost=cost)
         # A later candidate repeating an earlier candidate's position set adds nothing: drop it.
         same_set = (commit[:, None] == commit[None, :]).all(dim=-1)          # [N, N, B]
         duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
-        keep = lookahead_rows[None, :] > duplicate   # lookahead row and not a duplicate (bools: one op)
-        cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)
-        return Candidates(commit=commit, tokens=draws, keep=keep, cost=cost)
+        kept = lookahead_rows[None, :] > duplicate   # lookahead row and not a duplicate (bools: one op)
+        return Candidates(commit=commit, tokens=draws, keep=kept, cost=cost)
+
+
+def _float32(value: float) -> float:
+    """``value`` rounded to float32 (a float32 tensor compared with a Python number compares with this)."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+def _top(positions: List[int], scores: Sequence[float], count: int) -> List[int]:
+    """The ``count`` of ``positions`` with the highest score (ties: the lower position first, as
+    :func:`position_rank` ranks them; ``positions`` are increasing)."""
+    return sorted(positions, key=lambda p: -scores[p])[:count]
 
 
 def make_strategy(name: str) -> Strategy:
