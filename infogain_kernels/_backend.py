@@ -48,7 +48,8 @@ def use_triton(tensor: torch.Tensor) -> bool:
         if tensor.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError("the Triton backend needs CUDA tensors, or TRITON_INTERPRET=1 for CPU tensors")
         return True
-    return tensor.device.type == "cuda" and _triton_available()
+    # Forced "native" or "reference" never sends a tensor to Triton, CUDA ones included.
+    return name == "auto" and tensor.device.type == "cuda" and _triton_available()
 
 
 @functools.lru_cache(maxsize=None)

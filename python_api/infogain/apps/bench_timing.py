@@ -84,6 +84,8 @@ class ForwardTimer:
         return timed
 
     def __enter__(self):
+        # Methods already replaced on the instance (a patch, a spy, an outer timer) come back on exit.
+        self._saved = {n: self.model.__dict__[n] for n in self.METHODS if n in self.model.__dict__}
         for name in self.METHODS:
             if hasattr(type(self.model), name):
                 setattr(self.model, name, self._wrap(getattr(self.model, name)))
@@ -95,6 +97,8 @@ class ForwardTimer:
     def __exit__(self, *exc):
         for name in self.METHODS:
             self.model.__dict__.pop(name, None)
+        for name, value in self._saved.items():
+            setattr(self.model, name, value)
         if self._head_module is not None:
             self._head_module.fused_head = self._head
         return False
