@@ -357,11 +357,14 @@ def test_attention_choices_give_the_same_logits(tiny, wanted, monkeypatch):
     windows = ids[list(cache_rows), start:start + W].clone()
     windows[:, 0] = torch.randint(0, 90, (5,), generator=torch.Generator().manual_seed(12))
     results = {}
-    for name, threshold in (("cascade", 0), ("stacked", 1 << 30)):
+    # rows: each candidate as a plain window row over its cache row's keys (small batches on the CPU).
+    for name, threshold, rows_limit in (("cascade", 0, 0), ("stacked", 1 << 30, 0), ("rows", 0, 1 << 62)):
         monkeypatch.setitem(attention.CASCADE_MIN_SHARED_KEYS, "cpu", threshold)
         monkeypatch.setitem(attention.STACKED_MAX_OWN_KEYS, "cpu", threshold)
+        monkeypatch.setitem(attention.ROWS_COPY_LIMIT, "cpu", rows_limit)
         results[name] = model.forward_window(windows, start=start, cache=cache, mode=mode, cache_rows=cache_rows)
     torch.testing.assert_close(results["stacked"], results["cascade"], atol=ATOL, rtol=1e-4)
+    torch.testing.assert_close(results["rows"], results["cascade"], atol=ATOL, rtol=1e-4)
     # Ordinary rows: rows 2 and 0 of the batch, one window each, against the per-row forwards.
     subset = model.forward_window(ids[[2, 0], start:start + W], start=start, cache=cache, mode=mode,
                                   cache_rows=(2, 0))
@@ -376,7 +379,7 @@ def test_attention_choices_give_the_same_logits(tiny, wanted, monkeypatch):
 
 @torch.no_grad()
 @pytest.mark.parametrize("wanted", ["prefix", "dual"])
-@pytest.mark.parametrize("layout", ["cascade", "stacked"])
+@pytest.mark.parametrize("layout", ["cascade", "stacked", "rows"])
 def test_candidate_hidden_states_at_the_read_positions(tiny, wanted, layout, monkeypatch):
     """``read``: the last layer's MLP runs where the read positions need it (Dream: the query
     before each one); the hidden states there equal those of the whole window."""
@@ -385,6 +388,7 @@ def test_candidate_hidden_states_at_the_read_positions(tiny, wanted, layout, mon
     threshold = 0 if layout == "cascade" else 1 << 30
     monkeypatch.setitem(attention.CASCADE_MIN_SHARED_KEYS, "cpu", threshold)
     monkeypatch.setitem(attention.STACKED_MAX_OWN_KEYS, "cpu", threshold)
+    monkeypatch.setitem(attention.ROWS_COPY_LIMIT, "cpu", 1 << 62 if layout == "rows" else 0)
     model, mode, ids, mask, start, W, cache = prefilled_canvas(tiny, wanted, seed=4, padded_row=1, padding=3)
     cache_rows = (1, 0, 1, 2, 1)
     windows = ids[list(cache_rows), start:start + W].clone()

@@ -24,6 +24,12 @@ keys | every candidate's own keys] with a block-diagonal mask (each candidate
 sees only its own window). :func:`use_cascade` makes the choice (measured; see
 the constants) and :func:`candidate_masks` builds the masks of the chosen route.
 
+Both read the cache in place. For a small candidate batch on the CPU (below
+:data:`ROWS_COPY_LIMIT` copied cache elements per layer), copying each candidate's
+cached keys is cheaper than either: :func:`candidate_route` then picks "rows", the
+plain window forward in which every candidate row attends to [its cache row's keys |
+its own window keys] (the copy is the concatenation the plain attention makes anyway).
+
 The masks the model's layers take live here too: a boolean attention mask (True =
 attend) for full and plain window forwards (:func:`canvas_mask`,
 :func:`window_mask`), or :class:`CascadeMasks` / :class:`StackedMasks` for a
@@ -389,6 +395,37 @@ def window_mask(attention_mask: torch.Tensor, *, cached: int, start: int, W: int
 # kernels take no block-diagonal mask at full speed; not measured in this project yet).
 CASCADE_MIN_SHARED_KEYS = {"cpu": 512, "cuda": 0}
 STACKED_MAX_OWN_KEYS = {"cpu": 64, "cuda": 0}
+
+
+# Below how many copied cache elements per layer (R candidate rows x S cached keys x H_kv x D, for
+# the keys; as many for the values) the plain per-row window forward ("rows") beats both in-place
+# routes, per device type. Measured per layer call as in benches/bench_attention.py (1 CPU thread,
+# fp32, 8 candidates of one cache row, per-thread CPU time, median of 30, shared 2-core machine so
+# +-20%), the rows route timed as: concatenate the broadcast cache row with each candidate's own
+# keys and values, one plain attention. cascade time / rows time (stacked time / rows time):
+#   H=4 D=32 (toy), W=8:  S=16 2.3 (1.3), 48 1.9 (1.2), 128 1.6 (1.0), 256 0.7 (0.6), 512 0.2 (0.2)
+#   H=4 D=32 (toy), W=32: S=16 1.8 (3.5), 48 1.5 (2.9), 128 1.4 (2.3), 256 1.2 (1.9), 512 0.5 (0.9)
+#   H=8 D=64 (52M), W=8:  S=16 1.6 (1.2), 48 1.3 (1.0), 128 0.8 (0.7), 256 0.3 (0.3)
+#   H=8 D=64 (52M), W=32: S=16 1.6 (6.9), 48 1.3 (3.2), 128 1.0 (1.9), 256 0.7 (0.9)
+# (masked keys, as in dual mode: the same picture). The copy pays up to about 2e5 copied key
+# elements (toy S=128: 1.3e5, 52M S=48: 2.0e5) and no longer from 2.6e5 (toy S=256, 52M S=128:
+# 5.2e5), plausibly where the copies stop fitting the per-core caches. The route also skips the
+# candidate slot layout, a few dozen operations per forward. CUDA keeps the in-place routes (a per-candidate copy of a real cache costs memory
+# bandwidth the kernels save; not measured here).
+ROWS_COPY_LIMIT = {"cpu": 1 << 18, "cuda": 0}
+
+
+def candidate_route(rows: int, shared_keys: int, own_keys: int, kv_width: int, device: torch.device) -> str:
+    """The attention route of a candidate window forward: "rows" (plain per-row forward, each row's
+    cached keys copied), "stacked" (:func:`stacked_attention`) or "cascade" (:func:`cascade_attention`).
+
+    ``rows``: window rows R; ``shared_keys``: cached keys S per cache row; ``own_keys``: the window
+    keys of all candidates of one cache row together (n*W); ``kv_width``: ``H_kv * D`` of a layer.
+    """
+    kind = device.type if device.type in ROWS_COPY_LIMIT else "cuda"
+    if rows * shared_keys * kv_width < ROWS_COPY_LIMIT[kind]:
+        return "rows"
+    return "cascade" if use_cascade(shared_keys, own_keys, device) else "stacked"
 
 
 def use_cascade(shared_keys: int, own_keys: int, device: torch.device) -> bool:

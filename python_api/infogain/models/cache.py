@@ -2,14 +2,19 @@
 and writing it.
 
 A window forward with ``cache_rows`` groups its rows by the cache row they read
-(:class:`CandidateRows`); every layer then reads each distinct cache row once, in place
-(:func:`cached_past`), never a per-candidate copy. Caches are written in one place,
+(:class:`CandidateRows`); the cascade and stacked attentions then read each distinct cache row
+once per layer, in place (:func:`cached_past`), never a per-candidate copy. Small candidate
+batches on the CPU instead run the plain window forward with each row's cached keys taken per
+row (:meth:`CandidateRows.reader`: a broadcast view when all rows read one cache row), which the
+attention concatenates with the fresh keys: cheaper there than the cascade's extra operations
+(see :func:`~infogain.models.attention.candidate_route`). Caches are written in one place,
 :func:`write_blocks` (one fused ``kv_block_replace`` call for all layers).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from functools import cached_property
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -20,6 +25,8 @@ from .base import KVCache
 
 # Per-layer fresh keys and values of a forward, as the stack collects them.
 FreshKV = List[Tuple[torch.Tensor, torch.Tensor]]
+# Takes, from a tensor with one entry per cache row along dim 0, the entries some window rows read.
+RowReader = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -46,32 +53,67 @@ class CandidateRows:
 
     Window rows are laid out as ``G`` groups (one per distinct cache row, ascending) of
     ``n`` slots (n = the largest group); the spare slots of smaller groups repeat a real
-    row and are dropped at the end.
+    row and are dropped at the end. The device tensors (:attr:`rows`, :attr:`groups`,
+    :attr:`slot_of_row`) are made on first use, all with one copy: a forward that needs none
+    of them (a one-prompt batch on the "rows" route) makes none.
     """
 
-    rows: torch.Tensor          # [R] long, the cache row of each window row
-    groups: torch.Tensor        # [G] long, the distinct cache rows
-    slot_of_row: torch.Tensor   # [R] long, the slot of each window row
-    slots_per_group: int        # n
-    every_cache_row: bool       # groups == arange(cache batch): no gather of the cache needed
+    cache_rows: Tuple[int, ...]     # host: the cache row of each window row
+    group_rows: Tuple[int, ...]     # host: the distinct cache rows, ascending
+    slots_per_group: int            # n
+    every_cache_row: bool           # groups == arange(cache batch): no gather of the cache needed
+    device: torch.device
+
+    @cached_property
+    def _packed(self) -> torch.Tensor:
+        group_of = {row: g for g, row in enumerate(self.group_rows)}
+        filled = [0] * len(self.group_rows)
+        slots = []
+        for row in self.cache_rows:
+            g = group_of[row]
+            slots.append(g * self.slots_per_group + filled[g])   # rank = order of appearance in the group
+            filled[g] += 1
+        return host_ints_to_device(list(self.cache_rows) + list(self.group_rows) + slots, self.device)  # one copy
+
+    @property
+    def rows(self) -> torch.Tensor:
+        """``[R]`` long, the cache row of each window row."""
+        return self._packed[:len(self.cache_rows)]
+
+    @property
+    def groups(self) -> torch.Tensor:
+        """``[G]`` long, the distinct cache rows."""
+        R = len(self.cache_rows)
+        return self._packed[R:R + len(self.group_rows)]
+
+    @property
+    def slot_of_row(self) -> torch.Tensor:
+        """``[R]`` long, the slot of each window row."""
+        return self._packed[len(self.cache_rows) + len(self.group_rows):]
+
+    def reader(self) -> RowReader:
+        """``t [B, ...]`` (one entry per cache row) -> ``[R, ...]``, the entry of each window row's
+        cache row: a broadcast view of one row when every window row reads the same cache row (a
+        lookahead of one prompt; nothing copied until the attention concatenates), else a gather."""
+        if len(self.group_rows) == 1:
+            row, R = self.group_rows[0], len(self.cache_rows)
+            return lambda t: t[row:row + 1].expand(R, *t.shape[1:])
+        return gather_rows(self.rows)
+
+
+def gather_rows(rows: torch.Tensor) -> RowReader:
+    """The :data:`RowReader` of the long tensor ``rows`` (one gather along dim 0)."""
+    return lambda t: t.index_select(0, rows)
 
 
 def candidate_rows(cache_rows: Sequence[int], device: torch.device, batch_size: int) -> CandidateRows:
     """The :class:`CandidateRows` of the host list ``cache_rows`` (validated by the caller)."""
     groups = sorted(set(cache_rows))
-    group_of = {row: g for g, row in enumerate(groups)}
-    filled = [0] * len(groups)
-    group_and_rank = []
+    counts: Dict[int, int] = {}
     for row in cache_rows:
-        g = group_of[row]
-        group_and_rank.append((g, filled[g]))   # rank = order of appearance inside the group
-        filled[g] += 1
-    n = max(filled)
-    slots = [g * n + rank for g, rank in group_and_rank]
-    packed = host_ints_to_device(list(cache_rows) + groups + slots, device)   # one copy
-    R, G = len(cache_rows), len(groups)
-    return CandidateRows(rows=packed[:R], groups=packed[R:R + G], slot_of_row=packed[R + G:],
-                         slots_per_group=n, every_cache_row=groups == list(range(batch_size)))
+        counts[row] = counts.get(row, 0) + 1
+    return CandidateRows(cache_rows=tuple(cache_rows), group_rows=tuple(groups), slots_per_group=max(counts.values()),
+                         every_cache_row=groups == list(range(batch_size)), device=device)
 
 
 def prefill_cache(fresh: FreshKV, *, mode: str, start: int, input_ids: torch.Tensor,
@@ -98,14 +140,17 @@ def prefill_cache(fresh: FreshKV, *, mode: str, start: int, input_ids: torch.Ten
                               boundary=dict(boundary or {}))
 
 
-def cached_past(cache: KVCache, cached: int,
-                rows: Optional[torch.Tensor] = None) -> Callable[[int], Tuple[torch.Tensor, torch.Tensor]]:
+def cached_past(cache: KVCache, cached: int, rows: Union[None, torch.Tensor, RowReader] = None
+                ) -> Callable[[int], Tuple[torch.Tensor, torch.Tensor]]:
     """Layer index -> that layer's cached keys and values ``[:, :, :cached]``, of the cache rows
-    ``rows`` (a long tensor; None = every row, no gather)."""
+    ``rows``: a long tensor (gathered), a :data:`RowReader`, or None (every row, no gather)."""
+    if isinstance(rows, torch.Tensor):
+        rows = gather_rows(rows)
+
     def past(i):
         k, v = cache.keys[i][:, :, :cached], cache.values[i][:, :, :cached]
         if rows is not None:
-            k, v = k.index_select(0, rows), v.index_select(0, rows)
+            k, v = rows(k), rows(v)
         return k, v
 
     return past

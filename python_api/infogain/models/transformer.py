@@ -35,7 +35,12 @@ for short windows on a small cache (the measured thresholds of
 :func:`~infogain.models.attention.use_cascade`),
 :func:`~infogain.models.attention.stacked_attention` (one attention over [cache |
 all candidates' windows] with a block-diagonal mask). Either way the cache is read
-once per distinct cache row per layer, never copied per candidate.
+once per distinct cache row per layer, never copied per candidate. A small candidate
+batch on the CPU (the measured limit of :func:`~infogain.models.attention.candidate_route`)
+runs the plain window forward instead, each candidate row against its cache row's keys (a
+broadcast view of that row for a one-prompt batch, copied only by the attention's
+concatenation): on a tiny model that costs less than the cascade's or the stacked form's
+extra operations (slot layout, masks, merge).
 """
 from __future__ import annotations
 
@@ -46,9 +51,10 @@ from torch import nn
 
 from infogain_kernels._validation import check_bool
 
-from .attention import canvas_mask, candidate_masks, segment_ids, window_mask
+from .attention import canvas_mask, candidate_masks, candidate_route, segment_ids, window_mask
 from .base import DiffusionLM, ModelConfig
-from .cache import CandidateRows, cached_past, candidate_rows, prefill_cache, write_window
+from .cache import (CandidateRows, RowReader, cached_past, candidate_rows, gather_rows, prefill_cache,
+                    write_window)
 from .layers import ArchSpec, Block, RMSNorm, position_ids, rope_cos_sin
 from .validation import (check_block_aligned_rows, check_cache_rows, check_canvas, check_keep,
                          check_position_segments, check_prefill_mode, check_prefill_start, check_segments,
@@ -290,15 +296,21 @@ class Transformer(DiffusionLM):
             # layout's ascending order), no candidate machinery.
             ordered = torch.empty_like(window_ids)
             ordered[layout.slot_of_row] = window_ids
-            rows = None if layout.every_cache_row else layout.groups
+            rows = None if layout.every_cache_row else gather_rows(layout.groups)
             hidden = self._window_rows(ordered, start, extra, cached, cache, mode, attention_mask, False,
                                        all_real, canvas_rows=rows)[layout.slot_of_row]
+        elif candidate_route(R, cached, layout.slots_per_group * W, self.spec.num_kv_heads * self.spec.head_dim,
+                             window_ids.device) == "rows":
+            # A small candidate batch (CPU): the plain forward, each row against its cache row's keys.
+            hidden = self._window_rows(window_ids, start, extra, cached, cache, mode, attention_mask, False,
+                                       all_real, canvas_rows=layout.reader(),
+                                       mlp_at=None if read is None else self._queries_read(read, extra))
         else:
             hidden = self._window_candidates(window_ids, layout, start, extra, cached, cache, mode, attention_mask,
                                              all_real, check_values, read)
         if self.spec.shift_logits:
             # query j is position start - extra + j; prev_real[r, i]: is position start+i-1 real
-            position_is_real = attention_mask[layout.rows] if layout is not None else attention_mask
+            position_is_real = layout.reader()(attention_mask) if layout is not None else attention_mask
             prev_real = torch.cat([torch.zeros_like(position_is_real[:, :1]), position_is_real[:, :-1]], dim=1)
             prev_real = prev_real[:, start:start + W]
             if extra:
@@ -306,34 +318,40 @@ class Transformer(DiffusionLM):
             else:
                 hidden = self._align(hidden, prev_real)
             if boundary is not None:
-                before = boundary if layout is None else boundary.index_select(0, layout.rows)
+                before = boundary if layout is None else layout.reader()(boundary)
                 first = torch.where(prev_real[:, :1, None], before[:, None].to(hidden.dtype), hidden[:, :1])
                 hidden = torch.cat([first, hidden[:, 1:]], dim=1)
         return hidden
 
-    def _window_queries(self, window_ids, start, extra, cache, canvas_rows):
+    def _window_queries(self, window_ids, start, extra, cache, canvas_rows: Optional[RowReader]):
         """Ids ``[R, extra + W]`` (Dream's extra query first) and the fresh-key selector."""
         if not extra:
             return window_ids, None
-        prev = cache.token_ids[canvas_rows, start - 1]
+        prev = cache.token_ids[:, start - 1]
+        if canvas_rows is not None:
+            prev = canvas_rows(prev)
         ids = torch.cat([prev[:, None], window_ids], dim=1)
         return ids, torch.arange(extra, ids.shape[1], device=window_ids.device)
 
     def _window_rows(self, window_ids, start, extra, cached, cache, mode, attention_mask, write, all_real,
-                     canvas_rows=None):
-        """Window row r against cache row r (``canvas_rows[r]`` when given: a long tensor of cache
-        rows): keys ``[cache[0, cached) | fresh window]``, one mask (none when nothing is masked)."""
+                     canvas_rows: Optional[RowReader] = None, mlp_at=None):
+        """Window row r against cache row r (the rows ``canvas_rows`` reads, when given): keys
+        ``[cache[0, cached) | fresh window]``, one mask (none when nothing is masked). ``mlp_at``:
+        as in :meth:`_run`."""
         W = window_ids.shape[1]
         if canvas_rows is not None:
-            attention_mask = attention_mask[canvas_rows]
-        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache,
-                                                    slice(None) if canvas_rows is None else canvas_rows)
+            attention_mask = canvas_rows(attention_mask)
+        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, canvas_rows)
         Lq = ids.shape[1]
-        positions = position_ids(attention_mask)[:, start - extra:start + W]
+        if all_real:
+            # No padding: every row has positions start - extra ... (one row of rotary tables, broadcast).
+            positions = torch.arange(start - extra, start + W, device=ids.device)[None]
+        else:
+            positions = position_ids(attention_mask)[:, start - extra:start + W]
         mask = window_mask(attention_mask, cached=cached, start=start, W=W, queries=Lq,
                            dual=mode in ("dual", "sub_block"), all_real=all_real)
         hidden, fresh = self._run(ids, positions, mask, cached_past(cache, cached, canvas_rows), fresh_key_index,
-                                  collect=write)
+                                  collect=write, mlp_at=mlp_at)
         if write:
             write_window(cache, fresh, start, window_ids, mode,
                          last_hidden=hidden[:, -1].clone() if self._boundary_states(mode) else None)
@@ -352,7 +370,7 @@ class Transformer(DiffusionLM):
         W = window_ids.shape[1]
         groups, slot_of_row, n = layout.groups, layout.slot_of_row, layout.slots_per_group
         G = groups.shape[0]
-        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, layout.rows)
+        ids, fresh_key_index = self._window_queries(window_ids, start, extra, cache, gather_rows(layout.rows))
         slotted = ids[:1].repeat(G * n, 1)
         slotted[slot_of_row] = ids
         group_mask = attention_mask[groups]                                          # [G, T]
@@ -363,19 +381,22 @@ class Transformer(DiffusionLM):
 
         mlp_at = None
         if read is not None:
-            queries_read = read
-            if self.spec.shift_logits:
-                # Position i's hidden state comes from query i - 1 + extra, or its own query
-                # i + extra after left padding: both may be read.
-                queries_read = read.new_zeros(read.shape[0], read.shape[1] + 1)
-                queries_read[:, 1:] |= read
-                queries_read[:, :-1] |= read
-                if not extra:  # no shift query: query j is position j
-                    queries_read = queries_read[:, 1:]
             mlp_at = torch.zeros(G * n, ids.shape[1], dtype=torch.bool, device=read.device)
-            mlp_at[slot_of_row] = queries_read
+            mlp_at[slot_of_row] = self._queries_read(read, extra)
         hidden, _ = self._run(slotted, positions, masks, past, fresh_key_index, mlp_at=mlp_at)
         return hidden[slot_of_row]
+
+    def _queries_read(self, read: torch.Tensor, extra: int) -> torch.Tensor:
+        """The queries ``[R, extra + W]`` whose final hidden states the read positions ``read [R, W]``
+        need (see :meth:`window_hidden_states`)."""
+        if not self.spec.shift_logits:
+            return read
+        # Position i's hidden state comes from query i - 1 + extra, or its own query
+        # i + extra after left padding: both may be read.
+        queries_read = read.new_zeros(read.shape[0], read.shape[1] + 1)
+        queries_read[:, 1:] |= read
+        queries_read[:, :-1] |= read
+        return queries_read if extra else queries_read[:, 1:]   # no shift query: query j is position j
 
     def forward_window(self, window_ids, *, start, cache, mode, attention_mask=None, cache_rows=None,
                        write=False, check_values=True):
