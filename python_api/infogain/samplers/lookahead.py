@@ -51,6 +51,15 @@ class Outcome(NamedTuple):
     cand_block: torch.Tensor
 
 
+class BuiltCandidates(NamedTuple):
+    """The lookahead's candidates already built into their ``batch`` (on the host, where reads are
+    free): their ``cost`` C float32 [R] (None for lookum) and ``num_candidates`` N."""
+
+    batch: CandidateBatch
+    cost: Optional[torch.Tensor]
+    num_candidates: int
+
+
 def candidate_batch(candidates: Candidates, pairs: List[Tuple[int, int]], lookahead_rows: Sequence[int],
                     block: torch.Tensor) -> CandidateBatch:
     """The batch of the kept candidates ``pairs`` of ``lookahead_rows`` (host ints); ``block`` int64
@@ -62,6 +71,27 @@ def candidate_batch(candidates: Candidates, pairs: List[Tuple[int, int]], lookah
     commit = candidates.commit[cand_index, row_index]
     block = torch.where(commit, candidates.tokens[cand_index, row_index], block[row_index])
     return CandidateBatch(pairs, cand_index, row_index, rows, commit, block)
+
+
+def host_candidate_batch(pairs: List[Tuple[int, int]], lookahead_rows: Sequence[int],
+                         commit: Sequence[Sequence[Sequence[bool]]], tokens: Sequence[Sequence[Sequence[int]]],
+                         block: Sequence[Sequence[int]], device: torch.device) -> CandidateBatch:
+    """:func:`candidate_batch` built from host lists, where reads are free (the CPU): the
+    candidates' ``commit`` [N][B][L] and ``tokens`` [N][B][L] and the ``block`` [B][L] now. One
+    host-to-device copy, no device indexing."""
+    count = len(pairs)
+    values = [n for n, _ in pairs] + [b for _, b in pairs] + list(lookahead_rows)
+    rows_end = len(values)
+    for n, b in pairs:
+        values += commit[n][b]
+    commit_end = len(values)
+    for flags, (n, b) in zip((commit[n][b] for n, b in pairs), pairs):
+        values += [token if flag else current for flag, token, current in zip(flags, tokens[n][b], block[b])]
+    packed = host_ints_to_device(values, device)
+    length = len(block[0])
+    return CandidateBatch(pairs, packed[:count], packed[count:2 * count], packed[2 * count:rows_end],
+                          packed[rows_end:commit_end].view(count, length).bool(),
+                          packed[commit_end:].view(count, length))
 
 
 def candidate_windows(mode: str, canvas: torch.Tensor, batch: CandidateBatch, start: int,

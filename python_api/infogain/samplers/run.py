@@ -18,7 +18,7 @@ from . import lookahead as la
 from .model_calls import ModelCalls, exposes_hidden_states
 from .options import GenerateOptions
 from .step import Decided, Reused, decide, decide_on_host, fill_after_eos, host_masks_left, kept_pairs, read_back
-from .strategies import kept_on_host
+from .strategies import commits_on_host, kept_on_host
 from .trace import step_record
 
 
@@ -92,6 +92,10 @@ class _Run:
         # Where reads are free, a strategy that can decides on the host (see decide_on_host): a
         # step then costs a few device ops and one read instead of dozens of small ops.
         self.host_decisions = (self.reads_free and self.strategy.decides_on_host and self.strategy.scheduled)
+        # Such a step also builds its lookahead candidates on the host from their positions read back
+        # (see _host_candidates), unless the trace needs the candidates' tensors.
+        self.host_candidates = (self.host_decisions and not opts.record
+                                and getattr(self.strategy, "candidate_positions", None) is not None)
         self.head_stats = None  # entropy, top1_prob, top1_id, top2_prob [B, L]
         self.head_stats_rows = [False] * self.batch
         # Whether every row's head_stats came from one lookahead with no EOS fill since (Reused.exact).
@@ -270,7 +274,8 @@ class _Run:
             kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_bad,
                                                             keep_mask, block_after, block=block, step=step)
         left_host = host_masks_left(kinds, quota_host, block_rows, self.mask_id, self.eos_id)
-        if self.reads_free and self.eos_id is not None and any(self.eos_id in row for row in block_rows):
+        filled = self.reads_free and self.eos_id is not None and any(self.eos_id in row for row in block_rows)
+        if filled:
             # Where reads are free the fill runs only when some row's block holds an EOS (otherwise it
             # fills nothing: the masks after an EOS of an earlier step were filled right after it).
             self._eos_fill()
@@ -282,12 +287,19 @@ class _Run:
             self.strategy.skip_candidates(decided.state)
         if lookahead_rows:
             winners_may_commit_eos = True
-            if decision.candidates_deferred:
-                # Reads are free here (see host_reads_are_free): the candidates of the rows that
-                # look ahead only, and their kept mask read back.
-                candidates = self.strategy.candidates(decided.state, kind == KIND_LOOKAHEAD, keep=False)
-                keep, winners_may_commit_eos = self._read_kept(candidates, lookahead_rows)
-            outcome = self._lookahead(start, candidates, kept_pairs(keep, self.batch), lookahead_rows, left_host)
+            if self.host_candidates:
+                # The candidates' blocks start from the block now (after the fill, if it ran).
+                now = self.canvas[:, start:end].tolist() if filled else block_rows
+                built, winners_may_commit_eos = self._host_candidates(decided.state, lookahead_rows, quota_host,
+                                                                      block_rows, now)
+                outcome = self._lookahead(start, built, built.batch.pairs, lookahead_rows, left_host)
+            else:
+                if decision.candidates_deferred:
+                    # Reads are free here (see host_reads_are_free): the candidates of the rows that
+                    # look ahead only, and their kept mask read back.
+                    candidates = self.strategy.candidates(decided.state, kind == KIND_LOOKAHEAD, keep=False)
+                    keep, winners_may_commit_eos = self._read_kept(candidates, lookahead_rows)
+                outcome = self._lookahead(start, candidates, kept_pairs(keep, self.batch), lookahead_rows, left_host)
             # The winner's block is the row's block with the winner's commit applied (see candidate_batch:
             # a lookahead row's block is unchanged since), so it is written as it is.
             if len(lookahead_rows) == self.batch:   # every row: plain slices, no index
@@ -322,11 +334,61 @@ class _Run:
         eos = host[num_candidates * batch * length:]
         return keep, any(kept and commits_eos for kept, commits_eos in zip(keep, eos))
 
+    def _host_candidates(self, state, lookahead_rows: List[int], quota: List[int], before: List[List[int]],
+                         now: List[List[int]]) -> Tuple[la.BuiltCandidates, bool]:
+        """The lookahead's candidate batch built on the host where reads are free (:attr:`host_candidates`):
+        the candidates' positions (the strategy's ``candidate_positions``, the same random draws as
+        its ``candidates``) and tokens read back in one read, then their commit masks, kept set and
+        batch made from host lists. ``quota``: host [B]; ``before`` / ``now``: the block's tokens
+        (host [B][L]) before the step's EOS fill (the positions the candidates may take) and now
+        (the blocks they start from). Returns the built candidates and whether a kept one commits an EOS."""
+        num_candidates, batch_size, length = self.opts.candidate_number, self.batch, self.length
+        if len(lookahead_rows) == batch_size:   # every row: the masked positions, once per candidate
+            valid = state.masked.expand(num_candidates, batch_size, length).reshape(-1, length)
+        else:
+            looks = [r in lookahead_rows for r in range(batch_size)]
+            valid = torch.tensor([[looks[b] and token == self.mask_id for token in before[b]]
+                                  for b in range(batch_size)] * num_candidates, dtype=torch.bool, device=self.device)
+        positions = self.strategy.candidate_positions(state, valid)
+        sampled = state.tokens.shape[-1] > 0
+        # The candidates' tokens (state.draws): their own draws, or at temperature 0 the arg-max for all.
+        source = state.tokens[..., :num_candidates].permute(2, 0, 1) if sampled else state.top1_id
+        host = torch.cat([positions.reshape(-1), source.reshape(-1)]).tolist()
+        k = positions.shape[-1]
+        per_candidate = batch_size * k
+        flat = [[host[n * per_candidate + b * k:n * per_candidate + (b + 1) * k] for b in range(batch_size)]
+                for n in range(num_candidates)]
+        first = num_candidates * per_candidate
+        cells = batch_size * length
+        tokens = [[host[first + n * cells + b * length:first + n * cells + (b + 1) * length] for b in range(batch_size)]
+                  for n in range(num_candidates if sampled else 1)]
+        if not sampled:
+            tokens = tokens * num_candidates
+        commit = commits_on_host(flat, quota, length)
+        keep = kept_on_host(commit, lookahead_rows)
+        pairs = [(n, b) for n in range(num_candidates) for b in range(batch_size) if keep[n][b]]
+        batch = la.host_candidate_batch(pairs, lookahead_rows, commit, tokens, now, self.device)
+        cost = None
+        if self.opts.variant == "info_gain":
+            # C = the current entropies summed over the committed positions (as candidates() sums them).
+            cost = torch.where(batch.commit, state.entropy.index_select(0, batch.row_index), 0.0).sum(dim=-1)
+        eos = self.eos_id
+        commits_eos = eos is not None and any(
+            flag and token == eos for n, b in pairs for flag, token in zip(commit[n][b], tokens[n][b]))
+        return la.BuiltCandidates(batch, cost, num_candidates), commits_eos
+
     def _lookahead(self, start: int, candidates, pairs, lookahead_rows, masks_left) -> la.Outcome:
         """Forward the kept candidates ``pairs`` of all rows as one batch and pick each row's best.
-        ``masks_left``: host ints [B], the masks a lookahead row's winner leaves in the block."""
+        ``candidates``: :class:`~.strategies.Candidates`, or :class:`~.lookahead.BuiltCandidates` (their
+        batch already built on the host, see :meth:`_host_candidates`); ``masks_left``: host ints [B],
+        the masks a lookahead row's winner leaves in the block."""
         length = self.length
-        batch = la.candidate_batch(candidates, pairs, lookahead_rows, self.canvas[:, start:start + length])
+        if isinstance(candidates, la.BuiltCandidates):
+            batch, cost, num_candidates = candidates
+        else:
+            batch = la.candidate_batch(candidates, pairs, lookahead_rows, self.canvas[:, start:start + length])
+            cost = candidates.cost[batch.cand_index, batch.row_index] if self.opts.variant == "info_gain" else None
+            num_candidates = candidates.commit.shape[0]
         fill_from = self.gen_start if self.mode == "none" else 0
         window, offset = la.candidate_windows(self.mode, self.canvas, batch, start, fill_from, self.mask_id,
                                               self.window_eos_id)
@@ -353,7 +415,6 @@ class _Run:
             out_offset = offset
         read = next_out[:, out_offset:out_offset + h_end - offset]
         self.recorder.count_lookahead(cache_rows)
-        cost = candidates.cost[batch.cand_index, batch.row_index] if self.opts.variant == "info_gain" else None
         head = None
         if self.fused_head:
             weight = self.model.lm_head_weight
@@ -363,7 +424,7 @@ class _Run:
         self.head_checked = True
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_bad = ~torch.isfinite(objective).all()
-        best, winner = la.winners(objective, batch, candidates.commit.shape[0], self.batch)
+        best, winner = la.winners(objective, batch, num_candidates, self.batch)
         rows = batch.rows
         if self.reuse_head_stats:
             # The winners' block statistics, already computed at every still-masked position.

@@ -383,29 +383,39 @@ class InfoGainStrategy(Strategy):
         # candidates() draws exactly one seed (its one gumbel_topk call with 2 samples).
         _random.draw_seed(state.generator, state.masked.device)
 
-    def candidates(self, state: StepState, lookahead_rows: torch.Tensor, keep: bool = True) -> Candidates:
-        opts = state.options
-        quota = state.quota
-        # Lookahead rows are active rows that neither bypass nor fill.
-        masked = state.masked & lookahead_rows[:, None]
-        num_candidates = opts.candidate_number
+    def candidate_positions(self, state: StepState, valid: torch.Tensor,
+                            draw_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """int64 [N, B, k] (k = min(max_quota, L)): the positions each candidate of each row ranks
+        first, best first, -1 past the row's valid positions; ``valid`` bool [N * B, L] the masked
+        positions of the lookahead rows (rows that bypass or fill have none), repeated per candidate.
+        ``draw_probs``: ``state.draws(N)[1]`` when the caller has it. Draws the candidates' one seed
+        (see :meth:`skip_candidates`)."""
+        num_candidates = state.options.candidate_number
         batch, length = state.masked.shape
-        draws, draw_probs = state.draws(num_candidates)
+        if draw_probs is None:
+            draw_probs = state.draws(num_candidates)[1]
         # One call for all rows whatever their quota: gumbel_topk lists positions in decreasing
         # (perturbed) score, so the first quota[b] entries of row b are its top-quota[b]. Rows that
         # bypass or fill have no valid position: the op selects nothing for them, and their
         # candidates are all empty (and never kept).
-        k_bound = state.max_quota
         scores = draw_probs.reshape(num_candidates * batch, length)
-        valid = masked.repeat(num_candidates, 1)
         # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
         # which the driver detects in its one read-back per step. No argument checks either: the
         # arguments are built here from the validated options (they cost as much as the op).
-        positions = gumbel_topk_unchecked(scores, min(k_bound, length), 2, opts.position_temperature, valid,
-                                          state.generator)
+        positions = gumbel_topk_unchecked(scores, min(state.max_quota, length), 2, state.options.position_temperature,
+                                          valid, state.generator)
         # Candidate 0: the deterministic top-k (sample 0); candidates >= 1: their Gumbel sample (1).
         positions[1, :batch].copy_(positions[0, :batch])   # in place on the op's fresh output: no cat
-        positions = positions[1].reshape(num_candidates, batch, -1)
+        return positions[1].reshape(num_candidates, batch, -1)
+
+    def candidates(self, state: StepState, lookahead_rows: torch.Tensor, keep: bool = True) -> Candidates:
+        quota = state.quota
+        num_candidates = state.options.candidate_number
+        batch, length = state.masked.shape
+        draws, draw_probs = state.draws(num_candidates)
+        # Lookahead rows are active rows that neither bypass nor fill.
+        valid = (state.masked & lookahead_rows[:, None]).repeat(num_candidates, 1)
+        positions = self.candidate_positions(state, valid, draw_probs)
         slot, earlier = self._constants(num_candidates, positions.shape[-1], positions.device)
         in_quota = (slot < quota[None, :, None]) & (positions >= 0)
         commit = torch.zeros(num_candidates, batch, length, dtype=torch.bool, device=positions.device)
@@ -418,6 +428,25 @@ class InfoGainStrategy(Strategy):
         duplicate = (same_set & earlier[:, :, None]).any(dim=1)               # [N, B]
         kept = lookahead_rows[None, :] > duplicate   # lookahead row and not a duplicate (bools: one op)
         return Candidates(commit=commit, tokens=draws, keep=kept, cost=cost)
+
+
+def commits_on_host(positions: Sequence[Sequence[Sequence[int]]], quota: Sequence[int],
+                    width: int) -> List[List[List[bool]]]:
+    """:attr:`Candidates.commit` [N][B][L] (``width`` = L) from :meth:`InfoGainStrategy.candidate_positions`
+    read back (host [N][B][k]) and the rows' ``quota`` (host [B]): slot s of row b commits its position
+    when s < quota[b] and the position is valid (>= 0). The slots are applied in order, an invalid one
+    writing "not committed" at position 0, exactly as :meth:`InfoGainStrategy.candidates`' scatter
+    does on the CPU (one thread, in index order)."""
+    commit = []
+    for candidate in positions:
+        rows = []
+        for row_positions, row_quota in zip(candidate, quota):
+            flags = [False] * width
+            for slot, position in enumerate(row_positions):
+                flags[max(position, 0)] = slot < row_quota and position >= 0
+            rows.append(flags)
+        commit.append(rows)
+    return commit
 
 
 def _float32(value: float) -> float:
