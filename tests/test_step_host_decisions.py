@@ -28,7 +28,7 @@ from infogain_kernels.lm_head_entropy import lm_head_entropy_unchecked
 from infogain_kernels.step_stats import step_stats_unchecked
 from infogain.samplers import step, strategies
 from infogain.samplers.options import GenerateOptions
-from infogain.samplers.strategies import InfoGainStrategy, StepState, kept_on_host
+from infogain.samplers.strategies import InfoGainStrategy, StepState, commits_on_host, kept_on_host
 from infogain.stats import KIND_BYPASS, KIND_FILL, KIND_LOOKAHEAD, KIND_NONE, KIND_TRIVIAL
 from test_samplers_helpers import single_thread  # noqa: F401  (autouse fixture)
 
@@ -555,3 +555,19 @@ def test_op_path_on_real_cpu_tensors_and_the_ops_follow_it(monkeypatch):
     assert calls == [1]
     torch.testing.assert_close(native.entropy, reference.entropy)
     assert torch.equal(native.top1_id, reference.top1_id)
+
+
+def test_commits_are_the_in_quota_positions_when_a_row_has_padding_slots(monkeypatch):
+    """A row with fewer masked positions than the batch's largest quota gets -1 slots after its
+    positions; they must not erase a committed position 0 (they once did, clamped to 0)."""
+    masked = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    quota = torch.tensor([3, 2])
+    lists = [[[2, 0, 3], [0, 1, -1]], [[1, 2, 3], [1, 0, -1]]]   # [N=2][B=2][slots=3]
+    positions = torch.tensor([row for rows in lists for row in rows], dtype=torch.int64)
+    monkeypatch.setattr(strategies, "gumbel_topk_unchecked", lambda *args, **kwargs: torch.stack([positions, positions]))
+    opts = GenerateOptions(candidate_number=2, position_temperature=0.5)
+    state = _state(masked, quota, opts, torch.Generator().manual_seed(0))
+    commit = InfoGainStrategy().candidates(state, torch.tensor([True, True]), keep=False).commit
+    expected = [[[p in lists[n][b][:int(quota[b])] for p in range(4)] for b in range(2)] for n in range(2)]
+    assert commit.tolist() == expected
+    assert commits_on_host(lists, quota.tolist(), 4) == expected

@@ -418,8 +418,12 @@ class InfoGainStrategy(Strategy):
         positions = self.candidate_positions(state, valid, draw_probs)
         slot, earlier = self._constants(num_candidates, positions.shape[-1], positions.device)
         in_quota = (slot < quota[None, :, None]) & (positions >= 0)
-        commit = torch.zeros(num_candidates, batch, length, dtype=torch.bool, device=positions.device)
-        commit.scatter_(2, positions.clamp(min=0), in_quota)
+        # A row with fewer masked positions than max_quota gets -1 slots: they write into one extra
+        # column, dropped after, so they never touch a real position (clamping them to 0 let them
+        # erase a commit of position 0 on the CPU, and wrote it in undefined order on CUDA).
+        commit = torch.zeros(num_candidates, batch, length + 1, dtype=torch.bool, device=positions.device)
+        commit.scatter_(2, positions.masked_fill(positions < 0, length), in_quota)
+        commit = commit[..., :length]
         cost = torch.where(commit, state.entropy, 0.0).sum(dim=-1)
         if not keep:
             return Candidates(commit=commit, tokens=draws, keep=None, cost=cost)
@@ -434,16 +438,16 @@ def commits_on_host(positions: Sequence[Sequence[Sequence[int]]], quota: Sequenc
                     width: int) -> List[List[List[bool]]]:
     """:attr:`Candidates.commit` [N][B][L] (``width`` = L) from :meth:`InfoGainStrategy.candidate_positions`
     read back (host [N][B][k]) and the rows' ``quota`` (host [B]): slot s of row b commits its position
-    when s < quota[b] and the position is valid (>= 0). The slots are applied in order, an invalid one
-    writing "not committed" at position 0, exactly as :meth:`InfoGainStrategy.candidates`' scatter
-    does on the CPU (one thread, in index order)."""
+    when s < quota[b] and the position is valid (>= 0); invalid (-1) slots touch nothing, as in
+    :meth:`InfoGainStrategy.candidates`."""
     commit = []
     for candidate in positions:
         rows = []
         for row_positions, row_quota in zip(candidate, quota):
             flags = [False] * width
             for slot, position in enumerate(row_positions):
-                flags[max(position, 0)] = slot < row_quota and position >= 0
+                if position >= 0:
+                    flags[position] = slot < row_quota
             rows.append(flags)
         commit.append(rows)
     return commit
