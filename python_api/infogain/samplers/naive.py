@@ -1,5 +1,8 @@
 """Naive Info-Gain / LookUM sampler: the speed baseline of ``python -m infogain bench``.
 
+(Slightly over 500 lines on purpose: the baseline is one self-contained file, so that what the
+benchmark compares against can be read, and checked against the reference, in one place.)
+
 This is the algorithm of :class:`infogain.samplers.InfoGainSampler` written the
 way the reference code bases write it (../shared/REFERENCE.md §3), so that the
 benchmark measures what the project's sampler gains over them:
