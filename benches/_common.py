@@ -156,6 +156,10 @@ def environment(device: torch.device) -> Dict[str, object]:
         "platform": platform.platform(),
         "torch_threads": torch.get_num_threads(),
     }
+    from infogain.evaluation.generation import source_commit
+
+    # The commit measured ("-dirty": with uncommitted changes), so a tracked record names its source.
+    info["git_commit"] = source_commit()
     try:
         import triton
 

@@ -167,7 +167,7 @@ def environment(device: torch.device, dtype: Optional[torch.dtype]) -> Dict[str,
         info["device_name"] = f"cpu ({platform.processor() or platform.machine()})"
         info["cpu_threads"] = torch.get_num_threads()
     info["package_version"] = _package_version()
-    info["git_commit"] = _git_commit()
+    info["git_commit"] = source_commit()
     return info
 
 
@@ -180,7 +180,7 @@ def _package_version() -> Optional[str]:
         return None
 
 
-def _git_commit() -> Optional[str]:
+def source_commit() -> Optional[str]:
     """The commit of the source tree the package runs from (None when it is not a git checkout)."""
     import subprocess
 
