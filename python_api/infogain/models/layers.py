@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attend_layer
+from .moe import SparseMoE
 
 
 @dataclass(frozen=True)
@@ -196,8 +197,6 @@ def feed_forward(spec: ArchSpec, layer: int, *, device=None, dtype=None) -> nn.M
     moe = spec.moe
     if moe is None or not moe.is_sparse(layer):
         return MLP(spec, device=device, dtype=dtype)
-    from .moe import SparseMoE
-
     return SparseMoE(hidden_size=spec.hidden_size, moe_intermediate_size=moe.expert_intermediate_size,
                      num_experts=moe.num_experts, top_k=moe.top_k, n_group=moe.n_group, topk_group=moe.topk_group,
                      routed_scaling_factor=moe.routed_scaling_factor, norm_topk_prob=moe.norm_topk_prob,

@@ -17,6 +17,7 @@ from ..stats import KIND_LOOKAHEAD, KIND_NONE, StatsRecorder
 from . import lookahead as la
 from .model_calls import ModelCalls, exposes_hidden_states
 from .options import GenerateOptions
+from .prompts import generated_tokens
 from .step import Decided, Reused, decide, decide_on_host, fill_after_eos, host_masks_left, kept_pairs, read_back
 from .strategies import commits_on_host, kept_on_host
 from .trace import step_record
@@ -43,8 +44,11 @@ class _Run:
     ``reads_free``: see :func:`host_reads_are_free` (its value for the canvas' device by default)."""
 
     def __init__(self, sampler, opts: GenerateOptions, mode: str, canvas, attention, gen_start: int, generator,
-                 padded: bool, reads_free: Optional[bool] = None):
+                 padded: bool, reads_free: Optional[bool] = None, gen_starts: Optional[List[int]] = None):
         self.sampler = sampler
+        # Each row's generation start: gen_start (the first decoded column) unless the canvas is
+        # block-aligned (LLaDA2), where a row's first decoded block also holds its prompt's tail.
+        self.gen_starts = gen_starts if gen_starts is not None else [gen_start] * canvas.shape[0]
         self.model = sampler.model
         self.strategy = sampler.strategy
         self.opts = opts
@@ -186,7 +190,7 @@ class _Run:
                 self.calls.window(self.canvas[:, start:start + self.length], start, None, write=True)
                 self.recorder.count_forward(range(self.batch))
             if opts.on_block is not None:
-                opts.on_block(block, self.canvas[:, self.gen_start:].clone())
+                opts.on_block(block, generated_tokens(self.canvas, self.gen_starts, opts.gen_length))
             if progress is not None:
                 progress.update(1)
         if progress is not None:

@@ -11,7 +11,6 @@ encoding, canvas, texts), :mod:`.run` (the driver: run state and block loop), :m
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
 import torch
@@ -241,12 +240,6 @@ class DiffusionSampler:
                         raise ValueError(f"prompts[{r}] has the EOS id {self.eos_id} in its last block, which is "
                                          "decoded with the generation: stop_at_eos would end the generation "
                                          "there; pass stop_at_eos=False or remove the token")
-            if opts.on_block is not None and any(s != first_block for s in gen_starts):
-                # The driver hands on_block the canvas from the first decoded block, which here holds
-                # prompt tails: pass on each row's own generation instead, as documented.
-                offsets, report, length = [s - first_block for s in gen_starts], opts.on_block, opts.gen_length
-                opts = dataclasses.replace(
-                    opts, on_block=lambda block, region: report(block, generated_tokens(region, offsets, length)))
         else:
             canvas, attention, first_block, padded = build_canvas(rows, opts.gen_length, pad_id, self.mask_id, device)
             gen_starts = [first_block] * len(rows)
@@ -257,7 +250,7 @@ class DiffusionSampler:
             generator.manual_seed(opts.seed)
 
         run = _Run(self, opts, mode, canvas, attention, first_block, generator, padded,
-                   reads_free=_host_reads_are_free(device))
+                   reads_free=_host_reads_are_free(device), gen_starts=gen_starts)
         run.decode()
         name = opts.variant if isinstance(self.strategy, InfoGainStrategy) else self.name
         stats = run.recorder.finish(name, 0.0, opts.gen_length)
