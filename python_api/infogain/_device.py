@@ -13,6 +13,8 @@ def host_ints_to_device(values: Sequence[int], device: torch.device) -> torch.Te
     A plain copy from pageable memory to CUDA waits for the stream to drain; staging the
     values in pinned memory lets the copy be queued (``non_blocking``) instead.
     """
+    if device.type == "cpu":
+        return torch.tensor(list(values), dtype=torch.long)   # no staging, no copy to make
     pinned = device.type == "cuda"
     return torch.tensor(list(values), dtype=torch.long, pin_memory=pinned).to(device, non_blocking=True)
 

@@ -35,8 +35,11 @@ written then); it never aborts the other configurations.
 
 Timing: each configuration runs once untimed (warm-up; its sequences are the
 ones compared), then ``--repeats`` timed runs of the fast and the naive
-implementation, interleaved; the median is reported. The sampler overhead comes
-from separate *profiled* runs (the median of 3) in which every model forward and fused head is
+implementation, interleaved: each implementation's median wall time is reported,
+and ``speedup`` is the median of the per-pair ratios (naive / fast of the runs
+made back to back), so that a burst of load on a shared machine moves one pair,
+not one implementation's median. The sampler overhead comes
+from separate *profiled* runs (the median of 5) in which every model forward and fused head is
 timed between device synchronisations, in per-thread CPU time on a 1-thread CPU run (less
 sensitive to other load on the machine) and in wall time otherwise; the main timings never carry that instrumentation The steps of each
 kind and the lookahead premium come from one more run with every step timed.
@@ -344,9 +347,10 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
             fast_times.append(timed(fast_call, device)[1])
             if naive_call is not None:
                 naive_times.append(timed(naive_call, device)[1])
+        pair_ratios = [naive / fast for fast, naive in zip(fast_times, naive_times)]
         row["fast_wall_s"] = _median(fast_times)
         row["fast_tok_s"] = generated / row["fast_wall_s"]
-        profile = profiled(fast_call, model, device)
+        profile = profiled(fast_call, model, device, passes=5)
         row["overhead"] = profile["overhead"]
         row["profiled_wall_s"] = profile["wall_s"]
         row["profiled_forward_s"] = profile["forward_s"]
@@ -355,7 +359,8 @@ def bench_configuration(model, tokenizer, prompts: torch.Tensor, sampler_name: s
         if naive_call is not None:
             row["naive_wall_s"] = _median(naive_times)
             row["naive_tok_s"] = generated / row["naive_wall_s"]
-            row["speedup"] = row["naive_wall_s"] / row["fast_wall_s"]
+            row["speedup"] = _median(pair_ratios)
+            row["speedup_min"], row["speedup_max"] = min(pair_ratios), max(pair_ratios)
             row["naive_overhead"] = profiled(naive_call, model, device)["overhead"]
     except Exception as exc:  # one broken configuration must not hide the others' results
         row["error"] = f"{type(exc).__name__}: {exc}"

@@ -8,6 +8,7 @@ algorithm, the cache modes and the synchronisation budget.
 """
 from __future__ import annotations
 
+import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -72,8 +73,9 @@ class _Run:
                                 self.mask_id, sorted({t for t in (sampler.eos_id, sampler.pad_id) if t is not None}),
                                 opts.eos_penalty)
         self.block_logits: Optional[torch.Tensor] = None  # [B, L, V], model dtype
-        # Device flag of the last lookahead's non-finite objective, read with the next step.
-        self.lookahead_bad: Optional[torch.Tensor] = None
+        # The sum of the last lookahead's objectives (float32 scalar on the device), read with the next
+        # step: finite exactly when every objective is (each is bounded by the block's entropies).
+        self.lookahead_total: Optional[torch.Tensor] = None
         # Lookahead on hidden states (lm_head_entropy) instead of logits, when the model allows it.
         self.hidden_head = exposes_hidden_states(self.model, mode)
         self.fused_head = opts.fused_head and self.hidden_head
@@ -195,8 +197,8 @@ class _Run:
                 progress.update(1)
         if progress is not None:
             progress.close()
-        if self.lookahead_bad is not None:  # unreachable by the schedule; kept as a guard
-            if bool(self.lookahead_bad):
+        if self.lookahead_total is not None:  # unreachable by the schedule; kept as a guard
+            if not math.isfinite(float(self.lookahead_total)):
                 raise ValueError("the model produced NaN / all -inf logits in the last lookahead forward")
 
     def _decode_block(self, block: int, start: int, steps: int) -> None:
@@ -253,16 +255,17 @@ class _Run:
         end = start + self.length
         block_after = self.canvas[:, start:end]
         keep = []
+        top1_ids = None
         if self.host_decisions:
             if quota_host is None:   # a caller outside the block loop; a read is free here
                 quota_host = quota.tolist()
             # The decision, the read-back and the commits' block on the host (see decide_on_host).
             host = decide_on_host(self.strategy, self.opts, self.block_logits, block_after, self.mask_id, quota,
-                                  quota_host, self.lookahead_bad, last=last, max_quota=max_quota,
+                                  quota_host, self.lookahead_total, last=last, max_quota=max_quota,
                                   generator=self.generator, reused=self.reused,
                                   check_arguments=not self.stats_checked, block=block, step=step)
             self.stats_checked = True
-            decided, kinds, quota_host, block_rows = host
+            decided, kinds, quota_host, block_rows, top1_ids = host
             decision, kind, commit = decided.decision, decided.kind, decided.commit
             candidates = None
             block_after.copy_(decision.tokens)
@@ -275,7 +278,7 @@ class _Run:
             if not self.reads_free:
                 self._eos_fill()   # an accelerator fills at every commit: its one read-back comes after
             # The block comes back with the step's flags; its masks left are counted on the host.
-            kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_bad,
+            kinds, quota_host, keep, block_rows = read_back(kind, quota, decided.entropy, self.lookahead_total,
                                                             keep_mask, block_after, block=block, step=step)
         left_host = host_masks_left(kinds, quota_host, block_rows, self.mask_id, self.eos_id)
         filled = self.reads_free and self.eos_id is not None and any(self.eos_id in row for row in block_rows)
@@ -283,7 +286,7 @@ class _Run:
             # Where reads are free the fill runs only when some row's block holds an EOS (otherwise it
             # fills nothing: the masks after an EOS of an earlier step were filled right after it).
             self._eos_fill()
-        self.lookahead_bad = None
+        self.lookahead_total = None
 
         lookahead_rows = [r for r in range(self.batch) if kinds[r] == KIND_LOOKAHEAD]
         outcome = None
@@ -295,7 +298,7 @@ class _Run:
                 # The candidates' blocks start from the block now (after the fill, if it ran).
                 now = self.canvas[:, start:end].tolist() if filled else block_rows
                 built, winners_may_commit_eos = self._host_candidates(decided.state, lookahead_rows, quota_host,
-                                                                      block_rows, now)
+                                                                      block_rows, now, top1_ids)
                 outcome = self._lookahead(start, built, built.batch.pairs, lookahead_rows, left_host)
             else:
                 if decision.candidates_deferred:
@@ -339,13 +342,16 @@ class _Run:
         return keep, any(kept and commits_eos for kept, commits_eos in zip(keep, eos))
 
     def _host_candidates(self, state, lookahead_rows: List[int], quota: List[int], before: List[List[int]],
-                         now: List[List[int]]) -> Tuple[la.BuiltCandidates, bool]:
+                         now: List[List[int]], top1_ids: Optional[List[List[int]]] = None
+                         ) -> Tuple[la.BuiltCandidates, bool]:
         """The lookahead's candidate batch built on the host where reads are free (:attr:`host_candidates`):
         the candidates' positions (the strategy's ``candidate_positions``, the same random draws as
         its ``candidates``) and tokens read back in one read, then their commit masks, kept set and
         batch made from host lists. ``quota``: host [B]; ``before`` / ``now``: the block's tokens
         (host [B][L]) before the step's EOS fill (the positions the candidates may take) and now
-        (the blocks they start from). Returns the built candidates and whether a kept one commits an EOS."""
+        (the blocks they start from); ``top1_ids``: at temperature 0, the arg-max ids already read
+        back (host [B][L]; every candidate's tokens), else None. Returns the built candidates and
+        whether a kept one commits an EOS."""
         num_candidates, batch_size, length = self.opts.candidate_number, self.batch, self.length
         if len(lookahead_rows) == batch_size:   # every row: the masked positions, once per candidate
             valid = state.masked.expand(num_candidates, batch_size, length).reshape(-1, length)
@@ -355,19 +361,23 @@ class _Run:
                                   for b in range(batch_size)] * num_candidates, dtype=torch.bool, device=self.device)
         positions = self.strategy.candidate_positions(state, valid)
         sampled = state.tokens.shape[-1] > 0
-        # The candidates' tokens (state.draws): their own draws, or at temperature 0 the arg-max for all.
-        source = state.tokens[..., :num_candidates].permute(2, 0, 1) if sampled else state.top1_id
-        host = torch.cat([positions.reshape(-1), source.reshape(-1)]).tolist()
         k = positions.shape[-1]
         per_candidate = batch_size * k
-        flat = [[host[n * per_candidate + b * k:n * per_candidate + (b + 1) * k] for b in range(batch_size)]
-                for n in range(num_candidates)]
-        first = num_candidates * per_candidate
-        cells = batch_size * length
-        tokens = [[host[first + n * cells + b * length:first + n * cells + (b + 1) * length] for b in range(batch_size)]
-                  for n in range(num_candidates if sampled else 1)]
+        if sampled or top1_ids is None:
+            # The candidates' tokens (state.draws): their own draws, or at temperature 0 the arg-max for all.
+            source = state.tokens[..., :num_candidates].permute(2, 0, 1) if sampled else state.top1_id
+            host = torch.cat([positions.reshape(-1), source.reshape(-1)]).tolist()
+            first = num_candidates * per_candidate
+            cells = batch_size * length
+            tokens = [[host[first + n * cells + b * length:first + n * cells + (b + 1) * length]
+                       for b in range(batch_size)] for n in range(num_candidates if sampled else 1)]
+        else:   # temperature 0: the arg-max ids came with the step's read-back
+            host = positions.reshape(-1).tolist()
+            tokens = [top1_ids]
         if not sampled:
             tokens = tokens * num_candidates
+        flat = [[host[n * per_candidate + b * k:n * per_candidate + (b + 1) * k] for b in range(batch_size)]
+                for n in range(num_candidates)]
         commit = commits_on_host(flat, quota, length)
         keep = kept_on_host(commit, lookahead_rows)
         pairs = [(n, b) for n in range(num_candidates) for b in range(batch_size) if keep[n][b]]
@@ -427,7 +437,7 @@ class _Run:
                                                 with_top=self.reuse_head_stats, check_arguments=not self.head_checked)
         self.head_checked = True
         # Checked with the next step's read-back (before anything reads the winner's logits there).
-        self.lookahead_bad = ~torch.isfinite(objective).all()
+        self.lookahead_total = objective.sum()
         best, winner = la.winners(objective, batch, num_candidates, self.batch)
         rows = batch.rows
         if self.reuse_head_stats:

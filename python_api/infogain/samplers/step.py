@@ -140,23 +140,26 @@ def decide(strategy: Strategy, options, block_logits: Optional[torch.Tensor], bl
 class HostDecided(NamedTuple):
     """What :func:`decide_on_host` returns: ``decided`` (:class:`Decided`'s device tensors, its
     ``decision.tokens`` the block after the step's commits), and the host lists the driver needs:
-    ``kinds`` and ``quota`` [B] and ``block_rows`` [B][L], the block after the commits."""
+    ``kinds`` and ``quota`` [B] and ``block_rows`` [B][L], the block after the commits; at temperature
+    0 also ``top1_ids`` [B][L], the arg-max ids read back (every candidate's tokens then), else None."""
 
     decided: Decided
     kinds: List[int]
     quota: List[int]
     block_rows: List[List[int]]
+    top1_ids: Optional[List[List[int]]] = None
 
 
 def decide_on_host(strategy: Strategy, options, block_logits: Optional[torch.Tensor], block_ids: torch.Tensor,
-                   mask_id: int, quota: torch.Tensor, quota_host: Sequence[int], lookahead_bad: Optional[torch.Tensor],
+                   mask_id: int, quota: torch.Tensor, quota_host: Sequence[int],
+                   lookahead_total: Optional[torch.Tensor],
                    *, last: bool, max_quota: int, generator: Optional[torch.Generator], reused: Optional[Reused] = None,
                    check_arguments: bool = True, block: int, step: int) -> HostDecided:
     """:func:`decide` and :func:`read_back` of a strategy that decides on the host
     (``strategy.decides_on_host``), for a driver whose reads cost nothing (the CPU): the block's
     statistics on the device, then ONE read of the block's tokens, arg-max ids and probabilities
-    (x0's too at T > 0), the NaN flags of the step and of the previous lookahead
-    (``lookahead_bad``), after which the decision (and the driver's last-step fill) is made on host
+    (x0's too at T > 0), the NaN checks of the step and of the previous lookahead
+    (``lookahead_total``, the sum of its objectives: finite exactly when they all are), after which the decision (and the driver's last-step fill) is made on host
     lists, with the very comparisons :func:`decide` makes on the device. Candidates are always
     deferred (``decision.candidates_deferred``). ``quota_host``: ``quota`` as host ints.
 
@@ -171,16 +174,16 @@ def decide_on_host(strategy: Strategy, options, block_logits: Optional[torch.Ten
     packed = [block_ids.reshape(-1), top1_id.reshape(-1), top1_prob.reshape(-1).double(), entropy.sum().reshape(1)]
     if sampled:
         packed += [tokens[..., 0].reshape(-1), token_probs[..., 0].reshape(-1).double()]
-    if lookahead_bad is not None:
-        packed.append(lookahead_bad.reshape(1))
+    if lookahead_total is not None:
+        packed.append(lookahead_total.reshape(1))   # promoted to float64 by the cat
     host = torch.cat(packed).tolist()
     cells = batch * width
-    if lookahead_bad is not None and host[-1]:
+    if lookahead_total is not None and not math.isfinite(host[-1]):
         raise ValueError(_BAD_LOOKAHEAD.format(block=block, step=step - 1))
     if not math.isfinite(host[3 * cells]):
         raise ValueError(_BAD_BLOCK.format(block=block, step=step))
     rows = [[int(v) for v in host[r * width:(r + 1) * width]] for r in range(batch)]
-    top1 = [host[cells + r * width:cells + (r + 1) * width] for r in range(batch)]
+    top1 = [[int(v) for v in host[cells + r * width:cells + (r + 1) * width]] for r in range(batch)]
     prob = [host[2 * cells + r * width:2 * cells + (r + 1) * width] for r in range(batch)]
     if sampled:
         first = 3 * cells + 1
@@ -201,23 +204,32 @@ def decide_on_host(strategy: Strategy, options, block_logits: Optional[torch.Ten
         if fill[r]:
             kinds[r], positions[r] = KIND_FILL, masked_rows[r]
         source = top1[r] if bypass[r] else x0[r]
-        flags = [False] * width
+        flags = [0] * width
         for p in positions[r]:
             row[p] = int(source[p])
-            flags[p] = True
+            flags[p] = 1
         after.append(row)
         commit.append(flags)
-    device = block_ids.device
-    kind = torch.tensor(kinds, dtype=torch.int64, device=device)
-    commit_tensor = torch.tensor(commit, dtype=torch.bool, device=device)
-    decision = StepDecision(kind=kind, commit=commit_tensor, tokens=torch.tensor(after, dtype=torch.int64, device=device),
+    # Every tensor the driver needs, in one host-to-device copy: [kind | active | masked count | commit
+    # | block after], each a view (or one cast) of it.
+    active = [int(bool(m) and not f) for m, f in zip(masked_rows, fill)]
+    flat = kinds + active + [len(m) for m in masked_rows]
+    for flags in commit:
+        flat += flags
+    for row in after:
+        flat += row
+    values = host_ints_to_device(flat, block_ids.device)
+    cells_start = 3 * batch
+    kind = values[:batch]
+    commit_tensor = values[cells_start:cells_start + cells].view(batch, width).bool()
+    decision = StepDecision(kind=kind, commit=commit_tensor, tokens=values[cells_start + cells:].view(batch, width),
                             candidates_deferred=deferred)
-    active = torch.tensor([bool(m) and not f for m, f in zip(masked_rows, fill)], device=device)
-    state = StepState(logits=logits, masked=masked, quota=quota, active=active, entropy=entropy, top1_prob=top1_prob,
-                      top1_id=top1_id, top2_prob=top2_prob, tokens=tokens, token_probs=token_probs, options=options,
-                      max_quota=max_quota, generator=generator, may_lookahead=not last, defer_candidates=True)
-    decided = Decided(block_ids, masked.sum(dim=1), entropy, kind, commit_tensor, decision, state)
-    return HostDecided(decided, kinds, list(quota_host), after)
+    state = StepState(logits=logits, masked=masked, quota=quota, active=values[batch:2 * batch].bool(),
+                      entropy=entropy, top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
+                      token_probs=token_probs, options=options, max_quota=max_quota, generator=generator,
+                      may_lookahead=not last, defer_candidates=True)
+    decided = Decided(block_ids, values[2 * batch:cells_start], entropy, kind, commit_tensor, decision, state)
+    return HostDecided(decided, kinds, list(quota_host), after, top1 if not sampled else None)
 
 
 def host_masks_left(kinds: Sequence[int], quota: Sequence[int], block_rows: Sequence[List[int]], mask_id: int,
@@ -238,12 +250,12 @@ def host_masks_left(kinds: Sequence[int], quota: Sequence[int], block_rows: Sequ
     return left
 
 
-def read_back(kind: torch.Tensor, quota: torch.Tensor, entropy: torch.Tensor, lookahead_bad: Optional[torch.Tensor],
+def read_back(kind: torch.Tensor, quota: torch.Tensor, entropy: torch.Tensor, lookahead_total: Optional[torch.Tensor],
               keep: Optional[torch.Tensor], block_ids: torch.Tensor, *, block: int, step: int
               ) -> Tuple[List[int], List[int], List[int], List[List[int]]]:
     """The step's one host read-back, of one packed tensor: the rows' kinds and quotas (``kind``,
     ``quota`` [B]), a NaN / all -inf flag of the block logits (non-finite ``entropy``), the previous
-    lookahead's flag ``lookahead_bad`` (when it ran), the kept mask of the candidates ``keep`` [N, B]
+    lookahead's objectives summed, ``lookahead_total`` (when it ran; finite exactly when they all are), the kept mask of the candidates ``keep`` [N, B]
     (when they were built) and the block's tokens ``block_ids`` [B, L].
 
     Returns host lists ``(kinds, quota, keep, block_rows)`` (``keep`` flattened, empty without
@@ -251,18 +263,18 @@ def read_back(kind: torch.Tensor, quota: torch.Tensor, entropy: torch.Tensor, lo
     batch, width = block_ids.shape
     # A NaN / all -inf row of the block's logits at a masked position: non-finite entropy.
     packed = [kind, quota, torch.isfinite(entropy).all()[None]]
-    if lookahead_bad is not None:
-        packed.append(lookahead_bad[None])
+    if lookahead_total is not None:
+        packed.append(~torch.isfinite(lookahead_total)[None])
     if keep is not None:
         packed.append(keep.reshape(-1))
     packed.append(block_ids.reshape(-1))
     host = torch.cat(packed).tolist()
-    if lookahead_bad is not None and host[2 * batch + 1]:
+    if lookahead_total is not None and host[2 * batch + 1]:
         raise ValueError(_BAD_LOOKAHEAD.format(block=block, step=step - 1))
     if not host[2 * batch]:
         raise ValueError(_BAD_BLOCK.format(block=block, step=step))
     tokens_start = len(host) - batch * width
-    keep_host = host[2 * batch + 1 + (lookahead_bad is not None):tokens_start]
+    keep_host = host[2 * batch + 1 + (lookahead_total is not None):tokens_start]
     block_rows = [host[tokens_start + r * width:tokens_start + (r + 1) * width] for r in range(batch)]
     return host[:batch], host[batch:2 * batch], keep_host, block_rows
 
