@@ -36,14 +36,14 @@ class CandidateBatch(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    """One lookahead: the winners' ``rows``, ``commit`` and ``tokens`` [K, L], each row's ``best``
-    candidate [K], and, for the trace, the batch's ``pairs``, ``objective`` and ``h_next`` [R] and
-    its ``cand_commit`` / ``cand_block`` [R, L]."""
+    """One lookahead: the winners' ``rows``, ``commit`` and ``tokens`` [K, L], each row's ``winner``
+    (its batch row, int64 [K]; its candidate is ``pairs[winner][0]``), and, for the trace, the
+    batch's ``pairs``, ``objective`` and ``h_next`` [R] and its ``cand_commit`` / ``cand_block`` [R, L]."""
 
     rows: torch.Tensor
     commit: torch.Tensor
     tokens: torch.Tensor
-    best: torch.Tensor
+    winner: torch.Tensor
     pairs: List[Tuple[int, int]]
     objective: torch.Tensor
     h_next: torch.Tensor
@@ -149,22 +149,19 @@ def fused_head(hidden: torch.Tensor, head: Tuple[torch.Tensor, torch.Tensor], re
     return lm_head_entropy_unchecked(hidden, weight, bias, remaining, cost=cost, variant=variant, with_top=with_top)
 
 
-def winners(objective: torch.Tensor, batch: CandidateBatch, num_candidates: int,
-            batch_size: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Each lookahead row's best candidate by J (ties: the lower index) and its row in the batch:
-    ``(best, winner)``, int64 [K] each."""
+def winners(objective: torch.Tensor, batch: CandidateBatch, num_candidates: int, batch_size: int) -> torch.Tensor:
+    """Each lookahead row's best candidate by J (ties: the lower candidate index), as its row in the
+    batch: int64 [K]."""
     if batch.rows.shape[0] == 1:
         # One row looks ahead: the batch holds its candidates in increasing order, and argmax takes
         # the first of equal maxima (the lower index), so the batch's argmax is the winner.
-        winner = objective.argmax(dim=0, keepdim=True)
-        return batch.cand_index[winner], winner
+        return objective.argmax(dim=0, keepdim=True)
     device = objective.device
     scores = torch.full((num_candidates, batch_size), float("-inf"), device=device)
     scores[batch.cand_index, batch.row_index] = objective
     slot = torch.full((num_candidates, batch_size), -1, dtype=torch.long, device=device)
     slot[batch.cand_index, batch.row_index] = torch.arange(len(batch.pairs), device=device)
-    best = scores.argmax(dim=0)[batch.rows]
-    return best, slot[best, batch.rows]
+    return slot[scores.argmax(dim=0)[batch.rows], batch.rows]
 
 
 def still_masked_positions(remaining_block: torch.Tensor, width: int) -> torch.Tensor:

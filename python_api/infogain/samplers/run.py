@@ -101,7 +101,7 @@ class _Run:
         # Such a step also builds its lookahead candidates on the host from their positions read back
         # (see _host_candidates), unless the trace needs the candidates' tensors.
         self.host_candidates = (self.host_decisions and not opts.record
-                                and getattr(self.strategy, "candidate_positions", None) is not None)
+                                and getattr(self.strategy, "candidate_samples", None) is not None)
         self.head_stats = None  # entropy, top1_prob, top1_id, top2_prob [B, L]
         self.head_stats_rows = [False] * self.batch
         # Whether every row's head_stats came from one lookahead with no EOS fill since (Reused.exact).
@@ -345,7 +345,7 @@ class _Run:
                          now: List[List[int]], top1_ids: Optional[List[List[int]]] = None
                          ) -> Tuple[la.BuiltCandidates, bool]:
         """The lookahead's candidate batch built on the host where reads are free (:attr:`host_candidates`):
-        the candidates' positions (the strategy's ``candidate_positions``, the same random draws as
+        the candidates' positions (the strategy's ``candidate_samples``, the same random draws as
         its ``candidates``) and tokens read back in one read, then their commit masks, kept set and
         batch made from host lists. ``quota``: host [B]; ``before`` / ``now``: the block's tokens
         (host [B][L]) before the step's EOS fill (the positions the candidates may take) and now
@@ -359,25 +359,26 @@ class _Run:
             looks = [r in lookahead_rows for r in range(batch_size)]
             valid = torch.tensor([[looks[b] and token == self.mask_id for token in before[b]]
                                   for b in range(batch_size)] * num_candidates, dtype=torch.bool, device=self.device)
-        positions = self.strategy.candidate_positions(state, valid)
+        samples = self.strategy.candidate_samples(state, valid)   # [2, N * B, k]
         sampled = state.tokens.shape[-1] > 0
-        k = positions.shape[-1]
-        per_candidate = batch_size * k
+        k = samples.shape[-1]
+        per_sample = num_candidates * batch_size * k
         if sampled or top1_ids is None:
             # The candidates' tokens (state.draws): their own draws, or at temperature 0 the arg-max for all.
             source = state.tokens[..., :num_candidates].permute(2, 0, 1) if sampled else state.top1_id
-            host = torch.cat([positions.reshape(-1), source.reshape(-1)]).tolist()
-            first = num_candidates * per_candidate
+            host = torch.cat([samples.reshape(-1), source.reshape(-1)]).tolist()
+            first = 2 * per_sample
             cells = batch_size * length
             tokens = [[host[first + n * cells + b * length:first + n * cells + (b + 1) * length]
                        for b in range(batch_size)] for n in range(num_candidates if sampled else 1)]
         else:   # temperature 0: the arg-max ids came with the step's read-back
-            host = positions.reshape(-1).tolist()
+            host = samples.reshape(-1).tolist()
             tokens = [top1_ids]
         if not sampled:
             tokens = tokens * num_candidates
-        flat = [[host[n * per_candidate + b * k:n * per_candidate + (b + 1) * k] for b in range(batch_size)]
-                for n in range(num_candidates)]
+        # Candidate 0 takes sample 0 (the unperturbed top-k), the others sample 1.
+        flat = [[host[(n and per_sample) + (n * batch_size + b) * k:(n and per_sample) + (n * batch_size + b + 1) * k]
+                 for b in range(batch_size)] for n in range(num_candidates)]
         commit = commits_on_host(flat, quota, length)
         keep = kept_on_host(commit, lookahead_rows)
         pairs = [(n, b) for n in range(num_candidates) for b in range(batch_size) if keep[n][b]]
@@ -385,7 +386,9 @@ class _Run:
         cost = None
         if self.opts.variant == "info_gain":
             # C = the current entropies summed over the committed positions (as candidates() sums them).
-            cost = torch.where(batch.commit, state.entropy.index_select(0, batch.row_index), 0.0).sum(dim=-1)
+            # One row: its [1, L] entropies broadcast over the candidates (no gather).
+            entropy = state.entropy if batch_size == 1 else state.entropy.index_select(0, batch.row_index)
+            cost = torch.where(batch.commit, entropy, 0.0).sum(dim=-1)
         eos = self.eos_id
         commits_eos = eos is not None and any(
             flag and token == eos for n, b in pairs for flag, token in zip(commit[n][b], tokens[n][b]))
@@ -438,7 +441,7 @@ class _Run:
         self.head_checked = True
         # Checked with the next step's read-back (before anything reads the winner's logits there).
         self.lookahead_total = objective.sum()
-        best, winner = la.winners(objective, batch, num_candidates, self.batch)
+        winner = la.winners(objective, batch, num_candidates, self.batch)
         rows = batch.rows
         if self.reuse_head_stats:
             # The winners' block statistics, already computed at every still-masked position.
@@ -465,5 +468,5 @@ class _Run:
             self.block_logits[rows[:, None], positions] = self.calls.logits(self.model.logits_from_hidden(hidden))
         else:
             self._store_block_logits(rows, next_out[winner, out_offset:out_offset + length], lookahead_rows)
-        return la.Outcome(rows, batch.commit.index_select(0, winner), batch.block.index_select(0, winner), best,
+        return la.Outcome(rows, batch.commit.index_select(0, winner), batch.block.index_select(0, winner), winner,
                           pairs, objective, h_next, batch.commit, batch.block)

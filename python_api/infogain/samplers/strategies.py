@@ -383,13 +383,15 @@ class InfoGainStrategy(Strategy):
         # candidates() draws exactly one seed (its one gumbel_topk call with 2 samples).
         _random.draw_seed(state.generator, state.masked.device)
 
-    def candidate_positions(self, state: StepState, valid: torch.Tensor,
-                            draw_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """int64 [N, B, k] (k = min(max_quota, L)): the positions each candidate of each row ranks
-        first, best first, -1 past the row's valid positions; ``valid`` bool [N * B, L] the masked
-        positions of the lookahead rows (rows that bypass or fill have none), repeated per candidate.
-        ``draw_probs``: ``state.draws(N)[1]`` when the caller has it. Draws the candidates' one seed
-        (see :meth:`skip_candidates`)."""
+    def candidate_samples(self, state: StepState, valid: torch.Tensor,
+                          draw_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """int64 [2, N * B, k] (k = min(max_quota, L)): per candidate row (candidate-major), the
+        positions ranked first, best first, -1 past the row's valid positions; sample 0 by the
+        unperturbed scores (candidate 0 takes these), sample 1 by the Gumbel-perturbed ones
+        (candidates >= 1). ``valid`` bool [N * B, L]: the masked positions of the lookahead rows
+        (rows that bypass or fill have none), repeated per candidate. ``draw_probs``:
+        ``state.draws(N)[1]`` when the caller has it. Draws the candidates' one seed (see
+        :meth:`skip_candidates`)."""
         num_candidates = state.options.candidate_number
         batch, length = state.masked.shape
         if draw_probs is None:
@@ -402,11 +404,17 @@ class InfoGainStrategy(Strategy):
         # No value check here (a host sync): NaN confidences come from NaN / all -inf logits,
         # which the driver detects in its one read-back per step. No argument checks either: the
         # arguments are built here from the validated options (they cost as much as the op).
-        positions = gumbel_topk_unchecked(scores, min(state.max_quota, length), 2, state.options.position_temperature,
-                                          valid, state.generator)
-        # Candidate 0: the deterministic top-k (sample 0); candidates >= 1: their Gumbel sample (1).
+        return gumbel_topk_unchecked(scores, min(state.max_quota, length), 2, state.options.position_temperature,
+                                     valid, state.generator)
+
+    def candidate_positions(self, state: StepState, valid: torch.Tensor,
+                            draw_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """int64 [N, B, k]: the positions each candidate of each row ranks first (see
+        :meth:`candidate_samples`: candidate 0 its sample 0, the others their sample 1)."""
+        batch = state.masked.shape[0]
+        positions = self.candidate_samples(state, valid, draw_probs)
         positions[1, :batch].copy_(positions[0, :batch])   # in place on the op's fresh output: no cat
-        return positions[1].reshape(num_candidates, batch, -1)
+        return positions[1].reshape(state.options.candidate_number, batch, -1)
 
     def candidates(self, state: StepState, lookahead_rows: torch.Tensor, keep: bool = True) -> Candidates:
         quota = state.quota

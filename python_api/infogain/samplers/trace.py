@@ -30,7 +30,7 @@ def step_record(block: int, step: int, start: int, kinds: List[int], commit: tor
                 "candidate": n, "positions": positions,
                 "tokens": [cand_block[i][p - start] for p in positions],
                 "cost": costs[n][b], "h_next": h_next[i], "objective": objective[i]})
-        best = dict(zip(lookahead.rows.tolist(), lookahead.best.tolist()))
+        best = {row: lookahead.pairs[w][0] for row, w in zip(lookahead.rows.tolist(), lookahead.winner.tolist())}
     rows = []
     for r, kind in enumerate(kinds):
         positions = [start + p for p, c in enumerate(commit[r]) if c]
