@@ -3,6 +3,8 @@
 The reference follows the routing rule of LLaDA2's official modelling code one token at a time, with
 plain Python lists for the group scores and the selection, and runs the chosen experts in float64.
 """
+import copy
+import io
 import math
 
 import pytest
@@ -214,3 +216,95 @@ def test_bad_input_names_the_argument():
         moe(torch.ones(3, 64, dtype=torch.long))
     with pytest.raises(ValueError, match="x2d"):
         moe.route(torch.randn(2, 3, 64))
+
+
+# ------------------------------------------------------------------ the relaid-out weight copy (CPU)
+
+def test_the_relaid_out_weights_agree_with_the_plain_loop_and_are_used_without_autograd():
+    moe = make(bias_scale=0.1, num_shared_experts=2)
+    x = torch.randn(96, SMALL["hidden_size"])
+    with torch.no_grad():
+        moe.expert_bias[5] = -10.0  # an expert without rows in the loop
+        moe.relayout = False
+        plain = moe(x)
+        assert moe._relayout is None
+        moe.relayout = None  # the small layer qualifies automatically
+        relaid = moe(x)
+        assert moe._relayout is not None
+    torch.testing.assert_close(relaid, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(relaid.double(), reference_forward(moe, x), rtol=1e-5, atol=1e-5)
+    # With autograd on, the parameters themselves run (the copy is detached); the values agree.
+    moe.drop_relayout()
+    with_grad = moe(x)
+    assert with_grad.requires_grad and moe._relayout is None
+    torch.testing.assert_close(with_grad.detach(), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_a_weight_changed_in_place_after_a_call_gives_the_new_result():
+    moe = make(bias_scale=0.1, num_shared_experts=1)
+    x = torch.randn(64, SMALL["hidden_size"])
+    with torch.no_grad():
+        moe(x)
+        first = moe._relayout
+        for weight in (moe.experts_gate, moe.experts_up, moe.experts_down, moe.shared.down_proj.weight):
+            weight.mul_(-0.5)  # in place: the version counter moves, the address does not
+            got = moe(x)
+            assert moe._relayout is not first
+            first = moe._relayout
+            torch.testing.assert_close(got.double(), reference_forward(moe, x), rtol=1e-5, atol=1e-5)
+        # Without a change the copy is reused.
+        moe(x)
+        assert moe._relayout is first
+
+
+def test_reloaded_weights_give_the_new_result():
+    moe = make(bias_scale=0.1, num_shared_experts=1)
+    other = make(seed=7, bias_scale=0.1, num_shared_experts=1)
+    x = torch.randn(64, SMALL["hidden_size"])
+    with torch.no_grad():
+        moe(x)
+        moe.load_state_dict(other.state_dict(), assign=True)  # new tensors, as the hub loader does
+        torch.testing.assert_close(moe(x), other(x), rtol=1e-5, atol=1e-6)
+        # A write through .data bypasses the version counter; drop_relayout makes it seen.
+        moe.experts_up.data.mul_(2.0)
+        moe.drop_relayout()
+        torch.testing.assert_close(moe(x).double(), reference_forward(moe, x), rtol=1e-5, atol=1e-5)
+
+
+def test_inference_tensor_weights_run_the_plain_loop():
+    with torch.inference_mode():
+        moe = make(bias_scale=0.1, num_shared_experts=1)
+        x = torch.randn(32, SMALL["hidden_size"])
+        first = moe(x)
+        assert moe._relayout is None  # no version counter to notice an in-place change with
+        moe.experts_down.mul_(3.0)
+        torch.testing.assert_close(moe(x).double(), reference_forward(moe, x), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(first, moe(x))
+
+
+def test_the_relayout_size_limits():
+    big = SparseMoE(hidden_size=2048, moe_intermediate_size=512, num_experts=2, top_k=1, device="meta")
+    x = torch.empty(1, 2048, device="meta")
+    with torch.no_grad():
+        assert big._relaid_out(x) is None  # 12 MiB per expert: measured slower
+        big.relayout = True
+        assert big._relaid_out(x) is not None
+        small = make()
+        small.relayout = False
+        assert small._relaid_out(torch.empty(1, SMALL["hidden_size"])) is None
+
+
+def test_a_module_with_a_cached_relayout_copies_and_pickles():
+    moe = make(bias_scale=0.1, num_shared_experts=1)
+    x = torch.randn(16, SMALL["hidden_size"])
+    with torch.no_grad():
+        expected = moe(x)
+        assert moe._relayout is not None
+        twin = copy.deepcopy(moe)
+        buffer = io.BytesIO()
+        torch.save(moe, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        for other in (twin, loaded):
+            assert other._relayout is None
+            torch.testing.assert_close(other(x), expected, rtol=0, atol=0)

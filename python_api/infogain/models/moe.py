@@ -21,23 +21,32 @@ Combination (:meth:`SparseMoE.forward`): every expert runs in the model dtype; i
 float32, multiplied by the float32 weights, summed over the ``top_k`` slots in routing order and cast
 back to the model dtype, then the shared expert's output (model dtype) is added.
 
-The fast path routes all tokens at once, sorts the (token, slot) pairs by expert and runs each expert
-once on its contiguous rows:
+The fast path routes all tokens at once, sorts the (token, slot) pairs by expert, runs each expert
+once on its rows (the pairs' outputs in that sorted order), gathers the outputs back to (token, slot)
+order and takes the weighted sum over the slots in one batched product (float32):
 
-* CPU (and CUDA without a usable grouped GEMM): one matmul triple per *active* expert on its gathered
-  rows, its weighted output added into the float32 result (``index_add_``; a token occurs once per
-  expert, so no two additions meet). The per-expert row ends are read to the host once per call (one
-  ``.tolist()``; on CUDA that is one synchronisation, so this path cannot be captured in a CUDA graph).
+* CPU (and CUDA without a usable grouped GEMM): a loop over the *active* experts, each gathering its
+  rows and running one matmul triple into its slice of one sorted output buffer. The per-expert row
+  ends are read to the host once per call (one ``.tolist()``; on CUDA that is one synchronisation, so
+  this path cannot be captured in a CUDA graph).
+* The same loop on CPU without autograd, small experts (see ``relayout`` on :class:`SparseMoE`): on a
+  cached copy of the expert weights laid out for ``rows @ W`` (gate and up concatenated, ``[E, H,
+  2I]``; down ``[E, I, H]``; the shared expert likewise), so each expert runs two GEMMs with an
+  untransposed right operand. On the 2-core test machine (MKL sgemm, one thread) the small layer's
+  expert GEMMs ran about 10-20% faster so; LLaDA2.0-mini-sized experts (``I = 512``, ``H = 2048``)
+  ran slower, hence the size limits. The copy is rebuilt when a weight is replaced or changed in place
+  (its ``data_ptr`` or version counter moves); a write through ``.data`` bypasses the version counter:
+  call :meth:`SparseMoE.drop_relayout` after one.
 * CUDA, bfloat16, ``torch._grouped_mm`` present and the sizes 16-byte aligned: three grouped GEMMs over
-  all experts with the row offsets on the device, then a gather back to (token, slot) order and one
-  batched weighted sum: no host synchronisation (CUDA-graph capturable), no scatter-add.
+  all experts with the row offsets on the device: no host synchronisation (CUDA-graph capturable).
 
-Both paths are deterministic.
+No path scatter-adds (each output row is one gather and one batched sum), so all are deterministic.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+import weakref
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +66,36 @@ def _positive_int(name: str, value) -> int:
 
 def _has_grouped_mm() -> bool:
     return callable(getattr(torch, "_grouped_mm", None))
+
+
+# Automatic relayout limits (bytes), from float32 GEMM loops on the CPU test machine: one expert's three
+# matrices at 0.4-1.5 MiB (hidden 256-512, width 128-256) ran 5-20% faster relaid out, 3 MiB (hidden
+# 1024, width 256) about even, 6 MiB and more (width 512) slower. The total bounds the copy's memory.
+_RELAYOUT_MAX_EXPERT_BYTES = 2 << 20
+_RELAYOUT_MAX_TOTAL_BYTES = 64 << 20
+
+
+class _Relayout:
+    """The expert weights laid out for ``rows @ W``, and what they were built from."""
+
+    def __init__(self, sources: List[torch.Tensor], intermediate: int):
+        self.refs = [weakref.ref(t) for t in sources]
+        self.keys = [(t.data_ptr(), t._version) for t in sources]
+        gate, up, down = sources[:3]
+        with torch.no_grad():
+            self.gate_up = torch.cat((gate, up), dim=1).transpose(1, 2).contiguous()  # [E, H, 2I]
+            self.down = down.transpose(1, 2).contiguous()                              # [E, I, H]
+            self.shared_gate_up = self.shared_down = None
+            if len(sources) > 3:
+                s_gate, s_up, s_down = sources[3:]
+                self.shared_gate_up = torch.cat((s_gate, s_up), dim=0).t().contiguous()  # [H, 2I']
+                self.shared_down = s_down.t().contiguous()                               # [I', H]
+        self.intermediate = intermediate
+
+    def current(self, sources: List[torch.Tensor]) -> bool:
+        return (len(sources) == len(self.refs)
+                and all(ref() is t and (t.data_ptr(), t._version) == key
+                        for ref, t, key in zip(self.refs, sources, self.keys)))
 
 
 class SparseMoE(nn.Module):
@@ -83,6 +122,13 @@ class SparseMoE(nn.Module):
     ``grouped_mm`` (attribute): None (default) uses ``torch._grouped_mm`` where it is fast (CUDA,
     bfloat16, aligned sizes); True forces it wherever torch runs it (also CPU float32, for testing that
     path); False never uses it.
+
+    ``relayout`` (attribute): None (default) runs the per-expert loop on a cached relaid-out copy of the
+    expert weights (module docstring) on CPU when one expert's three matrices take at most 2 MiB and all
+    of them (shared included) at most 64 MiB; True whenever the loop runs; False never. Either way only
+    without autograd (grad mode off, or no weight requiring grad) and with weights that track versions
+    (not inference tensors, i.e. not created under ``torch.inference_mode``); the result equals the
+    plain loop's up to float rounding.
     """
 
     def __init__(self, hidden_size: int, moe_intermediate_size: int, num_experts: int, top_k: int, *,
@@ -121,6 +167,8 @@ class SparseMoE(nn.Module):
             raise ValueError(f"score_function must be one of {SCORE_FUNCTIONS}, got {score_function!r}")
         self.score_function = score_function
         self.grouped_mm: Optional[bool] = None
+        self.relayout: Optional[bool] = None
+        self._relayout: Optional[_Relayout] = None
 
         E, H, I = num_experts, hidden_size, moe_intermediate_size
         kw = dict(device=device, dtype=dtype)
@@ -185,8 +233,8 @@ class SparseMoE(nn.Module):
             best = min(2, grouped.shape[-1])
             group_score = grouped.topk(best, dim=-1).values.sum(dim=-1)
             kept = group_score.topk(self.topk_group, dim=-1).indices
-            keep = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, kept, True)
-            choice = choice.masked_fill(~keep.repeat_interleave(grouped.shape[-1], dim=1), float("-inf"))
+            dropped = torch.ones_like(group_score, dtype=torch.bool).scatter_(1, kept, False)
+            choice = grouped.masked_fill(dropped.unsqueeze(-1), float("-inf")).view(n, -1)
         topk_idx = choice.topk(self.top_k, dim=-1).indices
         weight = scores.gather(1, topk_idx)
         if self.norm_topk_prob and (self.top_k > 1 or self.score_function == "softmax"):
@@ -210,27 +258,80 @@ class SparseMoE(nn.Module):
         up = torch._grouped_mm(rows, self.experts_up.transpose(1, 2), offs=offs)
         return torch._grouped_mm(F.silu(gate) * up, self.experts_down.transpose(1, 2), offs=offs)
 
-    def _expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
-        hidden = F.silu(torch.mm(rows, self.experts_gate[e].t())) * torch.mm(rows, self.experts_up[e].t())
-        return torch.mm(hidden, self.experts_down[e].t())
+    def __getstate__(self):
+        # The cache holds weak references (not picklable) and is rebuilt on demand: copies start without.
+        state = self.__dict__.copy()
+        state["_relayout"] = None
+        return state
 
-    def _accumulate_per_expert(self, x2d: torch.Tensor, token: torch.Tensor, weight: torch.Tensor,
-                               ends: torch.Tensor) -> torch.Tensor:
-        """Each active expert gathers its rows, runs, and adds its weighted output into the float32
-        result. On CPU only expert-sized temporaries are allocated: the [pairs, hidden] buffers of the
-        sorted formulation cost a page fault per 4 KiB on every call (the C allocator hands large
-        blocks back to the system), which measured slower than the loop over expert masks. A token
-        occurs at most once per expert, so no ``index_add_`` adds two rows into one row (no atomics
-        collide on CUDA): deterministic."""
-        y = torch.zeros(x2d.shape[0], self.hidden_size, dtype=torch.float32, device=x2d.device)
-        start = 0
-        for e, end in enumerate(ends.tolist()):  # the one host read of the call
-            if end > start:
-                tokens = token[start:end]
-                out = self._expert(e, x2d.index_select(0, tokens))
-                y.index_add_(0, tokens, out.float() * weight[start:end].unsqueeze(-1))
-                start = end
-        return y
+    def drop_relayout(self) -> None:
+        """Forget the cached relaid-out expert weights (rebuilt on the next call that uses them); needed
+        only after writing the weights through ``.data``, which bypasses the version counter."""
+        self._relayout = None
+
+    def _weight_sources(self) -> List[torch.Tensor]:
+        sources = [self.experts_gate, self.experts_up, self.experts_down]
+        if self.shared is not None:
+            s = self.shared
+            sources += [s.gate_proj.weight, s.up_proj.weight, s.down_proj.weight]
+        return sources
+
+    def _relaid_out(self, x: torch.Tensor) -> Optional[_Relayout]:
+        """The cached relayout when this call may use it (see ``relayout``), rebuilt if stale; else None."""
+        if self.relayout is False or (self.relayout is None and x.is_cuda):
+            return None
+        sources = self._weight_sources()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in sources):
+            return None  # the copy is detached: gradients must flow through the parameters
+        if any(t.is_inference() for t in sources):
+            return None  # no version counter, so an in-place change would go unseen
+        if self.relayout is None:
+            per_expert = 3 * self.hidden_size * self.moe_intermediate_size * self.experts_gate.element_size()
+            total = sum(t.numel() * t.element_size() for t in sources)
+            if per_expert > _RELAYOUT_MAX_EXPERT_BYTES or total > _RELAYOUT_MAX_TOTAL_BYTES:
+                return None
+        cached = self._relayout
+        if cached is None or not cached.current(sources):
+            self._relayout = None  # free the stale copy before building the new one
+            cached = self._relayout = _Relayout(sources, self.moe_intermediate_size)
+        return cached
+
+    def _expert(self, e: int, rows: torch.Tensor, packed: Optional[_Relayout],
+                out: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if packed is None:
+            hidden = F.silu(torch.mm(rows, self.experts_gate[e].t())).mul_(torch.mm(rows, self.experts_up[e].t()))
+            down = self.experts_down[e].t()
+        else:
+            gate_up = torch.mm(rows, packed.gate_up[e])
+            width = packed.intermediate
+            hidden = F.silu(gate_up[:, :width]).mul_(gate_up[:, width:])
+            down = packed.down[e]
+        return torch.mm(hidden, down) if out is None else torch.mm(hidden, down, out=out)
+
+    def _shared(self, x2d: torch.Tensor, packed: Optional[_Relayout]) -> torch.Tensor:
+        if packed is None:
+            s = self.shared
+            return s.down_proj(F.silu(s.gate_proj(x2d)).mul_(s.up_proj(x2d)))
+        gate_up = torch.mm(x2d, packed.shared_gate_up)
+        width = packed.shared_down.shape[0]
+        return torch.mm(F.silu(gate_up[:, :width]).mul_(gate_up[:, width:]), packed.shared_down)
+
+    def _experts_looped(self, x2d: torch.Tensor, token: torch.Tensor, ends: List[int],
+                        packed: Optional[_Relayout]) -> torch.Tensor:
+        """Each active expert on its rows ``x2d[token[start:end]]`` (``token`` sorted by expert, ``ends``
+        the experts' row ends) -> ``[pairs, hidden]`` in the model dtype, in ``token``'s order. Each
+        expert gathers its own rows: expert-sized temporaries instead of a second [pairs, hidden]
+        buffer, whose fresh pages cost a fault each at large sizes."""
+        counts = [end - start for start, end in zip([0] + ends[:-1], ends)]
+        pieces = token.split(counts)
+        if torch.is_grad_enabled():  # ``out=`` records no autograd history
+            return torch.cat([self._expert(e, x2d.index_select(0, piece), packed)
+                              for e, piece in enumerate(pieces) if counts[e]])
+        out = x2d.new_empty(token.shape[0], self.hidden_size)
+        for e, (piece, target) in enumerate(zip(pieces, out.split(counts))):
+            if counts[e]:
+                self._expert(e, x2d.index_select(0, piece), packed, out=target)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x [..., hidden]`` (the parameters' dtype and device) -> ``[..., hidden]``, same dtype."""
@@ -245,16 +346,16 @@ class SparseMoE(nn.Module):
         sorted_expert, order = torch.sort(topk_idx.view(-1), stable=True)
         ends = torch.searchsorted(sorted_expert, torch.arange(self.num_experts, device=x.device), right=True)
         token = order // k
+        packed = None
         if self._grouped_mm_ok(x2d):
             out_sorted = self._experts_grouped(x2d.index_select(0, token), ends)
-            # Back to (token, slot) order by a gather, then [N, 1, k] @ [N, k, H]: the weighted sum over
-            # the slots in float32 in one op.
-            out = out_sorted.index_select(0, torch.argsort(order)).view(n, k, self.hidden_size)
-            y = torch.bmm(topk_weight.unsqueeze(1), out.float()).squeeze(1)
         else:
-            y = self._accumulate_per_expert(x2d, token, topk_weight.view(-1)[order], ends)
-        y = y.to(x.dtype)
+            packed = self._relaid_out(x2d)
+            out_sorted = self._experts_looped(x2d, token, ends.tolist(), packed)  # the one host read of the call
+        # Back to (token, slot) order by a gather, then [N, 1, k] @ [N, k, H]: the weighted sum over the
+        # slots in float32 in one op.
+        out = out_sorted.index_select(0, torch.argsort(order)).view(n, k, self.hidden_size)
+        y = torch.bmm(topk_weight.unsqueeze(1), out.float()).squeeze(1).to(x.dtype)
         if self.shared is not None:
-            s = self.shared
-            y = y + s.down_proj(F.silu(s.gate_proj(x2d)).mul_(s.up_proj(x2d)))
+            y = y.add_(self._shared(x2d, packed))  # y is this call's own tensor
         return y.view(shape)
