@@ -268,7 +268,8 @@ class _Run:
             decided, kinds, quota_host, block_rows, top1_ids = host
             decision, kind, commit = decided.decision, decided.kind, decided.commit
             candidates = None
-            block_after.copy_(decision.tokens)
+            if any(k != KIND_NONE and k != KIND_LOOKAHEAD for k in kinds):   # else nothing was committed
+                block_after.copy_(decision.tokens)
         else:
             decided = self._decide(start, quota, last, max_quota)
             decision, kind, commit = decided.decision, decided.kind, decided.commit
