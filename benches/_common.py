@@ -208,6 +208,12 @@ def print_table(rows: List[Dict[str, object]], columns: List[str]) -> None:
     print(format_table(rows, columns))
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: torch CPU threads, read back by :func:`apply_threads`."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
+
+
 def apply_threads(threads: Optional[int] = None) -> int:
     """Set torch's CPU threads by the package's policy (``infogain._runtime.threads``: ``--threads``, else
     ``$INFOGAIN_THREADS``, else the physical cores) and return the count; print it with the table

@@ -28,8 +28,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_case_arguments, add_output_arguments, apply_threads, device_and_dtype, median_time, output_path,
-    print_table, write_results)
+    add_case_arguments, add_output_arguments, add_threads_argument, apply_threads,
+    device_and_dtype, median_time, output_path, print_table, write_results)
 
 from infogain.compat import dllm_info_gain, fast_dllm, llada  # noqa: E402
 
@@ -87,8 +87,7 @@ def make_logits(batch, width, vocab, dtype, device, seed):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_case_arguments(parser, quick="V = 8192 and fewer repeats", dtype="float32")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
+    add_threads_argument(parser)
     add_output_arguments(parser, "compat")
     args = parser.parse_args(argv)
     device, dtype = device_and_dtype(args)

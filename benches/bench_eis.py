@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_case_arguments, add_output_arguments, apply_threads, output_path, pick_device, print_table, synchronize,
-    write_results)
+    add_case_arguments, add_output_arguments, add_threads_argument, apply_threads,
+    output_path, pick_device, print_table, synchronize, write_results)
 
 from infogain.eis import ExtendedInferenceSampler  # noqa: E402
 
@@ -100,8 +100,7 @@ def timed(fn, device, repeats):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_case_arguments(parser, quick="a smaller model, fewer tokens and repeats", dtype=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
+    add_threads_argument(parser)
     add_output_arguments(parser, "eis")
     args = parser.parse_args()
     print(f"{apply_threads(args.threads)} torch thread(s)")

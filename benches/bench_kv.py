@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_case_arguments, add_output_arguments, apply_threads, device_and_dtype, median_time, output_path,
-    peak_bandwidth, print_table, write_results)
+    add_case_arguments, add_output_arguments, add_threads_argument, apply_threads,
+    device_and_dtype, median_time, output_path, peak_bandwidth, print_table, write_results)
 
 import infogain_kernels  # noqa: E402
 from infogain_kernels import _C  # noqa: E402
@@ -64,8 +64,7 @@ def loop_per_row(caches, blocks, dst, rows):
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_case_arguments(parser, quick="T = 256 and fewer repeats")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
+    add_threads_argument(parser)
     add_output_arguments(parser, "kv")
     args = parser.parse_args(argv)
     device, dtype = device_and_dtype(args)

@@ -35,8 +35,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_output_arguments, apply_threads, median_time, peak_extra_memory, pick_device, print_table, output_path,
-    write_results)
+    add_output_arguments, add_threads_argument, apply_threads, median_time, output_path,
+    peak_extra_memory, pick_device, print_table, write_results)
 
 import infogain.models as models  # noqa: E402
 from infogain.models.cache import TransformerKVCache  # noqa: E402
@@ -200,8 +200,7 @@ def main() -> None:
                         help="architectures to run (default: all); their rows go into one results file")
     parser.add_argument("--small", action="store_true", help="shrunken architecture (CPU)")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
+    add_threads_argument(parser)
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--length", type=int, default=None, help="canvas length T (512; 256 with --small)")

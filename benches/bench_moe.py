@@ -46,8 +46,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
-    add_case_arguments, add_output_arguments, apply_threads, median_time, output_path, pick_device,
-    print_table, write_results)
+    add_case_arguments, add_output_arguments, add_threads_argument, apply_threads,
+    median_time, output_path, pick_device, print_table, write_results)
 
 from infogain.models.moe import SparseMoE  # noqa: E402
 
@@ -145,8 +145,7 @@ def main(argv=None) -> None:
     add_case_arguments(parser, quick="the small layer only, fewer repeats", dtype=None)
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="default: float32 on CPU, bfloat16 on CUDA")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: $INFOGAIN_THREADS, else the physical cores)")
+    add_threads_argument(parser)
     add_output_arguments(parser, "moe")
     args = parser.parse_args(argv)
     device = pick_device(args.device)

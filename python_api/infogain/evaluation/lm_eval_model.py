@@ -11,35 +11,32 @@ Importing this module registers the model with the harness (it needs ``lm-eval``
 Model arguments (``--model_args key=value,...``):
 
 ``pretrained`` (required)
-    Local checkpoint folder (``toy``: the shipped toy model; ``NAME``: ``./model/NAME``
-    when it exists, as in eval and chat). A diffusion checkpoint (LLaDA / MMaDA, Dream,
-    SDAR / TraDo, LLaDA2.x, SDAR-MoE, Fast-dLLM v2; :mod:`infogain.models`) runs a diffusion sampler; any other
-    transformers causal LM (safetensors, no remote code) runs the EIS sampler
-    (:mod:`infogain.eis`).
+    Local checkpoint folder (``toy``: the shipped toy model; ``NAME``: ``./model/NAME`` when it
+    exists, as in eval and chat). A diffusion checkpoint (LLaDA / MMaDA, Dream, SDAR / TraDo,
+    LLaDA2.x, SDAR-MoE, Fast-dLLM v2; :mod:`infogain.models`) runs a diffusion sampler; any other
+    transformers causal LM (safetensors, no remote code) runs the EIS sampler (:mod:`infogain.eis`).
 ``sampler``
     One of :data:`infogain.samplers.SAMPLERS`, a model's own decoder
     (:data:`infogain.samplers.MODEL_DECODERS`: ``llada2_threshold``, ``llada21_edit``,
     ``fast_dllm_v2``) or ``eis``; default ``info_gain`` for diffusion checkpoints and
     ``eis`` for causal LMs.
 ``device``, ``dtype``, ``batch_size``
-    Torch device (default: CUDA when available; under ``accelerate launch`` the
-    process's device; a CUDA device without CUDA is an error), ``auto`` / ``float32`` / ``bfloat16`` / ``float16``
-    (``auto``: the checkpoint's dtype), prompts per ``generate`` call (default 8;
-    ``auto`` means the default). A value given in ``--model_args`` wins over the
-    harness's own ``--device`` / ``--batch_size``.
+    Torch device (default: CUDA when available; under ``accelerate launch`` the process's device;
+    a CUDA device without CUDA is an error), ``auto`` / ``float32`` / ``bfloat16`` / ``float16``
+    (``auto``: the checkpoint's dtype), prompts per ``generate`` call (default 8; ``auto`` means
+    the default). A value in ``--model_args`` wins over the harness's ``--device`` / ``--batch_size``.
 Diffusion generation options
     Every field of :class:`infogain.samplers.GenerateOptions` (``gen_length``,
     ``steps``, ``block_length``, ``candidate_number``, ``position_temperature``,
     ``threshold``, ``temperature``, ``variant``, ``cache``, ``parallel_bypass``,
     ``eos_penalty``, ``stop_at_eos``, ``lookahead_eos_fill``, ``seed``, ...).
-    ``gen_length`` defaults to the request's ``max_gen_toks`` (rounded up to a
-    multiple of ``block_length``; a shorter generation makes ``block_length``
-    equal to it, except on LLaDA2.x and Fast-dLLM v2, whose block length is their
-    attention's and is kept: the generation is rounded up to one block) and ``steps`` to
-    ``gen_length`` (one token per step). The output
-    is always cut to ``max_gen_toks`` tokens, then at the first EOS, then at the
-    first of the request's stop strings (``until``). A request's
-    ``temperature`` / ``do_sample`` override the ``temperature`` argument.
+    ``gen_length`` defaults to the request's ``max_gen_toks`` (rounded up to a multiple of
+    ``block_length``; a shorter generation makes ``block_length`` equal to it, except on LLaDA2.x
+    and Fast-dLLM v2, whose block length is their attention's and is kept: the generation is
+    rounded up to one block) and ``steps`` to ``gen_length`` (one token per step). The output is
+    always cut to ``max_gen_toks`` tokens, then at the first EOS, then at the first of the
+    request's stop strings (``until``). A request's ``temperature`` / ``do_sample`` override the
+    ``temperature`` argument.
 A model's own decoder's options
     Its own (``option_names``; e.g. ``steps``, ``minimal_topk``, ``top_k`` for
     ``llada2_threshold``, ``sub_block_length``, ``cache=none|block|sub_block`` for
