@@ -78,7 +78,7 @@ _RELAYOUT_MAX_TOTAL_BYTES = 64 << 20
 class _Relayout:
     """The expert weights laid out for ``rows @ W``, and what they were built from."""
 
-    def __init__(self, sources: List[torch.Tensor], intermediate: int):
+    def __init__(self, sources: List[torch.Tensor]):
         self.refs = [weakref.ref(t) for t in sources]
         self.keys = [(t.data_ptr(), t._version) for t in sources]
         gate, up, down = sources[:3]
@@ -90,7 +90,6 @@ class _Relayout:
                 s_gate, s_up, s_down = sources[3:]
                 self.shared_gate_up = torch.cat((s_gate, s_up), dim=0).t().contiguous()  # [H, 2I']
                 self.shared_down = s_down.t().contiguous()                               # [I', H]
-        self.intermediate = intermediate
 
     def current(self, sources: List[torch.Tensor]) -> bool:
         return (len(sources) == len(self.refs)
@@ -293,7 +292,7 @@ class SparseMoE(nn.Module):
         cached = self._relayout
         if cached is None or not cached.current(sources):
             self._relayout = None  # free the stale copy before building the new one
-            cached = self._relayout = _Relayout(sources, self.moe_intermediate_size)
+            cached = self._relayout = _Relayout(sources)
         return cached
 
     def _expert(self, e: int, rows: torch.Tensor, packed: Optional[_Relayout],
@@ -303,7 +302,7 @@ class SparseMoE(nn.Module):
             down = self.experts_down[e].t()
         else:
             gate_up = torch.mm(rows, packed.gate_up[e])
-            width = packed.intermediate
+            width = packed.down.shape[1]
             hidden = F.silu(gate_up[:, :width]).mul_(gate_up[:, width:])
             down = packed.down[e]
         return torch.mm(hidden, down) if out is None else torch.mm(hidden, down, out=out)

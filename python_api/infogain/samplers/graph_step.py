@@ -43,7 +43,7 @@ def device_step(run, start: int, quota: torch.Tensor, max_quota: int) -> dict:
     opts = run.opts
     logits = run.block_logits
     # Candidates are never deferred here: the step has no read-back to defer them behind.
-    block_ids, _, entropy, kind, commit, decision, _ = decide(
+    block_ids, entropy, kind, commit, decision, _ = decide(
         run.strategy, opts, logits, run.canvas[:, start:start + run.length], run.mask_id, quota, last=False,
         max_quota=max_quota, generator=run.generator, reused=run.reused)
     block = torch.where(commit, decision.tokens, block_ids)

@@ -378,7 +378,8 @@ class _Run:
         if not sampled:
             tokens = tokens * num_candidates
         # Candidate 0 takes sample 0 (the unperturbed top-k), the others sample 1.
-        flat = [[host[(n and per_sample) + (n * batch_size + b) * k:(n and per_sample) + (n * batch_size + b + 1) * k]
+        sample_start = [0] + [per_sample] * (num_candidates - 1)
+        flat = [[host[sample_start[n] + (n * batch_size + b) * k:sample_start[n] + (n * batch_size + b + 1) * k]
                  for b in range(batch_size)] for n in range(num_candidates)]
         commit = commits_on_host(flat, quota, length)
         keep = kept_on_host(commit, lookahead_rows)

@@ -38,13 +38,12 @@ class Reused(NamedTuple):
 
 class Decided(NamedTuple):
     """What :func:`decide` returns: the block's tokens before the step ``block_ids`` int64 [B, L],
-    ``masked_count`` int64 [B], the statistics' ``entropy`` float32 [B, L], ``kind`` int64 [B]
+    the statistics' ``entropy`` float32 [B, L], ``kind`` int64 [B]
     (the driver's last-step fill applied), ``commit`` bool [B, L] (the positions committed now:
     none for lookahead rows, whose winner is committed after the lookahead), the strategy's
     ``decision`` and the ``state`` it decided from."""
 
     block_ids: torch.Tensor
-    masked_count: torch.Tensor
     entropy: torch.Tensor
     kind: torch.Tensor
     commit: torch.Tensor
@@ -131,10 +130,10 @@ def decide(strategy: Strategy, options, block_logits: Optional[torch.Tensor], bl
                       may_lookahead=not (last and strategy.scheduled), defer_candidates=defer_candidates)
     decision = strategy.decide(state)
     if fill is None:
-        return Decided(block_ids, masked_count, entropy, decision.kind, decision.commit, decision, state)
+        return Decided(block_ids, entropy, decision.kind, decision.commit, decision, state)
     kind = torch.where(fill, KIND_FILL, decision.kind)
     commit = torch.where(fill[:, None], masked, decision.commit)
-    return Decided(block_ids, masked_count, entropy, kind, commit, decision, state)
+    return Decided(block_ids, entropy, kind, commit, decision, state)
 
 
 class HostDecided(NamedTuple):
@@ -210,16 +209,16 @@ def decide_on_host(strategy: Strategy, options, block_logits: Optional[torch.Ten
             flags[p] = 1
         after.append(row)
         commit.append(flags)
-    # Every tensor the driver needs, in one host-to-device copy: [kind | active | masked count | commit
-    # | block after], each a view (or one cast) of it.
+    # Every tensor the driver needs, in one host-to-device copy: [kind | active | commit | block
+    # after], each a view (or one cast) of it.
     active = [int(bool(m) and not f) for m, f in zip(masked_rows, fill)]
-    flat = kinds + active + [len(m) for m in masked_rows]
+    flat = kinds + active
     for flags in commit:
         flat += flags
     for row in after:
         flat += row
     values = host_ints_to_device(flat, block_ids.device)
-    cells_start = 3 * batch
+    cells_start = 2 * batch
     kind = values[:batch]
     commit_tensor = values[cells_start:cells_start + cells].view(batch, width).bool()
     decision = StepDecision(kind=kind, commit=commit_tensor, tokens=values[cells_start + cells:].view(batch, width),
@@ -228,7 +227,7 @@ def decide_on_host(strategy: Strategy, options, block_logits: Optional[torch.Ten
                       entropy=entropy, top1_prob=top1_prob, top1_id=top1_id, top2_prob=top2_prob, tokens=tokens,
                       token_probs=token_probs, options=options, max_quota=max_quota, generator=generator,
                       may_lookahead=not last, defer_candidates=True)
-    decided = Decided(block_ids, values[2 * batch:cells_start], entropy, kind, commit_tensor, decision, state)
+    decided = Decided(block_ids, entropy, kind, commit_tensor, decision, state)
     return HostDecided(decided, kinds, list(quota_host), after, top1 if not sampled else None)
 
 
